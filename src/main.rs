@@ -1,1 +1,224 @@
-fn main() {}
+//! The `wshub` binary: command-line parsing, logging setup, and handing a
+//! loaded config to the server.
+//!
+//! Owns: argument handling and exit codes (0 ok, 1 runtime failure, 2 usage
+//! or config-check failure).
+//! Must never: panic on arguments or file contents, or start the server
+//! with a config that failed validation.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use wshub::config::{Config, ConfigError};
+use wshub::server::Server;
+
+const USAGE: &str = "\
+Usage:
+  wshub                        run with the built-in config
+  wshub -c, --config FILE      run with the config in FILE
+  wshub --check-config FILE    validate FILE and exit
+  wshub -h, --help             show this help
+  wshub -V, --version          show the version
+
+The built-in config listens on 127.0.0.1:8080 and serves an echo route at
+/echo. Log verbosity follows RUST_LOG (default: info).
+
+Exit status: 0 success, 1 runtime failure, 2 usage error or invalid config
+(--check-config).";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Command {
+    Run(Option<PathBuf>),
+    Check(PathBuf),
+    Help,
+    Version,
+}
+
+/// Parses arguments (without the program name). Takes `OsString`s because
+/// `std::env::args` panics on non-UTF-8 input, and paths need not be UTF-8.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
+    let mut args = args.into_iter();
+    let mut command: Option<Command> = None;
+    while let Some(arg) = args.next() {
+        let Some(flag) = arg.to_str() else {
+            return Err(format!("unexpected argument {arg:?}"));
+        };
+        // `--config=FILE` is accepted alongside `--config FILE` because unit
+        // files and shells make either form natural.
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name, Some(OsString::from(value))),
+            _ => (flag, None),
+        };
+        let next = match name {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "-c" | "--config" | "--check-config" => {
+                let file = match inline.or_else(|| args.next()) {
+                    Some(file) if !file.is_empty() => PathBuf::from(file),
+                    _ => return Err(format!("{name} needs a FILE argument")),
+                };
+                if name == "--check-config" {
+                    Command::Check(file)
+                } else {
+                    Command::Run(Some(file))
+                }
+            }
+            _ => return Err(format!("unexpected argument {flag:?}")),
+        };
+        if command.is_some() {
+            return Err("give at most one of --config / --check-config".to_owned());
+        }
+        command = Some(next);
+    }
+    Ok(command.unwrap_or(Command::Run(None)))
+}
+
+fn main() -> ExitCode {
+    let command = match parse_args(std::env::args_os().skip(1)) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("wshub: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("wshub {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check(path) => match Config::load(&path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{}", describe_config_error(&path, &err));
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(path) => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+                .init();
+            match run(path) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    fatal(&message);
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Loads the config (or takes the built-in one), binds and runs the server.
+fn run(path: Option<PathBuf>) -> Result<(), String> {
+    let config = match &path {
+        Some(path) => {
+            let config = Config::load(path).map_err(|e| describe_config_error(path, &e))?;
+            log::info!(
+                "wshub {} using config {}",
+                env!("CARGO_PKG_VERSION"),
+                path.display()
+            );
+            config
+        }
+        None => {
+            log::info!(
+                "wshub {} using the built-in config",
+                env!("CARGO_PKG_VERSION")
+            );
+            Config::default()
+        }
+    };
+    let server = Server::bind(config).map_err(|e| format!("cannot start: {e}"))?;
+    for addr in server.local_addrs() {
+        log::info!("listening on ws://{addr}");
+    }
+    server.run().map_err(|e| format!("server stopped: {e}"))
+}
+
+/// Read and parse errors already name the file; validation errors do not,
+/// so add it there to make every message self-contained.
+fn describe_config_error(path: &std::path::Path, err: &ConfigError) -> String {
+    match err {
+        ConfigError::Invalid { .. } => format!("{}: {err}", path.display()),
+        ConfigError::Read { .. } | ConfigError::Parse(_) => err.to_string(),
+    }
+}
+
+/// Reports an error that stops the daemon. Goes through the logger when it
+/// will show errors, and straight to stderr otherwise, so a `RUST_LOG=off`
+/// setting can never make a failed start silent.
+fn fatal(message: &str) {
+    if log::log_enabled!(log::Level::Error) {
+        log::error!("{message}");
+    } else {
+        eprintln!("wshub: {message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_args(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn no_arguments_runs_built_in_config() {
+        assert_eq!(parse(&[]), Ok(Command::Run(None)));
+    }
+
+    #[test]
+    fn config_flag_forms() {
+        let want = Ok(Command::Run(Some(PathBuf::from("a.toml"))));
+        assert_eq!(parse(&["--config", "a.toml"]), want);
+        assert_eq!(parse(&["-c", "a.toml"]), want);
+        assert_eq!(parse(&["--config=a.toml"]), want);
+    }
+
+    #[test]
+    fn check_config() {
+        let want = Ok(Command::Check(PathBuf::from("a.toml")));
+        assert_eq!(parse(&["--check-config", "a.toml"]), want);
+        assert_eq!(parse(&["--check-config=a.toml"]), want);
+    }
+
+    #[test]
+    fn help_and_version_win() {
+        assert_eq!(parse(&["-h"]), Ok(Command::Help));
+        assert_eq!(parse(&["--config", "a", "--help"]), Ok(Command::Help));
+        assert_eq!(parse(&["-V"]), Ok(Command::Version));
+        assert_eq!(parse(&["--version"]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(parse(&["--config"]).is_err());
+        assert!(parse(&["--config="]).is_err());
+        assert!(parse(&["--check-config"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["file.toml"]).is_err());
+        assert!(parse(&["-c", "a", "--check-config", "b"]).is_err());
+        assert!(parse(&["-c=a"]).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_arguments_do_not_panic() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(vec![0xff, 0xfe]);
+        assert!(parse_args([bad.clone()]).is_err());
+        assert_eq!(
+            parse_args([OsString::from("-c"), bad.clone()]),
+            Ok(Command::Run(Some(PathBuf::from(bad))))
+        );
+    }
+}

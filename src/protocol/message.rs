@@ -9,9 +9,16 @@
 //! arrives whole in one input slice (it is handed out borrowed), or know
 //! anything about sockets or replies.
 
-use super::close::CloseCode;
-use super::frame::HeaderDecoder;
+use super::close::{self, CloseCode, CloseError};
+use super::frame::{
+    self, FrameHeader, HeaderDecoder, HeaderError, MAX_CONTROL_PAYLOAD, OpCode, apply_mask,
+};
 use super::utf8::Utf8Validator;
+
+/// How far past the bytes already received the message buffer may grow in
+/// one step. The header's length is the peer's claim, not data: a client
+/// announcing 16 MiB and sending one byte must not cost 16 MiB.
+const MAX_RESERVE_AHEAD: u64 = 64 * 1024;
 
 /// Size limits, passed on every call so a config reload applies at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,12 +58,115 @@ pub struct ProtocolError {
     pub reason: &'static str,
 }
 
+const fn protocol_error(reason: &'static str) -> ProtocolError {
+    ProtocolError {
+        code: CloseCode::PROTOCOL_ERROR,
+        reason,
+    }
+}
+
+const ERR_RSV: ProtocolError = protocol_error("reserved bits set without a negotiated extension");
+const ERR_RESERVED_OPCODE: ProtocolError = protocol_error("reserved opcode");
+const ERR_LENGTH_TOP_BIT: ProtocolError = protocol_error("64-bit length with its top bit set");
+const ERR_NON_MINIMAL_LENGTH: ProtocolError = protocol_error("length not minimally encoded");
+const ERR_FRAGMENTED_CONTROL: ProtocolError = protocol_error("fragmented control frame");
+const ERR_CONTROL_TOO_LONG: ProtocolError = protocol_error("control frame payload over 125 bytes");
+const ERR_UNMASKED: ProtocolError = protocol_error("unmasked client frame");
+const ERR_UNEXPECTED_CONTINUATION: ProtocolError =
+    protocol_error("continuation frame without a message in progress");
+const ERR_INTERLEAVED_MESSAGE: ProtocolError =
+    protocol_error("new data frame inside a fragmented message");
+const ERR_FRAME_TOO_BIG: ProtocolError = ProtocolError {
+    code: CloseCode::MESSAGE_TOO_BIG,
+    reason: "frame exceeds the size limit",
+};
+const ERR_MESSAGE_TOO_BIG: ProtocolError = ProtocolError {
+    code: CloseCode::MESSAGE_TOO_BIG,
+    reason: "message exceeds the size limit",
+};
+const ERR_INVALID_UTF8: ProtocolError = ProtocolError {
+    code: CloseCode::INVALID_PAYLOAD,
+    reason: "text message is not valid UTF-8",
+};
+const ERR_TRUNCATED_UTF8: ProtocolError = ProtocolError {
+    code: CloseCode::INVALID_PAYLOAD,
+    reason: "text message ends inside a UTF-8 sequence",
+};
+
+fn header_error(err: HeaderError) -> ProtocolError {
+    match err {
+        HeaderError::ReservedOpcode(_) => ERR_RESERVED_OPCODE,
+        HeaderError::LengthTopBit => ERR_LENGTH_TOP_BIT,
+        HeaderError::NonMinimalLength => ERR_NON_MINIMAL_LENGTH,
+    }
+}
+
+fn close_error(err: CloseError) -> ProtocolError {
+    let reason = match err {
+        CloseError::OneByte => "close payload of one byte",
+        CloseError::BadCode(_) => "close code not allowed on the wire",
+        CloseError::BadReason => "close reason is not valid UTF-8",
+    };
+    ProtocolError {
+        code: err.code(),
+        reason,
+    }
+}
+
+/// Where the byte stream is within the current frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Phase {
+    /// Between frames, or inside a header split across reads.
+    #[default]
+    Header,
+    /// Inside the payload of a data frame.
+    Data { fin: bool },
+    /// Inside the payload of a control frame.
+    Control(OpCode),
+    /// A close frame was delivered; nothing more is read.
+    Closed,
+}
+
+/// The kind of the message being assembled from data frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Assembling {
+    #[default]
+    Nothing,
+    Text,
+    Binary,
+}
+
+/// A control frame payload split across reads (rare, so boxed to keep the
+/// per-connection state small).
+#[derive(Debug)]
+struct ControlBuf {
+    data: [u8; MAX_CONTROL_PAYLOAD],
+    len: u8,
+}
+
 /// Incremental frame reader and message assembler for one connection.
 #[derive(Debug, Default)]
 pub struct Receiver {
     header: HeaderDecoder,
     utf8: Utf8Validator,
+    /// Payload of a message that did not arrive whole in one input slice.
     message: Vec<u8>,
+    control: Option<Box<ControlBuf>>,
+    /// Payload bytes of the current frame not yet received.
+    remaining: u64,
+    /// The current frame's key, rotated so index 0 applies to the next byte.
+    mask: [u8; 4],
+    phase: Phase,
+    assembling: Assembling,
+    allowed_rsv: u8,
+    /// Sticky: every later call reports the same error.
+    failed: Option<ProtocolError>,
+}
+
+/// Whether the feed loop goes on after delivering an event.
+enum Next {
+    Continue,
+    Stop,
 }
 
 impl Receiver {
@@ -66,7 +176,7 @@ impl Receiver {
 
     /// RSV bits a negotiated extension may set on data frames (0 = none).
     pub fn set_allowed_rsv(&mut self, rsv: u8) {
-        todo!("{rsv}")
+        self.allowed_rsv = rsv;
     }
 
     /// Feeds wire bytes (still masked; they are unmasked in place) and calls
@@ -85,17 +195,1502 @@ impl Receiver {
     where
         F: FnMut(Event<'_>) -> Flow,
     {
-        let _ = (&self.header, &self.utf8, &self.message, input, limits, &mut on_event);
-        todo!()
+        if let Some(err) = self.failed {
+            return Err(err);
+        }
+        let result = self.run(input, limits, &mut on_event);
+        if let Err(err) = result {
+            self.failed = Some(err);
+            self.release();
+        }
+        result
     }
 
     /// Heap bytes held for partial messages or control frames.
     pub fn buffered_bytes(&self) -> usize {
-        todo!()
+        let control = if self.control.is_some() {
+            size_of::<ControlBuf>()
+        } else {
+            0
+        };
+        self.message.capacity() + control
     }
 
     /// True when a close frame has been received.
     pub fn is_closed(&self) -> bool {
-        todo!()
+        self.phase == Phase::Closed
+    }
+
+    fn release(&mut self) {
+        self.message = Vec::new();
+        self.control = None;
+    }
+
+    fn run<F>(
+        &mut self,
+        input: &mut [u8],
+        limits: &Limits,
+        on_event: &mut F,
+    ) -> Result<usize, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> Flow,
+    {
+        let mut pos = 0;
+        loop {
+            // Invariant: `pos <= input.len()`; every step advances it by at
+            // most the bytes left.
+            let next = match self.phase {
+                Phase::Header => {
+                    let rest = &input[pos..];
+                    let Some(&first) = rest.first() else {
+                        return Ok(pos);
+                    };
+                    if self.header.is_empty() {
+                        // RSV bits are judged before anything else in the header.
+                        self.check_rsv(first)?;
+                    }
+                    let (used, header) = self.header.feed(rest).map_err(header_error)?;
+                    pos += used;
+                    match header {
+                        Some(header) => self.start_frame(&header, limits)?,
+                        None => return Ok(pos),
+                    }
+                    Next::Continue
+                }
+                Phase::Data { fin } => self.data_payload(input, &mut pos, fin, on_event)?,
+                Phase::Control(opcode) => {
+                    self.control_payload(input, &mut pos, opcode, on_event)?
+                }
+                Phase::Closed => Next::Stop,
+            };
+            if let Next::Stop = next {
+                return Ok(pos);
+            }
+        }
+    }
+
+    fn check_rsv(&self, first_byte: u8) -> Result<(), ProtocolError> {
+        let (rsv, opcode) = frame::rsv_and_opcode(first_byte);
+        // An extension's bits belong to the message, so only the frame that
+        // starts one may carry them.
+        let allowed = match opcode {
+            Some(OpCode::Text | OpCode::Binary) => self.allowed_rsv,
+            _ => 0,
+        };
+        if rsv & !allowed != 0 {
+            return Err(ERR_RSV);
+        }
+        Ok(())
+    }
+
+    /// Applies every rule that the header alone decides, before any payload
+    /// byte is buffered, and sets up the payload phase.
+    fn start_frame(&mut self, header: &FrameHeader, limits: &Limits) -> Result<(), ProtocolError> {
+        let len = header.payload_len;
+        let opcode = header.opcode;
+        if opcode.is_control() {
+            if !header.fin {
+                return Err(ERR_FRAGMENTED_CONTROL);
+            }
+            if len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(ERR_CONTROL_TOO_LONG);
+            }
+        }
+        let Some(mask) = header.mask else {
+            return Err(ERR_UNMASKED);
+        };
+        let assembling = match (opcode, self.assembling) {
+            (OpCode::Continuation, Assembling::Nothing) => {
+                return Err(ERR_UNEXPECTED_CONTINUATION);
+            }
+            (OpCode::Text | OpCode::Binary, Assembling::Text | Assembling::Binary) => {
+                return Err(ERR_INTERLEAVED_MESSAGE);
+            }
+            (OpCode::Text, _) => Assembling::Text,
+            (OpCode::Binary, _) => Assembling::Binary,
+            (_, current) => current,
+        };
+        if !opcode.is_control() {
+            if len > limits.max_frame_size {
+                return Err(ERR_FRAME_TOO_BIG);
+            }
+            let so_far = self.message.len() as u64;
+            if so_far.saturating_add(len) > limits.max_message_size {
+                return Err(ERR_MESSAGE_TOO_BIG);
+            }
+        }
+        self.mask = mask;
+        self.remaining = len;
+        if opcode.is_control() {
+            self.phase = Phase::Control(opcode);
+        } else {
+            if self.assembling == Assembling::Nothing {
+                self.utf8 = Utf8Validator::new();
+            }
+            self.assembling = assembling;
+            self.phase = Phase::Data { fin: header.fin };
+        }
+        Ok(())
+    }
+
+    /// Payload bytes of the current frame available in `input` from `pos`.
+    fn available(&self, input: &[u8], pos: usize) -> usize {
+        let left = input.len().saturating_sub(pos);
+        usize::try_from(self.remaining).map_or(left, |r| r.min(left))
+    }
+
+    fn data_payload<F>(
+        &mut self,
+        input: &mut [u8],
+        pos: &mut usize,
+        fin: bool,
+        on_event: &mut F,
+    ) -> Result<Next, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> Flow,
+    {
+        let text = self.assembling == Assembling::Text;
+        let n = self.available(input, *pos);
+        let start = *pos;
+        let chunk = &mut input[start..start + n];
+        let whole = n as u64 == self.remaining;
+
+        if fin && whole && self.message.is_empty() {
+            // The rest of the message is right here: hand it out borrowed.
+            apply_mask(chunk, self.mask, 0);
+            if text {
+                self.utf8.feed(chunk).map_err(|_| ERR_INVALID_UTF8)?;
+                self.utf8.finish().map_err(|_| ERR_TRUNCATED_UTF8)?;
+            }
+            *pos += n;
+            self.remaining = 0;
+            self.phase = Phase::Header;
+            self.assembling = Assembling::Nothing;
+            let payload = &input[start..start + n];
+            let event = if text {
+                Event::Text(payload)
+            } else {
+                Event::Binary(payload)
+            };
+            return Ok(flow_to_next(on_event(event)));
+        }
+
+        if n == 0 && !whole {
+            return Ok(Next::Stop);
+        }
+        apply_mask(chunk, self.mask, 0);
+        self.mask.rotate_left(n % 4);
+        if text {
+            // Checked before buffering so bad text fails as soon as it arrives.
+            self.utf8.feed(chunk).map_err(|_| ERR_INVALID_UTF8)?;
+        }
+        self.remaining -= n as u64;
+        *pos += n;
+        let ahead = self.remaining.min(MAX_RESERVE_AHEAD) as usize;
+        self.message.reserve(n + ahead);
+        self.message.extend_from_slice(chunk);
+        if self.remaining > 0 {
+            return Ok(Next::Stop);
+        }
+        self.phase = Phase::Header;
+        if !fin {
+            return Ok(Next::Continue);
+        }
+        if text {
+            self.utf8.finish().map_err(|_| ERR_TRUNCATED_UTF8)?;
+        }
+        self.assembling = Assembling::Nothing;
+        // Taking the buffer releases it once delivered.
+        let message = std::mem::take(&mut self.message);
+        let event = if text {
+            Event::Text(&message)
+        } else {
+            Event::Binary(&message)
+        };
+        Ok(flow_to_next(on_event(event)))
+    }
+
+    fn control_payload<F>(
+        &mut self,
+        input: &mut [u8],
+        pos: &mut usize,
+        opcode: OpCode,
+        on_event: &mut F,
+    ) -> Result<Next, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> Flow,
+    {
+        let n = self.available(input, *pos);
+        let start = *pos;
+        let chunk = &mut input[start..start + n];
+        let whole = n as u64 == self.remaining;
+        apply_mask(chunk, self.mask, 0);
+        *pos += n;
+        self.remaining -= n as u64;
+
+        if whole && self.control.is_none() {
+            self.phase = Phase::Header;
+            return self.deliver_control(opcode, &input[start..start + n], on_event);
+        }
+        if n == 0 {
+            return Ok(Next::Stop);
+        }
+        self.mask.rotate_left(n % 4);
+        let buf = self.control.get_or_insert_with(|| {
+            Box::new(ControlBuf {
+                data: [0; MAX_CONTROL_PAYLOAD],
+                len: 0,
+            })
+        });
+        let held = usize::from(buf.len);
+        // `start_frame` capped the payload at MAX_CONTROL_PAYLOAD, so it fits.
+        let Some(slot) = buf.data.get_mut(held..held + n) else {
+            return Err(ERR_CONTROL_TOO_LONG);
+        };
+        slot.copy_from_slice(chunk);
+        buf.len = (held + n) as u8;
+        if self.remaining > 0 {
+            return Ok(Next::Stop);
+        }
+        self.phase = Phase::Header;
+        let Some(buf) = self.control.take() else {
+            return Ok(Next::Continue);
+        };
+        let payload = buf.data.get(..usize::from(buf.len)).unwrap_or_default();
+        self.deliver_control(opcode, payload, on_event)
+    }
+
+    fn deliver_control<F>(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        on_event: &mut F,
+    ) -> Result<Next, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> Flow,
+    {
+        match opcode {
+            OpCode::Ping => Ok(flow_to_next(on_event(Event::Ping(payload)))),
+            OpCode::Pong => Ok(flow_to_next(on_event(Event::Pong(payload)))),
+            _ => {
+                let parsed = close::parse_close_payload(payload).map_err(close_error)?;
+                // Whatever follows a close frame is not ours to read.
+                self.phase = Phase::Closed;
+                self.release();
+                on_event(Event::Close(parsed));
+                Ok(Next::Stop)
+            }
+        }
+    }
+}
+
+fn flow_to_next(flow: Flow) -> Next {
+    match flow {
+        Flow::Continue => Next::Continue,
+        Flow::Pause => Next::Stop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{FrameHeader, MAX_HEADER_LEN, encode_header};
+    use proptest::prelude::*;
+
+    const KEY: [u8; 4] = [0x5a, 0x13, 0xc7, 0x2e];
+    const FIN: u8 = 0x80;
+    const CONT: u8 = 0x0;
+    const TEXT: u8 = 0x1;
+    const BIN: u8 = 0x2;
+    const CLOSE: u8 = 0x8;
+    const PING: u8 = 0x9;
+    const PONG: u8 = 0xA;
+    const RSV1: u8 = 0x40;
+
+    const BIG: Limits = Limits {
+        max_frame_size: 1 << 24,
+        max_message_size: 1 << 24,
+    };
+
+    /// Header bytes with an arbitrary first byte (any opcode, any RSV), masked.
+    fn head(b0: u8, claimed_len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let h = FrameHeader {
+            fin: false,
+            rsv: 0,
+            opcode: OpCode::Binary,
+            mask,
+            payload_len: claimed_len,
+        };
+        let mut out = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&h, &mut out);
+        out[0] = b0;
+        out[..n].to_vec()
+    }
+
+    /// A client frame: first byte as given, payload masked with [`KEY`].
+    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = head(b0, payload.len() as u64, Some(KEY));
+        let start = out.len();
+        out.extend_from_slice(payload);
+        apply_mask(&mut out[start..], KEY, 0);
+        out
+    }
+
+    fn unmasked(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = head(b0, payload.len() as u64, None);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason);
+        p
+    }
+
+    fn cat(frames: &[Vec<u8>]) -> Vec<u8> {
+        frames.concat()
+    }
+
+    /// An owned copy of an event, to compare across runs.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Ev {
+        Text(Vec<u8>),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong(Vec<u8>),
+        Close(Option<(u16, String)>),
+    }
+
+    impl From<Event<'_>> for Ev {
+        fn from(e: Event<'_>) -> Ev {
+            match e {
+                Event::Text(b) => Ev::Text(b.to_vec()),
+                Event::Binary(b) => Ev::Binary(b.to_vec()),
+                Event::Ping(b) => Ev::Ping(b.to_vec()),
+                Event::Pong(b) => Ev::Pong(b.to_vec()),
+                Event::Close(c) => Ev::Close(c.map(|(code, r)| (code.0, r.to_string()))),
+            }
+        }
+    }
+
+    fn text(s: &str) -> Ev {
+        Ev::Text(s.as_bytes().to_vec())
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Outcome {
+        events: Vec<Ev>,
+        /// Bytes consumed in total, or the error.
+        end: Result<usize, ProtocolError>,
+    }
+
+    /// Feeds `stream` cut at `cuts` (each piece a fresh slice, as a socket
+    /// read would give), stopping at the first error or once closed.
+    fn run_pieces(stream: &[u8], cuts: &[usize], limits: &Limits, rsv: u8) -> Outcome {
+        let mut rx = Receiver::new();
+        rx.set_allowed_rsv(rsv);
+        let mut events = Vec::new();
+        let mut consumed = 0;
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([stream.len()]) {
+            let end = end.clamp(start, stream.len());
+            let mut piece = stream[start..end].to_vec();
+            match rx.feed(&mut piece, limits, |e| {
+                events.push(Ev::from(e));
+                Flow::Continue
+            }) {
+                Ok(n) => {
+                    consumed += n;
+                    if rx.is_closed() {
+                        break;
+                    }
+                    assert_eq!(n, piece.len(), "all input consumed while open");
+                }
+                Err(err) => {
+                    return Outcome {
+                        events,
+                        end: Err(err),
+                    };
+                }
+            }
+            start = end;
+        }
+        // Every Ok stream here ends between messages (or closed).
+        assert_eq!(rx.buffered_bytes(), 0, "nothing held between messages");
+        Outcome {
+            events,
+            end: Ok(consumed),
+        }
+    }
+
+    /// Runs `stream` whole, split at every byte boundary and one byte at a
+    /// time (sampled boundaries for long streams); all must agree.
+    fn run_all_splits(stream: &[u8], limits: &Limits, rsv: u8) -> Outcome {
+        let whole = run_pieces(stream, &[], limits, rsv);
+        let step = if stream.len() <= 4096 {
+            1
+        } else {
+            stream.len() / 257
+        };
+        for cut in (0..=stream.len()).step_by(step) {
+            assert_eq!(
+                run_pieces(stream, &[cut], limits, rsv),
+                whole,
+                "split at {cut}"
+            );
+        }
+        let chop = if stream.len() <= 4096 { 1 } else { 997 };
+        let cuts: Vec<usize> = (chop..stream.len()).step_by(chop).collect();
+        assert_eq!(
+            run_pieces(stream, &cuts, limits, rsv),
+            whole,
+            "chopped into {chop}-byte reads"
+        );
+        whole
+    }
+
+    enum End {
+        /// Everything consumed.
+        All,
+        /// Stopped after this many bytes (a close frame).
+        Upto(usize),
+        Fail(u16),
+    }
+
+    struct Case {
+        name: &'static str,
+        stream: Vec<u8>,
+        events: Vec<Ev>,
+        end: End,
+    }
+
+    fn case(name: &'static str, frames: &[Vec<u8>], events: Vec<Ev>, end: End) -> Case {
+        Case {
+            name,
+            stream: cat(frames),
+            events,
+            end,
+        }
+    }
+
+    fn check_cases(cases: Vec<Case>, limits: &Limits, rsv: u8) {
+        for c in cases {
+            let got = run_all_splits(&c.stream, limits, rsv);
+            assert_eq!(got.events, c.events, "{}", c.name);
+            match (c.end, got.end) {
+                (End::All, Ok(n)) => assert_eq!(n, c.stream.len(), "{}", c.name),
+                (End::Upto(want), Ok(n)) => assert_eq!(n, want, "{}", c.name),
+                (End::Fail(code), Err(err)) => assert_eq!(err.code.0, code, "{}: {err}", c.name),
+                (_, other) => panic!("{}: unexpected end {other:?}", c.name),
+            }
+        }
+    }
+
+    #[test]
+    fn framing_autobahn_1() {
+        let mut cases = Vec::new();
+        for len in [0usize, 125, 126, 127, 128, 65535, 65536] {
+            let t = "*".repeat(len);
+            cases.push(case(
+                "text of edge length",
+                &[masked(FIN | TEXT, t.as_bytes())],
+                vec![text(&t)],
+                End::All,
+            ));
+            let b = vec![0xfe; len];
+            cases.push(case(
+                "binary of edge length",
+                &[masked(FIN | BIN, &b)],
+                vec![Ev::Binary(b.clone())],
+                End::All,
+            ));
+        }
+        check_cases(cases, &BIG, 0);
+    }
+
+    #[test]
+    fn pings_autobahn_2() {
+        let bin = [0x00, 0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0x00, 0xff];
+        let p125 = vec![0xfe; 125];
+        let mut ten = Vec::new();
+        for i in 0..10u8 {
+            ten.push(masked(FIN | PING, &[i]));
+        }
+        let cases = vec![
+            case(
+                "empty ping",
+                &[masked(FIN | PING, b"")],
+                vec![Ev::Ping(vec![])],
+                End::All,
+            ),
+            case(
+                "text ping",
+                &[masked(FIN | PING, b"Hello, world!")],
+                vec![Ev::Ping(b"Hello, world!".to_vec())],
+                End::All,
+            ),
+            case(
+                "binary ping",
+                &[masked(FIN | PING, &bin)],
+                vec![Ev::Ping(bin.to_vec())],
+                End::All,
+            ),
+            case(
+                "125-byte ping",
+                &[masked(FIN | PING, &p125)],
+                vec![Ev::Ping(p125.clone())],
+                End::All,
+            ),
+            case(
+                "126-byte ping",
+                &[masked(FIN | PING, &[0; 126])],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "empty pong",
+                &[masked(FIN | PONG, b"")],
+                vec![Ev::Pong(vec![])],
+                End::All,
+            ),
+            case(
+                "pong with payload",
+                &[masked(FIN | PONG, b"unsolicited")],
+                vec![Ev::Pong(b"unsolicited".to_vec())],
+                End::All,
+            ),
+            case(
+                "pong then ping",
+                &[masked(FIN | PONG, b"a"), masked(FIN | PING, b"b")],
+                vec![Ev::Pong(b"a".to_vec()), Ev::Ping(b"b".to_vec())],
+                End::All,
+            ),
+            case(
+                "ten pings",
+                &ten,
+                (0..10).map(|i| Ev::Ping(vec![i])).collect(),
+                End::All,
+            ),
+        ];
+        check_cases(cases, &BIG, 0);
+    }
+
+    #[test]
+    fn reserved_bits_autobahn_3() {
+        let hello = masked(FIN | TEXT, b"Hello");
+        let cases = vec![
+            case(
+                "text RSV=1",
+                &[masked(FIN | 0x10 | TEXT, b"x")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "text then text RSV=2",
+                &[hello.clone(), masked(FIN | 0x20 | TEXT, b"x")],
+                vec![text("Hello")],
+                End::Fail(1002),
+            ),
+            case(
+                "text, text RSV=3, ping",
+                &[
+                    hello.clone(),
+                    masked(FIN | 0x30 | TEXT, b"x"),
+                    masked(FIN | PING, b""),
+                ],
+                vec![text("Hello")],
+                End::Fail(1002),
+            ),
+            case(
+                "binary RSV=4",
+                &[masked(FIN | 0x40 | BIN, b"\x00")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "binary RSV=5",
+                &[masked(FIN | 0x50 | BIN, b"\x00")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "ping RSV=6",
+                &[masked(FIN | 0x60 | PING, b"x")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "close RSV=7",
+                &[masked(FIN | 0x70 | CLOSE, b"")],
+                vec![],
+                End::Fail(1002),
+            ),
+        ];
+        check_cases(cases, &BIG, 0);
+    }
+
+    #[test]
+    fn negotiated_rsv_only_on_the_first_data_frame() {
+        let cases = vec![
+            case(
+                "RSV1 on a whole text frame",
+                &[masked(FIN | RSV1 | TEXT, b"abc")],
+                vec![text("abc")],
+                End::All,
+            ),
+            case(
+                "RSV1 on the first fragment",
+                &[masked(RSV1 | BIN, b"ab"), masked(FIN | CONT, b"c")],
+                vec![Ev::Binary(b"abc".to_vec())],
+                End::All,
+            ),
+            case(
+                "RSV1 on a continuation",
+                &[masked(RSV1 | BIN, b"ab"), masked(FIN | RSV1 | CONT, b"c")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "RSV1 on a ping",
+                &[masked(FIN | RSV1 | PING, b"")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "RSV1 on a close",
+                &[masked(FIN | RSV1 | CLOSE, b"")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "RSV2 not negotiated",
+                &[masked(FIN | 0x20 | TEXT, b"a")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "RSV1 on a reserved opcode",
+                &[masked(FIN | RSV1 | 0x3, b"")],
+                vec![],
+                End::Fail(1002),
+            ),
+        ];
+        check_cases(cases, &BIG, 0b100);
+    }
+
+    #[test]
+    fn opcodes_autobahn_4() {
+        let hello = masked(FIN | TEXT, b"Hello");
+        let ping = masked(FIN | PING, b"");
+        let mut cases = Vec::new();
+        for op in (0x3u8..=0x7).chain(0xB..=0xF) {
+            cases.push(case(
+                "reserved opcode",
+                &[masked(FIN | op, b"")],
+                vec![],
+                End::Fail(1002),
+            ));
+            cases.push(case(
+                "reserved opcode with payload",
+                &[masked(FIN | op, b"reserved")],
+                vec![],
+                End::Fail(1002),
+            ));
+            cases.push(case(
+                "text, reserved opcode, ping",
+                &[hello.clone(), masked(FIN | op, b"x"), ping.clone()],
+                vec![text("Hello")],
+                End::Fail(1002),
+            ));
+        }
+        check_cases(cases, &BIG, 0);
+    }
+
+    #[test]
+    fn fragmentation_autobahn_5() {
+        let cases = vec![
+            case(
+                "fragmented ping",
+                &[masked(PING, b"frag"), masked(FIN | CONT, b"ment")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "fragmented pong",
+                &[masked(PONG, b"frag"), masked(FIN | CONT, b"ment")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "text in two fragments",
+                &[masked(TEXT, b"fragment1"), masked(FIN | CONT, b"fragment2")],
+                vec![text("fragment1fragment2")],
+                End::All,
+            ),
+            case(
+                "binary in three fragments",
+                &[
+                    masked(BIN, b"\x01"),
+                    masked(CONT, b"\x02\x03"),
+                    masked(FIN | CONT, b"\x04"),
+                ],
+                vec![Ev::Binary(vec![1, 2, 3, 4])],
+                End::All,
+            ),
+            case(
+                "ping between fragments",
+                &[
+                    masked(TEXT, b"fragment1"),
+                    masked(FIN | PING, b""),
+                    masked(FIN | CONT, b"fragment2"),
+                ],
+                vec![Ev::Ping(vec![]), text("fragment1fragment2")],
+                End::All,
+            ),
+            case(
+                "pong and close between fragments",
+                &[
+                    masked(BIN, b"a"),
+                    masked(FIN | PONG, b"p"),
+                    masked(FIN | CLOSE, b""),
+                    masked(FIN | CONT, b"b"),
+                ],
+                vec![Ev::Pong(b"p".to_vec()), Ev::Close(None)],
+                End::Upto(masked(BIN, b"a").len() + masked(FIN | PONG, b"p").len() + 6),
+            ),
+            case(
+                "continuation without start, fin",
+                &[masked(FIN | CONT, b"x")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "continuation without start, no fin",
+                &[masked(CONT, b"x"), masked(FIN | CONT, b"y")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "message, then stray continuations",
+                &[
+                    masked(TEXT, b"fragment1"),
+                    masked(FIN | CONT, b"fragment2"),
+                    masked(CONT, b"fragment3"),
+                    masked(FIN | TEXT, b"fragment4"),
+                ],
+                vec![text("fragment1fragment2")],
+                End::Fail(1002),
+            ),
+            case(
+                "whole text then continuation",
+                &[masked(FIN | TEXT, b"a"), masked(FIN | CONT, b"b")],
+                vec![text("a")],
+                End::Fail(1002),
+            ),
+            case(
+                "text inside a fragmented text",
+                &[masked(TEXT, b"a"), masked(FIN | TEXT, b"b")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "binary inside a fragmented text",
+                &[masked(TEXT, b"a"), masked(BIN, b"b")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "pings between many fragments",
+                &[
+                    masked(TEXT, b"fragment1"),
+                    masked(CONT, b"fragment2"),
+                    masked(FIN | PING, b"pongme 1!"),
+                    masked(CONT, b"fragment3"),
+                    masked(FIN | PING, b"pongme 2!"),
+                    masked(FIN | CONT, b"fragment4"),
+                ],
+                vec![
+                    Ev::Ping(b"pongme 1!".to_vec()),
+                    Ev::Ping(b"pongme 2!".to_vec()),
+                    text("fragment1fragment2fragment3fragment4"),
+                ],
+                End::All,
+            ),
+            case(
+                "empty fragments",
+                &[
+                    masked(TEXT, b""),
+                    masked(CONT, b""),
+                    masked(FIN | CONT, b""),
+                ],
+                vec![text("")],
+                End::All,
+            ),
+            case(
+                "empty fragments around data",
+                &[
+                    masked(BIN, b""),
+                    masked(CONT, b"xy"),
+                    masked(FIN | CONT, b""),
+                ],
+                vec![Ev::Binary(b"xy".to_vec())],
+                End::All,
+            ),
+        ];
+        check_cases(cases, &BIG, 0);
+    }
+
+    const VALID_UTF8: &[&[u8]] = &[
+        b"",
+        "κόσμε".as_bytes(),
+        "Hello-µ@ßöäüàá-UTF-8!!".as_bytes(),
+        b"\x00",
+        b"\x7f",
+        b"\xc2\x80",
+        b"\xdf\xbf",
+        b"\xe0\xa0\x80",
+        b"\xed\x9f\xbf",
+        b"\xee\x80\x80",
+        b"\xef\xbf\xbd",
+        b"\xef\xbf\xbf",
+        b"\xf0\x90\x80\x80",
+        b"\xf4\x8f\xbf\xbf",
+    ];
+
+    const INVALID_UTF8: &[&[u8]] = &[
+        b"\x80",
+        b"\xbf",
+        b"\xc0\x80",
+        b"\xc1\xbf",
+        b"\xe0\x80\x80",
+        b"\xe0\x9f\xbf",
+        b"\xf0\x80\x80\x80",
+        b"\xf0\x8f\xbf\xbf",
+        b"\xed\xa0\x80",
+        b"\xed\xbf\xbf",
+        b"\xf4\x90\x80\x80",
+        b"\xf5\x80\x80\x80",
+        b"\xfe",
+        b"\xff",
+        b"\xce",
+        b"\xe2\x82",
+        b"\xf0\x9f\x98",
+        b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80\x65\x64\x69\x74\x65\x64",
+    ];
+
+    #[test]
+    fn utf8_autobahn_6() {
+        let mut cases = Vec::new();
+        for &s in VALID_UTF8 {
+            let ev = Ev::Text(s.to_vec());
+            cases.push(case(
+                "valid text",
+                &[masked(FIN | TEXT, s)],
+                vec![ev.clone()],
+                End::All,
+            ));
+            for cut in 0..=s.len() {
+                cases.push(case(
+                    "valid text in two fragments",
+                    &[masked(TEXT, &s[..cut]), masked(FIN | CONT, &s[cut..])],
+                    vec![ev.clone()],
+                    End::All,
+                ));
+            }
+            let mut frames = vec![masked(TEXT, b"")];
+            frames.extend(s.iter().map(|b| masked(CONT, std::slice::from_ref(b))));
+            frames.push(masked(FIN | CONT, b""));
+            cases.push(case(
+                "valid text a byte per fragment",
+                &frames,
+                vec![ev],
+                End::All,
+            ));
+        }
+        for &s in INVALID_UTF8 {
+            cases.push(case(
+                "invalid text",
+                &[masked(FIN | TEXT, s)],
+                vec![],
+                End::Fail(1007),
+            ));
+            for cut in 0..=s.len() {
+                cases.push(case(
+                    "invalid text across fragments",
+                    &[masked(TEXT, &s[..cut]), masked(FIN | CONT, &s[cut..])],
+                    vec![],
+                    End::Fail(1007),
+                ));
+            }
+            // Binary messages carry any bytes.
+            cases.push(case(
+                "binary is not checked",
+                &[masked(FIN | BIN, s)],
+                vec![Ev::Binary(s.to_vec())],
+                End::All,
+            ));
+        }
+        check_cases(cases, &BIG, 0);
+    }
+
+    #[test]
+    fn utf8_fails_before_the_frame_is_complete() {
+        let mut payload = vec![b'a'; 1000];
+        payload[3] = 0xff;
+        let frame = masked(FIN | TEXT, &payload);
+        let head_len = frame.len() - payload.len();
+        // Only the header and ten payload bytes have arrived.
+        let mut first = frame[..head_len + 10].to_vec();
+        let mut rx = Receiver::new();
+        let err = rx
+            .feed(&mut first, &BIG, |_| panic!("no event"))
+            .unwrap_err();
+        assert_eq!(err, ERR_INVALID_UTF8);
+
+        // Same inside a fragmented message, with an overlong form split across
+        // the boundary between fragments.
+        let mut stream = cat(&[masked(TEXT, b"ok \xe0"), head(FIN | CONT, 1000, Some(KEY))]);
+        let mut tail = vec![0x80, 0x80];
+        apply_mask(&mut tail, KEY, 0);
+        stream.extend_from_slice(&tail);
+        let mut rx = Receiver::new();
+        let err = rx
+            .feed(&mut stream, &BIG, |_| panic!("no event"))
+            .unwrap_err();
+        assert_eq!(err.code, CloseCode::INVALID_PAYLOAD);
+
+        let mut truncated = masked(FIN | TEXT, b"ab\xe2\x82");
+        let mut rx = Receiver::new();
+        let err = rx
+            .feed(&mut truncated, &BIG, |_| panic!("no event"))
+            .unwrap_err();
+        assert_eq!(err, ERR_TRUNCATED_UTF8);
+    }
+
+    #[test]
+    fn close_autobahn_7() {
+        let close_empty = masked(FIN | CLOSE, b"");
+        let junk = [masked(FIN | TEXT, b"after"), masked(FIN | PING, b"")].concat();
+        let mut cases = vec![
+            case(
+                "empty close",
+                std::slice::from_ref(&close_empty),
+                vec![Ev::Close(None)],
+                End::All,
+            ),
+            case(
+                "nothing read after close",
+                &[close_empty.clone(), junk.clone()],
+                vec![Ev::Close(None)],
+                End::Upto(close_empty.len()),
+            ),
+            case(
+                "text then close",
+                &[masked(FIN | TEXT, b"Hello"), close_empty.clone()],
+                vec![text("Hello"), Ev::Close(None)],
+                End::All,
+            ),
+            case(
+                "close inside a fragmented message",
+                &[
+                    masked(TEXT, b"frag"),
+                    close_empty.clone(),
+                    masked(FIN | CONT, b"x"),
+                ],
+                vec![Ev::Close(None)],
+                End::Upto(masked(TEXT, b"frag").len() + close_empty.len()),
+            ),
+            case(
+                "one-byte close",
+                &[masked(FIN | CLOSE, b"\x03")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "close with code only",
+                &[masked(FIN | CLOSE, &close_payload(1000, b""))],
+                vec![Ev::Close(Some((1000, String::new())))],
+                End::All,
+            ),
+            case(
+                "close with reason",
+                &[masked(FIN | CLOSE, &close_payload(1000, b"Hello World!"))],
+                vec![Ev::Close(Some((1000, "Hello World!".into())))],
+                End::All,
+            ),
+            case(
+                "close with 123-byte reason",
+                &[masked(FIN | CLOSE, &close_payload(1000, &[b'*'; 123]))],
+                vec![Ev::Close(Some((1000, "*".repeat(123))))],
+                End::All,
+            ),
+            case(
+                "close with 124-byte reason",
+                &[masked(FIN | CLOSE, &close_payload(1000, &[b'*'; 124]))],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "close with invalid UTF-8 reason",
+                &[masked(FIN | CLOSE, &close_payload(1000, INVALID_UTF8[17]))],
+                vec![],
+                End::Fail(1007),
+            ),
+            case(
+                "fragmented close",
+                &[masked(CLOSE, b""), masked(FIN | CONT, b"")],
+                vec![],
+                End::Fail(1002),
+            ),
+            case(
+                "unmasked close",
+                &[unmasked(FIN | CLOSE, b"")],
+                vec![],
+                End::Fail(1002),
+            ),
+        ];
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
+            cases.push(case(
+                "allowed close code",
+                &[masked(FIN | CLOSE, &close_payload(code, b""))],
+                vec![Ev::Close(Some((code, String::new())))],
+                End::All,
+            ));
+        }
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            cases.push(case(
+                "forbidden close code",
+                &[masked(FIN | CLOSE, &close_payload(code, b""))],
+                vec![],
+                End::Fail(1002),
+            ));
+        }
+        check_cases(cases, &BIG, 0);
+    }
+
+    #[test]
+    fn closed_receiver_reads_nothing_more() {
+        let mut stream = cat(&[
+            masked(FIN | CLOSE, &close_payload(1001, b"bye")),
+            masked(FIN | PING, b"late"),
+        ]);
+        let close_len = stream.len() - masked(FIN | PING, b"late").len();
+        let mut rx = Receiver::new();
+        let mut events = Vec::new();
+        // Pausing changes nothing: a close always ends the read.
+        let n = rx
+            .feed(&mut stream, &BIG, |e| {
+                events.push(Ev::from(e));
+                Flow::Pause
+            })
+            .unwrap();
+        assert_eq!(n, close_len);
+        assert_eq!(events, vec![Ev::Close(Some((1001, "bye".into())))]);
+        assert!(rx.is_closed());
+        let mut rest = stream[n..].to_vec();
+        assert_eq!(rx.feed(&mut rest, &BIG, |_| panic!("no event")), Ok(0));
+        assert_eq!(rest, &stream[n..], "bytes after a close are left untouched");
+        let mut more = masked(FIN | CLOSE, b"");
+        assert_eq!(rx.feed(&mut more, &BIG, |_| panic!("no event")), Ok(0));
+        assert_eq!(rx.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn header_rules_apply_in_order_from_the_header_alone() {
+        let limits = Limits {
+            max_frame_size: 100,
+            max_message_size: 150,
+        };
+        let started = masked(BIN, &[0; 100]);
+        let top_bit = {
+            let mut h = head(FIN | BIN, 0, None);
+            h[1] = 0x7f;
+            h.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 1]);
+            h
+        };
+        let non_minimal = vec![FIN | BIN, 0xfe, 0x00, 0x05];
+        let cases: Vec<(&str, Vec<u8>, ProtocolError)> = vec![
+            (
+                "RSV before opcode",
+                head(FIN | 0x10 | 0x3, 0, None),
+                ERR_RSV,
+            ),
+            (
+                "RSV before control rules",
+                head(0x20 | PING, 200, None),
+                ERR_RSV,
+            ),
+            (
+                "reserved opcode",
+                head(FIN | 0xB, 500, None),
+                ERR_RESERVED_OPCODE,
+            ),
+            ("length top bit", top_bit, ERR_LENGTH_TOP_BIT),
+            ("non-minimal length", non_minimal, ERR_NON_MINIMAL_LENGTH),
+            (
+                "control FIN=0 first",
+                head(PING, 500, None),
+                ERR_FRAGMENTED_CONTROL,
+            ),
+            (
+                "control too long",
+                head(FIN | CLOSE, 126, None),
+                ERR_CONTROL_TOO_LONG,
+            ),
+            ("unmasked", head(FIN | CONT, 1000, None), ERR_UNMASKED),
+            ("unmasked text", head(FIN | TEXT, 5, None), ERR_UNMASKED),
+            (
+                "continuation",
+                head(FIN | CONT, 1000, Some(KEY)),
+                ERR_UNEXPECTED_CONTINUATION,
+            ),
+            (
+                "interleaved",
+                cat(&[started.clone(), head(FIN | TEXT, 1000, Some(KEY))]),
+                ERR_INTERLEAVED_MESSAGE,
+            ),
+            (
+                "frame size",
+                head(FIN | BIN, 101, Some(KEY)),
+                ERR_FRAME_TOO_BIG,
+            ),
+            (
+                "frame size before message size",
+                cat(&[started.clone(), head(FIN | CONT, 101, Some(KEY))]),
+                ERR_FRAME_TOO_BIG,
+            ),
+            (
+                "message size",
+                cat(&[started.clone(), head(FIN | CONT, 51, Some(KEY))]),
+                ERR_MESSAGE_TOO_BIG,
+            ),
+        ];
+        for (name, stream, want) in cases {
+            let got = run_all_splits(&stream, &limits, 0);
+            assert_eq!(got.events, vec![], "{name}");
+            assert_eq!(got.end, Err(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn size_limits_are_inclusive() {
+        let limits = Limits {
+            max_frame_size: 100,
+            max_message_size: 150,
+        };
+        let at_frame = vec![7u8; 100];
+        let cases = vec![
+            case(
+                "frame exactly at the limit",
+                &[masked(FIN | BIN, &at_frame)],
+                vec![Ev::Binary(at_frame.clone())],
+                End::All,
+            ),
+            case(
+                "frame one over",
+                &[masked(FIN | BIN, &[7; 101])],
+                vec![],
+                End::Fail(1009),
+            ),
+            case(
+                "message exactly at the limit",
+                &[masked(BIN, &at_frame), masked(FIN | CONT, &[8; 50])],
+                vec![Ev::Binary([at_frame.clone(), vec![8; 50]].concat())],
+                End::All,
+            ),
+            case(
+                "message one over",
+                &[masked(BIN, &at_frame), masked(FIN | CONT, &[8; 51])],
+                vec![],
+                End::Fail(1009),
+            ),
+            case(
+                "control frames are not data",
+                &[
+                    masked(BIN, &at_frame),
+                    masked(FIN | PING, &[1; 125]),
+                    masked(FIN | CONT, &[8; 50]),
+                ],
+                vec![
+                    Ev::Ping(vec![1; 125]),
+                    Ev::Binary([at_frame.clone(), vec![8; 50]].concat()),
+                ],
+                End::All,
+            ),
+        ];
+        check_cases(cases, &limits, 0);
+
+        // From the header alone: no payload byte has been sent yet.
+        let tight = Limits {
+            max_frame_size: 1 << 20,
+            max_message_size: 1000,
+        };
+        let mut rx = Receiver::new();
+        assert_eq!(
+            rx.feed(&mut head(FIN | TEXT, 1000, Some(KEY)), &tight, |_| {
+                Flow::Continue
+            }),
+            Ok(8)
+        );
+        let mut rx = Receiver::new();
+        let err = rx
+            .feed(&mut head(FIN | TEXT, 1001, Some(KEY)), &tight, |_| {
+                Flow::Continue
+            })
+            .unwrap_err();
+        assert_eq!(err, ERR_MESSAGE_TOO_BIG);
+        assert_eq!(rx.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn limits_apply_per_call() {
+        let mut rx = Receiver::new();
+        let mut first = masked(FIN | BIN, &[1; 10]);
+        assert!(rx.feed(&mut first, &BIG, |_| Flow::Continue).is_ok());
+        let small = Limits {
+            max_frame_size: 9,
+            max_message_size: 9,
+        };
+        let mut second = masked(FIN | BIN, &[1; 10]);
+        assert_eq!(
+            rx.feed(&mut second, &small, |_| Flow::Continue),
+            Err(ERR_FRAME_TOO_BIG)
+        );
+    }
+
+    #[test]
+    fn large_messages_autobahn_9() {
+        let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let mut frames = Vec::new();
+        let mut chunks = big.chunks(4096).peekable();
+        let mut first = true;
+        while let Some(c) = chunks.next() {
+            let fin = if chunks.peek().is_none() { FIN } else { 0 };
+            let op = if first { BIN } else { CONT };
+            frames.push(masked(fin | op, c));
+            first = false;
+        }
+        let stream = cat(&frames);
+        let got = run_all_splits(&stream, &BIG, 0);
+        assert_eq!(got.events, vec![Ev::Binary(big)]);
+
+        let t = "Ω-text-".repeat(100_000);
+        let stream = masked(FIN | TEXT, t.as_bytes());
+        let got = run_all_splits(&stream, &BIG, 0);
+        assert_eq!(got.events, vec![text(&t)]);
+    }
+
+    #[test]
+    fn whole_frames_are_borrowed_from_the_input() {
+        let mut stream = cat(&[
+            masked(FIN | TEXT, b"Hello"),
+            masked(FIN | PING, b"p"),
+            masked(FIN | BIN, &[9; 300]),
+            masked(TEXT, b""),
+            masked(FIN | CONT, b"tail"),
+        ]);
+        let range = stream.as_ptr_range();
+        let mut rx = Receiver::new();
+        let mut seen = 0;
+        let n = rx
+            .feed(&mut stream, &BIG, |e| {
+                let bytes = match e {
+                    Event::Text(b) | Event::Binary(b) | Event::Ping(b) | Event::Pong(b) => b,
+                    Event::Close(_) => panic!("no close"),
+                };
+                assert!(range.contains(&bytes.as_ptr()), "event borrowed from input");
+                seen += 1;
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(n, stream.len());
+        assert_eq!(seen, 4);
+        assert_eq!(rx.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn split_payloads_are_buffered_then_released() {
+        let frame = masked(FIN | BIN, &[3; 1000]);
+        let mut rx = Receiver::new();
+        let mut a = frame[..500].to_vec();
+        assert_eq!(rx.feed(&mut a, &BIG, |_| panic!("not yet")), Ok(500));
+        assert!(rx.buffered_bytes() >= 496);
+        let mut got = Vec::new();
+        let mut b = frame[500..].to_vec();
+        rx.feed(&mut b, &BIG, |e| {
+            got.push(Ev::from(e));
+            Flow::Continue
+        })
+        .unwrap();
+        assert_eq!(got, vec![Ev::Binary(vec![3; 1000])]);
+        assert_eq!(rx.buffered_bytes(), 0);
+
+        let ping = masked(FIN | PING, &[4; 100]);
+        let mut a = ping[..50].to_vec();
+        rx.feed(&mut a, &BIG, |_| panic!("not yet")).unwrap();
+        assert!(rx.buffered_bytes() > 0);
+        let mut b = ping[50..].to_vec();
+        let mut got = Vec::new();
+        rx.feed(&mut b, &BIG, |e| {
+            got.push(Ev::from(e));
+            Flow::Continue
+        })
+        .unwrap();
+        assert_eq!(got, vec![Ev::Ping(vec![4; 100])]);
+        assert_eq!(rx.buffered_bytes(), 0);
+
+        // A header alone, or a control frame with no payload yet, holds nothing.
+        let mut h = head(FIN | PING, 10, Some(KEY));
+        rx.feed(&mut h, &BIG, |_| panic!("not yet")).unwrap();
+        assert_eq!(rx.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn claimed_length_does_not_drive_allocation() {
+        let mut stream = head(FIN | BIN, 16 << 20, Some(KEY));
+        stream.push(0xAA);
+        let mut rx = Receiver::new();
+        let limits = Limits {
+            max_frame_size: 32 << 20,
+            max_message_size: 32 << 20,
+        };
+        assert_eq!(
+            rx.feed(&mut stream, &limits, |_| panic!("not yet")),
+            Ok(stream.len())
+        );
+        let held = rx.buffered_bytes();
+        assert!(
+            held > 0 && held <= 1 + MAX_RESERVE_AHEAD as usize + 64,
+            "held {held}"
+        );
+    }
+
+    #[test]
+    fn pause_stops_right_after_the_event() {
+        let frames = [
+            masked(FIN | TEXT, b"one"),
+            masked(FIN | PING, b"two"),
+            masked(FIN | BIN, b"three"),
+        ];
+        let stream = cat(&frames);
+        let mut buf = stream.clone();
+        let mut rx = Receiver::new();
+        let mut events = Vec::new();
+        let mut offset = 0;
+        while offset < buf.len() {
+            let n = rx
+                .feed(&mut buf[offset..], &BIG, |e| {
+                    events.push(Ev::from(e));
+                    Flow::Pause
+                })
+                .unwrap();
+            assert_eq!(
+                buf[offset + n..],
+                stream[offset + n..],
+                "unconsumed bytes stay masked"
+            );
+            offset += n;
+            assert!(events.len() <= 3);
+        }
+        assert_eq!(
+            events,
+            vec![
+                text("one"),
+                Ev::Ping(b"two".to_vec()),
+                Ev::Binary(b"three".to_vec())
+            ]
+        );
+        assert_eq!(offset, frames[0].len() + frames[1].len() + frames[2].len());
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut rx = Receiver::new();
+        let mut bad = unmasked(FIN | TEXT, b"x");
+        let err = rx.feed(&mut bad, &BIG, |_| Flow::Continue).unwrap_err();
+        assert_eq!(err, ERR_UNMASKED);
+        let mut good = masked(FIN | TEXT, b"fine");
+        assert_eq!(rx.feed(&mut good, &BIG, |_| panic!("no event")), Err(err));
+        assert_eq!(rx.feed(&mut [], &BIG, |_| panic!("no event")), Err(err));
+        assert!(!rx.is_closed());
+        assert_eq!(rx.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn receiver_stays_small() {
+        let size = size_of::<Receiver>();
+        println!("size_of::<Receiver>() = {size}");
+        assert!(size <= 128, "Receiver is {size} bytes");
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let len = (seed % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let mut rx = Receiver::new();
+            let _ = rx.feed(&mut bytes, &BIG, |_| Flow::Continue);
+        }
+    }
+
+    fn message_strategy() -> impl Strategy<Value = (bool, Vec<u8>)> {
+        prop_oneof![
+            any::<String>().prop_map(|s| (true, s.into_bytes())),
+            proptest::collection::vec(any::<u8>(), 0..3000).prop_map(|b| (false, b)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_fragmentation_and_read_split_reassembles(
+            (is_text, msg) in message_strategy(),
+            frag_cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
+            read_cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..12),
+            pings in proptest::collection::vec(any::<bool>(), 6),
+            key in any::<[u8; 4]>(),
+        ) {
+            let mut cuts: Vec<usize> = frag_cuts.iter().map(|i| i.index(msg.len() + 1)).collect();
+            cuts.sort_unstable();
+            let bounds: Vec<usize> = std::iter::once(0).chain(cuts).chain([msg.len()]).collect();
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            let pieces = bounds.len() - 1;
+            for (i, w) in bounds.windows(2).enumerate() {
+                let op = match (i, is_text) {
+                    (0, true) => TEXT,
+                    (0, false) => BIN,
+                    _ => CONT,
+                };
+                let fin = if i + 1 == pieces { FIN } else { 0 };
+                let mut h = head(fin | op, (w[1] - w[0]) as u64, Some(key));
+                let start = h.len();
+                h.extend_from_slice(&msg[w[0]..w[1]]);
+                apply_mask(&mut h[start..], key, 0);
+                stream.extend_from_slice(&h);
+                if fin == 0 && pings[i % pings.len()] {
+                    stream.extend_from_slice(&masked(FIN | PING, &[i as u8]));
+                    expected.push(Ev::Ping(vec![i as u8]));
+                }
+            }
+            expected.push(if is_text { Ev::Text(msg.clone()) } else { Ev::Binary(msg.clone()) });
+            let mut reads: Vec<usize> = read_cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            reads.sort_unstable();
+            let got = run_pieces(&stream, &reads, &BIG, 0);
+            prop_assert_eq!(got.events, expected);
+            prop_assert_eq!(got.end, Ok(stream.len()));
+        }
     }
 }

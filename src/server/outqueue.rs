@@ -1,0 +1,156 @@
+//! A connection's outbound byte queue.
+//!
+//! Owns: bytes accepted for sending but not yet taken by the socket, in order.
+//! Small frames produced for one connection are packed into one owned buffer;
+//! The whole queue goes out in vectored writes.
+//! Must never: hold memory while empty (an idle connection owns no buffer),
+//! or reorder bytes.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use super::transport::Transport;
+use crate::protocol::frame::{self, OpCode};
+
+/// Most slices handed to one `writev` call; Linux accepts 1024, but past a
+/// few dozen the call is no cheaper per byte.
+const MAX_IOVECS: usize = 64;
+/// Owned buffers are not grown past this for packing small frames; a larger
+/// frame gets a buffer of its own.
+const PACK_LIMIT: usize = 64 * 1024;
+
+/// A sealed run of bytes. (The broadcast hub adds reference-counted frames
+/// shared between connections as a second kind.)
+#[derive(Debug)]
+enum Chunk {
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    /// Sealed chunks, oldest first.
+    chunks: VecDeque<Chunk>,
+    /// The buffer small frames are packed into; logically after `chunks`.
+    tail: Vec<u8>,
+    /// Bytes of the front of the queue (first chunk, else `tail`) already written.
+    sent: usize,
+    /// Unsent bytes in the whole queue.
+    len: usize,
+}
+
+/// The result of trying to empty the queue into the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything was written.
+    Done,
+    /// The socket is full; wait for WRITABLE.
+    Blocked,
+}
+
+impl OutQueue {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends one unmasked, final frame, packed with its neighbours.
+    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.make_room(payload.len() + frame::MAX_HEADER_LEN);
+        let before = self.tail.len();
+        frame::write_frame(&mut self.tail, true, 0, opcode, payload);
+        self.len += self.tail.len() - before;
+    }
+
+    /// Lets `write` append bytes (an HTTP response) straight into the queue.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.make_room(256);
+        let before = self.tail.len();
+        write(&mut self.tail);
+        self.len += self.tail.len() - before;
+    }
+
+    /// Seals the packing buffer when `extra` more bytes would grow it past
+    /// the packing limit, so one huge frame never reallocates many small ones.
+    fn make_room(&mut self, extra: usize) {
+        if !self.tail.is_empty() && self.tail.len() + extra > PACK_LIMIT {
+            self.seal_tail();
+        }
+        if self.tail.capacity() == 0 {
+            self.tail.reserve_exact(extra.clamp(256, PACK_LIMIT));
+        }
+    }
+
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let full = std::mem::take(&mut self.tail);
+            self.chunks.push_back(Chunk::Owned(full));
+        }
+    }
+
+    /// Writes as much as the socket takes, in vectored writes.
+    pub fn flush(&mut self, transport: &mut Transport) -> io::Result<Flush> {
+        while self.len > 0 {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            let pieces = self
+                .chunks
+                .iter()
+                .map(Chunk::bytes)
+                .chain(std::iter::once(self.tail.as_slice()))
+                .filter(|b| !b.is_empty());
+            for (i, bytes) in pieces.take(MAX_IOVECS).enumerate() {
+                let start = if i == 0 {
+                    self.sent.min(bytes.len())
+                } else {
+                    0
+                };
+                slices[count] = IoSlice::new(&bytes[start..]);
+                count += 1;
+            }
+            match transport.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Flush::Done)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len = self.len.saturating_sub(n);
+        while n > 0 {
+            let front_len = match self.chunks.front() {
+                Some(chunk) => chunk.bytes().len(),
+                None => self.tail.len(),
+            };
+            let left = front_len.saturating_sub(self.sent);
+            if n < left {
+                self.sent += n;
+                break;
+            }
+            n -= left;
+            self.sent = 0;
+            if self.chunks.pop_front().is_none() {
+                self.tail.clear();
+                break;
+            }
+        }
+        if self.len == 0 {
+            // Give every buffer back: idle connections hold nothing.
+            *self = OutQueue::default();
+        }
+    }
+}
