@@ -33,6 +33,12 @@ kind = "echo"
 /// Request path answered by the server itself, so no route may claim it.
 pub const HEALTH_CHECK_PATH: &str = "/healthz";
 
+/// Request path of the server's metrics endpoint, so no route may claim it.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Path prefix of the HTTP publish API when `publish_prefix` is not set.
+pub const DEFAULT_PUBLISH_PREFIX: &str = "/publish";
+
 /// Built-in defaults, used for every setting a file leaves out.
 ///
 /// These are the single source of truth for default values; tests check
@@ -40,6 +46,8 @@ pub const HEALTH_CHECK_PATH: &str = "/healthz";
 mod defaults {
     use std::net::SocketAddr;
     use std::time::Duration;
+
+    use super::{ClientMessages, OnBacklog};
 
     pub const MAX_CONNECTIONS: usize = 100_000;
     pub const MAX_MESSAGE_SIZE: u64 = 16 * 1024 * 1024;
@@ -53,6 +61,10 @@ mod defaults {
     pub const LISTENER: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
     pub const ROUTE_PATH: &str = "/echo";
+    pub const MAX_CHANNELS_PER_CONNECTION: usize = 16;
+    pub const ON_BACKLOG: OnBacklog = OnBacklog::Close;
+    pub const CLIENT_MESSAGES: ClientMessages = ClientMessages::Ignore;
+    pub const ECHO_TO_SENDER: bool = false;
 
     // serde's `default = "..."` wants functions, not constants.
     pub fn max_connections() -> usize {
@@ -82,10 +94,22 @@ mod defaults {
     pub fn idle_timeout() -> Duration {
         IDLE_TIMEOUT
     }
+    pub fn publish_prefix() -> String {
+        super::DEFAULT_PUBLISH_PREFIX.to_owned()
+    }
+    pub fn max_channels_per_connection() -> usize {
+        MAX_CHANNELS_PER_CONNECTION
+    }
+    pub fn on_backlog() -> OnBacklog {
+        ON_BACKLOG
+    }
 }
 
 /// The whole configuration.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// `Debug` is written by hand so that printing a config (in a log line or a
+/// failed assertion) never reveals `publish_token`.
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// Addresses to accept connections on; never empty once validated.
     pub listeners: Vec<ListenerConfig>,
@@ -99,7 +123,9 @@ pub struct Config {
     /// `max_message_size`.
     pub max_frame_size: u64,
     /// Outbound bytes queued per connection before it counts as a slow
-    /// consumer.
+    /// consumer. On echo routes the server then stops reading from that
+    /// client until its queue drains; for broadcast deliveries `on_backlog`
+    /// decides.
     pub max_backlog_bytes: usize,
     /// Time from accept until the opening handshake must be complete.
     pub handshake_timeout: Duration,
@@ -111,6 +137,46 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Zero disables the idle timeout.
     pub idle_timeout: Duration,
+    /// `POST <publish_prefix>/<channel>` publishes the request body to a
+    /// channel. Starts with `/`, never ends with one, and overlaps no route
+    /// and neither the health check nor the metrics path.
+    pub publish_prefix: String,
+    /// When set, publishing and `/metrics` require
+    /// `Authorization: Bearer <token>`; when unset, only loopback peers may
+    /// use them. Non-empty visible ASCII once validated.
+    pub publish_token: Option<String>,
+    /// Channels one broadcast connection may subscribe to at once; above 0.
+    pub max_channels_per_connection: usize,
+    /// What a broadcast delivery does when it would push a connection's
+    /// outbound queue past `max_backlog_bytes`.
+    pub on_backlog: OnBacklog,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whether a token is set is useful to see; its value never is.
+        let token = self.publish_token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field("listeners", &self.listeners)
+            .field("routes", &self.routes)
+            .field("max_connections", &self.max_connections)
+            .field("max_message_size", &self.max_message_size)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("max_backlog_bytes", &self.max_backlog_bytes)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("publish_prefix", &self.publish_prefix)
+            .field("publish_token", &token)
+            .field(
+                "max_channels_per_connection",
+                &self.max_channels_per_connection,
+            )
+            .field("on_backlog", &self.on_backlog)
+            .finish()
+    }
 }
 
 /// One listening socket.
@@ -125,9 +191,51 @@ pub struct ListenerConfig {
 /// add optional fields here without changing the file layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteConfig {
-    /// Exact request path, starting with `/`.
+    /// Starts with `/` and does not end with one (unless it is exactly `/`).
+    /// Echo routes match this path exactly; broadcast routes match it as a
+    /// prefix: `<path>/<channel>` or `<path>?channel=...`.
     pub path: String,
     pub kind: RouteKind,
+    /// What a subscriber's own messages do. Always the default
+    /// ([`ClientMessages::Ignore`]) on echo routes.
+    pub client_messages: ClientMessages,
+    /// With [`ClientMessages::Broadcast`], also send a message back to its
+    /// sender. Always false unless `client_messages` is `Broadcast`.
+    pub echo_to_sender: bool,
+}
+
+impl RouteConfig {
+    /// A route with the kind's default options.
+    pub fn new(path: impl Into<String>, kind: RouteKind) -> RouteConfig {
+        RouteConfig {
+            path: path.into(),
+            kind,
+            client_messages: defaults::CLIENT_MESSAGES,
+            echo_to_sender: defaults::ECHO_TO_SENDER,
+        }
+    }
+}
+
+/// Generates `as_str` (the name used in the config file) and a matching
+/// `Display` for the config's lowercase enums, so the spelling in error
+/// messages and logs can never drift from what the file accepts.
+macro_rules! config_names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name used for this value in the config file.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
 /// What a route does with messages.
@@ -136,22 +244,51 @@ pub struct RouteConfig {
 pub enum RouteKind {
     /// Sends every message back to its sender.
     Echo,
+    /// Fans messages published to a channel out to the channel's
+    /// subscribers. The route path is a prefix naming no channel itself.
+    Broadcast,
 }
 
-impl RouteKind {
-    /// The name used for this kind in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteKind::Echo => "echo",
-        }
-    }
+config_names!(RouteKind {
+    Echo => "echo",
+    Broadcast => "broadcast",
+});
+
+/// What a broadcast delivery does to a connection whose outbound queue
+/// would grow past `max_backlog_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBacklog {
+    /// Close the slow connection, so every client that stays connected has
+    /// seen every message.
+    Close,
+    /// Skip the message for that connection: it misses messages until it
+    /// has caught up, but stays connected.
+    Drop,
 }
 
-impl fmt::Display for RouteKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+config_names!(OnBacklog {
+    Close => "close",
+    Drop => "drop",
+});
+
+/// What a broadcast route does with messages its subscribers send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientMessages {
+    /// Discard them (pings and closes are still answered).
+    Ignore,
+    /// Relay them to the other subscribers of the sender's channels.
+    Broadcast,
+    /// Close the connection with 1003 (unsupported data).
+    Reject,
 }
+
+config_names!(ClientMessages {
+    Ignore => "ignore",
+    Broadcast => "broadcast",
+    Reject => "reject",
+});
 
 /// A config that cannot be used, with enough context to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +338,14 @@ struct RawConfig {
     close_timeout: Duration,
     #[serde(default = "defaults::idle_timeout", deserialize_with = "duration")]
     idle_timeout: Duration,
+    #[serde(default = "defaults::publish_prefix")]
+    publish_prefix: String,
+    #[serde(default)]
+    publish_token: Option<String>,
+    #[serde(default = "defaults::max_channels_per_connection")]
+    max_channels_per_connection: usize,
+    #[serde(default = "defaults::on_backlog")]
+    on_backlog: OnBacklog,
     #[serde(default)]
     listener: Option<Vec<RawListener>>,
     #[serde(default)]
@@ -219,6 +364,40 @@ struct RawListener {
 struct RawRoute {
     path: String,
     kind: RouteKind,
+    // `Option` so that setting an option on a route kind it does not apply
+    // to can be reported, even when the value given equals the default.
+    #[serde(default)]
+    client_messages: Option<ClientMessages>,
+    #[serde(default)]
+    echo_to_sender: Option<bool>,
+}
+
+impl RawRoute {
+    /// Rejects options the route's kind does not use, naming the option.
+    fn into_route(self) -> Result<RouteConfig, ConfigError> {
+        if self.kind != RouteKind::Broadcast {
+            let set = [
+                ("route.client_messages", self.client_messages.is_some()),
+                ("route.echo_to_sender", self.echo_to_sender.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "is set on route {:?}, which is kind {:?}; it only applies to kind \"broadcast\"",
+                        self.path,
+                        self.kind.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(RouteConfig {
+            client_messages: self.client_messages.unwrap_or(defaults::CLIENT_MESSAGES),
+            echo_to_sender: self.echo_to_sender.unwrap_or(defaults::ECHO_TO_SENDER),
+            path: self.path,
+            kind: self.kind,
+        })
+    }
 }
 
 /// Parses `IP:port` with a message that says what is expected; serde's own
@@ -234,9 +413,9 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     })
 }
 
-/// Parses a humantime duration ("30s", "500ms", "2m"). Hand-rolled rather
-/// than `humantime_serde` so both a wrong type and a bad unit produce a
-/// message that shows the expected form and names the supported units.
+/// Parses a duration ("30s", "500ms", "2m") with `humantime`, through a
+/// visitor of our own so both a wrong type and a bad unit produce a message
+/// that shows the expected form.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct Visitor;
     impl serde::de::Visitor<'_> for Visitor {
@@ -245,7 +424,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             f.write_str("a duration string such as \"30s\" or \"500ms\"")
         }
         fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            humantime_serde::re::humantime::parse_duration(text).map_err(|e| {
+            humantime::parse_duration(text).map_err(|e| {
                 E::custom(format!(
                     "invalid duration {text:?}: {e}; write it like \"30s\" or \"500ms\""
                 ))
@@ -255,8 +434,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_str(Visitor)
 }
 
-impl From<RawConfig> for Config {
-    fn from(raw: RawConfig) -> Config {
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    /// Fails only on what the finished `Config` can no longer show: options
+    /// written on a route kind they do not apply to.
+    fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
         let listeners = match raw.listener {
             Some(list) => list
                 .into_iter()
@@ -267,14 +450,11 @@ impl From<RawConfig> for Config {
         let routes = match raw.route {
             Some(list) => list
                 .into_iter()
-                .map(|r| RouteConfig {
-                    path: r.path,
-                    kind: r.kind,
-                })
-                .collect(),
+                .map(RawRoute::into_route)
+                .collect::<Result<_, _>>()?,
             None => default_routes(),
         };
-        Config {
+        Ok(Config {
             listeners,
             routes,
             max_connections: raw.max_connections,
@@ -286,7 +466,11 @@ impl From<RawConfig> for Config {
             pong_timeout: raw.pong_timeout,
             close_timeout: raw.close_timeout,
             idle_timeout: raw.idle_timeout,
-        }
+            publish_prefix: raw.publish_prefix,
+            publish_token: raw.publish_token,
+            max_channels_per_connection: raw.max_channels_per_connection,
+            on_backlog: raw.on_backlog,
+        })
     }
 }
 
@@ -297,10 +481,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
 }
 
 fn default_routes() -> Vec<RouteConfig> {
-    vec![RouteConfig {
-        path: defaults::ROUTE_PATH.to_owned(),
-        kind: RouteKind::Echo,
-    }]
+    vec![RouteConfig::new(defaults::ROUTE_PATH, RouteKind::Echo)]
 }
 
 impl Config {
@@ -310,7 +491,7 @@ impl Config {
             // toml's report ends in a newline; callers add their own.
             ConfigError::Parse(e.to_string().trim_end().to_owned())
         })?;
-        let config = Config::from(raw);
+        let config = Config::try_from(raw)?;
         config.validate()?;
         Ok(config)
     }
@@ -384,8 +565,69 @@ impl Config {
                 "must be greater than 0 while ping_interval is enabled",
             ));
         }
+        if self.max_channels_per_connection == 0 {
+            return Err(ConfigError::invalid(
+                "max_channels_per_connection",
+                "must be greater than 0",
+            ));
+        }
+        self.validate_publish_token()?;
         self.validate_listeners()?;
-        self.validate_routes()
+        self.validate_routes()?;
+        self.validate_publish_prefix()
+    }
+
+    fn validate_publish_token(&self) -> Result<(), ConfigError> {
+        let Some(token) = &self.publish_token else {
+            return Ok(());
+        };
+        // The messages never quote the token: it is a secret, and error
+        // text ends up in logs and terminals.
+        if token.is_empty() {
+            return Err(ConfigError::invalid(
+                "publish_token",
+                "must not be empty; remove the setting to let only loopback clients publish",
+            ));
+        }
+        // Visible ASCII only, so the token survives an HTTP header verbatim
+        // and compares byte for byte with what clients send.
+        if !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            return Err(ConfigError::invalid(
+                "publish_token",
+                "must consist of visible ASCII characters only (no spaces, control or non-ASCII characters)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_publish_prefix(&self) -> Result<(), ConfigError> {
+        let prefix = &self.publish_prefix;
+        let invalid =
+            |why: String| ConfigError::invalid("publish_prefix", format!("{prefix:?} {why}"));
+        check_path_syntax(prefix).map_err(|why| invalid(why.to_owned()))?;
+        if prefix == "/" {
+            // The channel follows the prefix after a `/`, so "/" would make
+            // publish paths start with "//" and claim the whole server.
+            return Err(invalid(
+                "must name a path such as \"/publish\", not the root".to_owned(),
+            ));
+        }
+        for reserved in [HEALTH_CHECK_PATH, METRICS_PATH] {
+            if is_path_prefix(prefix, reserved) {
+                return Err(invalid(format!(
+                    "would cover {reserved:?}, which the server answers itself"
+                )));
+            }
+        }
+        for r in &self.routes {
+            if paths_overlap(prefix, &r.path) {
+                return Err(invalid(format!(
+                    "overlaps route {:?}; publish requests and WebSocket routes need separate paths",
+                    r.path
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn validate_listeners(&self) -> Result<(), ConfigError> {
@@ -418,8 +660,9 @@ impl Config {
         }
         let mut seen = HashSet::new();
         for r in &self.routes {
-            check_route_path(&r.path)
+            check_route_path(&r.path, r.kind)
                 .map_err(|why| ConfigError::invalid("route.path", format!("{:?} {why}", r.path)))?;
+            check_route_options(r)?;
             if !seen.insert(r.path.as_str()) {
                 return Err(ConfigError::invalid(
                     "route.path",
@@ -427,19 +670,90 @@ impl Config {
                 ));
             }
         }
+        // A broadcast route serves every path below its own, so it must not
+        // share that space with any other route; two echo routes only ever
+        // match exactly and cannot overlap once they differ.
+        for (i, a) in self.routes.iter().enumerate() {
+            for b in &self.routes[i + 1..] {
+                let broadcast = a.kind == RouteKind::Broadcast || b.kind == RouteKind::Broadcast;
+                if broadcast && paths_overlap(&a.path, &b.path) {
+                    return Err(ConfigError::invalid(
+                        "route.path",
+                        format!(
+                            "{:?} ({}) overlaps {:?} ({}); a broadcast route also serves every path below it",
+                            a.path, a.kind, b.path, b.kind
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
 
-/// Why `path` cannot be a route, if it cannot. Routes are matched against
-/// the request target's path, so anything a path can't contain (query,
-/// fragment, raw whitespace or control bytes) would make a dead route.
-fn check_route_path(path: &str) -> Result<(), &'static str> {
+/// Checks a route's per-kind options. Routes parsed from a file already had
+/// options on the wrong kind rejected by name; this covers configs built in
+/// code, and the options' dependency on each other.
+fn check_route_options(r: &RouteConfig) -> Result<(), ConfigError> {
+    let on_route = |what: String| format!("{what} (route {:?})", r.path);
+    if r.kind != RouteKind::Broadcast {
+        if r.client_messages != defaults::CLIENT_MESSAGES {
+            return Err(ConfigError::invalid(
+                "route.client_messages",
+                on_route("only applies to kind \"broadcast\"".to_owned()),
+            ));
+        }
+        if r.echo_to_sender != defaults::ECHO_TO_SENDER {
+            return Err(ConfigError::invalid(
+                "route.echo_to_sender",
+                on_route("only applies to kind \"broadcast\"".to_owned()),
+            ));
+        }
+    }
+    // Echoing only means something for messages that are relayed at all;
+    // accepting it elsewhere would let a setting look active while it is not.
+    if r.echo_to_sender && r.client_messages != ClientMessages::Broadcast {
+        return Err(ConfigError::invalid(
+            "route.echo_to_sender",
+            on_route(format!(
+                "only has an effect with client_messages = \"broadcast\", not {:?}",
+                r.client_messages.as_str()
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// True if `prefix` equals `path` or is one of its ancestors at a `/`
+/// boundary (`/live` covers `/live/a` but not `/lively`).
+///
+/// `/` counts only as a prefix of itself: only echo routes may be `/`, and
+/// they match exactly, so treating it as everyone's ancestor would forbid
+/// every other path for no reason.
+fn is_path_prefix(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || (prefix != "/" && rest.starts_with('/')),
+        None => false,
+    }
+}
+
+/// True if either path covers the other.
+fn paths_overlap(a: &str, b: &str) -> bool {
+    is_path_prefix(a, b) || is_path_prefix(b, a)
+}
+
+/// Why `path` cannot be used as a request path (a route or the publish
+/// prefix), if it cannot. Paths are matched against the request target's
+/// path, so anything a path can't contain (query, fragment, raw whitespace
+/// or control bytes) would make a dead entry. A trailing `/` is refused
+/// because prefix matching treats `/` as the separator before the channel,
+/// so `/live/` would expect channels after a double slash.
+fn check_path_syntax(path: &str) -> Result<(), &'static str> {
     if !path.starts_with('/') {
         return Err("must start with `/`");
     }
     if path.contains('?') {
-        return Err("must not contain `?` (routes match the path, not the query)");
+        return Err("must not contain `?` (paths are matched without the query)");
     }
     if path.contains('#') {
         return Err("must not contain `#` (fragments are never sent to the server)");
@@ -450,8 +764,26 @@ fn check_route_path(path: &str) -> Result<(), &'static str> {
     if path.chars().any(char::is_control) {
         return Err("must not contain control characters");
     }
+    if path.len() > 1 && path.ends_with('/') {
+        return Err("must not end with `/` (only \"/\" itself may)");
+    }
+    Ok(())
+}
+
+/// Why `path` cannot be a route of `kind`, if it cannot.
+fn check_route_path(path: &str, kind: RouteKind) -> Result<(), &'static str> {
+    check_path_syntax(path)?;
     if path == HEALTH_CHECK_PATH {
         return Err("is reserved for the health check");
+    }
+    if path == METRICS_PATH {
+        return Err("is reserved for the metrics endpoint");
+    }
+    if kind == RouteKind::Broadcast && path == "/" {
+        return Err(
+            "cannot be a broadcast route: a broadcast route serves every path below its own, \
+             so \"/\" would take over the whole server; use a path such as \"/live\"",
+        );
     }
     Ok(())
 }
@@ -480,6 +812,10 @@ impl Config {
             pong_timeout: defaults::PONG_TIMEOUT,
             close_timeout: defaults::CLOSE_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
+            publish_prefix: DEFAULT_PUBLISH_PREFIX.to_owned(),
+            publish_token: None,
+            max_channels_per_connection: defaults::MAX_CHANNELS_PER_CONNECTION,
+            on_backlog: defaults::ON_BACKLOG,
         }
     }
 }
@@ -498,6 +834,8 @@ mod tests {
             routes: vec![RouteConfig {
                 path: "/echo".into(),
                 kind: RouteKind::Echo,
+                client_messages: ClientMessages::Ignore,
+                echo_to_sender: false,
             }],
             max_connections: 100_000,
             max_message_size: 16_777_216,
@@ -508,6 +846,10 @@ mod tests {
             pong_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(120),
+            publish_prefix: "/publish".into(),
+            publish_token: None,
+            max_channels_per_connection: 16,
+            on_backlog: OnBacklog::Close,
         }
     }
 
@@ -548,6 +890,23 @@ mod tests {
     }
 
     #[test]
+    fn example_file_commented_out_settings_are_valid() {
+        // The commented examples are meant to be uncommented as they are.
+        let example = include_str!("../config/wshub.toml");
+        let route = "# [[route]]\n# path = \"/live\"\n# kind = \"broadcast\"\n\
+                     # client_messages = \"ignore\"\n# echo_to_sender = false\n";
+        let token = "# publish_token = \"change-me-to-a-long-random-string\"\n";
+        assert!(example.contains(route) && example.contains(token));
+        let uncommented = example
+            .replace(route, &route.replace("# ", ""))
+            .replace(token, &token.replace("# ", ""));
+        let c = Config::from_toml_str(&uncommented).unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1], RouteConfig::new("/live", RouteKind::Broadcast));
+        assert!(c.publish_token.is_some());
+    }
+
+    #[test]
     fn every_setting_can_be_overridden() {
         let text = r#"
             max_connections = 10
@@ -559,6 +918,10 @@ mod tests {
             pong_timeout = "0s"
             close_timeout = "1s"
             idle_timeout = "2m"
+            publish_prefix = "/api/publish"
+            publish_token = "s3cret-Token_~"
+            max_channels_per_connection = 4
+            on_backlog = "drop"
 
             [[listener]]
             address = "127.0.0.1:9000"
@@ -573,6 +936,12 @@ mod tests {
             [[route]]
             path = "/b/c"
             kind = "echo"
+
+            [[route]]
+            path = "/live"
+            kind = "broadcast"
+            client_messages = "broadcast"
+            echo_to_sender = true
         "#;
         let c = Config::from_toml_str(text).unwrap();
         assert_eq!(c.max_connections, 10);
@@ -586,8 +955,21 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         let addrs: Vec<String> = c.listeners.iter().map(|l| l.address.to_string()).collect();
         assert_eq!(addrs, ["127.0.0.1:9000", "[::1]:9000"]);
+        assert_eq!(c.publish_prefix, "/api/publish");
+        assert_eq!(c.publish_token.as_deref(), Some("s3cret-Token_~"));
+        assert_eq!(c.max_channels_per_connection, 4);
+        assert_eq!(c.on_backlog, OnBacklog::Drop);
         let paths: Vec<&str> = c.routes.iter().map(|r| r.path.as_str()).collect();
-        assert_eq!(paths, ["/a", "/b/c"]);
+        assert_eq!(paths, ["/a", "/b/c", "/live"]);
+        assert_eq!(
+            c.routes[2],
+            RouteConfig {
+                path: "/live".into(),
+                kind: RouteKind::Broadcast,
+                client_messages: ClientMessages::Broadcast,
+                echo_to_sender: true,
+            }
+        );
     }
 
     #[test]
@@ -836,5 +1218,335 @@ mod tests {
     #[test]
     fn route_kind_names_round_trip() {
         assert_eq!(RouteKind::Echo.to_string(), "echo");
+        assert_eq!(RouteKind::Broadcast.to_string(), "broadcast");
+    }
+
+    /// A config with one broadcast route at `/live` and `options` added to
+    /// its table.
+    fn broadcast_route(options: &str) -> String {
+        format!("[[route]]\npath = \"/live\"\nkind = \"broadcast\"\n{options}\n")
+    }
+
+    /// `prefix` as the publish prefix next to the given routes.
+    fn with_publish_prefix(prefix: &str, routes: &str) -> String {
+        format!("publish_prefix = {prefix:?}\n{routes}")
+    }
+
+    #[test]
+    fn broadcast_route_defaults() {
+        let c = Config::from_toml_str(&broadcast_route("")).unwrap();
+        assert_eq!(
+            c.routes,
+            [RouteConfig {
+                path: "/live".into(),
+                kind: RouteKind::Broadcast,
+                client_messages: ClientMessages::Ignore,
+                echo_to_sender: false,
+            }]
+        );
+        assert_eq!(c.routes[0], RouteConfig::new("/live", RouteKind::Broadcast));
+    }
+
+    #[test]
+    fn client_messages_values_parse() {
+        for (text, want) in [
+            ("ignore", ClientMessages::Ignore),
+            ("broadcast", ClientMessages::Broadcast),
+            ("reject", ClientMessages::Reject),
+        ] {
+            let c = Config::from_toml_str(&broadcast_route(&format!("client_messages = {text:?}")))
+                .unwrap();
+            assert_eq!(c.routes[0].client_messages, want);
+            assert_eq!(want.as_str(), text);
+            assert_eq!(want.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn on_backlog_values_parse() {
+        for (text, want) in [("close", OnBacklog::Close), ("drop", OnBacklog::Drop)] {
+            let c = Config::from_toml_str(&format!("on_backlog = {text:?}")).unwrap();
+            assert_eq!(c.on_backlog, want);
+            assert_eq!(want.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn unknown_enum_values_are_rejected_with_line() {
+        let msg = parse_err("max_connections = 5\non_backlog = \"block\"\n");
+        assert!(msg.contains("block") && msg.contains("line 2"), "{msg}");
+        // Values are lowercase, like every other name in the file.
+        let msg = parse_err("on_backlog = \"Close\"");
+        assert!(msg.contains("line 1"), "{msg}");
+        let msg = parse_err(&broadcast_route("client_messages = \"relay\""));
+        assert!(msg.contains("relay") && msg.contains("line 4"), "{msg}");
+        let msg = parse_err(&broadcast_route("echo_to_sender = \"yes\""));
+        assert!(msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_broadcast_route_names_key_and_line() {
+        let text = format!(
+            "{}{}",
+            broadcast_route("client_messages = \"broadcast\""),
+            "echo_to_senders = true\n"
+        );
+        let msg = parse_err(&text);
+        assert!(msg.contains("echo_to_senders"), "{msg}");
+        assert!(msg.contains("line 5"), "{msg}");
+    }
+
+    #[test]
+    fn broadcast_options_on_echo_route_name_the_key() {
+        // Even a value equal to the default is refused: the setting would
+        // look meaningful while doing nothing.
+        for (option, key) in [
+            ("client_messages = \"broadcast\"", "route.client_messages"),
+            ("client_messages = \"ignore\"", "route.client_messages"),
+            ("echo_to_sender = true", "route.echo_to_sender"),
+            ("echo_to_sender = false", "route.echo_to_sender"),
+        ] {
+            let text = format!("[[route]]\npath = \"/e\"\nkind = \"echo\"\n{option}\n");
+            assert_eq!(invalid_key(&text), key, "{option}");
+            let err = Config::from_toml_str(&text).unwrap_err().to_string();
+            assert!(err.contains("\"/e\"") && err.contains("broadcast"), "{err}");
+        }
+    }
+
+    #[test]
+    fn broadcast_options_on_echo_route_built_in_code_are_rejected() {
+        let mut c = Config::default();
+        c.routes[0].client_messages = ClientMessages::Reject;
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "route.client_messages")
+        );
+        let mut c = Config::default();
+        c.routes[0].echo_to_sender = true;
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid { key, .. }) if key == "route.echo_to_sender")
+        );
+    }
+
+    #[test]
+    fn echo_to_sender_needs_broadcast_client_messages() {
+        assert_eq!(
+            invalid_key(&broadcast_route("echo_to_sender = true")),
+            "route.echo_to_sender"
+        );
+        assert_eq!(
+            invalid_key(&broadcast_route(
+                "client_messages = \"reject\"\necho_to_sender = true"
+            )),
+            "route.echo_to_sender"
+        );
+        // Explicitly off is fine with any setting.
+        let c = Config::from_toml_str(&broadcast_route("echo_to_sender = false")).unwrap();
+        assert!(!c.routes[0].echo_to_sender);
+    }
+
+    #[test]
+    fn trailing_slash_route_paths_are_rejected() {
+        for bad in ["/a/", "/a/b/", "//"] {
+            for kind in ["echo", "broadcast"] {
+                let text = format!("[[route]]\npath = {bad:?}\nkind = {kind:?}\n");
+                assert_eq!(invalid_key(&text), "route.path", "{bad} {kind}");
+            }
+        }
+    }
+
+    #[test]
+    fn root_path_is_only_an_echo_route() {
+        let c = Config::from_toml_str("[[route]]\npath = \"/\"\nkind = \"echo\"\n").unwrap();
+        assert_eq!(c.routes[0].path, "/");
+        assert_eq!(
+            invalid_key("[[route]]\npath = \"/\"\nkind = \"broadcast\"\n"),
+            "route.path"
+        );
+    }
+
+    #[test]
+    fn root_echo_route_overlaps_nothing() {
+        // `/` matches only itself, so it leaves room for broadcast routes
+        // and the publish prefix.
+        let text = "[[route]]\npath = \"/\"\nkind = \"echo\"\n\
+                    [[route]]\npath = \"/live\"\nkind = \"broadcast\"\n";
+        assert_eq!(Config::from_toml_str(text).unwrap().routes.len(), 2);
+    }
+
+    #[test]
+    fn metrics_path_is_reserved_for_routes() {
+        for kind in ["echo", "broadcast"] {
+            let text = format!("[[route]]\npath = \"/metrics\"\nkind = {kind:?}\n");
+            assert_eq!(invalid_key(&text), "route.path", "{kind}");
+        }
+        assert_eq!(
+            invalid_key("[[route]]\npath = \"/healthz\"\nkind = \"broadcast\"\n"),
+            "route.path"
+        );
+    }
+
+    #[test]
+    fn broadcast_routes_may_not_overlap_other_routes() {
+        for (a, b) in [
+            (("/live", "broadcast"), ("/live/x", "echo")),
+            (("/live/x", "echo"), ("/live", "broadcast")),
+            (("/live", "broadcast"), ("/live/x", "broadcast")),
+            (("/a/b", "broadcast"), ("/a", "echo")),
+        ] {
+            let text = format!(
+                "[[route]]\npath = {:?}\nkind = {:?}\n[[route]]\npath = {:?}\nkind = {:?}\n",
+                a.0, a.1, b.0, b.1
+            );
+            assert_eq!(invalid_key(&text), "route.path", "{a:?} {b:?}");
+        }
+        // Same spelling up to a non-boundary is no overlap.
+        for (a, b) in [("/live", "/lively"), ("/live", "/liv"), ("/a/b", "/a/bc")] {
+            let text = format!(
+                "[[route]]\npath = {a:?}\nkind = \"broadcast\"\n[[route]]\npath = {b:?}\nkind = \"broadcast\"\n"
+            );
+            assert!(Config::from_toml_str(&text).is_ok(), "{a} {b}");
+        }
+        // Exact-match echo routes may nest freely, as before.
+        let text = "[[route]]\npath = \"/a\"\nkind = \"echo\"\n[[route]]\npath = \"/a/b\"\nkind = \"echo\"\n";
+        assert!(Config::from_toml_str(text).is_ok());
+    }
+
+    #[test]
+    fn overlap_error_names_both_routes() {
+        let text = "[[route]]\npath = \"/live\"\nkind = \"broadcast\"\n[[route]]\npath = \"/live/x\"\nkind = \"echo\"\n";
+        let msg = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(
+            msg.contains("\"/live\"") && msg.contains("\"/live/x\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn publish_prefix_syntax() {
+        for good in [
+            "/p",
+            "/api/publish",
+            "/publish-v2",
+            "/healthz/pub",
+            "/metricsx",
+        ] {
+            let c = Config::from_toml_str(&with_publish_prefix(good, "")).unwrap();
+            assert_eq!(c.publish_prefix, good);
+        }
+        for bad in [
+            "",
+            "publish",
+            "/",
+            "/publish/",
+            "/p?x",
+            "/p#x",
+            "/p q",
+            "/p\t",
+        ] {
+            assert_eq!(
+                invalid_key(&with_publish_prefix(bad, "")),
+                "publish_prefix",
+                "{bad:?}"
+            );
+        }
+        // Spelled as TOML here: Rust's `{:?}` writes escapes like `\u{7f}`,
+        // which TOML does not accept.
+        for bad in [r#""/p\u007f""#, r#""/p\u0000""#, r#""/p\u00a0""#] {
+            assert_eq!(
+                invalid_key(&format!("publish_prefix = {bad}")),
+                "publish_prefix",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn publish_prefix_may_not_cover_server_paths() {
+        for bad in ["/healthz", "/metrics"] {
+            assert_eq!(
+                invalid_key(&with_publish_prefix(bad, "")),
+                "publish_prefix",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn publish_prefix_may_not_overlap_routes() {
+        for (prefix, route, kind) in [
+            ("/echo", "/echo", "echo"),
+            ("/echo/p", "/echo", "echo"),
+            ("/api", "/api/ws", "echo"),
+            ("/live", "/live", "broadcast"),
+            ("/live/pub", "/live", "broadcast"),
+            ("/x", "/x/live", "broadcast"),
+        ] {
+            let routes = format!("[[route]]\npath = {route:?}\nkind = {kind:?}\n");
+            assert_eq!(
+                invalid_key(&with_publish_prefix(prefix, &routes)),
+                "publish_prefix",
+                "{prefix} vs {route}"
+            );
+        }
+        // The default prefix against a route that only shares letters.
+        let routes = "[[route]]\npath = \"/publisher\"\nkind = \"broadcast\"\n";
+        assert!(Config::from_toml_str(routes).is_ok());
+        // The default prefix collides with a route placed under it.
+        let routes = "[[route]]\npath = \"/publish/ws\"\nkind = \"echo\"\n";
+        assert_eq!(invalid_key(routes), "publish_prefix");
+    }
+
+    #[test]
+    fn publish_token_rules() {
+        let c = Config::from_toml_str("publish_token = \"abc!~XYZ\"").unwrap();
+        assert_eq!(c.publish_token.as_deref(), Some("abc!~XYZ"));
+        for bad in [
+            r#""""#,
+            r#""two words""#,
+            r#""tab\there""#,
+            r#""new\nline""#,
+            r#""del\u007f""#,
+            r#""caf\u00e9""#,
+        ] {
+            assert_eq!(
+                invalid_key(&format!("publish_token = {bad}")),
+                "publish_token",
+                "{bad}"
+            );
+        }
+        let msg = parse_err("publish_token = 42");
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn publish_token_is_never_shown() {
+        let c = Config::from_toml_str("publish_token = \"hunter2hunter2\"").unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("publish_token"), "{shown}");
+        let err = Config::from_toml_str("publish_token = \"hunter2 hunter2\"").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn zero_channels_per_connection_is_rejected() {
+        assert_eq!(
+            invalid_key("max_channels_per_connection = 0"),
+            "max_channels_per_connection"
+        );
+        let c = Config::from_toml_str("max_channels_per_connection = 1").unwrap();
+        assert_eq!(c.max_channels_per_connection, 1);
+    }
+
+    #[test]
+    fn path_prefix_boundaries() {
+        assert!(is_path_prefix("/a", "/a"));
+        assert!(is_path_prefix("/a", "/a/b"));
+        assert!(!is_path_prefix("/a", "/ab"));
+        assert!(!is_path_prefix("/a/b", "/a"));
+        assert!(is_path_prefix("/", "/"));
+        assert!(!is_path_prefix("/", "/a"));
+        assert!(paths_overlap("/a/b", "/a"));
+        assert!(!paths_overlap("/a/b", "/a/c"));
     }
 }

@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod route;
 pub mod server;

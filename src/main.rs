@@ -1,5 +1,6 @@
 //! The `wshub` binary: command-line parsing, logging setup, and handing a
-//! loaded config to the server.
+//! loaded config to the server; plus the `publish` operator command
+//! ([`cli_publish`]).
 //!
 //! Owns: argument handling and exit codes (0 ok, 1 runtime failure, 2 usage
 //! or config-check failure).
@@ -13,25 +14,46 @@ use std::process::ExitCode;
 use wshub::config::{Config, ConfigError};
 use wshub::server::Server;
 
+mod cli_publish;
+
 const USAGE: &str = "\
 Usage:
   wshub                        run with the built-in config
   wshub -c, --config FILE      run with the config in FILE
   wshub --check-config FILE    validate FILE and exit
+  wshub publish [OPTIONS] CHANNEL [MESSAGE]
+                               publish MESSAGE (default: all of stdin) to
+                               CHANNEL through a running server
   wshub -h, --help             show this help
   wshub -V, --version          show the version
 
 The built-in config listens on 127.0.0.1:8080 and serves an echo route at
 /echo. Log verbosity follows RUST_LOG (default: info).
 
-Exit status: 0 success, 1 runtime failure, 2 usage error or invalid config
-(--check-config).";
+Publish options:
+  --url URL        the server, http://HOST[:PORT][/PREFIX]
+                   (default: http://127.0.0.1:8080); a path in URL replaces
+                   the default /publish prefix. https:// is not supported.
+  --token TOKEN    send `Authorization: Bearer TOKEN` (default: the
+                   WSHUB_PUBLISH_TOKEN environment variable, which is
+                   preferable: arguments are visible to other local users)
+  --text           send a text message (default; must be UTF-8)
+  --binary         send a binary message
+  --               end of options, for a MESSAGE starting with `-`
+
+Without publish_token in the server's config, only clients on the server
+host (loopback) may publish. On success the server's answer (JSON with the
+number of recipients) is printed.
+
+Exit status: 0 success, 1 runtime failure (publish: refused or
+unreachable), 2 usage error or invalid config (--check-config).";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
 enum Command {
     Run(Option<PathBuf>),
     Check(PathBuf),
+    Publish(cli_publish::Options),
     Help,
     Version,
 }
@@ -39,7 +61,15 @@ enum Command {
 /// Parses arguments (without the program name). Takes `OsString`s because
 /// `std::env::args` panics on non-UTF-8 input, and paths need not be UTF-8.
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
+    // `publish` is a subcommand with its own options, so it must come first.
+    if args.peek().is_some_and(|first| first == "publish") {
+        args.next();
+        return Ok(match cli_publish::parse_args(args)? {
+            cli_publish::Parsed::Help => Command::Help,
+            cli_publish::Parsed::Publish(options) => Command::Publish(options),
+        });
+    }
     let mut command: Option<Command> = None;
     while let Some(arg) = args.next() {
         let Some(flag) = arg.to_str() else {
@@ -92,6 +122,7 @@ fn main() -> ExitCode {
             println!("wshub {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Publish(options) => cli_publish::run(options),
         Command::Check(path) => match Config::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());
@@ -208,6 +239,30 @@ mod tests {
         assert!(parse(&["file.toml"]).is_err());
         assert!(parse(&["-c", "a", "--check-config", "b"]).is_err());
         assert!(parse(&["-c=a"]).is_err());
+    }
+
+    #[test]
+    fn publish_subcommand() {
+        match parse(&["publish", "--binary", "news", "hi"]) {
+            Ok(Command::Publish(o)) => {
+                assert_eq!(o.channel, "news");
+                assert!(o.binary);
+                assert_eq!(o.message.as_deref(), Some(&b"hi"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse(&["publish", "--help"]), Ok(Command::Help));
+        assert!(parse(&["publish"]).is_err());
+        assert!(parse(&["publish", "bad name!"]).is_err());
+        // Only as the first argument.
+        assert!(parse(&["-c", "a.toml", "publish", "news"]).is_err());
+    }
+
+    #[test]
+    fn usage_mentions_publish() {
+        assert!(USAGE.contains("wshub publish"));
+        assert!(USAGE.contains(cli_publish::TOKEN_ENV));
+        assert!(USAGE.contains(cli_publish::DEFAULT_URL));
     }
 
     #[cfg(unix)]

@@ -1,29 +1,58 @@
 //! One client connection: the state machine
 //! `AwaitingHandshake → Open → Closing`, after which the loop removes it.
 //!
+//! While awaiting a handshake the connection speaks HTTP/1.1: health checks,
+//! metrics and publishes are answered (keep-alive, pipelined, with bodies)
+//! until a request upgrades it to WebSocket.
+//!
 //! Owns: the connection's transport, its phase, the sans-IO receiver, its
 //! outbound queue and the few timestamps its deadlines derive from.
-//! Must never: block, touch another connection, or keep a buffer while it has
-//! nothing in flight — bytes are handed in from the loop's shared receive
-//! buffer and only a leftover fragment is ever copied.
+//! Must never: block, touch another connection (work on others is handed to
+//! the loop as an [`Action`]), or keep a buffer while it has nothing in
+//! flight — bytes are handed in from the loop's shared receive buffer and
+//! only a leftover fragment is ever copied.
+
+use std::rc::Rc;
 
 use log::debug;
 
 use super::outqueue::OutQueue;
 use super::transport::Transport;
-use crate::config::{Config, RouteKind};
+use crate::config::{ClientMessages, Config, RouteKind};
+use crate::hub::Memberships;
+use crate::hub::names::parse_subscription;
+use crate::hub::publish::{self, Access, Publish, Refusal};
+use crate::metrics::{Metrics, Refused};
 use crate::protocol::close::{self, CloseCode};
-use crate::protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
+use crate::protocol::frame::{self, MAX_CONTROL_PAYLOAD, OpCode};
 use crate::protocol::handshake;
 use crate::protocol::http::{self, HeadReader, RequestHead};
 use crate::protocol::message::{Event, Flow, Limits, Receiver};
-use crate::route::{HEALTH_PATH, RouteId, Routes};
+use crate::route::{RouteId, Routes, Target};
 use crate::timer::TimerKey;
+
+/// Work a connection asks of the loop because it concerns other connections.
+#[derive(Debug)]
+pub enum Action {
+    /// Subscribe this connection to these channels (just upgraded).
+    Subscribe(Vec<String>),
+    /// Deliver `frame` to the channel's subscribers, then answer this
+    /// connection's publish request.
+    Publish {
+        channel: String,
+        frame: Rc<[u8]>,
+        keep_alive: bool,
+    },
+    /// Relay a subscriber's message to the other subscribers of its channels.
+    Relay { frame: Rc<[u8]>, to_sender: bool },
+}
 
 /// What a connection needs from the loop to process input.
 pub struct Ctx<'a> {
     pub config: &'a Config,
     pub routes: &'a Routes,
+    pub metrics: &'a mut Metrics,
+    pub actions: &'a mut Vec<Action>,
     /// Milliseconds on the loop's clock.
     pub now: u64,
 }
@@ -39,18 +68,31 @@ impl Ctx<'_> {
 
 #[derive(Debug)]
 enum Phase {
-    /// Reading the HTTP request head.
-    AwaitingHandshake(HeadReader),
+    /// Speaking HTTP until a request upgrades the connection.
+    AwaitingHandshake(Box<HttpState>),
     Open,
-    /// Our last bytes (a close frame or an HTTP error) are queued or sent;
+    /// Our last bytes (a close frame or an HTTP answer) are queued or sent;
     /// nothing else will be. The write side is shut once they are flushed,
     /// then the connection lingers until the peer is done or `close_timeout`.
     Closing {
         /// Keep decoding frames to see the peer's close frame.
         websocket: bool,
-        /// The peer's close frame has arrived: nothing left to wait for.
+        /// The peer's close frame (or EOF) has arrived: nothing left to wait for.
         peer_closed: bool,
     },
+}
+
+#[derive(Debug, Default)]
+struct HttpState {
+    head: HeadReader,
+    /// A publish whose body is still arriving.
+    body: Option<PublishBody>,
+}
+
+#[derive(Debug)]
+struct PublishBody {
+    publish: Publish,
+    data: Vec<u8>,
 }
 
 /// A client connection owned by the loop's slab.
@@ -63,21 +105,31 @@ pub struct Connection {
     /// The single timer wheel entry of this connection, if any deadline applies.
     pub timer: Option<TimerKey>,
     pub out: OutQueue,
+    /// Channels this connection is subscribed to.
+    pub memberships: Memberships,
+    /// The last broadcast delivered, so a message relayed to several channels
+    /// reaches a subscriber of more than one of them only once.
+    pub delivery_stamp: u32,
     phase: Phase,
     receiver: Receiver,
-    /// Input received but not yet processed because the outbound queue was
-    /// over its limit. Empty (no allocation) almost always.
+    /// Input not yet processed: held back while the outbound queue is over
+    /// its limit, or while the loop carries out an [`Action`] whose answer
+    /// must precede it. Empty (no allocation) almost always.
     pending_in: Vec<u8>,
     route: RouteId,
     /// When anything was last received.
     last_recv: u64,
-    /// When the current wait began: accept, the outstanding ping, or the close.
+    /// When the current wait began: accept or last HTTP request, the
+    /// outstanding ping, or the close.
     since: u64,
     ping_outstanding: bool,
+    /// Counted as an open WebSocket connection of `route`.
+    upgraded: bool,
     write_shut: bool,
-    eof: bool,
     /// WRITABLE interest is registered with the poller.
     pub write_interest: bool,
+    /// Listed for a flush at the end of the loop turn.
+    pub dirty: bool,
 }
 
 impl Connection {
@@ -87,29 +139,51 @@ impl Connection {
             generation,
             timer: None,
             out: OutQueue::default(),
-            phase: Phase::AwaitingHandshake(HeadReader::new()),
+            memberships: Memberships::default(),
+            delivery_stamp: 0,
+            phase: Phase::AwaitingHandshake(Box::default()),
             receiver: Receiver::new(),
             pending_in: Vec::new(),
-            route: RouteId(0),
+            route: RouteId::default(),
             last_recv: now,
             since: now,
             ping_outstanding: false,
+            upgraded: false,
             write_shut: false,
-            eof: false,
             write_interest: false,
+            dirty: false,
         }
     }
 
-    /// The loop should read from the socket (not paused by backpressure, not at EOF).
+    /// The loop should read from the socket (nothing held back, peer not done).
     pub fn wants_read(&self) -> bool {
-        self.pending_in.is_empty() && !self.eof
+        self.pending_in.is_empty() && !self.peer_done()
+    }
+
+    fn peer_done(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Closing {
+                peer_closed: true,
+                ..
+            }
+        )
+    }
+
+    /// Broadcast frames may be queued: the connection is an open WebSocket.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    /// The route whose open-connection gauge counts this connection.
+    pub fn counted_route(&self) -> Option<RouteId> {
+        self.upgraded.then_some(self.route)
     }
 
     /// The peer closed its side of the TCP connection: nothing more will
     /// arrive, but what is already queued for it still goes out (within the
     /// close timeout).
     pub fn on_eof(&mut self, now: u64) {
-        self.eof = true;
         match &mut self.phase {
             Phase::AwaitingHandshake(_) | Phase::Open => {
                 self.phase = Phase::Closing {
@@ -125,34 +199,71 @@ impl Connection {
 
     /// Nothing more can happen on this connection: the loop removes it.
     pub fn is_finished(&self) -> bool {
-        let peer_done = matches!(
-            self.phase,
-            Phase::Closing {
-                peer_closed: true,
-                ..
-            }
-        );
-        peer_done && (self.write_shut || self.out.is_empty())
+        self.peer_done() && (self.write_shut || self.out.is_empty())
     }
 
-    /// Input is held back until the outbound queue drains.
+    /// Input is held back until the outbound queue drains or an action is done.
     pub fn has_pending_input(&self) -> bool {
         !self.pending_in.is_empty()
     }
 
     /// Processes bytes just read from the socket.
-    pub fn on_input(&mut self, mut input: &mut [u8], ctx: &Ctx<'_>) {
+    pub fn on_input(&mut self, input: &mut [u8], ctx: &mut Ctx<'_>) {
         self.last_recv = ctx.now;
-        if let Phase::AwaitingHandshake(reader) = &mut self.phase {
-            match reader.feed(input) {
+        self.process(input, ctx);
+    }
+
+    /// Processes input held back earlier. Returns true once none is left.
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        if self.pending_in.is_empty() {
+            return true;
+        }
+        if self.out.len() > ctx.config.max_backlog_bytes {
+            return false;
+        }
+        let mut held = std::mem::take(&mut self.pending_in);
+        self.process(&mut held, ctx);
+        self.pending_in.is_empty()
+    }
+
+    fn hold(&mut self, rest: &[u8]) {
+        if !rest.is_empty() && !self.peer_done() {
+            self.pending_in.extend_from_slice(rest);
+        }
+    }
+
+    fn process(&mut self, mut input: &mut [u8], ctx: &mut Ctx<'_>) {
+        while let Phase::AwaitingHandshake(state) = &mut self.phase {
+            if input.is_empty() {
+                return;
+            }
+            if let Some(body) = &mut state.body {
+                let want = body.publish.body_len.saturating_sub(body.data.len());
+                let (now, rest) = input.split_at_mut(want.min(input.len()));
+                body.data.extend_from_slice(now);
+                input = rest;
+                if body.data.len() < body.publish.body_len {
+                    return;
+                }
+                if let Some(body) = state.body.take() {
+                    self.finish_publish(body, ctx);
+                }
+                // The loop answers the publish; what follows must wait for it.
+                self.hold(input);
+                return;
+            }
+            match state.head.feed(input) {
                 Ok(None) => return,
                 Ok(Some((head, used))) => {
-                    self.on_request(&head, ctx);
                     input = &mut input[used..];
+                    if self.on_request(&head, ctx) {
+                        self.hold(input);
+                        return;
+                    }
                 }
                 Err(e) => {
                     debug!("bad request head: {e}");
-                    self.reply_http_and_close(e.status(), &[], &format!("{e}\n"), ctx.now);
+                    self.refuse(e.status(), &[], &format!("{e}\n"), ctx);
                     return;
                 }
             }
@@ -163,82 +274,215 @@ impl Connection {
                 websocket: true,
                 peer_closed: false,
             } => self.feed_closing(input, ctx),
-            // Bytes after an HTTP error, or after both closes: discard.
+            // Bytes after an HTTP answer that closes, or after both closes: discard.
             _ => {}
         }
     }
 
-    /// Processes input held back by backpressure once the outbound queue has
-    /// drained below its limit. Returns true if reading may resume.
-    pub fn resume(&mut self, ctx: &Ctx<'_>) -> bool {
-        if self.pending_in.is_empty() {
+    /// Answers one HTTP request. Returns true when an action was queued whose
+    /// answer must go out before anything that follows.
+    fn on_request(&mut self, head: &RequestHead, ctx: &mut Ctx<'_>) -> bool {
+        self.since = ctx.now;
+        let keep_alive = publish::keep_alive(head);
+        match ctx.routes.resolve(&head.path) {
+            Target::Health | Target::Metrics if head.method != "GET" => {
+                self.refuse(405, &[("Allow", "GET")], "use GET\n", ctx);
+            }
+            Target::Health | Target::Metrics if !matches!(publish::body_length(head), Ok(0)) => {
+                self.refuse(400, &[], "this request takes no body\n", ctx);
+            }
+            Target::Health => self.respond(200, &[], b"ok\n", keep_alive),
+            Target::Metrics => {
+                if let Err(refusal) = publish::authorize(head, self.access(ctx.config)) {
+                    self.refuse_with(refusal, ctx);
+                } else {
+                    let mut body = Vec::new();
+                    ctx.metrics.render(ctx.routes.paths(), &mut body);
+                    let content_type =
+                        [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")];
+                    self.respond(200, &content_type, &body, keep_alive);
+                }
+            }
+            Target::Publish { channel } => return self.on_publish(head, channel, ctx),
+            Target::Route { id, rest } => self.on_upgrade(head, id, rest, ctx),
+            Target::NotFound => {
+                debug!("no route for {}", head.path);
+                self.refuse(404, &[], "nothing at this path\n", ctx);
+            }
+        }
+        false
+    }
+
+    fn access<'c>(&self, config: &'c Config) -> Access<'c> {
+        match &config.publish_token {
+            Some(token) => Access::Token(token),
+            None => Access::LoopbackOnly {
+                peer_is_loopback: self
+                    .transport
+                    .peer_addr()
+                    .is_ok_and(|a| a.ip().to_canonical().is_loopback()),
+            },
+        }
+    }
+
+    fn on_publish(&mut self, head: &RequestHead, channel: &str, ctx: &mut Ctx<'_>) -> bool {
+        let checked = publish::authorize(head, self.access(ctx.config))
+            .and_then(|()| publish::check_publish(head, channel, ctx.config.max_message_size));
+        let publish = match checked {
+            Ok(publish) => publish,
+            Err(refusal) => {
+                debug!("publish refused: {refusal}");
+                self.refuse_with(refusal, ctx);
+                return false;
+            }
+        };
+        let body = PublishBody {
+            data: Vec::with_capacity(publish.body_len.min(64 * 1024)),
+            publish,
+        };
+        if body.publish.body_len == 0 {
+            self.finish_publish(body, ctx);
             return true;
         }
-        if self.out.len() > ctx.config.max_backlog_bytes {
-            return false;
+        if body.publish.expect_continue {
+            self.out
+                .push_with(|buf| buf.extend_from_slice(publish::CONTINUE));
         }
-        let mut held = std::mem::take(&mut self.pending_in);
-        let now = self.last_recv;
-        self.on_input(&mut held, ctx);
-        // Received time is when the bytes arrived, not when they were processed.
-        self.last_recv = now;
-        self.pending_in.is_empty()
+        if let Phase::AwaitingHandshake(state) = &mut self.phase {
+            state.body = Some(body);
+        }
+        false
     }
 
-    fn on_request(&mut self, head: &RequestHead, ctx: &Ctx<'_>) {
-        if head.path == HEALTH_PATH {
-            if head.method == "GET" {
-                self.reply_http_and_close(200, &[], "ok\n", ctx.now);
-            } else {
-                self.reply_http_and_close(405, &[("Allow", "GET")], "use GET\n", ctx.now);
-            }
+    fn finish_publish(&mut self, body: PublishBody, ctx: &mut Ctx<'_>) {
+        let PublishBody { publish, data } = body;
+        if publish.text && std::str::from_utf8(&data).is_err() {
+            self.refuse_with(publish::NOT_UTF8, ctx);
             return;
         }
-        let Some(route) = ctx.routes.lookup(&head.path) else {
-            debug!("no route for {}", head.path);
-            self.reply_http_and_close(404, &[], "no WebSocket route at this path\n", ctx.now);
-            return;
+        let opcode = if publish.text {
+            OpCode::Text
+        } else {
+            OpCode::Binary
         };
-        match handshake::validate(head) {
-            Ok(upgrade) => {
-                self.out
-                    .push_with(|buf| handshake::write_accept(&upgrade, None, None, buf));
-                self.route = route;
-                self.phase = Phase::Open;
-                debug!("websocket open on {}", head.path);
-            }
+        ctx.actions.push(Action::Publish {
+            channel: publish.channel,
+            frame: shared_frame(opcode, &data),
+            keep_alive: publish.keep_alive,
+        });
+        self.since = ctx.now;
+        if !publish.keep_alive {
+            self.enter_closing(false, ctx.now);
+        }
+    }
+
+    fn on_upgrade(&mut self, head: &RequestHead, id: RouteId, rest: &str, ctx: &mut Ctx<'_>) {
+        let upgrade = match handshake::validate(head) {
+            Ok(upgrade) => upgrade,
             Err(rejection) => {
                 debug!("handshake refused on {}: {rejection}", head.path);
+                ctx.metrics.refuse(Refused::from_status(rejection.status));
                 self.out.push_with(|buf| rejection.write_response(buf));
                 self.enter_closing(false, ctx.now);
+                return;
             }
+        };
+        let Some(route) = ctx.routes.get(id) else {
+            self.refuse(404, &[], "nothing at this path\n", ctx);
+            return;
+        };
+        if route.kind == RouteKind::Broadcast {
+            let max = ctx.config.max_channels_per_connection;
+            match parse_subscription(rest, head.query.as_deref(), max) {
+                Ok(channels) => ctx.actions.push(Action::Subscribe(channels)),
+                Err(e) => {
+                    debug!("subscription refused on {}: {e}", head.path);
+                    self.refuse(400, &[], &format!("{e}\n"), ctx);
+                    return;
+                }
+            }
+        }
+        self.out
+            .push_with(|buf| handshake::write_accept(&upgrade, None, None, buf));
+        self.route = id;
+        self.phase = Phase::Open;
+        self.upgraded = true;
+        ctx.metrics.handshakes_accepted += 1;
+        if let Some(open) = ctx.metrics.open_by_route.get_mut(usize::from(id.0)) {
+            *open += 1;
+        }
+        debug!("websocket open on {}", head.path);
+    }
+
+    fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], keep_alive: bool) {
+        self.out
+            .push_with(|buf| http::write_response(status, headers, body, !keep_alive, buf));
+        if !keep_alive {
+            self.enter_closing(false, self.since);
         }
     }
 
-    fn reply_http_and_close(
-        &mut self,
-        status: u16,
-        headers: &[(&str, &str)],
-        body: &str,
-        now: u64,
-    ) {
+    /// Answers with an error and closes: the request may have a body we did
+    /// not read, so the connection cannot carry another request safely.
+    fn refuse(&mut self, status: u16, headers: &[(&str, &str)], body: &str, ctx: &mut Ctx<'_>) {
+        ctx.metrics.refuse(Refused::from_status(status));
         self.out
             .push_with(|buf| http::write_response(status, headers, body.as_bytes(), true, buf));
-        self.enter_closing(false, now);
+        self.enter_closing(false, ctx.now);
     }
 
-    fn feed_open(&mut self, input: &mut [u8], ctx: &Ctx<'_>) {
+    fn refuse_with(&mut self, refusal: Refusal, ctx: &mut Ctx<'_>) {
+        ctx.metrics.refuse(Refused::from_status(refusal.status));
+        self.out.push_with(|buf| refusal.write_response(buf));
+        if refusal.close {
+            self.enter_closing(false, ctx.now);
+        }
+    }
+
+    fn feed_open(&mut self, input: &mut [u8], ctx: &mut Ctx<'_>) {
+        let limits = ctx.limits();
         let backlog = ctx.config.max_backlog_bytes;
-        let kind = ctx.routes.get(self.route).map(|r| r.kind);
-        let out = &mut self.out;
+        let route = ctx.routes.get(self.route);
+        let kind = route.map(|r| r.kind);
+        let client_messages = route.map(|r| r.client_messages);
+        let to_sender = route.is_some_and(|r| r.echo_to_sender);
+        let Connection { out, receiver, .. } = self;
+        let Ctx {
+            metrics, actions, ..
+        } = ctx;
         let mut peer_close = None;
-        let result = self.receiver.feed(input, &ctx.limits(), |event| {
-            match event {
-                Event::Text(data) => on_message(kind, OpCode::Text, data, out),
-                Event::Binary(data) => on_message(kind, OpCode::Binary, data, out),
-                Event::Ping(data) => out.push_frame(OpCode::Pong, data),
-                Event::Pong(_) => {}
-                Event::Close(status) => peer_close = Some(status.map(|(code, _)| code)),
+        let mut rejected = false;
+        let result = receiver.feed(input, &limits, |event| {
+            let (opcode, data) = match event {
+                Event::Text(data) => (OpCode::Text, data),
+                Event::Binary(data) => (OpCode::Binary, data),
+                Event::Ping(data) => {
+                    out.push_frame(OpCode::Pong, data);
+                    return Flow::Continue;
+                }
+                Event::Pong(_) => return Flow::Continue,
+                Event::Close(status) => {
+                    peer_close = Some(status.map(|(code, _)| code));
+                    return Flow::Continue;
+                }
+            };
+            metrics.messages_in += 1;
+            metrics.bytes_in += data.len() as u64;
+            match (kind, client_messages) {
+                (Some(RouteKind::Echo), _) => {
+                    out.push_frame(opcode, data);
+                    metrics.messages_out += 1;
+                    metrics.bytes_out += data.len() as u64;
+                }
+                (_, Some(ClientMessages::Broadcast)) => actions.push(Action::Relay {
+                    frame: shared_frame(opcode, data),
+                    to_sender,
+                }),
+                (_, Some(ClientMessages::Reject)) => {
+                    rejected = true;
+                    return Flow::Pause;
+                }
+                _ => {}
             }
             if out.len() > backlog {
                 Flow::Pause
@@ -251,6 +495,13 @@ impl Connection {
                 debug!("protocol error: {error}");
                 self.send_close(error.code, error.reason, ctx.now);
             }
+            Ok(_) if rejected => {
+                self.send_close(
+                    CloseCode::UNSUPPORTED_DATA,
+                    "this route does not accept messages",
+                    ctx.now,
+                );
+            }
             Ok(_) if peer_close.is_some() => {
                 let code = close::reply_code(peer_close.flatten());
                 self.send_close(code, "", ctx.now);
@@ -260,8 +511,8 @@ impl Connection {
                 };
             }
             Ok(used) => {
-                if let Some(rest) = input.get(used..).filter(|r| !r.is_empty()) {
-                    self.pending_in.extend_from_slice(rest);
+                if let Some(rest) = input.get(used..) {
+                    self.hold(rest);
                 }
             }
         }
@@ -385,12 +636,11 @@ impl Connection {
     }
 }
 
-/// What a route does with a whole message from its client.
-fn on_message(kind: Option<RouteKind>, opcode: OpCode, data: &[u8], out: &mut OutQueue) {
-    match kind {
-        Some(RouteKind::Echo) => out.push_frame(opcode, data),
-        None => {}
-    }
+/// A final data frame, encoded once, to be shared by every recipient.
+fn shared_frame(opcode: OpCode, payload: &[u8]) -> Rc<[u8]> {
+    let mut buf = Vec::with_capacity(payload.len() + frame::MAX_HEADER_LEN);
+    frame::write_frame(&mut buf, true, 0, opcode, payload);
+    Rc::from(buf)
 }
 
 /// `start` plus a configured duration, saturating rather than overflowing on

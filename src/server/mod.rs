@@ -12,6 +12,7 @@ mod transport;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,11 +22,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, OnBacklog};
+use crate::hub::{ChannelId, Hub};
+use crate::metrics::Metrics;
 use crate::protocol::http;
 use crate::route::Routes;
 use crate::timer::TimerWheel;
-use conn::{Connection, Ctx};
+use conn::{Action, Connection, Ctx};
 use outqueue::Flush;
 use transport::Transport;
 
@@ -34,6 +37,9 @@ const RECV_BUF_LEN: usize = 64 * 1024;
 /// Reads per connection per readiness event before others get their turn;
 /// the connection is revisited on the next loop turn.
 const READS_PER_TURN: usize = 16;
+/// Rounds of "process held-back input, carry out its actions" per
+/// connection per turn; bounds how long one pipelining client holds the loop.
+const ROUNDS_PER_TURN: usize = 64;
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_PAUSE_MS: u64 = 100;
 /// Events taken from the poller per turn.
@@ -83,6 +89,17 @@ pub struct Server {
     recv_buf: Box<[u8]>,
     config: Config,
     routes: Routes,
+    hub: Hub<u32>,
+    metrics: Metrics,
+    /// Work queued by the connection being driven, carried out right after.
+    actions: Vec<Action>,
+    /// Connections given broadcast frames this turn, flushed before polling.
+    dirty: Vec<usize>,
+    /// Slow subscribers found during a fan-out, removed after it.
+    slow: Vec<usize>,
+    /// Tags each fan-out so a relay through several channels reaches a
+    /// subscriber of more than one of them once.
+    delivery_stamp: u32,
     clock: Instant,
     /// Connections to drive again next turn: read budget used up, or input
     /// held back by backpressure that may now proceed.
@@ -123,7 +140,13 @@ impl Server {
             next_generation: 1,
             timers: TimerWheel::new(0),
             recv_buf: vec![0; RECV_BUF_LEN].into_boxed_slice(),
-            routes: Routes::from_config(&config.routes),
+            routes: Routes::new(&config),
+            hub: Hub::new(),
+            metrics: Metrics::new(config.routes.len()),
+            actions: Vec::new(),
+            dirty: Vec::new(),
+            slow: Vec::new(),
+            delivery_stamp: 0,
             config,
             clock: Instant::now(),
             ready: VecDeque::new(),
@@ -182,6 +205,7 @@ impl Server {
             }
             self.drive_ready(now);
             self.fire_timers(now);
+            self.flush_dirty(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 for index in 0..self.listeners.len() {
@@ -197,7 +221,7 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || !self.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let next = match (self.timers.next_expiry(), self.accept_paused_until) {
@@ -275,41 +299,62 @@ impl Server {
             return;
         }
         entry.insert(Connection::new(Transport::Plain(stream), generation, now));
+        self.metrics.connections += 1;
         debug!("connection {key} from {peer}");
         self.sync_timer(key);
     }
 
-    /// Reads what is available, lets the connection process it, writes what
-    /// it produced in one go, and settles poll interest and timer.
-    fn drive(&mut self, key: usize, mut readable: bool, read_to_end: bool, now: u64) {
-        let ctx = Ctx {
-            config: &self.config,
-            routes: &self.routes,
-            now,
-        };
+    /// Reads what is available, lets the connection process it, carries out
+    /// the actions it asks for, writes what it produced in one go, and
+    /// settles poll interest and timer.
+    fn drive(&mut self, key: usize, readable: bool, read_to_end: bool, now: u64) {
+        let mut read = readable;
+        let mut again = false;
+        for _ in 0..ROUNDS_PER_TURN {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let mut ctx = Ctx {
+                config: &self.config,
+                routes: &self.routes,
+                metrics: &mut self.metrics,
+                actions: &mut self.actions,
+                now,
+            };
+            if conn.has_pending_input() {
+                if conn.out.len() > self.config.max_backlog_bytes {
+                    // Resumed by the flush that drains the queue.
+                    read = false;
+                    break;
+                }
+                if conn.resume(&mut ctx) {
+                    // Reads were paused, so readiness edges may have been missed.
+                    read = true;
+                }
+            } else if read {
+                read = false;
+                match read_input(conn, &mut self.recv_buf, &mut ctx, read_to_end) {
+                    Ok(more) => again = more,
+                    Err(e) => {
+                        debug!("connection {key}: read failed: {e}");
+                        self.remove(key);
+                        return;
+                    }
+                }
+            } else {
+                break;
+            }
+            if !self.actions.is_empty() {
+                self.run_actions(key);
+            }
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let token = Self::token_of(key, conn.generation);
-        if conn.has_pending_input() && conn.resume(&ctx) {
-            // Reads were paused, so readiness edges may have been missed.
-            readable = true;
-        }
-        let mut again = false;
-        if readable {
-            match read_input(conn, &mut self.recv_buf, &ctx, read_to_end) {
-                Ok(more) => again = more,
-                Err(e) => {
-                    debug!("connection {key}: read failed: {e}");
-                    self.remove(key);
-                    return;
-                }
-            }
-        }
         if !conn.out.is_empty() {
             match conn.out.flush(&mut conn.transport) {
-                Ok(Flush::Done) => {}
-                Ok(Flush::Blocked) => {}
+                Ok(Flush::Done | Flush::Blocked) => {}
                 Err(e) => {
                     debug!("connection {key}: write failed: {e}");
                     self.remove(key);
@@ -322,7 +367,7 @@ impl Server {
             self.remove(key);
             return;
         }
-        if conn.has_pending_input() && conn.out.len() <= self.config.max_backlog_bytes {
+        if read || (conn.has_pending_input() && conn.out.len() <= self.config.max_backlog_bytes) {
             again = true;
         }
         let want_write = !conn.out.is_empty();
@@ -347,6 +392,152 @@ impl Server {
             self.ready.push_back(token);
         }
         self.sync_timer(key);
+    }
+
+    /// Carries out what connection `key` asked for while processing input.
+    fn run_actions(&mut self, key: usize) {
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
+            match action {
+                Action::Subscribe(channels) => {
+                    let Ok(who) = u32::try_from(key) else {
+                        continue;
+                    };
+                    for name in &channels {
+                        let membership = self.hub.subscribe(name, who);
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.memberships.push(membership);
+                        }
+                    }
+                    self.update_hub_gauges();
+                }
+                Action::Publish {
+                    channel,
+                    frame,
+                    keep_alive,
+                } => {
+                    self.metrics.publishes += 1;
+                    let stamp = self.next_stamp();
+                    let recipients = match self.hub.lookup(&channel) {
+                        Some(id) => self.fan_out(id, &frame, None, stamp),
+                        None => 0,
+                    };
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.out.push_with(|buf| {
+                            crate::hub::publish::write_published(
+                                &channel, recipients, keep_alive, buf,
+                            );
+                        });
+                    }
+                    self.remove_slow();
+                }
+                Action::Relay { frame, to_sender } => {
+                    self.metrics.publishes += 1;
+                    let stamp = self.next_stamp();
+                    let exclude = (!to_sender).then_some(key);
+                    let channels: Vec<ChannelId> = match self.conns.get(key) {
+                        Some(conn) => conn.memberships.iter().map(|m| m.channel()).collect(),
+                        None => Vec::new(),
+                    };
+                    for id in channels {
+                        self.fan_out(id, &frame, exclude, stamp);
+                    }
+                    self.remove_slow();
+                }
+            }
+        }
+        // Keep the vector's capacity for the next connection.
+        self.actions = actions;
+    }
+
+    fn next_stamp(&mut self) -> u32 {
+        // Zero is what new connections start with, so it is never used.
+        self.delivery_stamp = match self.delivery_stamp.wrapping_add(1) {
+            0 => 1,
+            s => s,
+        };
+        self.delivery_stamp
+    }
+
+    /// Queues one shared frame on every open subscriber of a channel and
+    /// lists them for a flush at the end of the turn. Returns the recipients.
+    fn fan_out(
+        &mut self,
+        channel: ChannelId,
+        frame: &Rc<[u8]>,
+        exclude: Option<usize>,
+        stamp: u32,
+    ) -> usize {
+        let limit = self.config.max_backlog_bytes;
+        let mut recipients = 0usize;
+        for who in self.hub.subscribers(channel) {
+            let key = who as usize;
+            if exclude == Some(key) {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if !conn.is_open() || conn.delivery_stamp == stamp {
+                continue;
+            }
+            conn.delivery_stamp = stamp;
+            if conn.out.len().saturating_add(frame.len()) > limit {
+                match self.config.on_backlog {
+                    OnBacklog::Close => {
+                        self.metrics.slow_consumer_closes += 1;
+                        self.slow.push(key);
+                    }
+                    OnBacklog::Drop => self.metrics.slow_consumer_drops += 1,
+                }
+                continue;
+            }
+            conn.out.push_shared(Rc::clone(frame));
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+            recipients += 1;
+        }
+        let count = recipients as u64;
+        self.metrics.deliveries += count;
+        self.metrics.messages_out += count;
+        self.metrics.bytes_out += count.saturating_mul(frame.len() as u64);
+        recipients
+    }
+
+    fn remove_slow(&mut self) {
+        while let Some(key) = self.slow.pop() {
+            debug!("connection {key}: slow consumer over max_backlog_bytes, dropped");
+            self.remove(key);
+        }
+    }
+
+    /// Writes out what fan-outs queued this turn, one vectored write per
+    /// connection however many frames it got.
+    fn flush_dirty(&mut self, now: u64) {
+        for _ in 0..ROUNDS_PER_TURN {
+            if self.dirty.is_empty() {
+                return;
+            }
+            let mut batch = std::mem::take(&mut self.dirty);
+            for key in batch.drain(..) {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.dirty = false;
+                    self.drive(key, false, false, now);
+                }
+            }
+            // Driving can resume held-back input that relays further; those
+            // recipients are in `self.dirty` now. Otherwise keep the capacity.
+            if self.dirty.is_empty() {
+                self.dirty = batch;
+            }
+        }
+    }
+
+    fn update_hub_gauges(&mut self) {
+        self.metrics.channels = self.hub.channel_count() as u64;
+        self.metrics.subscriptions = self.hub.subscription_count() as u64;
     }
 
     fn drive_ready(&mut self, now: u64) {
@@ -410,6 +601,20 @@ impl Server {
             if let Some(timer) = conn.timer {
                 self.timers.remove(timer);
             }
+            let memberships = conn.memberships.take();
+            if !memberships.is_empty() {
+                for membership in memberships.iter() {
+                    self.hub.unsubscribe(membership);
+                }
+                self.update_hub_gauges();
+            }
+            self.metrics.connections = self.metrics.connections.saturating_sub(1);
+            if let Some(open) = conn
+                .counted_route()
+                .and_then(|r| self.metrics.open_by_route.get_mut(usize::from(r.0)))
+            {
+                *open = open.saturating_sub(1);
+            }
             let _ = self.poll.registry().deregister(conn.transport.source());
             debug!("connection {key} closed");
         }
@@ -422,7 +627,7 @@ impl Server {
 fn read_input(
     conn: &mut Connection,
     buf: &mut [u8],
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     read_to_end: bool,
 ) -> io::Result<bool> {
     for _ in 0..READS_PER_TURN {

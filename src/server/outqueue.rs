@@ -2,12 +2,16 @@
 //!
 //! Owns: bytes accepted for sending but not yet taken by the socket, in order.
 //! Small frames produced for one connection are packed into one owned buffer;
+//! frames broadcast to many connections are shared by reference count, never
+//! copied per recipient.
 //! The whole queue goes out in vectored writes.
 //! Must never: hold memory while empty (an idle connection owns no buffer),
 //! or reorder bytes.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::rc::Rc;
 
 use super::transport::Transport;
 use crate::protocol::frame::{self, OpCode};
@@ -19,23 +23,32 @@ const MAX_IOVECS: usize = 64;
 /// frame gets a buffer of its own.
 const PACK_LIMIT: usize = 64 * 1024;
 
-/// A sealed run of bytes. (The broadcast hub adds reference-counted frames
-/// shared between connections as a second kind.)
+/// A sealed run of bytes: this connection's own, or a broadcast frame shared
+/// by reference count with every other recipient.
 #[derive(Debug)]
 enum Chunk {
     Owned(Vec<u8>),
+    Shared(Rc<[u8]>),
 }
 
 impl Chunk {
     fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Owned(v) => v,
+            Chunk::Shared(s) => s,
         }
     }
 }
 
+/// A connection's queue: nothing at all while empty, so an idle connection
+/// pays one pointer for it.
 #[derive(Debug, Default)]
 pub struct OutQueue {
+    inner: Option<Box<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
     /// Sealed chunks, oldest first.
     chunks: VecDeque<Chunk>,
     /// The buffer small frames are packed into; logically after `chunks`.
@@ -44,6 +57,41 @@ pub struct OutQueue {
     sent: usize,
     /// Unsent bytes in the whole queue.
     len: usize,
+}
+
+/// Emptied queues kept for reuse by the loop's thread, so a connection that
+/// sends a burst and drains it again costs no allocation in steady state.
+const SPARE_QUEUES: usize = 256;
+/// A spare keeps its packing buffer only up to this capacity.
+const SPARE_TAIL_CAPACITY: usize = 16 * 1024;
+
+thread_local! {
+    // Boxed on purpose: a spare is handed out as the very box a queue holds.
+    #[allow(clippy::vec_box)]
+    static SPARE: RefCell<Vec<Box<Inner>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_spare() -> Box<Inner> {
+    SPARE
+        .with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .unwrap_or_default()
+}
+
+fn give_back(mut inner: Box<Inner>) {
+    if inner.tail.capacity() > SPARE_TAIL_CAPACITY {
+        inner.tail = Vec::new();
+    }
+    inner.tail.clear();
+    inner.chunks.clear();
+    inner.sent = 0;
+    inner.len = 0;
+    SPARE.with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut()
+            && spare.len() < SPARE_QUEUES
+        {
+            spare.push(inner);
+        }
+    });
 }
 
 /// The result of trying to empty the queue into the socket.
@@ -57,29 +105,64 @@ pub enum Flush {
 
 impl OutQueue {
     pub fn len(&self) -> usize {
-        self.len
+        self.inner.as_ref().map_or(0, |i| i.len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
+    }
+
+    fn inner(&mut self) -> &mut Inner {
+        self.inner.get_or_insert_with(take_spare)
     }
 
     /// Appends one unmasked, final frame, packed with its neighbours.
     pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        self.make_room(payload.len() + frame::MAX_HEADER_LEN);
-        let before = self.tail.len();
-        frame::write_frame(&mut self.tail, true, 0, opcode, payload);
-        self.len += self.tail.len() - before;
+        let inner = self.inner();
+        inner.make_room(payload.len() + frame::MAX_HEADER_LEN);
+        let before = inner.tail.len();
+        frame::write_frame(&mut inner.tail, true, 0, opcode, payload);
+        inner.len += inner.tail.len() - before;
     }
 
     /// Lets `write` append bytes (an HTTP response) straight into the queue.
     pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
-        self.make_room(256);
-        let before = self.tail.len();
-        write(&mut self.tail);
-        self.len += self.tail.len() - before;
+        let inner = self.inner();
+        inner.make_room(256);
+        let before = inner.tail.len();
+        write(&mut inner.tail);
+        inner.len += inner.tail.len() - before;
     }
 
+    /// Appends a frame shared with other connections: no copy, one more
+    /// reference.
+    pub fn push_shared(&mut self, frame: Rc<[u8]>) {
+        if frame.is_empty() {
+            return;
+        }
+        let inner = self.inner();
+        inner.seal_tail();
+        inner.len += frame.len();
+        inner.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Writes as much as the socket takes, in vectored writes.
+    pub fn flush(&mut self, transport: &mut Transport) -> io::Result<Flush> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(Flush::Done);
+        };
+        let result = inner.flush(transport);
+        if inner.len == 0 {
+            // Give every buffer back: idle connections hold nothing.
+            if let Some(inner) = self.inner.take() {
+                give_back(inner);
+            }
+        }
+        result
+    }
+}
+
+impl Inner {
     /// Seals the packing buffer when `extra` more bytes would grow it past
     /// the packing limit, so one huge frame never reallocates many small ones.
     fn make_room(&mut self, extra: usize) {
@@ -98,8 +181,7 @@ impl OutQueue {
         }
     }
 
-    /// Writes as much as the socket takes, in vectored writes.
-    pub fn flush(&mut self, transport: &mut Transport) -> io::Result<Flush> {
+    fn flush(&mut self, transport: &mut Transport) -> io::Result<Flush> {
         while self.len > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -147,10 +229,6 @@ impl OutQueue {
                 self.tail.clear();
                 break;
             }
-        }
-        if self.len == 0 {
-            // Give every buffer back: idle connections hold nothing.
-            *self = OutQueue::default();
         }
     }
 }

@@ -6,7 +6,7 @@
 //! Must never: interpret the bytes it carries.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 
 use mio::net::TcpStream;
 
@@ -33,6 +33,12 @@ impl Transport {
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Transport::Plain(s) => s.peer_addr(),
         }
     }
 

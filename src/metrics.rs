@@ -1,0 +1,274 @@
+//! The server's counters and gauges, rendered in the Prometheus text
+//! exposition format for `GET /metrics`.
+//!
+//! Owns: the numbers and their names, help texts and labels.
+//! Must never: do I/O, take locks, or cost more than an add on a hot path.
+
+use std::io::Write as _;
+
+/// Why a handshake or plain HTTP request was refused (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    LengthRequired,
+    TooLarge,
+    UpgradeRequired,
+    HeadTooLarge,
+    OverCapacity,
+    Timeout,
+    Other,
+}
+
+impl Refused {
+    const ALL: [Refused; 12] = [
+        Refused::BadRequest,
+        Refused::Unauthorized,
+        Refused::Forbidden,
+        Refused::NotFound,
+        Refused::MethodNotAllowed,
+        Refused::LengthRequired,
+        Refused::TooLarge,
+        Refused::UpgradeRequired,
+        Refused::HeadTooLarge,
+        Refused::OverCapacity,
+        Refused::Timeout,
+        Refused::Other,
+    ];
+
+    /// The label for an HTTP error status.
+    pub fn from_status(status: u16) -> Refused {
+        match status {
+            400 => Refused::BadRequest,
+            401 => Refused::Unauthorized,
+            403 => Refused::Forbidden,
+            404 => Refused::NotFound,
+            405 => Refused::MethodNotAllowed,
+            411 => Refused::LengthRequired,
+            413 => Refused::TooLarge,
+            426 => Refused::UpgradeRequired,
+            431 => Refused::HeadTooLarge,
+            503 => Refused::OverCapacity,
+            408 => Refused::Timeout,
+            _ => Refused::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Refused::BadRequest => "bad_request",
+            Refused::Unauthorized => "unauthorized",
+            Refused::Forbidden => "forbidden",
+            Refused::NotFound => "not_found",
+            Refused::MethodNotAllowed => "method_not_allowed",
+            Refused::LengthRequired => "length_required",
+            Refused::TooLarge => "too_large",
+            Refused::UpgradeRequired => "upgrade_required",
+            Refused::HeadTooLarge => "head_too_large",
+            Refused::OverCapacity => "over_capacity",
+            Refused::Timeout => "timeout",
+            Refused::Other => "other",
+        }
+    }
+}
+
+/// Every number `/metrics` reports. Counters only grow; gauges are set.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket connections per route (gauge), indexed like the route table.
+    pub open_by_route: Vec<u64>,
+    /// All accepted TCP connections currently held, in any phase (gauge).
+    pub connections: u64,
+    pub handshakes_accepted: u64,
+    refused: [u64; Refused::ALL.len()],
+    pub messages_in: u64,
+    pub bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub publishes: u64,
+    pub deliveries: u64,
+    pub slow_consumer_drops: u64,
+    pub slow_consumer_closes: u64,
+    pub channels: u64,
+    pub subscriptions: u64,
+}
+
+impl Metrics {
+    pub fn new(routes: usize) -> Metrics {
+        Metrics {
+            open_by_route: vec![0; routes],
+            ..Metrics::default()
+        }
+    }
+
+    pub fn refuse(&mut self, why: Refused) {
+        if let Some(slot) = Refused::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.refused.get_mut(i))
+        {
+            *slot += 1;
+        }
+    }
+
+    pub fn refused(&self, why: Refused) -> u64 {
+        Refused::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.refused.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Appends the exposition text; `route_paths` names the routes in table order.
+    pub fn render<'a>(&self, route_paths: impl Iterator<Item = &'a str>, out: &mut Vec<u8>) {
+        // Writing into a Vec cannot fail.
+        let _ = self.render_inner(route_paths, out);
+    }
+
+    fn render_inner<'a>(
+        &self,
+        route_paths: impl Iterator<Item = &'a str>,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        header(
+            out,
+            "wshub_connections",
+            "gauge",
+            "TCP connections held, in any phase",
+        )?;
+        writeln!(out, "wshub_connections {}", self.connections)?;
+        header(
+            out,
+            "wshub_websocket_connections",
+            "gauge",
+            "Open WebSocket connections by route",
+        )?;
+        for (path, open) in route_paths.zip(&self.open_by_route) {
+            // Route paths are validated to exclude quotes, backslashes and newlines.
+            writeln!(
+                out,
+                "wshub_websocket_connections{{route=\"{path}\"}} {open}"
+            )?;
+        }
+        let counters = [
+            (
+                "wshub_handshakes_accepted_total",
+                "WebSocket handshakes accepted",
+                self.handshakes_accepted,
+            ),
+            (
+                "wshub_messages_received_total",
+                "Data messages received from clients",
+                self.messages_in,
+            ),
+            (
+                "wshub_received_bytes_total",
+                "Payload bytes of data messages received",
+                self.bytes_in,
+            ),
+            (
+                "wshub_messages_sent_total",
+                "Data messages queued to clients",
+                self.messages_out,
+            ),
+            (
+                "wshub_sent_bytes_total",
+                "Frame bytes of data messages queued to clients",
+                self.bytes_out,
+            ),
+            (
+                "wshub_publishes_total",
+                "Messages published (HTTP API and relayed client messages)",
+                self.publishes,
+            ),
+            (
+                "wshub_deliveries_total",
+                "Published messages queued to a subscriber",
+                self.deliveries,
+            ),
+            (
+                "wshub_slow_consumer_drops_total",
+                "Messages a slow subscriber missed (on_backlog = drop)",
+                self.slow_consumer_drops,
+            ),
+            (
+                "wshub_slow_consumer_closes_total",
+                "Slow subscribers disconnected (on_backlog = close)",
+                self.slow_consumer_closes,
+            ),
+        ];
+        for (name, help, value) in counters {
+            header(out, name, "counter", help)?;
+            writeln!(out, "{name} {value}")?;
+        }
+        header(
+            out,
+            "wshub_requests_refused_total",
+            "counter",
+            "Handshakes and HTTP requests refused, by reason",
+        )?;
+        for (why, count) in Refused::ALL.iter().zip(self.refused) {
+            writeln!(
+                out,
+                "wshub_requests_refused_total{{reason=\"{}\"}} {count}",
+                why.label()
+            )?;
+        }
+        header(out, "wshub_channels", "gauge", "Channels with subscribers")?;
+        writeln!(out, "wshub_channels {}", self.channels)?;
+        header(
+            out,
+            "wshub_subscriptions",
+            "gauge",
+            "Channel subscriptions across all connections",
+        )?;
+        writeln!(out, "wshub_subscriptions {}", self.subscriptions)?;
+        Ok(())
+    }
+}
+
+fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) -> std::io::Result<()> {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} {kind}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let mut m = Metrics::new(2);
+        m.open_by_route[1] = 7;
+        m.deliveries = 42;
+        m.refuse(Refused::from_status(404));
+        m.refuse(Refused::NotFound);
+        let mut out = Vec::new();
+        m.render(["/echo", "/live"].into_iter(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("wshub_websocket_connections{route=\"/live\"} 7\n"));
+        assert!(text.contains("wshub_websocket_connections{route=\"/echo\"} 0\n"));
+        assert!(text.contains("wshub_deliveries_total 42\n"));
+        assert!(text.contains("wshub_requests_refused_total{reason=\"not_found\"} 2\n"));
+        assert_eq!(m.refused(Refused::NotFound), 2);
+        // Every sample line belongs to a family announced with HELP and TYPE.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_status_maps_to_a_label() {
+        for status in [400, 401, 403, 404, 405, 408, 411, 413, 426, 431, 503, 999] {
+            let why = Refused::from_status(status);
+            assert!(!why.label().is_empty());
+        }
+        assert_eq!(Refused::from_status(999), Refused::Other);
+    }
+}
