@@ -1,0 +1,686 @@
+//! Helpers shared by the integration tests: an in-process server guard, a
+//! raw WebSocket client over `std::net::TcpStream` that can build any frame
+//! (valid or not), and readers for HTTP responses and server frames.
+//!
+//! Every socket gets read and write timeouts, so no test can hang: a missing
+//! answer turns into a panic naming what was awaited.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use wshub::config::Config;
+use wshub::server::{Server, ServerError, ServerHandle};
+
+/// Default bound for any single blocking socket operation in a test.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The sample key and accept value from RFC 6455 §1.3.
+pub const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// The route the default config serves.
+pub const ECHO_PATH: &str = "/echo";
+
+/// Frame opcodes (RFC 6455 §5.2).
+pub mod op {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// Close codes the tests expect from the server.
+pub mod code {
+    pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
+
+/// The default config, listening on an ephemeral loopback port.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+/// How long a stopped server may take to leave its loop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server running on its own thread; stopped on drop, which waits (at
+/// most `STOP_TIMEOUT`) for the loop to exit.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    /// Receives the loop's result when it exits (or a disconnect if it panicked).
+    done: mpsc::Receiver<Result<(), ServerError>>,
+}
+
+impl TestServer {
+    /// A server with the default config (echo route at `/echo`).
+    pub fn start() -> TestServer {
+        TestServer::with_config(test_config())
+    }
+
+    /// A server with the default config adjusted by `adjust`. The listener
+    /// stays on an ephemeral loopback port whatever `adjust` does.
+    pub fn with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config();
+        adjust(&mut config);
+        TestServer::with_config(config)
+    }
+
+    pub fn with_config(mut config: Config) -> TestServer {
+        // Output only shows with RUST_LOG set, and only for failing tests.
+        let _ = env_logger::builder().is_test(true).try_init();
+        for listener in &mut config.listeners {
+            assert!(
+                listener.address.ip().is_loopback(),
+                "tests listen on loopback only"
+            );
+        }
+        config.validate().expect("test config must be valid");
+        // The server is bound inside its thread: it shares frames between
+        // connections by non-atomic reference count, so it is not `Send`.
+        let (ready_tx, ready) = mpsc::channel();
+        let (tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("wshub-server".into())
+            .spawn(move || {
+                let server = Server::bind(config).expect("bind test server");
+                let _ = ready_tx.send((server.local_addrs()[0], server.handle()));
+                let _ = tx.send(server.run());
+            })
+            .unwrap();
+        let (addr, handle) = ready.recv().expect("test server failed to start");
+        TestServer { addr, handle, done }
+    }
+
+    /// `ws://` URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// A raw client that completed the handshake on `/echo`.
+    pub fn client(&self) -> RawClient {
+        RawClient::open(self.addr, ECHO_PATH)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.stop();
+        // A loop that does not stop is left behind rather than hanging the test.
+        let result = self.done.recv_timeout(STOP_TIMEOUT);
+        if std::thread::panicking() {
+            return;
+        }
+        match result {
+            Ok(outcome) => outcome.expect("server loop failed"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("server loop did not stop within {STOP_TIMEOUT:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("server thread panicked"),
+        }
+    }
+}
+
+/// A fresh, non-zero masking key per frame, so that tests never depend on
+/// one particular key.
+pub fn next_mask() -> [u8; 4] {
+    static STATE: AtomicU32 = AtomicU32::new(0x9E37_79B9);
+    let mut x = STATE.fetch_add(0x6D2B_79F5, Ordering::Relaxed);
+    // xorshift scramble of the counter.
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    let mask = x.to_be_bytes();
+    if mask == [0; 4] { [1, 2, 3, 4] } else { mask }
+}
+
+/// XORs `data` with `mask`, as if `data` started at `offset` in the payload.
+pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte ^= mask[(offset + i) % 4];
+    }
+}
+
+/// A frame header with minimally encoded length. `rsv` holds RSV1..3 in its
+/// low three bits (RSV1 = 0b100); `opcode` may be any 4-bit value.
+pub fn frame_header(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
+    assert!(rsv < 8 && opcode < 16);
+    let mut out = Vec::with_capacity(14);
+    out.push(((fin as u8) << 7) | (rsv << 4) | opcode);
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    if let Some(mask) = mask {
+        out.extend_from_slice(&mask);
+    }
+    out
+}
+
+/// A complete frame; the payload is masked when `mask` is given.
+pub fn encode_frame(
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = frame_header(fin, rsv, opcode, mask, payload.len() as u64);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(mask) = mask {
+        apply_mask(&mut out[start..], mask, 0);
+    }
+    out
+}
+
+/// A valid client frame: masked, no RSV bits.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    encode_frame(fin, 0, opcode, Some(next_mask()), payload)
+}
+
+/// A close frame payload: the code then the reason bytes.
+pub fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    payload
+}
+
+/// A masked close frame from the client.
+pub fn client_close(code: u16, reason: &[u8]) -> Vec<u8> {
+    client_frame(true, op::CLOSE, &close_payload(code, reason))
+}
+
+/// An opening handshake request for `path` with `key`, `Host` set to `host`.
+pub fn upgrade_request(path: &str, host: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\n\
+         Sec-WebSocket-Version: 13\r\n\
+         \r\n"
+    )
+}
+
+/// A random-looking, valid `Sec-WebSocket-Key` (base64 of 16 bytes).
+pub fn fresh_key() -> String {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    for chunk in nonce.chunks_mut(4) {
+        chunk.copy_from_slice(&next_mask());
+    }
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
+/// `Sec-WebSocket-Accept` for `key`, computed independently of the server
+/// (SHA-1 from `sha1_smol`, base64 from `base64`).
+pub fn expected_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let mut sha1 = sha1_smol::Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("response body is UTF-8")
+    }
+}
+
+/// One frame as the server sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub rsv: u8,
+    pub opcode: u8,
+    pub masked: bool,
+    /// Unmasked payload.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The status code of a close frame, if its payload carries one.
+    pub fn close_code(&self) -> Option<u16> {
+        assert_eq!(self.opcode, op::CLOSE, "not a close frame: {self:?}");
+        (self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+
+    /// The reason of a close frame.
+    pub fn close_reason(&self) -> &str {
+        assert_eq!(self.opcode, op::CLOSE, "not a close frame: {self:?}");
+        std::str::from_utf8(self.payload.get(2..).unwrap_or_default())
+            .expect("close reason is UTF-8")
+    }
+}
+
+/// A blocking client speaking raw bytes, with its own receive buffer so that
+/// bytes read past an HTTP head or a frame are kept for the next read.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    /// Bytes at the start of `buf` already consumed.
+    pos: usize,
+}
+
+impl RawClient {
+    /// A TCP connection with read/write timeouts and `TCP_NODELAY`.
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to test server");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Connects and completes the opening handshake on `path`, checking the
+    /// `101` response and its accept value.
+    pub fn open(addr: SocketAddr, path: &str) -> RawClient {
+        let mut client = RawClient::connect(addr);
+        let key = fresh_key();
+        client.send(upgrade_request(path, &addr.to_string(), &key).as_bytes());
+        let response = client.read_http_response();
+        assert_switching_protocols(&response, &key);
+        client
+    }
+
+    /// Overrides the read timeout (for tests that wait on server timers).
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to server");
+        self.stream.flush().unwrap();
+    }
+
+    /// Writes `bytes` with one `write` call per byte.
+    pub fn send_bytewise(&mut self, bytes: &[u8], pause: Duration) {
+        for byte in bytes {
+            self.stream
+                .write_all(std::slice::from_ref(byte))
+                .expect("write to server");
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+    }
+
+    /// Sends one valid (masked) frame.
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        self.send(&client_frame(fin, opcode, payload));
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(true, op::TEXT, text.as_bytes());
+    }
+
+    pub fn send_binary(&mut self, data: &[u8]) {
+        self.send_frame(true, op::BINARY, data);
+    }
+
+    pub fn send_close(&mut self, code: u16, reason: &[u8]) {
+        self.send(&client_close(code, reason));
+    }
+
+    /// Half-closes our side: the server sees EOF.
+    pub fn shutdown_write(&self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) -> Vec<u8> {
+        let out = self.buf[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        out
+    }
+
+    /// Reads more bytes into the buffer; panics on EOF, errors or timeout,
+    /// naming `what` was awaited.
+    fn fill(&mut self, what: &str) {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!(
+                    "connection closed while waiting for {what} ({} bytes buffered: {:?})",
+                    self.buffered().len(),
+                    String::from_utf8_lossy(&self.buffered()[..self.buffered().len().min(200)])
+                ),
+                Ok(n) => {
+                    // Drop consumed bytes so the buffer never outgrows what
+                    // is still unread.
+                    self.buf.drain(..self.pos);
+                    self.pos = 0;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("timed out waiting for {what}")
+                }
+                Err(e) => panic!("read failed while waiting for {what}: {e}"),
+            }
+        }
+    }
+
+    /// Makes sure at least `n` unconsumed bytes are buffered.
+    fn need(&mut self, n: usize, what: &str) {
+        while self.buffered().len() < n {
+            self.fill(what);
+        }
+    }
+
+    /// Reads one HTTP response: head up to the blank line, then a body of
+    /// `Content-Length` bytes (none if the header is absent).
+    pub fn read_http_response(&mut self) -> HttpResponse {
+        let head_end = loop {
+            if let Some(at) = find(self.buffered(), b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(self.buffered().len() < 64 * 1024, "response head too long");
+            self.fill("an HTTP response head");
+        };
+        let head = String::from_utf8(self.consume(head_end)).expect("response head is UTF-8");
+        let mut lines = head.trim_end_matches("\r\n").split("\r\n");
+        let status_line = lines.next().unwrap();
+        let mut parts = status_line.splitn(3, ' ');
+        assert_eq!(
+            parts.next(),
+            Some("HTTP/1.1"),
+            "bad status line {status_line:?}"
+        );
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let headers: Vec<(String, String)> = lines
+            .map(|line| {
+                let (name, value) = line
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("bad header line {line:?}"));
+                (name.to_owned(), value.trim().to_owned())
+            })
+            .collect();
+        let mut response = HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if let Some(len) = response.header("Content-Length") {
+            let len: usize = len.parse().expect("numeric Content-Length");
+            self.need(len, "an HTTP response body");
+            response.body = self.consume(len);
+        }
+        response
+    }
+
+    /// Reads one frame from the server.
+    pub fn read_frame(&mut self) -> Frame {
+        self.need(2, "a frame header");
+        let b0 = self.buffered()[0];
+        let b1 = self.buffered()[1];
+        let masked = b1 & 0x80 != 0;
+        let (len, mut header_len) = match b1 & 0x7F {
+            126 => {
+                self.need(4, "a frame header");
+                let b = self.buffered();
+                (u64::from(u16::from_be_bytes([b[2], b[3]])), 4)
+            }
+            127 => {
+                self.need(10, "a frame header");
+                let b = self.buffered();
+                (u64::from_be_bytes(b[2..10].try_into().unwrap()), 10)
+            }
+            n => (u64::from(n), 2),
+        };
+        let mut mask = None;
+        if masked {
+            self.need(header_len + 4, "a frame header");
+            let b = self.buffered();
+            mask = Some([
+                b[header_len],
+                b[header_len + 1],
+                b[header_len + 2],
+                b[header_len + 3],
+            ]);
+            header_len += 4;
+        }
+        let len = usize::try_from(len).expect("frame length fits usize");
+        assert!(len <= 64 * 1024 * 1024, "implausible frame length {len}");
+        self.need(header_len + len, "a frame payload");
+        self.consume(header_len);
+        let mut payload = self.consume(len);
+        if let Some(mask) = mask {
+            apply_mask(&mut payload, mask, 0);
+        }
+        Frame {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x7,
+            opcode: b0 & 0x0F,
+            masked,
+            payload,
+        }
+    }
+
+    /// Reads one frame, asserting that it is a well-formed server frame:
+    /// unmasked, final, no RSV bits.
+    pub fn read_server_frame(&mut self) -> Frame {
+        let frame = self.read_frame();
+        assert!(!frame.masked, "server frames must not be masked: {frame:?}");
+        assert_eq!(frame.rsv, 0, "server set RSV bits: {frame:?}");
+        assert!(frame.fin, "server fragmented a frame: {frame:?}");
+        frame
+    }
+
+    /// Reads one data message sent as a single frame and checks its opcode.
+    pub fn expect_message(&mut self, opcode: u8) -> Vec<u8> {
+        let frame = self.read_server_frame();
+        assert_eq!(
+            frame.opcode,
+            opcode,
+            "unexpected frame (payload {:?})",
+            String::from_utf8_lossy(&frame.payload[..frame.payload.len().min(200)])
+        );
+        frame.payload
+    }
+
+    pub fn expect_text(&mut self) -> String {
+        String::from_utf8(self.expect_message(op::TEXT)).expect("echoed text is UTF-8")
+    }
+
+    /// Reads a close frame with `code`, then asserts that the server closed
+    /// the TCP connection without sending anything more.
+    pub fn expect_close(&mut self, code: u16) -> Frame {
+        let frame = self.read_server_frame();
+        assert_eq!(frame.opcode, op::CLOSE, "expected a close frame: {frame:?}");
+        assert_eq!(
+            frame.close_code(),
+            Some(code),
+            "close code (reason {:?})",
+            String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())
+        );
+        self.expect_eof();
+        frame
+    }
+
+    /// Asserts the server closes the connection without sending any more
+    /// bytes. A reset counts as closed too.
+    pub fn expect_eof(&mut self) {
+        assert!(
+            self.buffered().is_empty(),
+            "unexpected bytes before EOF: {:?}",
+            self.buffered()
+        );
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => panic!(
+                    "expected EOF, got {n} more bytes: {:?}",
+                    String::from_utf8_lossy(&chunk[..n.min(200)])
+                ),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("timed out waiting for the server to close the connection")
+                }
+                Err(e) => panic!("read failed while waiting for EOF: {e}"),
+            }
+        }
+    }
+
+    /// Reads whatever arrives until EOF (or reset), returning it.
+    pub fn read_to_eof(&mut self) -> Vec<u8> {
+        let mut out = self.buffered().to_vec();
+        self.buf.clear();
+        self.pos = 0;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("timed out waiting for the server to close the connection")
+                }
+                Err(e) => panic!("read failed while waiting for EOF: {e}"),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives (and the connection stays open) for `wait`.
+    pub fn expect_silence(&mut self, wait: Duration) {
+        assert!(
+            self.buffered().is_empty(),
+            "unexpected buffered bytes: {:?}",
+            self.buffered()
+        );
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 1];
+        let result = self.stream.read(&mut byte);
+        self.stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        match result {
+            Ok(0) => panic!("server closed the connection"),
+            Ok(_) => panic!("unexpected byte from server: {:#04x}", byte[0]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Sends a raw (possibly malformed) frame and expects the server to fail
+    /// the connection with `code` and close TCP.
+    pub fn expect_failure_after(&mut self, bytes: &[u8], code: u16) -> Frame {
+        self.send(bytes);
+        self.expect_close(code)
+    }
+}
+
+/// Checks a `101` answer to a handshake sent with `key`.
+pub fn assert_switching_protocols(response: &HttpResponse, key: &str) {
+    assert_eq!(response.status, 101, "handshake refused: {response:?}");
+    assert!(
+        response
+            .header("Upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+        "Upgrade header: {response:?}"
+    );
+    assert!(
+        response.header("Connection").is_some_and(|v| v
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))),
+        "Connection header: {response:?}"
+    );
+    assert_eq!(
+        response.header("Sec-WebSocket-Accept"),
+        Some(expected_accept(key).as_str()),
+        "accept value: {response:?}"
+    );
+    assert!(response.body.is_empty());
+}
+
+/// Byte-string search.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A deterministic payload of `len` bytes covering every byte value.
+pub fn binary_payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(u32::from(seed)) as u8)
+        .collect()
+}
+
+/// A deterministic valid UTF-8 text of exactly `len` bytes, mixing 1-, 2-,
+/// 3- and 4-byte characters (padded with ASCII at the end).
+pub fn text_payload(len: usize) -> String {
+    const CHARS: [char; 6] = ['a', 'é', '€', '𝄞', 'Z', '0'];
+    let mut out = String::with_capacity(len);
+    let mut i = 0;
+    loop {
+        let c = CHARS[i % CHARS.len()];
+        if out.len() + c.len_utf8() > len {
+            break;
+        }
+        out.push(c);
+        i += 1;
+    }
+    while out.len() < len {
+        out.push('.');
+    }
+    out
+}
+
+/// Runs `f` and returns how long it took.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let value = f();
+    (value, start.elapsed())
+}
