@@ -93,25 +93,28 @@ const ERR_TRUNCATED_UTF8: ProtocolError = ProtocolError {
     reason: "text message ends inside a UTF-8 sequence",
 };
 
-fn header_error(err: HeaderError) -> ProtocolError {
+fn header_error(err: HeaderError) -> &'static ProtocolError {
     match err {
-        HeaderError::ReservedOpcode(_) => ERR_RESERVED_OPCODE,
-        HeaderError::LengthTopBit => ERR_LENGTH_TOP_BIT,
-        HeaderError::NonMinimalLength => ERR_NON_MINIMAL_LENGTH,
+        HeaderError::ReservedOpcode(_) => &ERR_RESERVED_OPCODE,
+        HeaderError::LengthTopBit => &ERR_LENGTH_TOP_BIT,
+        HeaderError::NonMinimalLength => &ERR_NON_MINIMAL_LENGTH,
     }
 }
 
-fn close_error(err: CloseError) -> ProtocolError {
-    let reason = match err {
-        CloseError::OneByte => "close payload of one byte",
-        CloseError::BadCode(_) => "close code not allowed on the wire",
-        CloseError::BadReason => "close reason is not valid UTF-8",
-    };
-    ProtocolError {
-        code: err.code(),
-        reason,
+fn close_error(err: CloseError) -> &'static ProtocolError {
+    match err {
+        CloseError::OneByte => &ERR_CLOSE_ONE_BYTE,
+        CloseError::BadCode(_) => &ERR_CLOSE_BAD_CODE,
+        CloseError::BadReason => &ERR_CLOSE_BAD_REASON,
     }
 }
+
+const ERR_CLOSE_ONE_BYTE: ProtocolError = protocol_error("close payload of one byte");
+const ERR_CLOSE_BAD_CODE: ProtocolError = protocol_error("close code not allowed on the wire");
+const ERR_CLOSE_BAD_REASON: ProtocolError = ProtocolError {
+    code: CloseCode::INVALID_PAYLOAD,
+    reason: "close reason is not valid UTF-8",
+};
 
 /// Where the byte stream is within the current frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,8 +152,10 @@ struct ControlBuf {
 pub struct Receiver {
     header: HeaderDecoder,
     utf8: Utf8Validator,
-    /// Payload of a message that did not arrive whole in one input slice.
-    message: Vec<u8>,
+    /// Payload of a message that did not arrive whole in one input slice;
+    /// boxed so a connection between messages pays one pointer for it.
+    #[allow(clippy::box_collection)]
+    message: Option<Box<Vec<u8>>>,
     control: Option<Box<ControlBuf>>,
     /// Payload bytes of the current frame not yet received.
     remaining: u64,
@@ -160,7 +165,7 @@ pub struct Receiver {
     assembling: Assembling,
     allowed_rsv: u8,
     /// Sticky: every later call reports the same error.
-    failed: Option<ProtocolError>,
+    failed: Option<&'static ProtocolError>,
 }
 
 /// Whether the feed loop goes on after delivering an event.
@@ -196,14 +201,14 @@ impl Receiver {
         F: FnMut(Event<'_>) -> Flow,
     {
         if let Some(err) = self.failed {
-            return Err(err);
+            return Err(*err);
         }
         let result = self.run(input, limits, &mut on_event);
         if let Err(err) = result {
             self.failed = Some(err);
             self.release();
         }
-        result
+        result.map_err(|err| *err)
     }
 
     /// Heap bytes held for partial messages or control frames.
@@ -213,7 +218,7 @@ impl Receiver {
         } else {
             0
         };
-        self.message.capacity() + control
+        self.message.as_ref().map_or(0, |m| m.capacity()) + control
     }
 
     /// True when a close frame has been received.
@@ -222,7 +227,7 @@ impl Receiver {
     }
 
     fn release(&mut self) {
-        self.message = Vec::new();
+        self.message = None;
         self.control = None;
     }
 
@@ -231,7 +236,7 @@ impl Receiver {
         input: &mut [u8],
         limits: &Limits,
         on_event: &mut F,
-    ) -> Result<usize, ProtocolError>
+    ) -> Result<usize, &'static ProtocolError>
     where
         F: FnMut(Event<'_>) -> Flow,
     {
@@ -269,7 +274,7 @@ impl Receiver {
         }
     }
 
-    fn check_rsv(&self, first_byte: u8) -> Result<(), ProtocolError> {
+    fn check_rsv(&self, first_byte: u8) -> Result<(), &'static ProtocolError> {
         let (rsv, opcode) = frame::rsv_and_opcode(first_byte);
         // An extension's bits belong to the message, so only the frame that
         // starts one may carry them.
@@ -278,33 +283,37 @@ impl Receiver {
             _ => 0,
         };
         if rsv & !allowed != 0 {
-            return Err(ERR_RSV);
+            return Err(&ERR_RSV);
         }
         Ok(())
     }
 
     /// Applies every rule that the header alone decides, before any payload
     /// byte is buffered, and sets up the payload phase.
-    fn start_frame(&mut self, header: &FrameHeader, limits: &Limits) -> Result<(), ProtocolError> {
+    fn start_frame(
+        &mut self,
+        header: &FrameHeader,
+        limits: &Limits,
+    ) -> Result<(), &'static ProtocolError> {
         let len = header.payload_len;
         let opcode = header.opcode;
         if opcode.is_control() {
             if !header.fin {
-                return Err(ERR_FRAGMENTED_CONTROL);
+                return Err(&ERR_FRAGMENTED_CONTROL);
             }
             if len > MAX_CONTROL_PAYLOAD as u64 {
-                return Err(ERR_CONTROL_TOO_LONG);
+                return Err(&ERR_CONTROL_TOO_LONG);
             }
         }
         let Some(mask) = header.mask else {
-            return Err(ERR_UNMASKED);
+            return Err(&ERR_UNMASKED);
         };
         let assembling = match (opcode, self.assembling) {
             (OpCode::Continuation, Assembling::Nothing) => {
-                return Err(ERR_UNEXPECTED_CONTINUATION);
+                return Err(&ERR_UNEXPECTED_CONTINUATION);
             }
             (OpCode::Text | OpCode::Binary, Assembling::Text | Assembling::Binary) => {
-                return Err(ERR_INTERLEAVED_MESSAGE);
+                return Err(&ERR_INTERLEAVED_MESSAGE);
             }
             (OpCode::Text, _) => Assembling::Text,
             (OpCode::Binary, _) => Assembling::Binary,
@@ -312,11 +321,11 @@ impl Receiver {
         };
         if !opcode.is_control() {
             if len > limits.max_frame_size {
-                return Err(ERR_FRAME_TOO_BIG);
+                return Err(&ERR_FRAME_TOO_BIG);
             }
-            let so_far = self.message.len() as u64;
+            let so_far = self.message.as_ref().map_or(0, |m| m.len()) as u64;
             if so_far.saturating_add(len) > limits.max_message_size {
-                return Err(ERR_MESSAGE_TOO_BIG);
+                return Err(&ERR_MESSAGE_TOO_BIG);
             }
         }
         self.mask = mask;
@@ -345,7 +354,7 @@ impl Receiver {
         pos: &mut usize,
         fin: bool,
         on_event: &mut F,
-    ) -> Result<Next, ProtocolError>
+    ) -> Result<Next, &'static ProtocolError>
     where
         F: FnMut(Event<'_>) -> Flow,
     {
@@ -355,12 +364,12 @@ impl Receiver {
         let chunk = &mut input[start..start + n];
         let whole = n as u64 == self.remaining;
 
-        if fin && whole && self.message.is_empty() {
+        if fin && whole && self.message.as_ref().is_none_or(|m| m.is_empty()) {
             // The rest of the message is right here: hand it out borrowed.
             apply_mask(chunk, self.mask, 0);
             if text {
-                self.utf8.feed(chunk).map_err(|_| ERR_INVALID_UTF8)?;
-                self.utf8.finish().map_err(|_| ERR_TRUNCATED_UTF8)?;
+                self.utf8.feed(chunk).map_err(|_| &ERR_INVALID_UTF8)?;
+                self.utf8.finish().map_err(|_| &ERR_TRUNCATED_UTF8)?;
             }
             *pos += n;
             self.remaining = 0;
@@ -382,13 +391,14 @@ impl Receiver {
         self.mask.rotate_left(n % 4);
         if text {
             // Checked before buffering so bad text fails as soon as it arrives.
-            self.utf8.feed(chunk).map_err(|_| ERR_INVALID_UTF8)?;
+            self.utf8.feed(chunk).map_err(|_| &ERR_INVALID_UTF8)?;
         }
         self.remaining -= n as u64;
         *pos += n;
         let ahead = self.remaining.min(MAX_RESERVE_AHEAD) as usize;
-        self.message.reserve(n + ahead);
-        self.message.extend_from_slice(chunk);
+        let message = self.message.get_or_insert_with(Box::default);
+        message.reserve(n + ahead);
+        message.extend_from_slice(chunk);
         if self.remaining > 0 {
             return Ok(Next::Stop);
         }
@@ -397,11 +407,11 @@ impl Receiver {
             return Ok(Next::Continue);
         }
         if text {
-            self.utf8.finish().map_err(|_| ERR_TRUNCATED_UTF8)?;
+            self.utf8.finish().map_err(|_| &ERR_TRUNCATED_UTF8)?;
         }
         self.assembling = Assembling::Nothing;
         // Taking the buffer releases it once delivered.
-        let message = std::mem::take(&mut self.message);
+        let message = self.message.take().map(|m| *m).unwrap_or_default();
         let event = if text {
             Event::Text(&message)
         } else {
@@ -416,7 +426,7 @@ impl Receiver {
         pos: &mut usize,
         opcode: OpCode,
         on_event: &mut F,
-    ) -> Result<Next, ProtocolError>
+    ) -> Result<Next, &'static ProtocolError>
     where
         F: FnMut(Event<'_>) -> Flow,
     {
@@ -445,7 +455,7 @@ impl Receiver {
         let held = usize::from(buf.len);
         // `start_frame` capped the payload at MAX_CONTROL_PAYLOAD, so it fits.
         let Some(slot) = buf.data.get_mut(held..held + n) else {
-            return Err(ERR_CONTROL_TOO_LONG);
+            return Err(&ERR_CONTROL_TOO_LONG);
         };
         slot.copy_from_slice(chunk);
         buf.len = (held + n) as u8;
@@ -465,7 +475,7 @@ impl Receiver {
         opcode: OpCode,
         payload: &[u8],
         on_event: &mut F,
-    ) -> Result<Next, ProtocolError>
+    ) -> Result<Next, &'static ProtocolError>
     where
         F: FnMut(Event<'_>) -> Flow,
     {
