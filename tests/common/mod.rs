@@ -684,3 +684,187 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let value = f();
     (value, start.elapsed())
 }
+
+// ---------------------------------------------------------------------------
+// Broadcast hub, publish API and metrics helpers.
+// ---------------------------------------------------------------------------
+
+/// The broadcast route `broadcast_config` serves.
+pub const LIVE_PATH: &str = "/live";
+
+/// The default config plus a broadcast route at `/live` with the given
+/// options for subscribers' own messages.
+pub fn broadcast_config(
+    client_messages: wshub::config::ClientMessages,
+    echo_to_sender: bool,
+) -> Config {
+    use wshub::config::{RouteConfig, RouteKind};
+    let mut config = test_config();
+    let mut live = RouteConfig::new(LIVE_PATH, RouteKind::Broadcast);
+    live.client_messages = client_messages;
+    live.echo_to_sender = echo_to_sender;
+    config.routes.push(live);
+    config
+}
+
+/// A `POST /publish/<channel>` request with a `Content-Length` body and, if
+/// given, a `Content-Type` and further raw header lines (each ending in CRLF).
+pub fn publish_request_with(
+    channel: &str,
+    content_type: Option<&str>,
+    extra_headers: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = format!(
+        "POST /publish/{channel} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(content_type) = content_type {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str(extra_headers);
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// A plain publish request (no extra headers).
+pub fn publish_request(channel: &str, content_type: Option<&str>, body: &[u8]) -> Vec<u8> {
+    publish_request_with(channel, content_type, "", body)
+}
+
+/// A `GET` request for `path` on a keep-alive connection.
+pub fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
+}
+
+/// The JSON body of a successful publish.
+pub fn published_json(channel: &str, recipients: usize) -> String {
+    format!("{{\"channel\":\"{channel}\",\"recipients\":{recipients}}}\n")
+}
+
+/// Asserts a `200` publish answer and returns its recipient count.
+pub fn assert_published(response: &HttpResponse, channel: &str) -> usize {
+    assert_eq!(response.status, 200, "publish failed: {response:?}");
+    assert!(
+        response
+            .header("Content-Type")
+            .is_some_and(|v| v.starts_with("application/json")),
+        "publish answer content type: {response:?}"
+    );
+    let body = response.body_text();
+    let prefix = format!("{{\"channel\":\"{channel}\",\"recipients\":");
+    let count = body
+        .strip_prefix(prefix.as_str())
+        .and_then(|rest| rest.strip_suffix("}\n"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected publish answer body {body:?}"));
+    assert_eq!(body, published_json(channel, count));
+    count
+}
+
+impl RawClient {
+    /// Sends one publish on this (keep-alive) HTTP connection and returns
+    /// the answer.
+    pub fn publish(
+        &mut self,
+        channel: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> HttpResponse {
+        self.send(&publish_request(channel, content_type, body));
+        self.read_http_response()
+    }
+
+    /// Publishes and asserts success, returning the recipient count.
+    pub fn publish_ok(&mut self, channel: &str, content_type: Option<&str>, body: &[u8]) -> usize {
+        let response = self.publish(channel, content_type, body);
+        assert_published(&response, channel)
+    }
+
+    /// Sends `GET path` on this (keep-alive) HTTP connection.
+    pub fn get(&mut self, path: &str) -> HttpResponse {
+        self.send(&get_request(path));
+        self.read_http_response()
+    }
+
+    /// Fetches `/metrics` on this connection and returns the text.
+    pub fn metrics(&mut self) -> MetricsText {
+        let response = self.get("/metrics");
+        assert_eq!(response.status, 200, "metrics refused: {response:?}");
+        MetricsText(response.body_text().to_owned())
+    }
+}
+
+/// A `/metrics` page.
+#[derive(Clone, Debug)]
+pub struct MetricsText(pub String);
+
+impl MetricsText {
+    /// The value of one series, named exactly as it appears before the
+    /// value, labels included (`wshub_channels`,
+    /// `wshub_websocket_connections{route="/live"}`).
+    pub fn get(&self, series: &str) -> Option<u64> {
+        self.0.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            Some(
+                value
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("non-integer sample {line:?}")),
+            )
+        })
+    }
+
+    /// Like `get`, but the series must be present.
+    pub fn value(&self, series: &str) -> u64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("no series {series:?} in metrics:\n{}", self.0))
+    }
+}
+
+/// Polls `check` every few milliseconds until it returns true or `timeout`
+/// passes; returns whether it succeeded.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Splits raw bytes from the server into complete unmasked frames; returns
+/// them and the number of trailing bytes that do not form a whole frame.
+pub fn split_frames(mut bytes: &[u8]) -> (Vec<Frame>, usize) {
+    let mut frames = Vec::new();
+    loop {
+        if bytes.len() < 2 {
+            return (frames, bytes.len());
+        }
+        let (len, header_len) = match bytes[1] & 0x7F {
+            126 if bytes.len() >= 4 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 if bytes.len() >= 10 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()), 10),
+            126 | 127 => return (frames, bytes.len()),
+            n => (u64::from(n), 2),
+        };
+        assert_eq!(bytes[1] & 0x80, 0, "server frames must not be masked");
+        let end = header_len + usize::try_from(len).unwrap();
+        if bytes.len() < end {
+            return (frames, bytes.len());
+        }
+        frames.push(Frame {
+            fin: bytes[0] & 0x80 != 0,
+            rsv: (bytes[0] >> 4) & 0x7,
+            opcode: bytes[0] & 0x0F,
+            masked: false,
+            payload: bytes[header_len..end].to_vec(),
+        });
+        bytes = &bytes[end..];
+    }
+}
