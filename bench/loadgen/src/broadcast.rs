@@ -1,0 +1,676 @@
+//! `loadgen broadcast`: fan-out throughput and latency to many subscribers.
+//!
+//! N read-only subscribers join one channel. Warm-up messages are published
+//! (every 200 ms) until every subscriber has received one, which proves all
+//! N subscriptions are live. Then M messages are published, at most W not
+//! yet "done", where done means the LAST subscriber has received it.
+//!
+//! Payload layout (binary): bytes 0..8 sequence number (little-endian; bit
+//! 63 marks warm-up messages), 8..16 send time in nanoseconds since the run
+//! started, then a fixed byte pattern that every receipt is checked against.
+//!
+//! Each subscriber tracks the next sequence number it expects. A number
+//! beyond it opens a gap (tentative losses); one below it fills a gap
+//! (counted as reordered) or, with no gap open, is a duplicate. Whatever
+//! gaps remain at the end, plus messages a subscriber never got to, are
+//! losses. Any loss, duplicate or reordering fails the run (exit 1).
+//!
+//! Publisher `http`: `POST /publish/<channel>` pipelined on one keep-alive
+//! connection, at most W requests outstanding. Publisher `ws`: one more
+//! WebSocket client on the channel whose messages the server relays to the
+//! others (it must not receive its own).
+
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use crate::cli::{BroadcastOpts, PublisherKind};
+use crate::conn::{self, DialPlan, POLL_CAP, Sizing, SourceAddrs, WsConn};
+use crate::error::{Deadline, Fail, Result};
+use crate::http::HttpPublisher;
+use crate::report::{self, Figures};
+use crate::stats::{Histogram, Json, Rng};
+use crate::wire;
+
+const EVENTS: usize = 1024;
+/// Marks warm-up messages, which are not measured.
+const WARM: u64 = 1 << 63;
+const WARM_EVERY: Duration = Duration::from_millis(200);
+/// How long to keep listening after the last message is done, so late
+/// duplicates are still seen.
+const DRAIN: Duration = Duration::from_millis(200);
+
+/// What one subscriber has seen.
+struct Sub {
+    next: u64,
+    missing: u64,
+    warmed: bool,
+}
+
+/// Run-wide state updated on every receipt.
+struct Tally {
+    size: usize,
+    pattern: Box<[u8]>,
+    /// Receipts still awaited per message.
+    remaining: Vec<u32>,
+    hist: Histogram,
+    done: u64,
+    receipts: u64,
+    duplicates: u64,
+    reordered: u64,
+    warmed: usize,
+    last_progress_ns: u64,
+    last_done_ns: u64,
+}
+
+impl Tally {
+    fn receive(&mut self, sub: &mut Sub, opcode: u8, payload: &[u8], now: u64) -> Result<()> {
+        if opcode != wire::OP_BINARY {
+            return Err(Fail::run(format!(
+                "published binary, received opcode {opcode:#x}"
+            )));
+        }
+        if payload.len() != self.size {
+            return Err(Fail::run(format!(
+                "received a {}-byte message, published {} bytes",
+                payload.len(),
+                self.size
+            )));
+        }
+        if payload[16..] != self.pattern[16..] {
+            return Err(Fail::run(
+                "received message differs from what was published",
+            ));
+        }
+        let seq = read_u64(&payload[..8]);
+        if seq & WARM != 0 {
+            if !sub.warmed {
+                sub.warmed = true;
+                self.warmed += 1;
+            }
+            return Ok(());
+        }
+        let Some(left) = self.remaining.get_mut(seq as usize) else {
+            return Err(Fail::run(format!("received unknown message number {seq}")));
+        };
+        if seq == sub.next {
+            sub.next += 1;
+        } else if seq > sub.next {
+            sub.missing += seq - sub.next;
+            sub.next = seq + 1;
+        } else if sub.missing > 0 {
+            sub.missing -= 1;
+            self.reordered += 1;
+        } else {
+            self.duplicates += 1;
+        }
+        self.receipts += 1;
+        self.last_progress_ns = now;
+        if *left > 0 {
+            *left -= 1;
+            if *left == 0 {
+                self.done += 1;
+                self.last_done_ns = now;
+                self.hist
+                    .record(now.saturating_sub(read_u64(&payload[8..16])));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().unwrap_or_default())
+}
+
+enum Publisher {
+    Http(HttpPublisher),
+    Ws(WsConn),
+}
+
+impl Publisher {
+    fn can_send(&self, window: usize) -> bool {
+        match self {
+            Publisher::Http(h) => h.in_flight < window,
+            Publisher::Ws(_) => true,
+        }
+    }
+
+    fn publish(&mut self, seq: u64, now: u64, pattern: &[u8], rng: &mut Rng) {
+        let mut head = [0u8; 16];
+        head[..8].copy_from_slice(&seq.to_le_bytes());
+        head[8..].copy_from_slice(&now.to_le_bytes());
+        match self {
+            Publisher::Http(h) => h.post(&[&head, &pattern[16..]]),
+            Publisher::Ws(c) => wire::encode_masked(
+                &mut c.out,
+                wire::OP_BINARY,
+                rng.mask(),
+                &[&head, &pattern[16..]],
+            ),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match self {
+            Publisher::Http(h) => h.flush(),
+            Publisher::Ws(c) => c.flush(),
+        }
+    }
+}
+
+/// Publisher-side observations.
+#[derive(Default)]
+struct PubStats {
+    recipients_min: Option<u64>,
+    recipients_max: Option<u64>,
+    own_messages: u64,
+}
+
+pub fn run(opts: &BroadcastOpts) -> Result<()> {
+    let deadline = Deadline::after(opts.common.timeout);
+    let n = opts.subscribers;
+    conn::raise_fd_limit(n + 1)?;
+    report::check_pid(opts.common.server_pid.as_deref())?;
+    let mut poll = Poll::new().map_err(|e| Fail::run(format!("epoll: {e}")))?;
+    let mut events = Events::with_capacity(EVENTS);
+    let mut rng = Rng::seeded();
+    let sizing = Sizing {
+        max_payload: opts.size,
+        out_capacity: 0,
+    };
+    let mut scratch = sizing.scratch();
+
+    let dial_start = Instant::now();
+    let mut sources = SourceAddrs::new(
+        opts.common.url.addr,
+        opts.common.source_base,
+        opts.common.per_source,
+    );
+    let plan = DialPlan {
+        target: &opts.common.url,
+        count: n,
+        token_base: 0,
+        sizing,
+        max_dialing: opts.common.max_dialing,
+    };
+    let mut subs_io = conn::dial_all(
+        &mut poll,
+        &mut events,
+        &plan,
+        &mut sources,
+        &mut rng,
+        &deadline,
+    )?;
+    let dial_time = dial_start.elapsed();
+    let pub_token = n;
+    let mut publisher = match opts.publisher {
+        PublisherKind::Http => Publisher::Http(HttpPublisher::connect(
+            &opts.publish_url,
+            opts.size,
+            opts.window,
+            poll.registry(),
+            Token(pub_token),
+        )?),
+        PublisherKind::Ws => {
+            let plan = DialPlan {
+                target: &opts.common.url,
+                count: 1,
+                token_base: pub_token,
+                sizing: Sizing {
+                    max_payload: opts.size,
+                    out_capacity: opts.window * (opts.size + wire::MAX_CLIENT_HEADER),
+                },
+                max_dialing: 1,
+            };
+            let mut one = conn::dial_all(
+                &mut poll,
+                &mut events,
+                &plan,
+                &mut sources,
+                &mut rng,
+                &deadline,
+            )
+            .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
+            Publisher::Ws(one.remove(0))
+        }
+    };
+    let mut subs: Vec<Sub> = (0..n)
+        .map(|_| Sub {
+            next: 0,
+            missing: 0,
+            warmed: false,
+        })
+        .collect();
+    let mut tally = Tally {
+        size: opts.size,
+        pattern: (0..opts.size)
+            .map(|j| (j.wrapping_mul(7) ^ 0x5a) as u8)
+            .collect(),
+        remaining: vec![n as u32; opts.messages as usize],
+        hist: Histogram::new(),
+        done: 0,
+        receipts: 0,
+        duplicates: 0,
+        reordered: 0,
+        warmed: 0,
+        last_progress_ns: 0,
+        last_done_ns: 0,
+    };
+    let mut pub_stats = PubStats::default();
+    let clock = Instant::now();
+    let ns = |t: Instant| t.duration_since(clock).as_nanos() as u64;
+
+    // Events for subscribers may have been dropped while the publisher
+    // dialed; one read each makes sure nothing is left unseen.
+    for (i, (conn, sub)) in subs_io.iter_mut().zip(subs.iter_mut()).enumerate() {
+        conn.read(&mut scratch, opts.size, false, |_, op, p| {
+            tally.receive(sub, op, p, 0)
+        })
+        .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
+    }
+
+    // Warm-up: until all N subscribers have seen a message.
+    let warm_start = Instant::now();
+    let mut warm_sent = 0u64;
+    let mut last_warm: Option<Instant> = None;
+    while tally.warmed < n {
+        let now = Instant::now();
+        deadline.check(
+            now,
+            &format!(
+                "waiting for all subscribers ({} of {n} confirmed)",
+                tally.warmed
+            ),
+        )?;
+        if last_warm.is_none_or(|t| now - t >= WARM_EVERY) && publisher.can_send(opts.window) {
+            publisher.publish(WARM | warm_sent, ns(now), &tally.pattern, &mut rng);
+            warm_sent += 1;
+            last_warm = Some(now);
+        }
+        publisher.flush()?;
+        step(
+            &mut poll,
+            &mut events,
+            deadline.poll_timeout(now, POLL_CAP),
+            &mut subs_io,
+            &mut subs,
+            &mut publisher,
+            &mut pub_stats,
+            &mut tally,
+            &mut scratch,
+            opts.size,
+            clock,
+            pub_token,
+        )?;
+    }
+    let warm_time = warm_start.elapsed();
+
+    // Measurement.
+    let start = Instant::now();
+    let (server_cpu, own_cpu) = report::start_cpu(opts.common.server_pid.as_deref())?;
+    tally.last_progress_ns = ns(start);
+    let mut sent = 0u64;
+    let mut stalled = false;
+    loop {
+        let now = Instant::now();
+        deadline.check(
+            now,
+            &format!(
+                "broadcasting ({} of {} messages done)",
+                tally.done, opts.messages
+            ),
+        )?;
+        while sent < opts.messages
+            && sent - tally.done < opts.window as u64
+            && publisher.can_send(opts.window)
+        {
+            publisher.publish(sent, ns(Instant::now()), &tally.pattern, &mut rng);
+            sent += 1;
+        }
+        publisher.flush()?;
+        if tally.done == opts.messages {
+            break;
+        }
+        if ns(now).saturating_sub(tally.last_progress_ns) > opts.stall.as_nanos() as u64 {
+            stalled = true;
+            break;
+        }
+        step(
+            &mut poll,
+            &mut events,
+            deadline.poll_timeout(now, POLL_CAP),
+            &mut subs_io,
+            &mut subs,
+            &mut publisher,
+            &mut pub_stats,
+            &mut tally,
+            &mut scratch,
+            opts.size,
+            clock,
+            pub_token,
+        )?;
+    }
+    let (server_us, own_us) = report::stop_cpu(server_cpu, &own_cpu)?;
+    let end_ns = if stalled {
+        ns(Instant::now())
+    } else {
+        tally.last_done_ns
+    };
+    let elapsed = (end_ns.saturating_sub(ns(start))) as f64 / 1e9;
+
+    // Late duplicates would show up now.
+    let drain_until = Instant::now() + DRAIN;
+    loop {
+        let now = Instant::now();
+        if now >= drain_until {
+            break;
+        }
+        step(
+            &mut poll,
+            &mut events,
+            drain_until - now,
+            &mut subs_io,
+            &mut subs,
+            &mut publisher,
+            &mut pub_stats,
+            &mut tally,
+            &mut scratch,
+            opts.size,
+            clock,
+            pub_token,
+        )?;
+    }
+    drop(subs_io);
+    drop(publisher);
+
+    let losses: u64 = subs
+        .iter()
+        .map(|s| s.missing + opts.messages.saturating_sub(s.next))
+        .sum();
+    let deliveries = tally.receipts;
+    let rate = deliveries as f64 / elapsed;
+    let h = &tally.hist;
+    let figures = Figures {
+        server_us,
+        own_us,
+        elapsed,
+        work: deliveries,
+    };
+    let publisher_name = match opts.publisher {
+        PublisherKind::Http => "http (pipelined on one keep-alive connection)",
+        PublisherKind::Ws => "ws (relayed by the server, sender excluded)",
+    };
+    println!(
+        "broadcast: {n} subscribers, {} messages of {} B, window {}, publisher {publisher_name}",
+        opts.messages, opts.size, opts.window
+    );
+    println!(
+        "  setup:       connect {:.2} s, all subscribers confirmed after {:.2} s ({warm_sent} \
+         warm-up messages)",
+        dial_time.as_secs_f64(),
+        warm_time.as_secs_f64()
+    );
+    println!(
+        "  deliveries:  {deliveries} in {elapsed:.3} s = {rate:.0} deliveries/s ({:.0} messages/s)",
+        tally.done as f64 / elapsed
+    );
+    println!(
+        "  latency:     publish to last receipt: {}",
+        report::latency_line(h, &[0.5, 0.99])
+    );
+    println!(
+        "  checks:      losses {losses}, duplicates {}, reordered {}",
+        tally.duplicates, tally.reordered
+    );
+    if let (Some(lo), Some(hi)) = (pub_stats.recipients_min, pub_stats.recipients_max) {
+        let note = if lo == n as u64 && hi == n as u64 {
+            ""
+        } else {
+            " (expected every one to be the subscriber count)"
+        };
+        println!("  recipients:  server reported {lo}..{hi}{note}");
+    }
+    figures.print("delivery");
+
+    let mut problems = Vec::new();
+    if stalled {
+        problems.push(format!(
+            "stalled: nothing arrived for {:.1} s with {} of {} messages done",
+            opts.stall.as_secs_f64(),
+            tally.done,
+            opts.messages
+        ));
+    }
+    if losses + tally.duplicates + tally.reordered > 0 {
+        problems.push(format!(
+            "{losses} lost, {} duplicated, {} reordered deliveries",
+            tally.duplicates, tally.reordered
+        ));
+    }
+    if pub_stats.own_messages > 0 {
+        problems.push(format!(
+            "the ws publisher received {} of its own messages (the sender must be excluded)",
+            pub_stats.own_messages
+        ));
+    }
+    let json = Json::new()
+        .str("scenario", "broadcast")
+        .str(
+            "url",
+            &format!("ws://{}{}", opts.common.url.host, opts.common.url.path),
+        )
+        .str(
+            "publisher",
+            match opts.publisher {
+                PublisherKind::Http => "http",
+                PublisherKind::Ws => "ws",
+            },
+        )
+        .int("subscribers", n as u64)
+        .int("messages", opts.messages)
+        .int("window", opts.window as u64)
+        .int("size", opts.size as u64)
+        .num("connect_s", dial_time.as_secs_f64(), 3)
+        .num("warmup_s", warm_time.as_secs_f64(), 3)
+        .num("seconds", elapsed, 3)
+        .int("deliveries", deliveries)
+        .num("deliveries_per_s", rate, 1)
+        .num("msgs_per_s", tally.done as f64 / elapsed, 1)
+        .num("p50_us", h.quantile(0.5) as f64 / 1e3, 1)
+        .num("p99_us", h.quantile(0.99) as f64 / 1e3, 1)
+        .num("max_us", h.max() as f64 / 1e3, 1)
+        .int("losses", losses)
+        .int("duplicates", tally.duplicates)
+        .int("reordered", tally.reordered)
+        .opt_num(
+            "recipients_min",
+            pub_stats.recipients_min.map(|v| v as f64),
+            0,
+        )
+        .opt_num(
+            "recipients_max",
+            pub_stats.recipients_max.map(|v| v as f64),
+            0,
+        );
+    let json = figures.add_json(json, "delivery");
+    if problems.is_empty() {
+        println!("{}", json.str("status", "ok").finish());
+        Ok(())
+    } else {
+        let message = problems.join("; ");
+        println!(
+            "{}",
+            json.str("status", "failed").str("error", &message).finish()
+        );
+        Err(Fail::run(message))
+    }
+}
+
+/// One poll and the handling of its events.
+#[allow(clippy::too_many_arguments)]
+fn step(
+    poll: &mut Poll,
+    events: &mut Events,
+    timeout: Duration,
+    subs_io: &mut [WsConn],
+    subs: &mut [Sub],
+    publisher: &mut Publisher,
+    pub_stats: &mut PubStats,
+    tally: &mut Tally,
+    scratch: &mut [u8],
+    size: usize,
+    clock: Instant,
+    pub_token: usize,
+) -> Result<()> {
+    conn::poll_once(poll, events, timeout)?;
+    for event in events.iter() {
+        let i = event.token().0;
+        let hung_up = event.is_read_closed() || event.is_error();
+        if i == pub_token {
+            publisher_event(publisher, pub_stats, event, hung_up, scratch, size)
+                .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
+            continue;
+        }
+        let (Some(conn), Some(sub)) = (subs_io.get_mut(i), subs.get_mut(i)) else {
+            continue;
+        };
+        if event.is_readable() || hung_up {
+            let now = clock.elapsed().as_nanos() as u64;
+            conn.read(scratch, size, hung_up, |_, op, p| {
+                tally.receive(sub, op, p, now)
+            })
+            .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
+        }
+        // Only pongs are ever written here.
+        if !conn.out.is_empty() {
+            conn.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn publisher_event(
+    publisher: &mut Publisher,
+    stats: &mut PubStats,
+    event: &mio::event::Event,
+    hung_up: bool,
+    scratch: &mut [u8],
+    size: usize,
+) -> Result<()> {
+    match publisher {
+        Publisher::Http(h) => {
+            if event.is_readable() || hung_up {
+                h.read(|recipients| {
+                    if let Some(r) = recipients {
+                        stats.recipients_min = Some(stats.recipients_min.map_or(r, |m| m.min(r)));
+                        stats.recipients_max = Some(stats.recipients_max.map_or(r, |m| m.max(r)));
+                    }
+                })?;
+            }
+            h.flush()
+        }
+        Publisher::Ws(c) => {
+            if event.is_readable() || hung_up {
+                c.read(scratch, size, hung_up, |_, _, _| {
+                    stats.own_messages += 1;
+                    Ok(())
+                })?;
+            }
+            c.flush()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(subscribers: u32, messages: usize) -> Tally {
+        Tally {
+            size: 24,
+            pattern: (0..24).map(|j| j as u8).collect(),
+            remaining: vec![subscribers; messages],
+            hist: Histogram::new(),
+            done: 0,
+            receipts: 0,
+            duplicates: 0,
+            reordered: 0,
+            warmed: 0,
+            last_progress_ns: 0,
+            last_done_ns: 0,
+        }
+    }
+
+    fn payload(t: &Tally, seq: u64, sent: u64) -> Vec<u8> {
+        let mut p = t.pattern.to_vec();
+        p[..8].copy_from_slice(&seq.to_le_bytes());
+        p[8..16].copy_from_slice(&sent.to_le_bytes());
+        p
+    }
+
+    fn sub() -> Sub {
+        Sub {
+            next: 0,
+            missing: 0,
+            warmed: false,
+        }
+    }
+
+    #[test]
+    fn classifies_order_problems() {
+        let mut t = tally(1, 6);
+        let mut s = sub();
+        for seq in [0, 2, 1, 3, 3, 5] {
+            let p = payload(&t, seq, 0);
+            t.receive(&mut s, wire::OP_BINARY, &p, 10).unwrap();
+        }
+        // 2 before 1: one gap, filled late; 3 twice; 4 never came.
+        assert_eq!(t.reordered, 1);
+        assert_eq!(t.duplicates, 1);
+        assert_eq!(s.missing, 1);
+        assert_eq!(s.next, 6);
+        assert_eq!(
+            t.done, 5,
+            "each received message is done for one subscriber"
+        );
+    }
+
+    #[test]
+    fn message_is_done_when_the_last_subscriber_has_it() {
+        let mut t = tally(2, 1);
+        let (mut a, mut b) = (sub(), sub());
+        let p = payload(&t, 0, 1_000);
+        t.receive(&mut a, wire::OP_BINARY, &p, 5_000).unwrap();
+        assert_eq!(t.done, 0);
+        t.receive(&mut b, wire::OP_BINARY, &p, 9_000).unwrap();
+        assert_eq!(t.done, 1);
+        assert_eq!(t.hist.max(), 8_000, "publish to last receipt");
+        assert_eq!(t.last_done_ns, 9_000);
+    }
+
+    #[test]
+    fn warm_up_counts_each_subscriber_once_and_is_not_measured() {
+        let mut t = tally(1, 1);
+        let mut s = sub();
+        let p = payload(&t, WARM | 3, 0);
+        t.receive(&mut s, wire::OP_BINARY, &p, 1).unwrap();
+        t.receive(&mut s, wire::OP_BINARY, &p, 2).unwrap();
+        assert_eq!(t.warmed, 1);
+        assert_eq!(t.receipts, 0);
+    }
+
+    #[test]
+    fn rejects_foreign_messages() {
+        let mut t = tally(1, 2);
+        let mut s = sub();
+        let good = payload(&t, 0, 0);
+        assert!(t.receive(&mut s, wire::OP_TEXT, &good, 0).is_err());
+        assert!(t.receive(&mut s, wire::OP_BINARY, &good[..20], 0).is_err());
+        let mut corrupt = good.clone();
+        corrupt[20] ^= 1;
+        assert!(t.receive(&mut s, wire::OP_BINARY, &corrupt, 0).is_err());
+        let unknown = payload(&t, 7, 0);
+        assert!(t.receive(&mut s, wire::OP_BINARY, &unknown, 0).is_err());
+    }
+}

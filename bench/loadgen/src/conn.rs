@@ -1,0 +1,557 @@
+//! Client WebSocket connections: dialing many of them, the opening
+//! handshake, and moving frames in and out without allocating.
+//!
+//! Many connections to one server port need many source addresses: each
+//! (source IP, source port) pair can be used once per destination, and a
+//! source IP has fewer than 30,000 ephemeral ports. Sockets are therefore
+//! bound to 127.0.0.2, 127.0.0.3, … in turn (`--conns-per-source` each),
+//! which the loopback interface accepts without any setup.
+//!
+//! Those sockets set `IP_BIND_ADDRESS_NO_PORT`, so `bind` only fixes the
+//! source address and `connect` picks the port knowing the destination.
+//! Without it, `bind` must pick a port free for every destination: ports
+//! still in TIME_WAIT from an earlier run are unusable, and the ports it
+//! takes are withheld from every other socket's `connect` as well, so a few
+//! large runs in a row exhaust the ephemeral range machine-wide.
+//!
+//! Dialing keeps a bounded number of handshakes in flight so the server's
+//! listen backlog never overflows (an overflowing backlog shows up as
+//! one-second SYN retransmits, which would distort connect times).
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::error::{Context, Deadline, Fail, Result};
+use crate::stats::Rng;
+use crate::target::Target;
+use crate::wire::{self, OutBuf};
+
+/// Default for handshakes in flight at once while dialing. Rust's standard
+/// library (and so mio and tokio) listens with a backlog of 128, so more
+/// than that in flight can overflow the accept queue of a busy server.
+pub const DEFAULT_DIALING: usize = 100;
+/// Descriptors kept free for stdio, the poller, /proc reads and publishers.
+const FD_RESERVE: u64 = 32;
+/// Longest poll sleep, so deadlines and phase changes are noticed promptly.
+pub const POLL_CAP: Duration = Duration::from_millis(100);
+/// Read room for a handshake response head.
+const HANDSHAKE_BUF: usize = 4096;
+
+/// Raises the soft open-files limit to the hard limit and checks that
+/// `connections` sockets fit under it.
+pub fn raise_fd_limit(connections: usize) -> Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        setrlimit(Resource::Nofile, raised)
+            .map_err(|e| Fail::run(format!("cannot raise the open-files limit: {e}")))?;
+    }
+    let needed = connections as u64 + FD_RESERVE;
+    match limit.maximum {
+        Some(hard) if needed > hard => Err(Fail::usage(format!(
+            "{connections} connections need about {needed} file descriptors, but this \
+             process may open at most {hard} (hard limit, `ulimit -Hn`). Use fewer \
+             connections, or raise the hard limit where that is allowed (as root: \
+             `ulimit -Hn N` in the shell that starts loadgen, or `prlimit`)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Hands out source addresses `base`, `base + 1`, … `per_addr` times each
+/// (127.0.0.2, 127.0.0.3, … by default). IPv6 has only one loopback
+/// address, so there the kernel picks the source and one server port holds
+/// at most one ephemeral port range of clients.
+pub struct SourceAddrs {
+    first: u32,
+    per_addr: usize,
+    used: usize,
+    spread: bool,
+}
+
+impl SourceAddrs {
+    pub fn new(target: SocketAddr, base: Ipv4Addr, per_addr: usize) -> SourceAddrs {
+        SourceAddrs {
+            first: u32::from(base),
+            per_addr: per_addr.max(1),
+            used: 0,
+            spread: target.is_ipv4(),
+        }
+    }
+
+    fn next(&mut self) -> Result<Option<SocketAddr>> {
+        if !self.spread {
+            return Ok(None);
+        }
+        let ip = u32::try_from(self.used / self.per_addr)
+            .ok()
+            .and_then(|k| self.first.checked_add(k))
+            .map(Ipv4Addr::from)
+            .filter(|ip| ip.is_loopback())
+            .ok_or_else(|| {
+                Fail::usage("source addresses would leave 127.0.0.0/8; lower --source-base")
+            })?;
+        self.used += 1;
+        Ok(Some(SocketAddr::new(IpAddr::V4(ip), 0)))
+    }
+}
+
+/// Buffer sizes of one connection, fixed before dialing.
+#[derive(Clone, Copy)]
+pub struct Sizing {
+    /// Largest message payload the run expects from the server.
+    pub max_payload: usize,
+    /// Output bytes the connection may hold at once (all its in-flight
+    /// frames), allocated up front.
+    pub out_capacity: usize,
+}
+
+impl Sizing {
+    /// A shared read buffer big enough for any carried-over partial frame
+    /// plus a useful amount of fresh input.
+    pub fn scratch(&self) -> Vec<u8> {
+        let frame = self.max_payload + wire::MAX_SERVER_HEADER;
+        vec![0; 2 * frame + 64 * 1024]
+    }
+}
+
+/// An open WebSocket connection.
+pub struct WsConn {
+    stream: TcpStream,
+    /// A partial frame left over from the last read; capacity is one frame,
+    /// so it never reallocates.
+    carry: Vec<u8>,
+    /// Frames waiting to be written.
+    pub out: OutBuf,
+}
+
+impl WsConn {
+    fn new(stream: TcpStream, early: &[u8], sizing: Sizing) -> WsConn {
+        let mut carry = Vec::with_capacity(sizing.max_payload + wire::MAX_SERVER_HEADER);
+        carry.extend_from_slice(early);
+        WsConn {
+            stream,
+            carry,
+            out: OutBuf::with_capacity(sizing.out_capacity),
+        }
+    }
+
+    /// Reads what the socket has and hands each complete message to
+    /// `on_message(out, opcode, payload)`; `out` is this connection's
+    /// output buffer, for replies. Answers pings, fails on a close frame,
+    /// fragmented messages, or the connection closing.
+    ///
+    /// Stops after a short read: with edge-triggered readiness, data that
+    /// arrives later raises a new event, so reading on until `WouldBlock`
+    /// would only cost a syscall. `read_to_end` (the event reported a
+    /// hang-up) reads on anyway to surface the EOF.
+    pub fn read(
+        &mut self,
+        scratch: &mut [u8],
+        max_payload: usize,
+        read_to_end: bool,
+        mut on_message: impl FnMut(&mut OutBuf, u8, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut filled = self.carry.len();
+        scratch[..filled].copy_from_slice(&self.carry);
+        self.carry.clear();
+        loop {
+            let room = scratch.len() - filled;
+            let n = match self.stream.read(&mut scratch[filled..]) {
+                Ok(0) => return Err(Fail::run("server closed the connection")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Fail::run(format!("read failed: {e}"))),
+            };
+            filled += n;
+            let used = parse_frames(
+                &scratch[..filled],
+                max_payload,
+                &mut self.out,
+                |o, op, p| on_message(o, op, p),
+            )?;
+            scratch.copy_within(used..filled, 0);
+            filled -= used;
+            if n < room && !read_to_end {
+                break;
+            }
+        }
+        self.carry.extend_from_slice(&scratch[..filled]);
+        Ok(())
+    }
+
+    /// Writes as much pending output as the socket takes.
+    pub fn flush(&mut self) -> Result<()> {
+        while !self.out.is_empty() {
+            match self.stream.write(self.out.pending()) {
+                Ok(0) => return Err(Fail::run("connection accepts no more data")),
+                Ok(n) => self.out.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Fail::run(format!("write failed: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Walks the complete frames at the start of `buf`; returns the bytes used.
+fn parse_frames(
+    buf: &[u8],
+    max_payload: usize,
+    out: &mut OutBuf,
+    mut on_message: impl FnMut(&mut OutBuf, u8, &[u8]) -> Result<()>,
+) -> Result<usize> {
+    let mut pos = 0;
+    while let Some(frame) = wire::decode_server(&buf[pos..], max_payload)? {
+        let payload = &buf[pos + frame.payload_start..pos + frame.payload_end];
+        match frame.opcode {
+            wire::OP_TEXT | wire::OP_BINARY if frame.fin => on_message(out, frame.opcode, payload)?,
+            wire::OP_TEXT | wire::OP_BINARY | 0 => {
+                return Err(Fail::run(
+                    "server fragmented a message; loadgen expects each message in one frame",
+                ));
+            }
+            // The benchmark config disables server pings, but answering one
+            // is cheap and keeps a server with pings on from dropping us.
+            wire::OP_PING => wire::encode_masked(out, wire::OP_PONG, [0; 4], &[payload]),
+            wire::OP_PONG => {}
+            wire::OP_CLOSE => {
+                return Err(Fail::run(format!(
+                    "server closed the connection ({})",
+                    wire::describe_close(payload)
+                )));
+            }
+            other => return Err(Fail::run(format!("server sent unknown opcode {other:#x}"))),
+        }
+        pos += frame.payload_end;
+    }
+    Ok(pos)
+}
+
+/// Sets `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+) on an IPv4 socket; see the
+/// module docs for why. Neither socket2 nor rustix wraps this option, hence
+/// the one direct `setsockopt` call.
+fn bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor belongs to `socket`, which outlives the call;
+    // the option value points to a live `c_int` and its exact size is
+    // passed, so the kernel reads only valid memory.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A connection between socket creation and the 101 response.
+struct Dialing {
+    stream: TcpStream,
+    source: Option<SocketAddr>,
+    request: Vec<u8>,
+    sent: usize,
+    accept: String,
+    response: Vec<u8>,
+}
+
+impl Dialing {
+    fn start(
+        target: &Target,
+        source: Option<SocketAddr>,
+        registry: &mio::Registry,
+        token: Token,
+        rng: &mut Rng,
+    ) -> Result<Dialing> {
+        let socket = Socket::new(
+            Domain::for_address(target.addr),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(|e| {
+            Fail::run(format!(
+                "cannot create a socket: {e} (out of file descriptors? see `ulimit -Hn`)"
+            ))
+        })?;
+        socket
+            .set_nonblocking(true)
+            .context(|| "set_nonblocking".to_owned())?;
+        // Small frames must leave at once, not wait for Nagle.
+        socket
+            .set_tcp_nodelay(true)
+            .context(|| "set TCP_NODELAY".to_owned())?;
+        if let Some(source) = source {
+            bind_address_no_port(&socket).context(|| "set IP_BIND_ADDRESS_NO_PORT".to_owned())?;
+            socket
+                .bind(&source.into())
+                .map_err(|e| Fail::run(format!("cannot bind to source address {source}: {e}")))?;
+        }
+        match socket.connect(&target.addr.into()) {
+            Ok(()) => {}
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error())
+                    || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                return Err(Fail::run(format!(
+                    "connect to {}: {e}{}",
+                    target.addr,
+                    if e.raw_os_error() == Some(rustix::io::Errno::ADDRNOTAVAIL.raw_os_error()) {
+                        " (no free source port: lower --conns-per-source)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        let mut stream = TcpStream::from_std(socket.into());
+        registry
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .context(|| "register socket".to_owned())?;
+        let (request, accept) = wire::handshake_request(&target.host, &target.path, rng.nonce());
+        Ok(Dialing {
+            stream,
+            source,
+            request,
+            sent: 0,
+            accept,
+            response: Vec::with_capacity(HANDSHAKE_BUF),
+        })
+    }
+
+    /// Moves the handshake on; returns the response head length once the
+    /// server has accepted.
+    fn advance(&mut self, path: &str) -> Result<Option<usize>> {
+        if self.sent < self.request.len() {
+            if let Some(e) = self.stream.take_error().context(|| "SO_ERROR".to_owned())? {
+                return Err(Fail::run(format!("connect failed: {e}")));
+            }
+            match self.stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(None),
+                Err(e) => return Err(Fail::run(format!("connect failed: {e}"))),
+            }
+            while self.sent < self.request.len() {
+                match self.stream.write(&self.request[self.sent..]) {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Fail::run(format!("sending the handshake: {e}"))),
+                }
+            }
+        }
+        let mut buf = [0u8; HANDSHAKE_BUF];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    // Show whatever the server said before closing.
+                    wire::check_handshake_response(&self.response, &self.accept, path)?;
+                    return Err(Fail::run(
+                        "server closed the connection during the handshake",
+                    ));
+                }
+                Ok(n) => self.response.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Fail::run(format!("reading the handshake: {e}"))),
+            }
+            if self.response.len() > 64 * 1024 {
+                return Err(Fail::run("handshake response head is over 64 KiB"));
+            }
+        }
+        wire::check_handshake_response(&self.response, &self.accept, path)
+    }
+}
+
+enum Slot {
+    Waiting,
+    Dialing(Box<Dialing>),
+    Open(WsConn),
+}
+
+/// What to dial.
+pub struct DialPlan<'a> {
+    pub target: &'a Target,
+    pub count: usize,
+    /// Connection `i` gets token `token_base + i`.
+    pub token_base: usize,
+    pub sizing: Sizing,
+    /// Handshakes in flight at once.
+    pub max_dialing: usize,
+}
+
+/// Opens the planned WebSocket connections and returns them once every
+/// handshake has completed. Events for other tokens that arrive meanwhile
+/// are dropped, so callers sweep their older connections afterwards.
+pub fn dial_all(
+    poll: &mut Poll,
+    events: &mut Events,
+    plan: &DialPlan<'_>,
+    sources: &mut SourceAddrs,
+    rng: &mut Rng,
+    deadline: &Deadline,
+) -> Result<Vec<WsConn>> {
+    let DialPlan {
+        target,
+        count,
+        token_base,
+        sizing,
+        max_dialing,
+    } = *plan;
+    let mut slots: Vec<Slot> = (0..count).map(|_| Slot::Waiting).collect();
+    let (mut next, mut dialing, mut open) = (0, 0, 0);
+    while open < count {
+        while dialing < max_dialing.max(1) && next < count {
+            let source = sources.next()?;
+            let d = Dialing::start(
+                target,
+                source,
+                poll.registry(),
+                Token(token_base + next),
+                rng,
+            )
+            .map_err(|e| {
+                Fail::run(format!(
+                    "connection {next} of {count} to {}: {}",
+                    target.addr, e.message
+                ))
+            })?;
+            slots[next] = Slot::Dialing(Box::new(d));
+            next += 1;
+            dialing += 1;
+        }
+        let now = Instant::now();
+        deadline.check(now, &format!("connecting ({open} of {count} open)"))?;
+        poll_once(poll, events, deadline.poll_timeout(now, POLL_CAP))?;
+        for event in events.iter() {
+            let Some(i) = event
+                .token()
+                .0
+                .checked_sub(token_base)
+                .filter(|&i| i < count)
+            else {
+                continue;
+            };
+            let Slot::Dialing(d) = &mut slots[i] else {
+                continue;
+            };
+            let head = d.advance(&target.path).map_err(|e| {
+                let from = d
+                    .source
+                    .map(|s| format!(" from {}", s.ip()))
+                    .unwrap_or_default();
+                Fail::run(format!(
+                    "connection {i} of {count}{from} to {}: {} ({open} were open)",
+                    target.addr, e.message
+                ))
+            })?;
+            if let Some(head) = head {
+                let Slot::Dialing(d) = std::mem::replace(&mut slots[i], Slot::Waiting) else {
+                    unreachable!("slot checked above");
+                };
+                let d = *d;
+                slots[i] = Slot::Open(WsConn::new(d.stream, &d.response[head..], sizing));
+                dialing -= 1;
+                open += 1;
+            }
+        }
+    }
+    Ok(slots
+        .into_iter()
+        .filter_map(|s| match s {
+            Slot::Open(c) => Some(c),
+            _ => None,
+        })
+        .collect())
+}
+
+/// One `poll` call; an interrupted poll just returns no events.
+pub fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) -> Result<()> {
+    match poll.poll(events, Some(timeout)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        Err(e) => Err(Fail::run(format!("poll failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_sources_over_loopback_addresses() {
+        let base = Ipv4Addr::new(127, 0, 0, 2);
+        let mut s = SourceAddrs::new("127.0.0.1:80".parse().unwrap(), base, 2);
+        let ips: Vec<_> = (0..5).map(|_| s.next().unwrap().unwrap().ip()).collect();
+        let want: Vec<IpAddr> = [
+            "127.0.0.2",
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.3",
+            "127.0.0.4",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(ips, want);
+        let mut many = SourceAddrs::new("127.0.0.1:80".parse().unwrap(), base, 1);
+        many.used = 300;
+        let ip = many.next().unwrap().unwrap().ip();
+        assert_eq!(ip, "127.0.1.46".parse::<IpAddr>().unwrap());
+        let top = Ipv4Addr::new(127, 255, 255, 254);
+        let mut edge = SourceAddrs::new("127.0.0.1:80".parse().unwrap(), top, 1);
+        assert!(edge.next().unwrap().is_some());
+        assert!(
+            edge.next().unwrap().is_some(),
+            "127.255.255.255 is still loopback"
+        );
+        assert!(edge.next().is_err(), "128.0.0.0 is not");
+        let mut v6 = SourceAddrs::new("[::1]:80".parse().unwrap(), base, 2);
+        assert_eq!(v6.next().unwrap(), None);
+    }
+
+    #[test]
+    fn frames_are_split_into_messages_and_pings_answered() {
+        let mut buf = vec![0x82, 2, 1, 2, 0x89, 1, 9, 0x81, 1, b'x', 0x82];
+        let mut out = OutBuf::with_capacity(0);
+        let mut seen = Vec::new();
+        let used = parse_frames(&buf, 100, &mut out, |_, op, p| {
+            seen.push((op, p.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(used, 10, "the lone trailing byte waits for more");
+        assert_eq!(seen, vec![(2, vec![1, 2]), (1, vec![b'x'])]);
+        assert_eq!(
+            out.pending(),
+            [0x8a, 0x81, 0, 0, 0, 0, 9],
+            "pong with zero mask"
+        );
+        buf = vec![0x88, 2, 0x03, 0xe8];
+        let err = parse_frames(&buf, 100, &mut out, |_, _, _| Ok(())).unwrap_err();
+        assert!(err.message.contains("1000"), "{}", err.message);
+        buf = vec![0x02, 1, 0];
+        assert!(parse_frames(&buf, 100, &mut out, |_, _, _| Ok(())).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! `loadgen`: the load generator of wshub's benchmark suite.
+//!
+//! One thread, one edge-triggered `mio` poller, many client connections.
+//! Buffers are sized and allocated before the measured phase so that
+//! sending and receiving a message never allocates, and outgoing frames are
+//! masked while being copied into the write buffer. The aim is for the
+//! server, not loadgen, to run out of CPU first when each is pinned to its
+//! own core; every report includes loadgen's own CPU share to show it.
+//!
+//! Scenarios (see `cli::USAGE` and bench/README.md):
+//! - `echo`: request/response throughput and per-message latency;
+//! - `broadcast`: fan-out to many subscribers, with loss/duplicate/order
+//!   checks;
+//! - `idle`: server memory per idle connection and one fan-out.
+//!
+//! Only loopback targets are accepted. Every loop is bounded by a global
+//! deadline (`--timeout`).
+
+mod broadcast;
+mod cli;
+mod conn;
+mod echo;
+mod error;
+mod http;
+mod idle;
+mod report;
+mod stats;
+mod target;
+mod wire;
+
+use std::process::ExitCode;
+
+use cli::Command;
+
+fn main() -> ExitCode {
+    let result = cli::parse(std::env::args().skip(1)).and_then(|command| match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            Ok(())
+        }
+        Command::Echo(opts) => echo::run(&opts),
+        Command::Broadcast(opts) => broadcast::run(&opts),
+        Command::Idle(opts) => idle::run(&opts),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fail) => {
+            eprintln!("loadgen: {fail}");
+            if fail.code == 2 {
+                eprintln!("run `loadgen --help` for usage");
+            }
+            ExitCode::from(fail.code)
+        }
+    }
+}

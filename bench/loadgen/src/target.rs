@@ -1,0 +1,148 @@
+//! Target URLs (`ws://` and `http://`) and the loopback-only rule.
+//!
+//! The load generator only ever talks to servers on this machine: a host
+//! that is not a loopback IP literal (127.0.0.0/8 or ::1) is refused before
+//! any socket is opened. `localhost` is accepted and taken as 127.0.0.1
+//! without asking a resolver, so no name lookup can lead elsewhere.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::error::{Fail, Result};
+
+/// A parsed URL of one of the two supported schemes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The `Host` header value, as written in the URL.
+    pub host: String,
+    /// Path (with query, if any), always starting with `/`.
+    pub path: String,
+}
+
+/// Parses `ws://HOST[:PORT]/PATH`.
+pub fn parse_ws(url: &str) -> Result<Target> {
+    parse(url, "ws")
+}
+
+/// Parses `http://HOST[:PORT]/PATH`.
+pub fn parse_http(url: &str) -> Result<Target> {
+    parse(url, "http")
+}
+
+fn parse(url: &str, scheme: &str) -> Result<Target> {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| Fail::usage(format!("{url:?}: expected a {scheme}:// URL")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = split_host_port(authority)
+        .ok_or_else(|| Fail::usage(format!("{url:?}: cannot read host and port")))?;
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse::<IpAddr>().map_err(|_| {
+            Fail::usage(format!(
+                "{url:?}: host {host:?} must be a loopback IP address (127.0.0.0/8 or ::1) \
+                 or localhost; loadgen never sends traffic off this machine"
+            ))
+        })?
+    };
+    if !ip.is_loopback() {
+        return Err(Fail::usage(format!(
+            "{url:?}: {ip} is not a loopback address (127.0.0.0/8 or ::1); loadgen never \
+             sends traffic off this machine"
+        )));
+    }
+    Ok(Target {
+        addr: SocketAddr::new(ip, port),
+        host: authority.to_owned(),
+        path: path.to_owned(),
+    })
+}
+
+/// Splits `host:port`, `[v6]:port`, `host` or `[v6]`; the port defaults to 80.
+fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => 80,
+            p => p.strip_prefix(':')?.parse().ok()?,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
+        // More than one colon without brackets: a bare IPv6 address.
+        Some(_) => Some((authority, 80)),
+        None => Some((authority, 80)),
+    }
+    .filter(|(host, _)| !host.is_empty())
+}
+
+/// The publish URL that goes with a subscription URL: same server,
+/// `/publish/<channel>` where the channel is the last path segment.
+pub fn publish_url_for(ws: &Target) -> Target {
+    let channel = ws.path.rsplit('/').next().unwrap_or_default();
+    Target {
+        addr: ws.addr,
+        host: ws.host.clone(),
+        path: format!("/publish/{channel}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_loopback_urls() {
+        let t = parse_ws("ws://127.0.0.1:9001/echo").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(t.host, "127.0.0.1:9001");
+        assert_eq!(t.path, "/echo");
+        let t = parse_ws("ws://[::1]:9/live/x").unwrap();
+        assert_eq!(t.addr, "[::1]:9".parse().unwrap());
+        assert_eq!(t.path, "/live/x");
+        let t = parse_http("http://127.8.9.10/publish/a").unwrap();
+        assert_eq!(t.addr.port(), 80);
+        let t = parse_ws("ws://localhost:1").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(t.path, "/");
+    }
+
+    #[test]
+    fn refuses_anything_off_the_machine() {
+        for url in [
+            "ws://10.0.0.1:80/echo",
+            "ws://192.168.1.1/echo",
+            "ws://8.8.8.8:80/",
+            "ws://example.com:80/",
+            "ws://[2001:db8::1]:80/",
+            "ws://[::ffff:127.0.0.1]:80/",
+            "ws://0.0.0.0:80/",
+        ] {
+            let err = parse_ws(url).unwrap_err();
+            assert_eq!(err.code, 2, "{url}");
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_scheme_and_garbage() {
+        assert!(parse_ws("http://127.0.0.1/").is_err());
+        assert!(parse_ws("wss://127.0.0.1/").is_err());
+        assert!(parse_http("ws://127.0.0.1/").is_err());
+        assert!(parse_ws("ws://127.0.0.1:notaport/").is_err());
+        assert!(parse_ws("ws://:80/").is_err());
+    }
+
+    #[test]
+    fn derives_publish_url() {
+        let t = parse_ws("ws://127.0.0.1:5/live/bench").unwrap();
+        let p = publish_url_for(&t);
+        assert_eq!(p.path, "/publish/bench");
+        assert_eq!(p.addr, t.addr);
+    }
+}
