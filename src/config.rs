@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use log::LevelFilter;
 use serde::{Deserialize, Deserializer};
 
 /// The configuration `wshub` runs with when given no file.
@@ -65,6 +66,9 @@ mod defaults {
     pub const ON_BACKLOG: OnBacklog = OnBacklog::Close;
     pub const CLIENT_MESSAGES: ClientMessages = ClientMessages::Ignore;
     pub const ECHO_TO_SENDER: bool = false;
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const SHUTDOWN_SPREAD: Duration = Duration::ZERO;
+    pub const SHUTDOWN_CLOSE_CODE: u16 = super::CLOSE_GOING_AWAY;
 
     // serde's `default = "..."` wants functions, not constants.
     pub fn max_connections() -> usize {
@@ -103,7 +107,22 @@ mod defaults {
     pub fn on_backlog() -> OnBacklog {
         ON_BACKLOG
     }
+    pub fn shutdown_timeout() -> Duration {
+        SHUTDOWN_TIMEOUT
+    }
+    pub fn shutdown_spread() -> Duration {
+        SHUTDOWN_SPREAD
+    }
+    pub fn shutdown_close_code() -> u16 {
+        SHUTDOWN_CLOSE_CODE
+    }
 }
+
+/// Close code 1001 ("going away"): the server is shutting down.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code 1012 ("service restart"): the server is restarting; clients
+/// may reconnect shortly.
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 /// The whole configuration.
 ///
@@ -150,6 +169,18 @@ pub struct Config {
     /// What a broadcast delivery does when it would push a connection's
     /// outbound queue past `max_backlog_bytes`.
     pub on_backlog: OnBacklog,
+    /// On SIGTERM/SIGINT, how long to wait for clients to answer the close
+    /// and for queued bytes to drain before exiting anyway; above 0.
+    pub shutdown_timeout: Duration,
+    /// On shutdown, spread the close frames evenly over this window instead
+    /// of sending them all at once; at most `shutdown_timeout`.
+    pub shutdown_spread: Duration,
+    /// The close code sent on shutdown: [`CLOSE_GOING_AWAY`] or
+    /// [`CLOSE_SERVICE_RESTART`].
+    pub shutdown_close_code: u16,
+    /// The most verbose level logged, applied at start and on reload; `None`
+    /// leaves it to `RUST_LOG` (default `info`).
+    pub log_level: Option<LevelFilter>,
 }
 
 impl fmt::Debug for Config {
@@ -175,6 +206,10 @@ impl fmt::Debug for Config {
                 &self.max_channels_per_connection,
             )
             .field("on_backlog", &self.on_backlog)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("shutdown_spread", &self.shutdown_spread)
+            .field("shutdown_close_code", &self.shutdown_close_code)
+            .field("log_level", &self.log_level)
             .finish()
     }
 }
@@ -346,6 +381,14 @@ struct RawConfig {
     max_channels_per_connection: usize,
     #[serde(default = "defaults::on_backlog")]
     on_backlog: OnBacklog,
+    #[serde(default = "defaults::shutdown_timeout", deserialize_with = "duration")]
+    shutdown_timeout: Duration,
+    #[serde(default = "defaults::shutdown_spread", deserialize_with = "duration")]
+    shutdown_spread: Duration,
+    #[serde(default = "defaults::shutdown_close_code")]
+    shutdown_close_code: u16,
+    #[serde(default, deserialize_with = "log_level")]
+    log_level: Option<LevelFilter>,
     #[serde(default)]
     listener: Option<Vec<RawListener>>,
     #[serde(default)]
@@ -413,6 +456,39 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     })
 }
 
+/// The names `log_level` accepts, most to least verbose after "off".
+const LOG_LEVELS: [(&str, LevelFilter); 6] = [
+    ("off", LevelFilter::Off),
+    ("error", LevelFilter::Error),
+    ("warn", LevelFilter::Warn),
+    ("info", LevelFilter::Info),
+    ("debug", LevelFilter::Debug),
+    ("trace", LevelFilter::Trace),
+];
+
+/// Parses a log level name; lowercase only, like every other value in the
+/// file.
+fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LevelFilter>, D::Error> {
+    let text = String::deserialize(d)?;
+    LOG_LEVELS
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, level)| Some(*level))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid log level {text:?}: expected one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\""
+            ))
+        })
+}
+
+/// The config file's name for a level (the inverse of [`log_level`]).
+fn log_level_name(level: LevelFilter) -> &'static str {
+    LOG_LEVELS
+        .iter()
+        .find(|(_, l)| *l == level)
+        .map_or("?", |(name, _)| *name)
+}
+
 /// Parses a duration ("30s", "500ms", "2m") with `humantime`, through a
 /// visitor of our own so both a wrong type and a bad unit produce a message
 /// that shows the expected form.
@@ -470,6 +546,10 @@ impl TryFrom<RawConfig> for Config {
             publish_token: raw.publish_token,
             max_channels_per_connection: raw.max_channels_per_connection,
             on_backlog: raw.on_backlog,
+            shutdown_timeout: raw.shutdown_timeout,
+            shutdown_spread: raw.shutdown_spread,
+            shutdown_close_code: raw.shutdown_close_code,
+            log_level: raw.log_level,
         })
     }
 }
@@ -571,10 +651,40 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        self.validate_shutdown()?;
         self.validate_publish_token()?;
         self.validate_listeners()?;
         self.validate_routes()?;
         self.validate_publish_prefix()
+    }
+
+    fn validate_shutdown(&self) -> Result<(), ConfigError> {
+        if self.shutdown_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "shutdown_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.shutdown_spread > self.shutdown_timeout {
+            return Err(ConfigError::invalid(
+                "shutdown_spread",
+                format!(
+                    "{} is longer than shutdown_timeout ({}); every close must be sent before the server gives up waiting",
+                    humantime::format_duration(self.shutdown_spread),
+                    humantime::format_duration(self.shutdown_timeout)
+                ),
+            ));
+        }
+        if ![CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART].contains(&self.shutdown_close_code) {
+            return Err(ConfigError::invalid(
+                "shutdown_close_code",
+                format!(
+                    "{} is not allowed; use {CLOSE_GOING_AWAY} (going away) or {CLOSE_SERVICE_RESTART} (service restart)",
+                    self.shutdown_close_code
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_publish_token(&self) -> Result<(), ConfigError> {
@@ -816,7 +926,139 @@ impl Config {
             publish_token: None,
             max_channels_per_connection: defaults::MAX_CHANNELS_PER_CONNECTION,
             on_backlog: defaults::ON_BACKLOG,
+            shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            shutdown_spread: defaults::SHUTDOWN_SPREAD,
+            shutdown_close_code: defaults::SHUTDOWN_CLOSE_CODE,
+            log_level: None,
         }
+    }
+}
+
+impl Config {
+    /// The top-level settings that differ between `self` and `new`, one
+    /// `name: old -> new` line each, for the reload log. Listeners and routes
+    /// are left to the caller, which knows what it can apply. The token's
+    /// value is never shown, only whether it was set, changed or removed.
+    pub fn changed_settings(&self, new: &Config) -> Vec<String> {
+        // Naming every field makes a new setting a compile error here until
+        // it is compared below (or deliberately left to the caller).
+        let Config {
+            listeners: _,
+            routes: _,
+            max_connections: _,
+            max_message_size: _,
+            max_frame_size: _,
+            max_backlog_bytes: _,
+            handshake_timeout: _,
+            ping_interval: _,
+            pong_timeout: _,
+            close_timeout: _,
+            idle_timeout: _,
+            publish_prefix: _,
+            publish_token: _,
+            max_channels_per_connection: _,
+            on_backlog: _,
+            shutdown_timeout: _,
+            shutdown_spread: _,
+            shutdown_close_code: _,
+            log_level: _,
+        } = self;
+        fn duration(d: Duration) -> String {
+            humantime::format_duration(d).to_string()
+        }
+        fn level(l: Option<LevelFilter>) -> String {
+            l.map_or_else(|| "unset".to_owned(), |l| log_level_name(l).to_owned())
+        }
+        let pairs = [
+            (
+                "max_connections",
+                self.max_connections.to_string(),
+                new.max_connections.to_string(),
+            ),
+            (
+                "max_message_size",
+                self.max_message_size.to_string(),
+                new.max_message_size.to_string(),
+            ),
+            (
+                "max_frame_size",
+                self.max_frame_size.to_string(),
+                new.max_frame_size.to_string(),
+            ),
+            (
+                "max_backlog_bytes",
+                self.max_backlog_bytes.to_string(),
+                new.max_backlog_bytes.to_string(),
+            ),
+            (
+                "handshake_timeout",
+                duration(self.handshake_timeout),
+                duration(new.handshake_timeout),
+            ),
+            (
+                "ping_interval",
+                duration(self.ping_interval),
+                duration(new.ping_interval),
+            ),
+            (
+                "pong_timeout",
+                duration(self.pong_timeout),
+                duration(new.pong_timeout),
+            ),
+            (
+                "close_timeout",
+                duration(self.close_timeout),
+                duration(new.close_timeout),
+            ),
+            (
+                "idle_timeout",
+                duration(self.idle_timeout),
+                duration(new.idle_timeout),
+            ),
+            (
+                "publish_prefix",
+                format!("{:?}", self.publish_prefix),
+                format!("{:?}", new.publish_prefix),
+            ),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection.to_string(),
+                new.max_channels_per_connection.to_string(),
+            ),
+            (
+                "on_backlog",
+                self.on_backlog.to_string(),
+                new.on_backlog.to_string(),
+            ),
+            (
+                "shutdown_timeout",
+                duration(self.shutdown_timeout),
+                duration(new.shutdown_timeout),
+            ),
+            (
+                "shutdown_spread",
+                duration(self.shutdown_spread),
+                duration(new.shutdown_spread),
+            ),
+            (
+                "shutdown_close_code",
+                self.shutdown_close_code.to_string(),
+                new.shutdown_close_code.to_string(),
+            ),
+            ("log_level", level(self.log_level), level(new.log_level)),
+        ];
+        let mut changes: Vec<String> = pairs
+            .into_iter()
+            .filter(|(_, old, new)| old != new)
+            .map(|(name, old, new)| format!("{name}: {old} -> {new}"))
+            .collect();
+        match (&self.publish_token, &new.publish_token) {
+            (None, Some(_)) => changes.push("publish_token: set".to_owned()),
+            (Some(_), None) => changes.push("publish_token: removed".to_owned()),
+            (Some(a), Some(b)) if a != b => changes.push("publish_token: changed".to_owned()),
+            _ => {}
+        }
+        changes
     }
 }
 
@@ -850,6 +1092,10 @@ mod tests {
             publish_token: None,
             max_channels_per_connection: 16,
             on_backlog: OnBacklog::Close,
+            shutdown_timeout: Duration::from_secs(10),
+            shutdown_spread: Duration::ZERO,
+            shutdown_close_code: 1001,
+            log_level: None,
         }
     }
 
@@ -896,14 +1142,17 @@ mod tests {
         let route = "# [[route]]\n# path = \"/live\"\n# kind = \"broadcast\"\n\
                      # client_messages = \"ignore\"\n# echo_to_sender = false\n";
         let token = "# publish_token = \"change-me-to-a-long-random-string\"\n";
-        assert!(example.contains(route) && example.contains(token));
+        let level = "# log_level = \"info\"\n";
+        assert!(example.contains(route) && example.contains(token) && example.contains(level));
         let uncommented = example
             .replace(route, &route.replace("# ", ""))
-            .replace(token, &token.replace("# ", ""));
+            .replace(token, &token.replace("# ", ""))
+            .replace(level, &level.replace("# ", ""));
         let c = Config::from_toml_str(&uncommented).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[1], RouteConfig::new("/live", RouteKind::Broadcast));
         assert!(c.publish_token.is_some());
+        assert_eq!(c.log_level, Some(LevelFilter::Info));
     }
 
     #[test]
@@ -922,6 +1171,10 @@ mod tests {
             publish_token = "s3cret-Token_~"
             max_channels_per_connection = 4
             on_backlog = "drop"
+            shutdown_timeout = "30s"
+            shutdown_spread = "20s"
+            shutdown_close_code = 1012
+            log_level = "debug"
 
             [[listener]]
             address = "127.0.0.1:9000"
@@ -959,6 +1212,10 @@ mod tests {
         assert_eq!(c.publish_token.as_deref(), Some("s3cret-Token_~"));
         assert_eq!(c.max_channels_per_connection, 4);
         assert_eq!(c.on_backlog, OnBacklog::Drop);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.shutdown_spread, Duration::from_secs(20));
+        assert_eq!(c.shutdown_close_code, CLOSE_SERVICE_RESTART);
+        assert_eq!(c.log_level, Some(LevelFilter::Debug));
         let paths: Vec<&str> = c.routes.iter().map(|r| r.path.as_str()).collect();
         assert_eq!(paths, ["/a", "/b/c", "/live"]);
         assert_eq!(
@@ -1536,6 +1793,66 @@ mod tests {
         );
         let c = Config::from_toml_str("max_channels_per_connection = 1").unwrap();
         assert_eq!(c.max_channels_per_connection, 1);
+    }
+
+    #[test]
+    fn shutdown_settings_are_checked() {
+        assert_eq!(invalid_key("shutdown_timeout = \"0s\""), "shutdown_timeout");
+        assert_eq!(
+            invalid_key("shutdown_timeout = \"5s\"\nshutdown_spread = \"6s\""),
+            "shutdown_spread"
+        );
+        // Spreading over the whole window is allowed.
+        let c =
+            Config::from_toml_str("shutdown_timeout = \"5s\"\nshutdown_spread = \"5s\"").unwrap();
+        assert_eq!(c.shutdown_spread, Duration::from_secs(5));
+        for code in [1000, 1002, 1011, 1013, 4000] {
+            assert_eq!(
+                invalid_key(&format!("shutdown_close_code = {code}")),
+                "shutdown_close_code",
+                "{code}"
+            );
+        }
+        for code in [CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART] {
+            let c = Config::from_toml_str(&format!("shutdown_close_code = {code}")).unwrap();
+            assert_eq!(c.shutdown_close_code, code);
+        }
+        let msg = parse_err("shutdown_close_code = \"1001\"");
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn log_level_names() {
+        for (name, level) in LOG_LEVELS {
+            let c = Config::from_toml_str(&format!("log_level = {name:?}")).unwrap();
+            assert_eq!(c.log_level, Some(level));
+            assert_eq!(log_level_name(level), name);
+        }
+        for bad in ["INFO", "verbose", ""] {
+            let msg = parse_err(&format!("max_connections = 5\nlog_level = {bad:?}"));
+            assert!(msg.contains("line 2") && msg.contains("log level"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn changed_settings_lists_differences_without_the_token() {
+        let old = Config::from_toml_str("publish_token = \"old-secret\"").unwrap();
+        let new = Config::from_toml_str(
+            "max_connections = 7\nidle_timeout = \"90s\"\npublish_token = \"new-secret\"\nlog_level = \"warn\"",
+        )
+        .unwrap();
+        let changes = old.changed_settings(&new);
+        assert_eq!(
+            changes,
+            [
+                "max_connections: 100000 -> 7",
+                "idle_timeout: 2m -> 1m 30s",
+                "log_level: unset -> warn",
+                "publish_token: changed",
+            ]
+        );
+        assert!(old.changed_settings(&old).is_empty());
+        assert!(!format!("{changes:?}").contains("secret"));
     }
 
     #[test]

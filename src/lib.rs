@@ -6,9 +6,14 @@
 //!   handshake, frame codec, message assembly, close rules). No sockets, no clock.
 //! - [`server`]: the single-threaded mio event loop that moves bytes between
 //!   sockets and those machines, plus the [`timer`] wheel that drives its timeouts.
+//!
+//! [`daemon`] holds what running as a systemd service needs from the process
+//! (notifications, inherited sockets, limits, journal logging); the loop
+//! decides when it is used.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;

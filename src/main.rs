@@ -1,6 +1,8 @@
 //! The `wshub` binary: command-line parsing, logging setup, and handing a
 //! loaded config to the server; plus the `publish` operator command
-//! ([`cli_publish`]).
+//! ([`cli_publish`]). When run as a service it also raises the open-file
+//! limit, takes sockets passed by the service manager, and lets the server
+//! handle signals and notify the manager (see [`wshub::daemon`]).
 //!
 //! Owns: argument handling and exit codes (0 ok, 1 runtime failure, 2 usage
 //! or config-check failure).
@@ -12,7 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use wshub::config::{Config, ConfigError};
-use wshub::server::Server;
+use wshub::daemon::{listenfd, logging, notify::Notifier, rlimit};
+use wshub::server::{Server, ServerError};
 
 mod cli_publish;
 
@@ -28,7 +31,15 @@ Usage:
   wshub -V, --version          show the version
 
 The built-in config listens on 127.0.0.1:8080 and serves an echo route at
-/echo. Log verbosity follows RUST_LOG (default: info).
+/echo. Log verbosity follows RUST_LOG (default: info) and the config's
+log_level.
+
+Signals: SIGTERM or SIGINT closes every connection (code 1001, or
+shutdown_close_code) and exits once they are done or shutdown_timeout has
+passed; a second one exits at once. SIGHUP reloads the config file.
+Under systemd, sockets passed by socket activation (LISTEN_FDS) are served
+instead of [[listener]], and readiness, status and watchdog pings go to
+NOTIFY_SOCKET.
 
 Publish options:
   --url URL        the server, http://HOST[:PORT][/PREFIX]
@@ -134,8 +145,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(path) => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                .init();
+            logging::init();
             match run(path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
@@ -167,11 +177,60 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
             Config::default()
         }
     };
-    let server = Server::bind(config).map_err(|e| format!("cannot start: {e}"))?;
+    if config.log_level.is_some() {
+        logging::set_level(config.log_level);
+    }
+    let max_connections = config.max_connections;
+    match rlimit::raise_nofile() {
+        Ok(limit) => {
+            log::info!("{limit}");
+            // Each connection is a descriptor; leave a few for the rest.
+            let wanted = u64::try_from(max_connections)
+                .unwrap_or(u64::MAX)
+                .saturating_add(64);
+            if !limit.allows(wanted) {
+                log::warn!(
+                    "the open file limit is below max_connections ({max_connections}): \
+                     connections beyond it will be refused (raise LimitNOFILE= or ulimit -n)"
+                );
+            }
+        }
+        Err(message) => log::warn!("{message}"),
+    }
+    let inherited = listenfd::take()?;
+    let mut server = if inherited.is_empty() {
+        Server::bind(config).map_err(|e| format!("cannot start: {}", describe_start_error(&e)))?
+    } else {
+        log::info!(
+            "serving on {} socket(s) passed by the service manager; [[listener]] is not used",
+            inherited.len()
+        );
+        Server::with_listeners(config, inherited).map_err(|e| format!("cannot start: {e}"))?
+    };
+    server.set_config_path(path);
+    server
+        .handle_signals()
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
+    server.set_notifier(Notifier::from_env());
     for addr in server.local_addrs() {
         log::info!("listening on ws://{addr}");
     }
     server.run().map_err(|e| format!("server stopped: {e}"))
+}
+
+/// Adds a hint to a bind failure on a privileged port.
+fn describe_start_error(err: &ServerError) -> String {
+    match err {
+        ServerError::Bind { addr, source }
+            if addr.port() < 1024 && source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            format!(
+                "{err} (ports below 1024 need CAP_NET_BIND_SERVICE, or socket activation \
+                 through wshub.socket)"
+            )
+        }
+        _ => err.to_string(),
+    }
 }
 
 /// Read and parse errors already name the file; validation errors do not,

@@ -78,7 +78,8 @@ impl Refused {
 /// Every number `/metrics` reports. Counters only grow; gauges are set.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    /// Open WebSocket connections per route (gauge), indexed like the route table.
+    /// Open WebSocket connections per route (gauge), indexed like the route
+    /// table; grows with it when a reload adds routes ([`Metrics::set_routes`]).
     pub open_by_route: Vec<u64>,
     /// All accepted TCP connections currently held, in any phase (gauge).
     pub connections: u64,
@@ -101,6 +102,14 @@ impl Metrics {
         Metrics {
             open_by_route: vec![0; routes],
             ..Metrics::default()
+        }
+    }
+
+    /// Makes room for a route table that grew to `routes` entries (a table
+    /// never shrinks, so neither does this).
+    pub fn set_routes(&mut self, routes: usize) {
+        if routes > self.open_by_route.len() {
+            self.open_by_route.resize(routes, 0);
         }
     }
 
@@ -147,7 +156,16 @@ impl Metrics {
             "gauge",
             "Open WebSocket connections by route",
         )?;
+        // A path appears twice in the table when a reload changed its
+        // route's kind; one series per path, so add those up.
+        let mut by_path: Vec<(&str, u64)> = Vec::with_capacity(self.open_by_route.len());
         for (path, open) in route_paths.zip(&self.open_by_route) {
+            match by_path.iter_mut().find(|(p, _)| *p == path) {
+                Some((_, sum)) => *sum += open,
+                None => by_path.push((path, *open)),
+            }
+        }
+        for (path, open) in by_path {
             // Route paths are validated to exclude quotes, backslashes and newlines.
             writeln!(
                 out,
@@ -261,6 +279,22 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
         }
+    }
+
+    #[test]
+    fn a_path_listed_twice_is_one_series() {
+        let mut m = Metrics::new(2);
+        m.set_routes(3);
+        m.open_by_route[0] = 2;
+        m.open_by_route[2] = 5;
+        let mut out = Vec::new();
+        m.render(["/a", "/b", "/a"].into_iter(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("wshub_websocket_connections{route=\"/a\"} 7\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("route=\"/a\"").count(), 1, "{text}");
     }
 
     #[test]

@@ -249,6 +249,29 @@ pub fn write_accept(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Does `origin` pass an allow-list? An empty list allows every origin,
+/// and a request without `Origin` (not from a browser) is not a cross-site
+/// hijacking risk, so it passes too. Origins compare ASCII
+/// case-insensitively, as RFC 6454 serializes scheme and host in lowercase.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    match origin {
+        _ if allowed.is_empty() => true,
+        None => true,
+        Some(origin) => allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin.trim())),
+    }
+}
+
+/// The subprotocol to answer with: the first one the client offered (in its
+/// order of preference) that the route supports.
+pub fn select_protocol<'a>(offered: &'a [String], supported: &[String]) -> Option<&'a str> {
+    offered
+        .iter()
+        .find(|p| supported.iter().any(|s| s == *p))
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,5 +730,35 @@ mod tests {
               Sec-WebSocket-Extensions: permessage-deflate\r\n\
               \r\n"
         );
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(origin_allowed(Some("https://evil.example"), &[]));
+        assert!(origin_allowed(None, &allowed));
+        assert!(origin_allowed(Some("https://app.example"), &allowed));
+        assert!(origin_allowed(Some("HTTPS://APP.EXAMPLE"), &allowed));
+        assert!(!origin_allowed(Some("https://app.example:8443"), &allowed));
+        assert!(!origin_allowed(Some("http://app.example"), &allowed));
+        assert!(!origin_allowed(Some("null"), &allowed));
+    }
+
+    #[test]
+    fn protocol_is_the_clients_first_supported_choice() {
+        let offered = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let supported = offered(&["chat.v2", "chat.v1"]);
+        assert_eq!(
+            select_protocol(&offered(&["chat.v1", "chat.v2"]), &supported),
+            Some("chat.v1")
+        );
+        assert_eq!(
+            select_protocol(&offered(&["x", "chat.v2"]), &supported),
+            Some("chat.v2")
+        );
+        assert_eq!(select_protocol(&offered(&["x"]), &supported), None);
+        assert_eq!(select_protocol(&offered(&[]), &supported), None);
+        // Protocol tokens are case-sensitive (RFC 6455 §11.5 registry values).
+        assert_eq!(select_protocol(&offered(&["CHAT.V1"]), &supported), None);
     }
 }

@@ -5,6 +5,7 @@
 //! level, or allocate per received message when it can borrow instead.
 
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod http;

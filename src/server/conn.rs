@@ -539,6 +539,17 @@ impl Connection {
         }
     }
 
+    /// Shutdown of a connection still speaking HTTP: it answers nothing more,
+    /// while what is already queued still goes out. Returns false (and does
+    /// nothing) once the connection is a WebSocket or already closing.
+    pub fn stop_http(&mut self, now: u64) -> bool {
+        if !matches!(self.phase, Phase::AwaitingHandshake(_)) {
+            return false;
+        }
+        self.enter_closing(false, now);
+        true
+    }
+
     /// Starts the closing handshake from our side (or answers the peer's).
     pub fn send_close(&mut self, code: CloseCode, reason: &str, now: u64) {
         if !matches!(self.phase, Phase::Open) {

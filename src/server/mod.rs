@@ -2,8 +2,11 @@
 //!
 //! Owns: listeners, sockets, the shared receive buffer, the timer wheel and
 //! the clock. Moves bytes between sockets and the connection state machines.
+//! Also the process's life as a service, acted on only from inside the loop:
+//! signals (SIGTERM/SIGINT drain and exit, SIGHUP reloads the config file),
+//! and the service manager's notifications (ready, status, watchdog).
 //! Must never: parse protocol bytes itself, block, or let one connection's
-//! failure or flood reach another.
+//! failure or flood reach another; nor drop an open connection on reload.
 
 mod conn;
 mod outqueue;
@@ -12,22 +15,27 @@ mod transport;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustix::process::Signal;
+use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::config::{Config, OnBacklog};
+use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError, OnBacklog};
+use crate::daemon::notify::Notifier;
 use crate::hub::{ChannelId, Hub};
 use crate::metrics::Metrics;
+use crate::protocol::close::CloseCode;
 use crate::protocol::http;
 use crate::route::Routes;
-use crate::timer::TimerWheel;
+use crate::timer::{TimerKey, TimerWheel};
 use conn::{Action, Connection, Ctx};
 use outqueue::Flush;
 use transport::Transport;
@@ -49,6 +57,18 @@ const KEY_BITS: u32 = usize::BITS / 2;
 const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 /// Listener tokens use generation 0, which connections never get.
 const WAKER_TOKEN: Token = Token(usize::MAX);
+/// The signal pipe registered by [`Server::handle_signals`].
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// Timer-wheel values of the loop's own deadlines, next to the connections'
+/// tokens in the same wheel.
+const WATCHDOG_TIMER: Token = Token(usize::MAX - 2);
+const STATUS_TIMER: Token = Token(usize::MAX - 3);
+const SHUTDOWN_TIMER: Token = Token(usize::MAX - 4);
+/// Slab keys from here up are never given to connections, so no connection
+/// token can equal one of the reserved tokens above, whatever its generation.
+const FIRST_RESERVED_KEY: usize = KEY_MASK - 7;
+/// How often the status line sent to the service manager is refreshed.
+const STATUS_INTERVAL_MS: u64 = 5_000;
 /// Linux errno values for "too many open files" (per process / system-wide).
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;
@@ -58,6 +78,8 @@ const ENFILE: i32 = 23;
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("no listening socket to serve on")]
+    NoListeners,
     #[error("event loop failure: {0}")]
     Io(#[from] io::Error),
 }
@@ -109,20 +131,93 @@ pub struct Server {
     busy_response: Vec<u8>,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    /// The listening sockets came from the service manager: `[[listener]]`
+    /// is not used.
+    inherited: bool,
+    /// The file a reload (SIGHUP) reads; `None` on the built-in config.
+    config_path: Option<PathBuf>,
+    /// SIGTERM, SIGINT and SIGHUP, once [`Server::handle_signals`] was called.
+    signals: Option<Signals>,
+    notifier: Notifier,
+    /// The drain after the first SIGTERM/SIGINT.
+    shutdown: Option<Shutdown>,
+}
+
+/// A graceful shutdown in progress: every open WebSocket gets a close frame
+/// (all at once, or spread over `shutdown_spread`), then the loop waits for
+/// the connections to finish, at most until `deadline`.
+struct Shutdown {
+    started: u64,
+    deadline: u64,
+    spread: u64,
+    code: CloseCode,
+    reason: &'static str,
+    /// Tokens of the connections that were open WebSockets when the drain
+    /// began, in the order their close frames go out.
+    queue: Vec<Token>,
+    /// How many of `queue` have been sent their close frame.
+    sent: usize,
+    /// The wheel entry that wakes the loop for the next close or the deadline.
+    timer: Option<TimerKey>,
+}
+
+impl Shutdown {
+    /// When the close frame of `queue[index]` is due: evenly over the spread.
+    fn due(&self, index: usize) -> u64 {
+        let count = self.queue.len().max(1) as u128;
+        let offset = u128::from(self.spread) * index as u128 / count;
+        self.started
+            .saturating_add(u64::try_from(offset).unwrap_or(u64::MAX))
+    }
+}
+
+/// What the loop does after handling signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterSignals {
+    Continue,
+    ExitNow,
 }
 
 impl Server {
     /// Binds every configured listener.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
-        let poll = Poll::new()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for (index, listener) in config.listeners.iter().enumerate() {
+        for listener in &config.listeners {
             let addr = listener.address;
-            let mut socket =
+            let socket =
                 TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
-            poll.registry()
-                .register(&mut socket, Token(index), Interest::READABLE)?;
             listeners.push(socket);
+        }
+        Server::new(config, listeners, false)
+    }
+
+    /// Serves on sockets that are already listening, such as the ones the
+    /// service manager passes on socket activation; `config.listeners` is
+    /// then not used. The sockets are switched to non-blocking mode.
+    pub fn with_listeners(
+        config: Config,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> Result<Server, ServerError> {
+        if listeners.is_empty() {
+            return Err(ServerError::NoListeners);
+        }
+        let mut sockets = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            listener.set_nonblocking(true)?;
+            sockets.push(TcpListener::from_std(listener));
+        }
+        Server::new(config, sockets, true)
+    }
+
+    fn new(
+        config: Config,
+        mut listeners: Vec<TcpListener>,
+        inherited: bool,
+    ) -> Result<Server, ServerError> {
+        let poll = Poll::new()?;
+        for (index, socket) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(socket, Token(index), Interest::READABLE)?;
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
         let mut busy_response = Vec::new();
@@ -154,7 +249,48 @@ impl Server {
             busy_response,
             stop: Arc::new(AtomicBool::new(false)),
             waker,
+            inherited,
+            config_path: None,
+            signals: None,
+            notifier: Notifier::disabled(),
+            shutdown: None,
         })
+    }
+
+    /// Sets the file that SIGHUP reloads the config from; `None` (the
+    /// default) for a server on the built-in config, which has nothing to
+    /// reload.
+    pub fn set_config_path(&mut self, path: Option<PathBuf>) {
+        self.config_path = path;
+    }
+
+    /// Sends the service manager notifications through `notifier`: READY=1
+    /// when the loop starts, a periodic STATUS=, WATCHDOG=1 when asked for,
+    /// RELOADING=1 and STOPPING=1.
+    pub fn set_notifier(&mut self, notifier: Notifier) {
+        self.notifier = notifier;
+    }
+
+    /// Takes over SIGTERM, SIGINT (graceful shutdown; a second one exits at
+    /// once) and SIGHUP (reload the config file) for this process, handled
+    /// inside the loop. For the daemon's one server only: signal handlers
+    /// are process-wide.
+    pub fn handle_signals(&mut self) -> Result<(), ServerError> {
+        let mut signals = Signals::new([
+            Signal::TERM.as_raw(),
+            Signal::INT.as_raw(),
+            Signal::HUP.as_raw(),
+        ])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// The listening sockets came from the service manager.
+    pub fn is_socket_activated(&self) -> bool {
+        self.inherited
     }
 
     /// The addresses actually bound (useful with port 0).
@@ -173,9 +309,11 @@ impl Server {
         }
     }
 
-    /// Runs the event loop until stopped through a [`ServerHandle`].
+    /// Runs the event loop until stopped through a [`ServerHandle`], or,
+    /// with [`Server::handle_signals`], until a shutdown has drained.
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        self.start_service(self.now());
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = self.poll_timeout(self.now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -185,9 +323,14 @@ impl Server {
                 return Err(e.into());
             }
             let now = self.now();
+            let mut signalled = false;
             for event in events.iter() {
                 let token = event.token();
                 if token == WAKER_TOKEN {
+                    continue;
+                }
+                if token == SIGNAL_TOKEN {
+                    signalled = true;
                     continue;
                 }
                 if token.0 < self.listeners.len() {
@@ -204,6 +347,9 @@ impl Server {
                 self.drive(key, readable, read_to_end, now);
             }
             self.drive_ready(now);
+            if signalled && self.on_signals(now) == AfterSignals::ExitNow {
+                return Ok(());
+            }
             self.fire_timers(now);
             self.flush_dirty(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
@@ -212,8 +358,308 @@ impl Server {
                     self.accept(index, now);
                 }
             }
+            if self.shutdown_finished(now) {
+                return Ok(());
+            }
         }
         Ok(())
+    }
+
+    /// Just before the loop starts: tells the service manager the server is
+    /// ready and schedules the watchdog and status updates.
+    fn start_service(&mut self, now: u64) {
+        let status = self.status_line();
+        self.notifier.ready(&status);
+        if let Some(period) = self.notifier.watchdog_period() {
+            info!(
+                "service watchdog enabled: pinging every {}",
+                humantime::format_duration(period)
+            );
+            self.timers.insert(now, WATCHDOG_TIMER);
+        }
+        if self.notifier.is_enabled() {
+            self.timers.insert(now + STATUS_INTERVAL_MS, STATUS_TIMER);
+        }
+    }
+
+    /// The status line shown by `systemctl status`.
+    fn status_line(&self) -> String {
+        let open: u64 = self.metrics.open_by_route.iter().sum();
+        let line = format!(
+            "{} connections, {open} open websockets, {} channels",
+            self.metrics.connections, self.metrics.channels
+        );
+        if self.shutdown.is_some() {
+            format!("shutting down: {line} left")
+        } else {
+            line
+        }
+    }
+
+    /// Handles the loop's own wheel entries; false for a connection token.
+    fn on_loop_timer(&mut self, token: Token, now: u64) -> bool {
+        match token {
+            WATCHDOG_TIMER => {
+                self.notifier.watchdog();
+                if let Some(period) = self.notifier.watchdog_period() {
+                    let period = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+                    self.timers
+                        .insert(now.saturating_add(period), WATCHDOG_TIMER);
+                }
+            }
+            STATUS_TIMER => {
+                let status = self.status_line();
+                self.notifier.status(&status);
+                self.timers
+                    .insert(now.saturating_add(STATUS_INTERVAL_MS), STATUS_TIMER);
+            }
+            SHUTDOWN_TIMER => {
+                if let Some(shutdown) = &mut self.shutdown {
+                    shutdown.timer = None;
+                }
+                self.shutdown_step(now);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Acts on the signals that arrived since the last turn.
+    fn on_signals(&mut self, now: u64) -> AfterSignals {
+        let received: Vec<i32> = match &mut self.signals {
+            Some(signals) => signals.pending().collect(),
+            None => return AfterSignals::Continue,
+        };
+        for signal in received {
+            let name = signal_name(signal);
+            if signal == Signal::HUP.as_raw() {
+                self.reload();
+            } else if self.shutdown.is_some() {
+                warn!(
+                    "{name} again: exiting now with {} connections still open",
+                    self.conns.len()
+                );
+                return AfterSignals::ExitNow;
+            } else {
+                self.begin_shutdown(name, now);
+            }
+        }
+        AfterSignals::Continue
+    }
+
+    /// Stops accepting, turns away HTTP clients and starts closing every
+    /// open WebSocket with the configured code.
+    fn begin_shutdown(&mut self, why: &str, now: u64) {
+        let (code, reason) = if self.config.shutdown_close_code == CLOSE_SERVICE_RESTART {
+            (CloseCode::SERVICE_RESTART, "service restart")
+        } else {
+            (CloseCode::GOING_AWAY, "going away")
+        };
+        let timeout = millis(self.config.shutdown_timeout);
+        let spread = millis(self.config.shutdown_spread).min(timeout);
+        // Closing the listeners refuses new connections at once (with socket
+        // activation the service manager keeps its copy and queues them for
+        // the next start).
+        for listener in &mut self.listeners {
+            let _ = self.poll.registry().deregister(listener);
+        }
+        self.listeners.clear();
+        self.accept_paused_until = None;
+        let mut queue = Vec::new();
+        let mut http = Vec::new();
+        for (key, conn) in &self.conns {
+            if conn.is_open() {
+                queue.push(Self::token_of(key, conn.generation));
+            } else {
+                http.push(key);
+            }
+        }
+        info!(
+            "{why}: shutting down; closing {} websockets with {} ({reason}){} and waiting up to {} for them",
+            queue.len(),
+            code.0,
+            if spread > 0 {
+                format!(
+                    " spread over {}",
+                    humantime::format_duration(self.config.shutdown_spread)
+                )
+            } else {
+                String::new()
+            },
+            humantime::format_duration(self.config.shutdown_timeout),
+        );
+        for key in http {
+            if let Some(conn) = self.conns.get_mut(key)
+                && conn.stop_http(now)
+            {
+                self.drive(key, false, false, now);
+            }
+        }
+        self.shutdown = Some(Shutdown {
+            started: now,
+            deadline: now.saturating_add(timeout),
+            spread,
+            code,
+            reason,
+            queue,
+            sent: 0,
+            timer: None,
+        });
+        let status = self.status_line();
+        self.notifier.stopping(&status);
+        self.shutdown_step(now);
+    }
+
+    /// Sends the close frames that are due and schedules the next wake-up:
+    /// the next close, or the deadline.
+    fn shutdown_step(&mut self, now: u64) {
+        let Some(mut shutdown) = self.shutdown.take() else {
+            return;
+        };
+        while shutdown.sent < shutdown.queue.len() && shutdown.due(shutdown.sent) <= now {
+            let token = shutdown.queue[shutdown.sent];
+            shutdown.sent += 1;
+            let Some(key) = self.live_key(token) else {
+                continue;
+            };
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.send_close(shutdown.code, shutdown.reason, now);
+                self.drive(key, false, false, now);
+            }
+        }
+        let next = if shutdown.sent < shutdown.queue.len() {
+            shutdown.due(shutdown.sent).min(shutdown.deadline)
+        } else {
+            // Every close is out: the queue is no longer needed.
+            shutdown.queue = Vec::new();
+            shutdown.sent = 0;
+            shutdown.deadline
+        };
+        if let Some(timer) = shutdown.timer.take() {
+            self.timers.remove(timer);
+        }
+        // A deadline already passed needs no wake-up: the loop ends this turn.
+        if next > now {
+            shutdown.timer = Some(self.timers.insert(next, SHUTDOWN_TIMER));
+        }
+        self.shutdown = Some(shutdown);
+    }
+
+    /// True once a shutdown has nothing left to wait for, or waited long enough.
+    fn shutdown_finished(&self, now: u64) -> bool {
+        let Some(shutdown) = &self.shutdown else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            info!("every connection is closed; exiting");
+            return true;
+        }
+        if now >= shutdown.deadline {
+            warn!(
+                "shutdown_timeout ({}) reached with {} connections still open; dropping them",
+                humantime::format_duration(self.config.shutdown_timeout),
+                self.conns.len()
+            );
+            return true;
+        }
+        false
+    }
+
+    /// SIGHUP: reads the config file again and applies what can change
+    /// while running. An unreadable or invalid file changes nothing.
+    fn reload(&mut self) {
+        if self.shutdown.is_some() {
+            info!("SIGHUP ignored: shutting down");
+            return;
+        }
+        let Some(path) = self.config_path.clone() else {
+            warn!("SIGHUP: running on the built-in config, so there is no file to reload");
+            return;
+        };
+        info!("SIGHUP: reloading {}", path.display());
+        self.notifier.reloading();
+        match Config::load(&path) {
+            Ok(config) => self.apply_config(config),
+            Err(e) => {
+                let message = match e {
+                    ConfigError::Invalid { .. } => format!("{}: {e}", path.display()),
+                    ConfigError::Read { .. } | ConfigError::Parse(_) => e.to_string(),
+                };
+                error!("reload failed, the running config stays in force: {message}");
+            }
+        }
+        let status = self.status_line();
+        self.notifier.ready(&status);
+    }
+
+    /// Swaps in a reloaded config: everything but the listeners applies at
+    /// once, to open connections too; routes keep their indexes.
+    fn apply_config(&mut self, mut config: Config) {
+        if config.listeners != self.config.listeners {
+            let show = |c: &Config| {
+                c.listeners
+                    .iter()
+                    .map(|l| l.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if self.inherited {
+                warn!(
+                    "reload: [[listener]] changed ({}), but the listening sockets come from the service manager and the setting is not used",
+                    show(&config)
+                );
+            } else {
+                warn!(
+                    "reload: listener addresses cannot change while running (in use: {}; in the file: {}); restart wshub to apply them",
+                    show(&self.config),
+                    show(&config)
+                );
+            }
+            config.listeners.clone_from(&self.config.listeners);
+        }
+        let route_changes = match self.routes.update(&config) {
+            Ok(changes) => changes,
+            Err(e) => {
+                error!("reload failed, the running config stays in force: {e}");
+                return;
+            }
+        };
+        self.metrics.set_routes(self.routes.len());
+        let mut changes = self.config.changed_settings(&config);
+        changes.extend(route_changes);
+        let old = std::mem::replace(&mut self.config, config);
+        let deadlines_changed = old.handshake_timeout != self.config.handshake_timeout
+            || old.ping_interval != self.config.ping_interval
+            || old.pong_timeout != self.config.pong_timeout
+            || old.close_timeout != self.config.close_timeout
+            || old.idle_timeout != self.config.idle_timeout;
+        if deadlines_changed {
+            // Entries only ever move earlier here; later deadlines are
+            // picked up when the current entry fires.
+            let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+            for key in keys {
+                self.sync_timer(key);
+            }
+        }
+        for change in &changes {
+            info!("reload: {change}");
+        }
+        if changes.is_empty() {
+            info!(
+                "reload done: no changes, {} connections kept",
+                self.conns.len()
+            );
+        } else {
+            info!(
+                "reload done: {} changes applied, {} connections kept",
+                changes.len(),
+                self.conns.len()
+            );
+        }
+        // Last, so that lowering the level does not hide what changed.
+        if old.log_level != self.config.log_level {
+            crate::daemon::logging::set_level(self.config.log_level);
+        }
     }
 
     fn now(&self) -> u64 {
@@ -271,6 +717,9 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: u64) {
+        if self.shutdown.is_some() {
+            return;
+        }
         if self.conns.len() >= self.config.max_connections {
             // Best effort: a refused client gets a reason if its socket has room.
             let _ = io::Write::write(&mut stream, &self.busy_response);
@@ -279,7 +728,7 @@ impl Server {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if key > KEY_MASK {
+        if key >= FIRST_RESERVED_KEY {
             return;
         }
         let generation = self.next_generation;
@@ -553,6 +1002,9 @@ impl Server {
 
     fn fire_timers(&mut self, now: u64) {
         while let Some((_, token)) = self.timers.poll(now) {
+            if self.on_loop_timer(token, now) {
+                continue;
+            }
             let Some(key) = self.live_key(token) else {
                 continue;
             };
@@ -618,6 +1070,24 @@ impl Server {
             let _ = self.poll.registry().deregister(conn.transport.source());
             debug!("connection {key} closed");
         }
+    }
+}
+
+/// A configured duration in milliseconds on the loop's clock.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A signal's name for the log.
+fn signal_name(signal: i32) -> &'static str {
+    if signal == Signal::TERM.as_raw() {
+        "SIGTERM"
+    } else if signal == Signal::INT.as_raw() {
+        "SIGINT"
+    } else if signal == Signal::HUP.as_raw() {
+        "SIGHUP"
+    } else {
+        "signal"
     }
 }
 
