@@ -181,6 +181,15 @@ pub struct Config {
     /// The most verbose level logged, applied at start and on reload; `None`
     /// leaves it to `RUST_LOG` (default `info`).
     pub log_level: Option<LevelFilter>,
+    /// Browser origins (`scheme://host[:port]`) allowed to open WebSocket
+    /// connections; empty allows every origin. The defence against
+    /// cross-site WebSocket hijacking: a page on another site can make a
+    /// user's browser connect with the user's cookies, but cannot forge
+    /// `Origin`. Requests without `Origin` (not from a browser) pass.
+    pub allowed_origins: Vec<String>,
+    /// Connections one client IP address may hold at once; 0 disables the
+    /// limit. Beyond it a new connection gets `429 Too Many Requests`.
+    pub max_connections_per_ip: usize,
 }
 
 impl fmt::Debug for Config {
@@ -210,6 +219,8 @@ impl fmt::Debug for Config {
             .field("shutdown_spread", &self.shutdown_spread)
             .field("shutdown_close_code", &self.shutdown_close_code)
             .field("log_level", &self.log_level)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish()
     }
 }
@@ -237,6 +248,11 @@ pub struct RouteConfig {
     /// With [`ClientMessages::Broadcast`], also send a message back to its
     /// sender. Always false unless `client_messages` is `Broadcast`.
     pub echo_to_sender: bool,
+    /// `Sec-WebSocket-Protocol` values the route speaks; the server answers
+    /// with the first one the client offers (in the client's order).
+    pub subprotocols: Vec<String>,
+    /// Refuse (400) clients that offer none of `subprotocols`.
+    pub require_subprotocol: bool,
 }
 
 impl RouteConfig {
@@ -247,6 +263,8 @@ impl RouteConfig {
             kind,
             client_messages: defaults::CLIENT_MESSAGES,
             echo_to_sender: defaults::ECHO_TO_SENDER,
+            subprotocols: Vec::new(),
+            require_subprotocol: false,
         }
     }
 }
@@ -390,6 +408,10 @@ struct RawConfig {
     #[serde(default, deserialize_with = "log_level")]
     log_level: Option<LevelFilter>,
     #[serde(default)]
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    max_connections_per_ip: usize,
+    #[serde(default)]
     listener: Option<Vec<RawListener>>,
     #[serde(default)]
     route: Option<Vec<RawRoute>>,
@@ -413,6 +435,10 @@ struct RawRoute {
     client_messages: Option<ClientMessages>,
     #[serde(default)]
     echo_to_sender: Option<bool>,
+    #[serde(default)]
+    subprotocols: Vec<String>,
+    #[serde(default)]
+    require_subprotocol: bool,
 }
 
 impl RawRoute {
@@ -439,6 +465,8 @@ impl RawRoute {
             echo_to_sender: self.echo_to_sender.unwrap_or(defaults::ECHO_TO_SENDER),
             path: self.path,
             kind: self.kind,
+            subprotocols: self.subprotocols,
+            require_subprotocol: self.require_subprotocol,
         })
     }
 }
@@ -550,6 +578,8 @@ impl TryFrom<RawConfig> for Config {
             shutdown_spread: raw.shutdown_spread,
             shutdown_close_code: raw.shutdown_close_code,
             log_level: raw.log_level,
+            allowed_origins: raw.allowed_origins,
+            max_connections_per_ip: raw.max_connections_per_ip,
         })
     }
 }
@@ -650,6 +680,11 @@ impl Config {
                 "max_channels_per_connection",
                 "must be greater than 0",
             ));
+        }
+        for origin in &self.allowed_origins {
+            check_origin(origin).map_err(|why| {
+                ConfigError::invalid("allowed_origins", format!("{origin:?} {why}"))
+            })?;
         }
         self.validate_shutdown()?;
         self.validate_publish_token()?;
@@ -806,6 +841,28 @@ impl Config {
 /// code, and the options' dependency on each other.
 fn check_route_options(r: &RouteConfig) -> Result<(), ConfigError> {
     let on_route = |what: String| format!("{what} (route {:?})", r.path);
+    for (i, p) in r.subprotocols.iter().enumerate() {
+        if p.is_empty() || !p.bytes().all(is_token_char) {
+            return Err(ConfigError::invalid(
+                "route.subprotocols",
+                on_route(format!("{p:?} is not an HTTP token")),
+            ));
+        }
+        if r.subprotocols[..i].contains(p) {
+            return Err(ConfigError::invalid(
+                "route.subprotocols",
+                on_route(format!("{p:?} is listed twice")),
+            ));
+        }
+    }
+    if r.require_subprotocol && r.subprotocols.is_empty() {
+        return Err(ConfigError::invalid(
+            "route.require_subprotocol",
+            on_route(
+                "is true but subprotocols is empty, so every client would be refused".to_owned(),
+            ),
+        ));
+    }
     if r.kind != RouteKind::Broadcast {
         if r.client_messages != defaults::CLIENT_MESSAGES {
             return Err(ConfigError::invalid(
@@ -881,6 +938,41 @@ fn check_path_syntax(path: &str) -> Result<(), &'static str> {
 }
 
 /// Why `path` cannot be a route of `kind`, if it cannot.
+/// An HTTP token character (RFC 9110 §5.6.2), the alphabet of subprotocol names.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// An origin as browsers send it: `null`, or `scheme://host[:port]` with no
+/// path, in ASCII.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "null" {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(
+            "is not an origin: expected scheme://host[:port], e.g. \"https://app.example\"",
+        );
+    };
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    if !scheme_ok {
+        return Err("has an invalid scheme");
+    }
+    if rest.is_empty() || rest.contains(['/', '?', '#']) {
+        return Err("must be scheme://host[:port] with no path (browsers send no trailing slash)");
+    }
+    if !rest.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be ASCII without spaces (write internationalized hosts in punycode)");
+    }
+    Ok(())
+}
+
 fn check_route_path(path: &str, kind: RouteKind) -> Result<(), &'static str> {
     check_path_syntax(path)?;
     if path == HEALTH_CHECK_PATH {
@@ -930,6 +1022,8 @@ impl Config {
             shutdown_spread: defaults::SHUTDOWN_SPREAD,
             shutdown_close_code: defaults::SHUTDOWN_CLOSE_CODE,
             log_level: None,
+            allowed_origins: Vec::new(),
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -962,6 +1056,8 @@ impl Config {
             shutdown_spread: _,
             shutdown_close_code: _,
             log_level: _,
+            allowed_origins: _,
+            max_connections_per_ip: _,
         } = self;
         fn duration(d: Duration) -> String {
             humantime::format_duration(d).to_string()
@@ -1046,6 +1142,16 @@ impl Config {
                 new.shutdown_close_code.to_string(),
             ),
             ("log_level", level(self.log_level), level(new.log_level)),
+            (
+                "allowed_origins",
+                format!("{:?}", self.allowed_origins),
+                format!("{:?}", new.allowed_origins),
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.to_string(),
+                new.max_connections_per_ip.to_string(),
+            ),
         ];
         let mut changes: Vec<String> = pairs
             .into_iter()
@@ -1078,6 +1184,8 @@ mod tests {
                 kind: RouteKind::Echo,
                 client_messages: ClientMessages::Ignore,
                 echo_to_sender: false,
+                subprotocols: Vec::new(),
+                require_subprotocol: false,
             }],
             max_connections: 100_000,
             max_message_size: 16_777_216,
@@ -1096,6 +1204,8 @@ mod tests {
             shutdown_spread: Duration::ZERO,
             shutdown_close_code: 1001,
             log_level: None,
+            allowed_origins: Vec::new(),
+            max_connections_per_ip: 0,
         }
     }
 
@@ -1225,6 +1335,8 @@ mod tests {
                 kind: RouteKind::Broadcast,
                 client_messages: ClientMessages::Broadcast,
                 echo_to_sender: true,
+                subprotocols: Vec::new(),
+                require_subprotocol: false,
             }
         );
     }
@@ -1499,6 +1611,8 @@ mod tests {
                 kind: RouteKind::Broadcast,
                 client_messages: ClientMessages::Ignore,
                 echo_to_sender: false,
+                subprotocols: Vec::new(),
+                require_subprotocol: false,
             }]
         );
         assert_eq!(c.routes[0], RouteConfig::new("/live", RouteKind::Broadcast));
@@ -1865,5 +1979,62 @@ mod tests {
         assert!(!is_path_prefix("/", "/a"));
         assert!(paths_overlap("/a/b", "/a"));
         assert!(!paths_overlap("/a/b", "/a/c"));
+    }
+
+    #[test]
+    fn origins_must_be_serialized_origins() {
+        for good in [
+            "https://app.example",
+            "http://127.0.0.1:8080",
+            "null",
+            "app+x://h",
+        ] {
+            let text = format!("allowed_origins = [{good:?}]");
+            let c = Config::from_toml_str(&text).unwrap();
+            assert_eq!(c.allowed_origins, [good]);
+        }
+        for bad in [
+            "app.example",
+            "https://app.example/",
+            "https://app.example/path",
+            "https://",
+            "1http://x",
+            "https://a b",
+            "https://bücher.example",
+        ] {
+            let text = format!("allowed_origins = [{bad:?}]");
+            assert_eq!(invalid_key(&text), "allowed_origins", "{bad}");
+        }
+    }
+
+    #[test]
+    fn per_ip_limit_defaults_off_and_parses() {
+        assert_eq!(Config::default().max_connections_per_ip, 0);
+        let c = Config::from_toml_str("max_connections_per_ip = 4").unwrap();
+        assert_eq!(c.max_connections_per_ip, 4);
+    }
+
+    #[test]
+    fn subprotocols_are_tokens_listed_once() {
+        let route =
+            |extra: &str| format!("[[route]]\npath = \"/chat\"\nkind = \"echo\"\n{extra}\n");
+        let c = Config::from_toml_str(&route(
+            "subprotocols = [\"chat.v2\", \"chat.v1\"]\nrequire_subprotocol = true",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].subprotocols, ["chat.v2", "chat.v1"]);
+        assert!(c.routes[0].require_subprotocol);
+        for bad in [
+            "subprotocols = [\"\"]",
+            "subprotocols = [\"a b\"]",
+            "subprotocols = [\"a,b\"]",
+            "subprotocols = [\"x\", \"x\"]",
+        ] {
+            assert_eq!(invalid_key(&route(bad)), "route.subprotocols", "{bad}");
+        }
+        assert_eq!(
+            invalid_key(&route("require_subprotocol = true")),
+            "route.require_subprotocol"
+        );
     }
 }

@@ -18,13 +18,14 @@ pub enum Refused {
     TooLarge,
     UpgradeRequired,
     HeadTooLarge,
+    TooManyFromAddress,
     OverCapacity,
     Timeout,
     Other,
 }
 
 impl Refused {
-    const ALL: [Refused; 12] = [
+    const ALL: [Refused; 13] = [
         Refused::BadRequest,
         Refused::Unauthorized,
         Refused::Forbidden,
@@ -34,6 +35,7 @@ impl Refused {
         Refused::TooLarge,
         Refused::UpgradeRequired,
         Refused::HeadTooLarge,
+        Refused::TooManyFromAddress,
         Refused::OverCapacity,
         Refused::Timeout,
         Refused::Other,
@@ -50,6 +52,7 @@ impl Refused {
             411 => Refused::LengthRequired,
             413 => Refused::TooLarge,
             426 => Refused::UpgradeRequired,
+            429 => Refused::TooManyFromAddress,
             431 => Refused::HeadTooLarge,
             503 => Refused::OverCapacity,
             408 => Refused::Timeout,
@@ -68,6 +71,7 @@ impl Refused {
             Refused::TooLarge => "too_large",
             Refused::UpgradeRequired => "upgrade_required",
             Refused::HeadTooLarge => "head_too_large",
+            Refused::TooManyFromAddress => "too_many_from_address",
             Refused::OverCapacity => "over_capacity",
             Refused::Timeout => "timeout",
             Refused::Other => "other",

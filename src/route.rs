@@ -27,6 +27,8 @@ pub struct Route {
     pub kind: RouteKind,
     pub client_messages: ClientMessages,
     pub echo_to_sender: bool,
+    pub subprotocols: Vec<String>,
+    pub require_subprotocol: bool,
     /// Gone from the config since a reload: no new connection resolves to
     /// it, while connections made on it earlier keep their behaviour.
     pub retired: bool,
@@ -39,6 +41,8 @@ impl Route {
             kind: r.kind,
             client_messages: r.client_messages,
             echo_to_sender: r.echo_to_sender,
+            subprotocols: r.subprotocols.clone(),
+            require_subprotocol: r.require_subprotocol,
             retired: false,
         }
     }
@@ -59,6 +63,20 @@ impl Route {
                 self.path, self.echo_to_sender, r.echo_to_sender
             ));
             self.echo_to_sender = r.echo_to_sender;
+        }
+        if self.subprotocols != r.subprotocols {
+            changes.push(format!(
+                "route {:?}: subprotocols: {:?} -> {:?}",
+                self.path, self.subprotocols, r.subprotocols
+            ));
+            self.subprotocols = r.subprotocols.clone();
+        }
+        if self.require_subprotocol != r.require_subprotocol {
+            changes.push(format!(
+                "route {:?}: require_subprotocol: {} -> {}",
+                self.path, self.require_subprotocol, r.require_subprotocol
+            ));
+            self.require_subprotocol = r.require_subprotocol;
         }
     }
 }

@@ -17,6 +17,7 @@ use std::rc::Rc;
 use log::debug;
 
 use super::outqueue::OutQueue;
+use super::per_ip::IpSlot;
 use super::transport::Transport;
 use crate::config::{ClientMessages, Config, RouteKind};
 use crate::hub::Memberships;
@@ -99,6 +100,8 @@ struct PublishBody {
 #[derive(Debug)]
 pub struct Connection {
     pub transport: Transport,
+    /// The per-address count this connection holds, if that limit is on.
+    pub ip_slot: Option<IpSlot>,
     /// Generation of the slab slot, part of the poll token, so a late event
     /// for a closed connection never reaches one that reuses the slot.
     pub generation: u32,
@@ -138,6 +141,7 @@ impl Connection {
     pub fn new(transport: Transport, generation: u32, now: u64) -> Connection {
         Connection {
             transport,
+            ip_slot: None,
             generation,
             timer: None,
             out: OutQueue::default(),
@@ -394,6 +398,20 @@ impl Connection {
             self.refuse(404, &[], "nothing at this path\n", ctx);
             return;
         };
+        if !handshake::origin_allowed(upgrade.origin.as_deref(), &ctx.config.allowed_origins) {
+            debug!("origin {:?} refused on {}", upgrade.origin, head.path);
+            self.refuse(403, &[], "this Origin may not connect\n", ctx);
+            return;
+        }
+        let protocol = handshake::select_protocol(&upgrade.protocols, &route.subprotocols);
+        if protocol.is_none() && route.require_subprotocol {
+            let body = format!(
+                "offer one of these subprotocols in Sec-WebSocket-Protocol: {}\n",
+                route.subprotocols.join(", ")
+            );
+            self.refuse(400, &[], &body, ctx);
+            return;
+        }
         if route.kind == RouteKind::Broadcast {
             let max = ctx.config.max_channels_per_connection;
             match parse_subscription(rest, head.query.as_deref(), max) {
@@ -406,7 +424,7 @@ impl Connection {
             }
         }
         self.out
-            .push_with(|buf| handshake::write_accept(&upgrade, None, None, buf));
+            .push_with(|buf| handshake::write_accept(&upgrade, protocol, None, buf));
         self.route = id;
         self.phase = Phase::Open;
         self.upgraded = true;

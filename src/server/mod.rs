@@ -10,6 +10,7 @@
 
 mod conn;
 mod outqueue;
+mod per_ip;
 mod transport;
 
 use std::collections::VecDeque;
@@ -31,13 +32,14 @@ use slab::Slab;
 use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError, OnBacklog};
 use crate::daemon::notify::Notifier;
 use crate::hub::{ChannelId, Hub};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refused};
 use crate::protocol::close::CloseCode;
 use crate::protocol::http;
 use crate::route::Routes;
 use crate::timer::{TimerKey, TimerWheel};
 use conn::{Action, Connection, Ctx};
 use outqueue::Flush;
+use per_ip::PerIp;
 use transport::Transport;
 
 /// Size of the one receive buffer shared by every connection of the loop.
@@ -129,6 +131,10 @@ pub struct Server {
     accept_paused_until: Option<u64>,
     /// The canned answer for connections beyond `max_connections`.
     busy_response: Vec<u8>,
+    /// The canned answer for connections beyond `max_connections_per_ip`.
+    too_many_response: Vec<u8>,
+    /// Connections held per client address (while that limit is on).
+    per_ip: PerIp,
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     /// The listening sockets came from the service manager: `[[listener]]`
@@ -228,6 +234,14 @@ impl Server {
             true,
             &mut busy_response,
         );
+        let mut too_many_response = Vec::new();
+        http::write_response(
+            429,
+            &[("Retry-After", "5")],
+            b"too many connections from this address\n",
+            true,
+            &mut too_many_response,
+        );
         Ok(Server {
             poll,
             listeners,
@@ -247,6 +261,8 @@ impl Server {
             ready: VecDeque::new(),
             accept_paused_until: None,
             busy_response,
+            too_many_response,
+            per_ip: PerIp::default(),
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             inherited,
@@ -723,9 +739,24 @@ impl Server {
         if self.conns.len() >= self.config.max_connections {
             // Best effort: a refused client gets a reason if its socket has room.
             let _ = io::Write::write(&mut stream, &self.busy_response);
+            self.metrics.refuse(Refused::OverCapacity);
             debug!("refused {peer}: connection limit reached");
             return;
         }
+        let max_per_ip = self.config.max_connections_per_ip;
+        let ip_slot = if max_per_ip == 0 {
+            None
+        } else {
+            match self.per_ip.try_acquire(peer.ip(), max_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    let _ = io::Write::write(&mut stream, &self.too_many_response);
+                    self.metrics.refuse(Refused::TooManyFromAddress);
+                    debug!("refused {peer}: max_connections_per_ip reached");
+                    return;
+                }
+            }
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if key >= FIRST_RESERVED_KEY {
@@ -747,7 +778,9 @@ impl Server {
             debug!("cannot register {peer}: {e}");
             return;
         }
-        entry.insert(Connection::new(Transport::Plain(stream), generation, now));
+        let mut conn = Connection::new(Transport::Plain(stream), generation, now);
+        conn.ip_slot = ip_slot;
+        entry.insert(conn);
         self.metrics.connections += 1;
         debug!("connection {key} from {peer}");
         self.sync_timer(key);
@@ -1052,6 +1085,9 @@ impl Server {
         if let Some(mut conn) = self.conns.try_remove(key) {
             if let Some(timer) = conn.timer {
                 self.timers.remove(timer);
+            }
+            if let Some(slot) = conn.ip_slot {
+                self.per_ip.release(slot);
             }
             let memberships = conn.memberships.take();
             if !memberships.is_empty() {
