@@ -69,6 +69,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A self-signed certificate for the wss:// scenarios (wshub only: the peer
+# does not serve TLS). loadgen trusts it through --ca.
+TLS_CERT=$WORK/tls-cert.pem TLS_KEY=$WORK/tls-key.pem
+TLS_ERROR=
+if ! command -v openssl >/dev/null; then
+    TLS_ERROR="openssl is not installed, so no certificate for the wss:// scenarios"
+else
+    # An end-entity certificate (CA:FALSE: rustls refuses a CA certificate
+    # as the server's own), for the addresses loadgen connects to.
+    printf '%s\n' '[req]' 'distinguished_name = dn' 'x509_extensions = ext' 'prompt = no' \
+        '[dn]' 'CN = localhost' '[ext]' 'basicConstraints = critical,CA:FALSE' \
+        'subjectAltName = IP:127.0.0.1,DNS:localhost' 'keyUsage = critical,digitalSignature' \
+        'extendedKeyUsage = serverAuth' > "$WORK/tls-req.cnf"
+fi
+if [[ -z $TLS_ERROR ]] && ! openssl req -x509 -config "$WORK/tls-req.cnf" -newkey ec \
+        -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$TLS_KEY" -out "$TLS_CERT" > "$WORK/openssl.log" 2>&1; then
+    TLS_ERROR="openssl could not make a certificate: $(tr '\n' ' ' < "$WORK/openssl.log" | cut -c1-200)"
+fi
+[[ -z $TLS_ERROR ]] || log "$TLS_ERROR"
+
 PIN_SERVER=() PIN_LOADGEN=()
 if command -v taskset >/dev/null && (( $(nproc) >= 2 )); then
     PIN_SERVER=(taskset -c "$SERVER_CPU")
@@ -142,6 +163,14 @@ start_server() {
             else
                 write_config "$WORK/echo-only.toml" "$PORT" "$config"
             fi
+            # A second, TLS listener (wss://) beside the plain one.
+            TLS_PORT=
+            if [[ -z $TLS_ERROR ]]; then
+                TLS_PORT=$(free_port) || { START_ERROR="no free port found"; return 1; }
+                while [[ $TLS_PORT == "$PORT" ]]; do TLS_PORT=$(free_port); done
+                printf '\n[[listener]]\naddress = "127.0.0.1:%s"\ntls = true\ncert = "%s"\nkey = "%s"\n' \
+                    "$TLS_PORT" "$TLS_CERT" "$TLS_KEY" >> "$config"
+            fi
             # Per-connection info logs would cost the server time the peer
             # does not spend.
             RUST_LOG=warn "${PIN_SERVER[@]}" "$WSHUB_BIN" --config "$config" > "$out" 2>&1 &
@@ -186,14 +215,20 @@ stop_server() {
 # is replaced by the server's port).
 SCENARIOS=(
     "echo-d16|echo|Echo: 64 B, 100 connections, depth 16, ${ECHO_SECS} s|echo --url ws://127.0.0.1:@PORT@/echo --conns 100 --depth 16 --size 64 --seconds $ECHO_SECS"
+    "wss-echo-d16|echo|Echo over TLS (wss://): 64 B, 100 connections, depth 16, ${ECHO_SECS} s|echo --url wss://127.0.0.1:@TLSPORT@/echo --ca @CA@ --conns 100 --depth 16 --size 64 --seconds $ECHO_SECS"
     "echo-d1|echo|Echo: 64 B, 100 connections, depth 1, ${ECHO_SECS} s|echo --url ws://127.0.0.1:@PORT@/echo --conns 100 --depth 1 --size 64 --seconds $ECHO_SECS"
+    "wss-echo-d1|echo|Echo over TLS (wss://): 64 B, 100 connections, depth 1, ${ECHO_SECS} s|echo --url wss://127.0.0.1:@TLSPORT@/echo --ca @CA@ --conns 100 --depth 1 --size 64 --seconds $ECHO_SECS"
     "bc-$SUBS_A-w1-http|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 1, HTTP publisher, $M_W1_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W1_A --window 1 --size 64 --publisher http"
     "bc-$SUBS_A-w16-http|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 16, HTTP publisher, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
+    "wss-bc-$SUBS_A-w16-http|broadcast|Broadcast over TLS (wss://): 64 B to $SUBS_A subscribers, window 16, HTTP publisher on the plain listener, $M_W16_A messages|broadcast --url wss://127.0.0.1:@TLSPORT@/live/bench --ca @CA@ --publish-url http://127.0.0.1:@PORT@/publish/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
     "bc-$SUBS_A-w16-ws|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 16, WebSocket publisher (relayed), $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher ws"
     "bc-$SUBS_B-w1-http|broadcast|Broadcast: 64 B to $SUBS_B subscribers, window 1, HTTP publisher, $M_W1_B messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_B --messages $M_W1_B --window 1 --size 64 --publisher http"
     "bc-$SUBS_B-w16-http|broadcast|Broadcast: 64 B to $SUBS_B subscribers, window 16, HTTP publisher, $M_W16_B messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_B --messages $M_W16_B --window 16 --size 64 --publisher http"
+    "bc-$SUBS_A-w16-json|broadcast|Broadcast: 1 KiB JSON-like to $SUBS_A subscribers, window 16, HTTP publisher, compression off, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 1024 --payload json --publisher http"
+    "bc-$SUBS_A-w16-deflate|broadcast|Broadcast: 1 KiB JSON-like to $SUBS_A subscribers, window 16, HTTP publisher, permessage-deflate, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/deflate/bench --deflate --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 1024 --payload json --publisher http"
     "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
     "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
+    "idle-$SUBS_A-deflate|idle|Idle: $SUBS_A subscribers with permessage-deflate negotiated, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/deflate/idle --conns $SUBS_A --deflate"
 )
 
 # Metrics per kind: json_key|label|decimals|better (higher/lower).
@@ -232,6 +267,21 @@ run_scenario() { # server index
     IFS='|' read -r name kind title args <<< "${SCENARIOS[$i]}"
     local jsonl=$WORK/$server.$name.jsonl err=$WORK/$server.$name.err
     : > "$jsonl"
+    if [[ $args == *--deflate* && $server == peer ]]; then
+        echo "the peer (bench/peer) does not negotiate permessage-deflate" > "$err"
+        log "[$server] $name n/a: $(cat "$err")"
+        return
+    fi
+    if [[ $args == *wss://* ]]; then
+        local why=
+        [[ $server == peer ]] && why="the peer (bench/peer) does not serve TLS"
+        [[ -n $TLS_ERROR ]] && why=$TLS_ERROR
+        if [[ -n $why ]]; then
+            echo "$why" > "$err"
+            log "[$server] $name n/a: $why"
+            return
+        fi
+    fi
     for run in $(seq 1 "$RUNS"); do
         log "[$server] $name run $run/$RUNS"
         # A fresh server per run: idle RSS needs an untouched process, and
@@ -242,7 +292,9 @@ run_scenario() { # server index
             return
         fi
         local argv
-        read -r -a argv <<< "${args//@PORT@/$PORT}"
+        local expanded=${args//@PORT@/$PORT}
+        expanded=${expanded//@TLSPORT@/$TLS_PORT}
+        read -r -a argv <<< "${expanded//@CA@/$TLS_CERT}"
         local out=$WORK/out.txt rc=0
         SOURCE_SLOT=$(( SOURCE_SLOT % 250 + 1 ))
         timeout --kill-after=5 $(( LOADGEN_TIMEOUT + 60 )) \
@@ -337,7 +389,9 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         [[ -z $ONLY || $name =~ $ONLY ]] || continue
         echo "## $title"
         echo
-        echo "\`loadgen ${args//@PORT@/PORT} --server-pid PID\`"
+        shown=${args//@PORT@/PORT}
+        shown=${shown//@TLSPORT@/TLSPORT}
+        echo "\`loadgen ${shown//@CA@/cert.pem} --server-pid PID\`"
         echo
         echo "| metric | wshub | peer | wshub/peer |"
         echo "| --- | --- | --- | --- |"

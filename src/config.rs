@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -66,6 +66,13 @@ mod defaults {
     pub const ON_BACKLOG: OnBacklog = OnBacklog::Close;
     pub const CLIENT_MESSAGES: ClientMessages = ClientMessages::Ignore;
     pub const ECHO_TO_SENDER: bool = false;
+    pub const COMPRESSION: super::Compression = super::Compression::Off;
+    /// zlib's default balance of speed and ratio; a broadcast is compressed
+    /// once per publish, so its cost does not grow with the subscribers.
+    pub const COMPRESSION_LEVEL: u32 = 6;
+    /// Shorter messages rarely shrink: DEFLATE's block header and tables eat
+    /// most of what they would save.
+    pub const COMPRESSION_MIN_SIZE: usize = 128;
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SHUTDOWN_SPREAD: Duration = Duration::ZERO;
     pub const SHUTDOWN_CLOSE_CODE: u16 = super::CLOSE_GOING_AWAY;
@@ -229,6 +236,27 @@ impl fmt::Debug for Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
+    /// `Some` for a wss:// (TLS) listener, `None` for plain ws://.
+    pub tls: Option<ListenerTls>,
+}
+
+impl ListenerConfig {
+    /// A plain (ws://) listener.
+    pub fn plain(address: SocketAddr) -> ListenerConfig {
+        ListenerConfig { address, tls: None }
+    }
+}
+
+/// The certificate of a TLS listener. Only the paths are kept here; the
+/// server reads the files at start, at `--check-config` and on SIGHUP.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// Agree to ALPN `http/1.1` when the client offers it.
+    pub alpn: bool,
 }
 
 /// One request path and what happens to connections made on it.
@@ -253,6 +281,12 @@ pub struct RouteConfig {
     pub subprotocols: Vec<String>,
     /// Refuse (400) clients that offer none of `subprotocols`.
     pub require_subprotocol: bool,
+    /// permessage-deflate (RFC 7692): accept the client's offer. Any kind.
+    pub compression: Compression,
+    /// zlib level, 0 (stored) to 9 (smallest), for messages sent on it.
+    pub compression_level: u32,
+    /// Messages shorter than this many bytes are sent uncompressed.
+    pub compression_min_size: usize,
 }
 
 impl RouteConfig {
@@ -265,7 +299,18 @@ impl RouteConfig {
             echo_to_sender: defaults::ECHO_TO_SENDER,
             subprotocols: Vec::new(),
             require_subprotocol: false,
+            compression: defaults::COMPRESSION,
+            compression_level: defaults::COMPRESSION_LEVEL,
+            compression_min_size: defaults::COMPRESSION_MIN_SIZE,
         }
+    }
+
+    /// The compression settings in force, `None` when compression is off.
+    pub fn deflate(&self) -> Option<crate::protocol::deflate::DeflateConfig> {
+        (self.compression == Compression::On).then_some(crate::protocol::deflate::DeflateConfig {
+            level: self.compression_level,
+            min_size: self.compression_min_size,
+        })
     }
 }
 
@@ -341,6 +386,22 @@ config_names!(ClientMessages {
     Ignore => "ignore",
     Broadcast => "broadcast",
     Reject => "reject",
+});
+
+/// Whether a route accepts permessage-deflate (RFC 7692).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Decline every offer: messages go uncompressed.
+    Off,
+    /// Accept the client's first acceptable offer, always with no context
+    /// takeover in both directions.
+    On,
+}
+
+config_names!(Compression {
+    Off => "off",
+    On => "on",
 });
 
 /// A config that cannot be used, with enough context to fix it.
@@ -422,6 +483,55 @@ struct RawConfig {
 struct RawListener {
     #[serde(deserialize_with = "socket_addr")]
     address: SocketAddr,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    alpn: Option<bool>,
+}
+
+impl RawListener {
+    /// `cert` and `key` are required with `tls = true` and refused without
+    /// it, as is `alpn`, so a half-configured TLS listener never serves
+    /// plain ws:// by mistake.
+    fn into_listener(self) -> Result<ListenerConfig, ConfigError> {
+        let address = self.address;
+        if !self.tls {
+            let set = [
+                ("listener.cert", self.cert.is_some()),
+                ("listener.key", self.key.is_some()),
+                ("listener.alpn", self.alpn.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, given)| *given) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("is set on listener {address}, which does not have tls = true"),
+                ));
+            }
+            return Ok(ListenerConfig::plain(address));
+        }
+        let required = |value: Option<PathBuf>, key: &str| {
+            value.filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| {
+                ConfigError::invalid(
+                    key,
+                    format!("is required on listener {address}, which has tls = true"),
+                )
+            })
+        };
+        let cert = required(self.cert, "listener.cert")?;
+        let key = required(self.key, "listener.key")?;
+        Ok(ListenerConfig {
+            address,
+            tls: Some(ListenerTls {
+                cert,
+                key,
+                alpn: self.alpn.unwrap_or(true),
+            }),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -439,6 +549,12 @@ struct RawRoute {
     subprotocols: Vec<String>,
     #[serde(default)]
     require_subprotocol: bool,
+    #[serde(default)]
+    compression: Option<Compression>,
+    #[serde(default)]
+    compression_level: Option<u32>,
+    #[serde(default)]
+    compression_min_size: Option<usize>,
 }
 
 impl RawRoute {
@@ -467,6 +583,13 @@ impl RawRoute {
             kind: self.kind,
             subprotocols: self.subprotocols,
             require_subprotocol: self.require_subprotocol,
+            compression: self.compression.unwrap_or(defaults::COMPRESSION),
+            compression_level: self
+                .compression_level
+                .unwrap_or(defaults::COMPRESSION_LEVEL),
+            compression_min_size: self
+                .compression_min_size
+                .unwrap_or(defaults::COMPRESSION_MIN_SIZE),
         })
     }
 }
@@ -547,8 +670,8 @@ impl TryFrom<RawConfig> for Config {
         let listeners = match raw.listener {
             Some(list) => list
                 .into_iter()
-                .map(|l| ListenerConfig { address: l.address })
-                .collect(),
+                .map(RawListener::into_listener)
+                .collect::<Result<_, _>>()?,
             None => default_listeners(),
         };
         let routes = match raw.route {
@@ -585,9 +708,7 @@ impl TryFrom<RawConfig> for Config {
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig {
-        address: defaults::LISTENER,
-    }]
+    vec![ListenerConfig::plain(defaults::LISTENER)]
 }
 
 fn default_routes() -> Vec<RouteConfig> {
@@ -839,6 +960,9 @@ impl Config {
 /// Checks a route's per-kind options. Routes parsed from a file already had
 /// options on the wrong kind rejected by name; this covers configs built in
 /// code, and the options' dependency on each other.
+/// zlib's highest compression level.
+const MAX_COMPRESSION_LEVEL: u32 = 9;
+
 fn check_route_options(r: &RouteConfig) -> Result<(), ConfigError> {
     let on_route = |what: String| format!("{what} (route {:?})", r.path);
     for (i, p) in r.subprotocols.iter().enumerate() {
@@ -854,6 +978,15 @@ fn check_route_options(r: &RouteConfig) -> Result<(), ConfigError> {
                 on_route(format!("{p:?} is listed twice")),
             ));
         }
+    }
+    if r.compression_level > MAX_COMPRESSION_LEVEL {
+        return Err(ConfigError::invalid(
+            "route.compression_level",
+            on_route(format!(
+                "is {}; it must be 0 (no compression) to {MAX_COMPRESSION_LEVEL} (smallest)",
+                r.compression_level
+            )),
+        ));
     }
     if r.require_subprotocol && r.subprotocols.is_empty() {
         return Err(ConfigError::invalid(
@@ -1178,6 +1311,7 @@ mod tests {
         Config {
             listeners: vec![ListenerConfig {
                 address: "127.0.0.1:8080".parse().unwrap(),
+                tls: None,
             }],
             routes: vec![RouteConfig {
                 path: "/echo".into(),
@@ -1186,6 +1320,9 @@ mod tests {
                 echo_to_sender: false,
                 subprotocols: Vec::new(),
                 require_subprotocol: false,
+                compression: Compression::Off,
+                compression_level: 6,
+                compression_min_size: 128,
             }],
             max_connections: 100_000,
             max_message_size: 16_777_216,
@@ -1337,6 +1474,9 @@ mod tests {
                 echo_to_sender: true,
                 subprotocols: Vec::new(),
                 require_subprotocol: false,
+                compression: Compression::Off,
+                compression_level: 6,
+                compression_min_size: 128,
             }
         );
     }
@@ -1521,6 +1661,50 @@ mod tests {
     }
 
     #[test]
+    fn tls_listener_takes_cert_and_key() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:8080\"\n\
+                    [[listener]]\naddress = \"127.0.0.1:8443\"\ntls = true\n\
+                    cert = \"/etc/wshub/fullchain.pem\"\nkey = \"/etc/wshub/privkey.pem\"\n";
+        let c = Config::from_toml_str(text).unwrap();
+        assert_eq!(c.listeners[0].tls, None);
+        assert_eq!(
+            c.listeners[1].tls,
+            Some(ListenerTls {
+                cert: "/etc/wshub/fullchain.pem".into(),
+                key: "/etc/wshub/privkey.pem".into(),
+                alpn: true,
+            })
+        );
+        let no_alpn = format!("{text}alpn = false\n");
+        let c = Config::from_toml_str(&no_alpn).unwrap();
+        assert!(c.listeners[1].tls.as_ref().is_some_and(|t| !t.alpn));
+    }
+
+    #[test]
+    fn tls_settings_must_be_complete_and_only_on_tls_listeners() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:8443\"\n";
+        for (extra, key) in [
+            ("tls = true\nkey = \"k.pem\"\n", "listener.cert"),
+            ("tls = true\ncert = \"c.pem\"\n", "listener.key"),
+            (
+                "tls = true\ncert = \"\"\nkey = \"k.pem\"\n",
+                "listener.cert",
+            ),
+            ("cert = \"c.pem\"\nkey = \"k.pem\"\n", "listener.cert"),
+            ("tls = false\nkey = \"k.pem\"\n", "listener.key"),
+            ("alpn = true\n", "listener.alpn"),
+        ] {
+            match Config::from_toml_str(&format!("{base}{extra}")) {
+                Err(ConfigError::Invalid { key: got, message }) => {
+                    assert_eq!(got, key, "{extra}: {message}");
+                    assert!(message.contains("127.0.0.1:8443"), "{message}");
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn bad_route_paths_are_rejected() {
         // TOML basic-string spellings, so escapes reach the validator as
         // the raw characters.
@@ -1602,6 +1786,49 @@ mod tests {
     }
 
     #[test]
+    fn compression_options_parse_on_any_route_kind() {
+        let echo = "[[route]]\npath = \"/e\"\nkind = \"echo\"\ncompression = \"on\"\n\
+                    compression_level = 1\ncompression_min_size = 0\n";
+        let c = Config::from_toml_str(&format!(
+            "{echo}{}",
+            broadcast_route("compression = \"on\"")
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].compression, Compression::On);
+        assert_eq!(c.routes[0].compression_level, 1);
+        assert_eq!(c.routes[0].compression_min_size, 0);
+        assert_eq!(
+            c.routes[0].deflate(),
+            Some(crate::protocol::deflate::DeflateConfig {
+                level: 1,
+                min_size: 0
+            })
+        );
+        assert_eq!(c.routes[1].compression, Compression::On);
+        assert_eq!(c.routes[1].compression_level, 6);
+        assert_eq!(c.routes[1].compression_min_size, 128);
+        // Off by default, and the documented defaults are the built-in ones.
+        let c = Config::from_toml_str(&broadcast_route(
+            "compression = \"off\"\ncompression_level = 6\ncompression_min_size = 128",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0], RouteConfig::new("/live", RouteKind::Broadcast));
+        assert_eq!(c.routes[0].deflate(), None);
+    }
+
+    #[test]
+    fn compression_options_are_checked() {
+        assert_eq!(
+            invalid_key(&broadcast_route("compression_level = 10")),
+            "route.compression_level"
+        );
+        let msg = parse_err(&broadcast_route("compression = \"yes\""));
+        assert!(msg.contains("off") && msg.contains("on"), "{msg}");
+        let msg = parse_err(&broadcast_route("compression_min_size = -1"));
+        assert!(msg.contains("compression_min_size"), "{msg}");
+    }
+
+    #[test]
     fn broadcast_route_defaults() {
         let c = Config::from_toml_str(&broadcast_route("")).unwrap();
         assert_eq!(
@@ -1613,6 +1840,9 @@ mod tests {
                 echo_to_sender: false,
                 subprotocols: Vec::new(),
                 require_subprotocol: false,
+                compression: Compression::Off,
+                compression_level: 6,
+                compression_min_size: 128,
             }]
         );
         assert_eq!(c.routes[0], RouteConfig::new("/live", RouteKind::Broadcast));

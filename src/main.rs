@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use wshub::config::{Config, ConfigError};
 use wshub::daemon::{listenfd, logging, notify::Notifier, rlimit};
-use wshub::server::{Server, ServerError};
+use wshub::server::{Server, ServerError, load_listener_tls};
 
 mod cli_publish;
 
@@ -37,6 +37,8 @@ log_level.
 Signals: SIGTERM or SIGINT closes every connection (code 1001, or
 shutdown_close_code) and exits once they are done or shutdown_timeout has
 passed; a second one exits at once. SIGHUP reloads the config file.
+SIGHUP also reads the certificate and key of every tls = true listener
+again: new connections get the new pair, open ones keep theirs.
 Under systemd, sockets passed by socket activation (LISTEN_FDS) are served
 instead of [[listener]], and readiness, status and watchdog pings go to
 NOTIFY_SOCKET.
@@ -135,10 +137,16 @@ fn main() -> ExitCode {
         }
         Command::Publish(options) => cli_publish::run(options),
         Command::Check(path) => match Config::load(&path) {
-            Ok(_) => {
-                println!("{}: ok", path.display());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => match check_certificates(&config) {
+                Ok(()) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("{}: {message}", path.display());
+                    ExitCode::from(2)
+                }
+            },
             Err(err) => {
                 eprintln!("{}", describe_config_error(&path, &err));
                 ExitCode::from(2)
@@ -212,10 +220,21 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
         .handle_signals()
         .map_err(|e| format!("cannot handle signals: {e}"))?;
     server.set_notifier(Notifier::from_env());
-    for addr in server.local_addrs() {
-        log::info!("listening on ws://{addr}");
+    for (addr, tls) in server.local_endpoints() {
+        let scheme = if tls { "wss" } else { "ws" };
+        log::info!("listening on {scheme}://{addr}");
     }
     server.run().map_err(|e| format!("server stopped: {e}"))
+}
+
+/// Reads the certificate and key of every TLS listener, as the server
+/// would at start, so `--check-config` catches unreadable, malformed or
+/// mismatched files.
+fn check_certificates(config: &Config) -> Result<(), String> {
+    for listener in &config.listeners {
+        load_listener_tls(listener).map_err(|e| format!("listener {}: {e}", listener.address))?;
+    }
+    Ok(())
 }
 
 /// Adds a hint to a bind failure on a privileged port.

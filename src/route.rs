@@ -8,6 +8,7 @@
 //! appends new ones.
 
 use crate::config::{ClientMessages, Config, RouteConfig, RouteKind};
+use crate::protocol::deflate::DeflateConfig;
 
 /// Answered with a plain `200 OK` for health checks, on every listener.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -29,6 +30,8 @@ pub struct Route {
     pub echo_to_sender: bool,
     pub subprotocols: Vec<String>,
     pub require_subprotocol: bool,
+    /// permessage-deflate settings, `None` when compression is off.
+    pub deflate: Option<DeflateConfig>,
     /// Gone from the config since a reload: no new connection resolves to
     /// it, while connections made on it earlier keep their behaviour.
     pub retired: bool,
@@ -43,6 +46,7 @@ impl Route {
             echo_to_sender: r.echo_to_sender,
             subprotocols: r.subprotocols.clone(),
             require_subprotocol: r.require_subprotocol,
+            deflate: r.deflate(),
             retired: false,
         }
     }
@@ -77,6 +81,22 @@ impl Route {
                 self.path, self.require_subprotocol, r.require_subprotocol
             ));
             self.require_subprotocol = r.require_subprotocol;
+        }
+        let deflate = r.deflate();
+        if self.deflate != deflate {
+            let describe = |d: Option<DeflateConfig>| match d {
+                Some(d) => format!("on (level {}, min size {})", d.level, d.min_size),
+                None => "off".to_owned(),
+            };
+            // Connections keep what they negotiated; while compression is
+            // off they are sent uncompressed messages (always allowed).
+            changes.push(format!(
+                "route {:?}: compression: {} -> {}",
+                self.path,
+                describe(self.deflate),
+                describe(deflate)
+            ));
+            self.deflate = deflate;
         }
     }
 }
@@ -352,6 +372,27 @@ mod tests {
         assert!(changes[0].contains("is now kind broadcast"), "{changes:#?}");
         let paths: Vec<&str> = routes.paths().collect();
         assert_eq!(paths, ["/echo", "/live", "/echo"]);
+    }
+
+    #[test]
+    fn reload_applies_compression_in_place() {
+        let mut routes = table();
+        assert_eq!(routes.get(RouteId(1)).and_then(|r| r.deflate), None);
+        let on = config(
+            "[[route]]\npath = \"/echo\"\nkind = \"echo\"\n[[route]]\npath = \"/live\"\nkind = \"broadcast\"\ncompression = \"on\"\ncompression_level = 1\n",
+        );
+        let changes = routes.update(&on).unwrap();
+        assert_eq!(
+            changes,
+            ["route \"/live\": compression: off -> on (level 1, min size 128)"]
+        );
+        assert_eq!(
+            routes.get(RouteId(1)).and_then(|r| r.deflate),
+            Some(DeflateConfig {
+                level: 1,
+                min_size: 128
+            })
+        );
     }
 
     #[test]

@@ -3,13 +3,17 @@
 //!
 //! Owns: frame-sequence rules (fragmentation, control frames in between),
 //! size limits checked from the header, UTF-8 checked as bytes arrive, and the
-//! buffer of a message still being received.
+//! buffer of a message still being received. Compressed messages
+//! (permessage-deflate, RSV1 on the first frame) are buffered whole and
+//! inflated by the loop's shared [`Inflater`] under `max_message_size`;
+//! their UTF-8 is checked on the inflated bytes.
 //! Must never: hold a buffer while no message or control frame is partially
 //! received (idle connections cost nothing), allocate for a message that
 //! arrives whole in one input slice (it is handed out borrowed), or know
 //! anything about sockets or replies.
 
 use super::close::{self, CloseCode, CloseError};
+use super::deflate::{Decompressor, InflateError, RSV_COMPRESSED};
 use super::frame::{
     self, FrameHeader, HeaderDecoder, HeaderError, MAX_CONTROL_PAYLOAD, OpCode, apply_mask,
 };
@@ -19,6 +23,9 @@ use super::utf8::Utf8Validator;
 /// one step. The header's length is the peer's claim, not data: a client
 /// announcing 16 MiB and sending one byte must not cost 16 MiB.
 const MAX_RESERVE_AHEAD: u64 = 64 * 1024;
+/// The shared inflate buffer keeps at most this capacity between messages;
+/// a larger one (a big message just went by) is released after delivery.
+const KEEP_INFLATED_CAPACITY: usize = 64 * 1024;
 
 /// Size limits, passed on every call so a config reload applies at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +100,59 @@ const ERR_TRUNCATED_UTF8: ProtocolError = ProtocolError {
     reason: "text message ends inside a UTF-8 sequence",
 };
 
+const ERR_NOT_NEGOTIATED: ProtocolError =
+    protocol_error("compressed message without permessage-deflate");
+const ERR_INFLATED_TOO_BIG: ProtocolError = ProtocolError {
+    code: CloseCode::MESSAGE_TOO_BIG,
+    reason: "inflated message exceeds the size limit",
+};
+const ERR_CORRUPT_DEFLATE: ProtocolError = ProtocolError {
+    code: CloseCode::INVALID_PAYLOAD,
+    reason: "compressed message is not valid DEFLATE data",
+};
+
+fn inflate_error(err: InflateError) -> &'static ProtocolError {
+    match err {
+        InflateError::TooBig => &ERR_INFLATED_TOO_BIG,
+        InflateError::Corrupt => &ERR_CORRUPT_DEFLATE,
+    }
+}
+
+/// Inflates compressed messages (permessage-deflate, RFC 7692) for every
+/// connection of an event loop: messages are inflated only once complete,
+/// one at a time, so one instance serves them all and no connection keeps
+/// inflate state between messages.
+#[derive(Debug, Default)]
+pub struct Inflater {
+    decompressor: Decompressor,
+    out: Vec<u8>,
+}
+
+impl Inflater {
+    /// Allocates nothing until the first compressed message.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inflates one whole message under `limit` (the largest inflated size
+    /// allowed); the result lives until the next call.
+    fn inflate(&mut self, compressed: &[u8], limit: u64) -> Result<&[u8], &'static ProtocolError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.out.clear();
+        self.decompressor
+            .inflate_message(compressed, &mut self.out, limit)
+            .map_err(inflate_error)?;
+        Ok(&self.out)
+    }
+
+    /// Gives back a buffer that a large message grew.
+    fn trim(&mut self) {
+        if self.out.capacity() > KEEP_INFLATED_CAPACITY {
+            self.out = Vec::new();
+        }
+    }
+}
+
 fn header_error(err: HeaderError) -> &'static ProtocolError {
     match err {
         HeaderError::ReservedOpcode(_) => &ERR_RESERVED_OPCODE,
@@ -163,6 +223,8 @@ pub struct Receiver {
     mask: [u8; 4],
     phase: Phase,
     assembling: Assembling,
+    /// The message being assembled had RSV1 set: its payload is DEFLATE data.
+    compressed: bool,
     allowed_rsv: u8,
     /// Sticky: every later call reports the same error.
     failed: Option<&'static ProtocolError>,
@@ -191,10 +253,35 @@ impl Receiver {
     /// [`Flow::Pause`] or a close frame arrived — then it stops right after
     /// that frame and the caller owns the rest. After a close frame every
     /// further call consumes nothing and yields nothing.
+    ///
+    /// A compressed message (RSV1, allowed only after
+    /// `set_allowed_rsv(RSV_COMPRESSED)`) fails with 1002 here: use
+    /// [`Receiver::feed_inflating`] for connections that negotiated
+    /// permessage-deflate.
     pub fn feed<F>(
         &mut self,
         input: &mut [u8],
         limits: &Limits,
+        on_event: F,
+    ) -> Result<usize, ProtocolError>
+    where
+        F: FnMut(Event<'_>) -> Flow,
+    {
+        self.feed_inflating(input, limits, None, on_event)
+    }
+
+    /// [`Receiver::feed`], inflating compressed messages with `inflater`.
+    ///
+    /// A compressed message is buffered whole (its compressed size bounded
+    /// by `max_message_size`), then inflated with `max_message_size` as a
+    /// hard limit on the output, checked as it grows (1009 past it; 1007
+    /// for data that is not DEFLATE). A text message's UTF-8 is checked on
+    /// the inflated bytes.
+    pub fn feed_inflating<F>(
+        &mut self,
+        input: &mut [u8],
+        limits: &Limits,
+        mut inflater: Option<&mut Inflater>,
         mut on_event: F,
     ) -> Result<usize, ProtocolError>
     where
@@ -203,7 +290,10 @@ impl Receiver {
         if let Some(err) = self.failed {
             return Err(*err);
         }
-        let result = self.run(input, limits, &mut on_event);
+        let result = self.run(input, limits, &mut inflater, &mut on_event);
+        if let Some(inflater) = inflater {
+            inflater.trim();
+        }
         if let Err(err) = result {
             self.failed = Some(err);
             self.release();
@@ -235,6 +325,7 @@ impl Receiver {
         &mut self,
         input: &mut [u8],
         limits: &Limits,
+        inflater: &mut Option<&mut Inflater>,
         on_event: &mut F,
     ) -> Result<usize, &'static ProtocolError>
     where
@@ -262,7 +353,10 @@ impl Receiver {
                     }
                     Next::Continue
                 }
-                Phase::Data { fin } => self.data_payload(input, &mut pos, fin, on_event)?,
+                Phase::Data { fin } => {
+                    let inflater = inflater.as_deref_mut();
+                    self.data_payload(input, &mut pos, fin, limits, inflater, on_event)?
+                }
                 Phase::Control(opcode) => {
                     self.control_payload(input, &mut pos, opcode, on_event)?
                 }
@@ -335,6 +429,9 @@ impl Receiver {
         } else {
             if self.assembling == Assembling::Nothing {
                 self.utf8 = Utf8Validator::new();
+                // `check_rsv` let RSV1 through only on a message's first
+                // frame, and only when the extension was negotiated.
+                self.compressed = header.rsv & RSV_COMPRESSED != 0;
             }
             self.assembling = assembling;
             self.phase = Phase::Data { fin: header.fin };
@@ -353,12 +450,15 @@ impl Receiver {
         input: &mut [u8],
         pos: &mut usize,
         fin: bool,
+        limits: &Limits,
+        inflater: Option<&mut Inflater>,
         on_event: &mut F,
     ) -> Result<Next, &'static ProtocolError>
     where
         F: FnMut(Event<'_>) -> Flow,
     {
         let text = self.assembling == Assembling::Text;
+        let compressed = self.compressed;
         let n = self.available(input, *pos);
         let start = *pos;
         let chunk = &mut input[start..start + n];
@@ -367,7 +467,7 @@ impl Receiver {
         if fin && whole && self.message.as_ref().is_none_or(|m| m.is_empty()) {
             // The rest of the message is right here: hand it out borrowed.
             apply_mask(chunk, self.mask, 0);
-            if text {
+            if text && !compressed {
                 self.utf8.feed(chunk).map_err(|_| &ERR_INVALID_UTF8)?;
                 self.utf8.finish().map_err(|_| &ERR_TRUNCATED_UTF8)?;
             }
@@ -375,7 +475,11 @@ impl Receiver {
             self.remaining = 0;
             self.phase = Phase::Header;
             self.assembling = Assembling::Nothing;
+            self.compressed = false;
             let payload = &input[start..start + n];
+            if compressed {
+                return deliver_inflated(text, payload, limits, inflater, on_event);
+            }
             let event = if text {
                 Event::Text(payload)
             } else {
@@ -389,15 +493,14 @@ impl Receiver {
         }
         apply_mask(chunk, self.mask, 0);
         self.mask.rotate_left(n % 4);
-        if text {
+        if text && !compressed {
             // Checked before buffering so bad text fails as soon as it arrives.
             self.utf8.feed(chunk).map_err(|_| &ERR_INVALID_UTF8)?;
         }
         self.remaining -= n as u64;
         *pos += n;
-        let ahead = self.remaining.min(MAX_RESERVE_AHEAD) as usize;
         let message = self.message.get_or_insert_with(Box::default);
-        message.reserve(n + ahead);
+        grow_within(message, n, self.remaining, limits.max_message_size);
         message.extend_from_slice(chunk);
         if self.remaining > 0 {
             return Ok(Next::Stop);
@@ -406,12 +509,16 @@ impl Receiver {
         if !fin {
             return Ok(Next::Continue);
         }
-        if text {
+        if text && !compressed {
             self.utf8.finish().map_err(|_| &ERR_TRUNCATED_UTF8)?;
         }
         self.assembling = Assembling::Nothing;
+        self.compressed = false;
         // Taking the buffer releases it once delivered.
         let message = self.message.take().map(|m| *m).unwrap_or_default();
+        if compressed {
+            return deliver_inflated(text, &message, limits, inflater, on_event);
+        }
         let event = if text {
             Event::Text(&message)
         } else {
@@ -492,6 +599,49 @@ impl Receiver {
             }
         }
     }
+}
+
+/// Inflates a complete compressed message and hands it out.
+fn deliver_inflated<F>(
+    text: bool,
+    compressed: &[u8],
+    limits: &Limits,
+    inflater: Option<&mut Inflater>,
+    on_event: &mut F,
+) -> Result<Next, &'static ProtocolError>
+where
+    F: FnMut(Event<'_>) -> Flow,
+{
+    let Some(inflater) = inflater else {
+        return Err(&ERR_NOT_NEGOTIATED);
+    };
+    let payload = inflater.inflate(compressed, limits.max_message_size)?;
+    let event = if text {
+        std::str::from_utf8(payload).map_err(|_| &ERR_INVALID_UTF8)?;
+        Event::Text(payload)
+    } else {
+        Event::Binary(payload)
+    };
+    Ok(flow_to_next(on_event(event)))
+}
+
+/// Makes room for `n` more bytes of a message. Growth is geometric, so
+/// appending stays amortized O(1) per byte, but never takes the capacity past
+/// `limit` (the message can never be larger), nor reserves more than
+/// [`MAX_RESERVE_AHEAD`] beyond what has arrived on a header's word alone.
+fn grow_within(buf: &mut Vec<u8>, n: usize, remaining: u64, limit: u64) {
+    let needed = buf.len().saturating_add(n);
+    if needed <= buf.capacity() {
+        return;
+    }
+    let ahead = usize::try_from(remaining.min(MAX_RESERVE_AHEAD)).unwrap_or(0);
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX).max(needed);
+    let target = buf
+        .capacity()
+        .saturating_mul(2)
+        .max(needed.saturating_add(ahead))
+        .min(cap);
+    buf.reserve_exact(target - buf.len());
 }
 
 fn flow_to_next(flow: Flow) -> Next {
@@ -600,13 +750,15 @@ mod tests {
     fn run_pieces(stream: &[u8], cuts: &[usize], limits: &Limits, rsv: u8) -> Outcome {
         let mut rx = Receiver::new();
         rx.set_allowed_rsv(rsv);
+        let mut inflater = Inflater::new();
         let mut events = Vec::new();
         let mut consumed = 0;
         let mut start = 0;
         for end in cuts.iter().copied().chain([stream.len()]) {
             let end = end.clamp(start, stream.len());
             let mut piece = stream[start..end].to_vec();
-            match rx.feed(&mut piece, limits, |e| {
+            let inflater = (rsv & RSV_COMPRESSED != 0).then_some(&mut inflater);
+            match rx.feed_inflating(&mut piece, limits, inflater, |e| {
                 events.push(Ev::from(e));
                 Flow::Continue
             }) {
@@ -840,24 +992,169 @@ mod tests {
         check_cases(cases, &BIG, 0);
     }
 
+    /// `payload` as a permessage-deflate message payload (trailer stripped).
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::protocol::deflate::Compressor::new(6)
+            .compress(crate::protocol::deflate::WindowBits::MAX, payload, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn compressed_messages_inflate_across_every_split() {
+        let text_msg = "héllo wörld, ".repeat(30);
+        let packed = deflated(text_msg.as_bytes());
+        let third = packed.len() / 3;
+        let cases = vec![
+            case(
+                "whole compressed text",
+                &[masked(FIN | RSV1 | TEXT, &packed)],
+                vec![text(&text_msg)],
+                End::All,
+            ),
+            case(
+                "compressed text in three fragments, a ping between",
+                &[
+                    masked(RSV1 | TEXT, &packed[..third]),
+                    masked(CONT, &packed[third..2 * third]),
+                    masked(FIN | PING, b"p"),
+                    masked(FIN | CONT, &packed[2 * third..]),
+                ],
+                vec![Ev::Ping(b"p".to_vec()), text(&text_msg)],
+                End::All,
+            ),
+            case(
+                "compressed then plain, both delivered",
+                &[
+                    masked(FIN | RSV1 | BIN, &deflated(&[7; 300])),
+                    masked(FIN | BIN, &[7; 3]),
+                ],
+                vec![Ev::Binary(vec![7; 300]), Ev::Binary(vec![7; 3])],
+                End::All,
+            ),
+            case(
+                "empty compressed message",
+                &[masked(FIN | RSV1 | TEXT, &deflated(b""))],
+                vec![text("")],
+                End::All,
+            ),
+            case(
+                "corrupt DEFLATE data",
+                &[masked(FIN | RSV1 | BIN, &[0xff, 0xff, 0xff, 0xff])],
+                vec![],
+                End::Fail(1007),
+            ),
+            case(
+                "compressed invalid UTF-8",
+                &[masked(FIN | RSV1 | TEXT, &deflated(b"ok \xff\xfe"))],
+                vec![],
+                End::Fail(1007),
+            ),
+            case(
+                "compressed text cut inside a UTF-8 sequence",
+                &[masked(
+                    FIN | RSV1 | TEXT,
+                    &deflated("é".as_bytes()[..1].as_ref()),
+                )],
+                vec![],
+                End::Fail(1007),
+            ),
+        ];
+        check_cases(cases, &BIG, RSV_COMPRESSED);
+    }
+
+    #[test]
+    fn inflated_size_counts_against_the_message_limit() {
+        let limits = Limits {
+            max_frame_size: 1 << 20,
+            max_message_size: 1000,
+        };
+        let exact = deflated(&[0; 1000]);
+        let over = deflated(&[0; 1001]);
+        check_cases(
+            vec![
+                case(
+                    "inflates to exactly the limit",
+                    &[masked(FIN | RSV1 | BIN, &exact)],
+                    vec![Ev::Binary(vec![0; 1000])],
+                    End::All,
+                ),
+                case(
+                    "inflates one byte past the limit",
+                    &[masked(FIN | RSV1 | BIN, &over)],
+                    vec![],
+                    End::Fail(1009),
+                ),
+            ],
+            &limits,
+            RSV_COMPRESSED,
+        );
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_limit() {
+        // 64 MiB of zeros in about 64 KiB; the limit is 1 MiB.
+        let bomb = deflated(&vec![0; 64 << 20]);
+        assert!(bomb.len() < 128 * 1024, "{}", bomb.len());
+        let limits = Limits {
+            max_frame_size: 1 << 20,
+            max_message_size: 1 << 20,
+        };
+        let mut rx = Receiver::new();
+        rx.set_allowed_rsv(RSV_COMPRESSED);
+        let mut inflater = Inflater::new();
+        let mut stream = masked(FIN | RSV1 | BIN, &bomb);
+        let err = rx
+            .feed_inflating(&mut stream, &limits, Some(&mut inflater), |_| {
+                panic!("no event for a bomb")
+            })
+            .unwrap_err();
+        assert_eq!(err.code, CloseCode::MESSAGE_TOO_BIG);
+        assert!(inflater.out.capacity() <= 64 * 1024, "buffer given back");
+    }
+
+    #[test]
+    fn compressed_message_without_an_inflater_is_a_protocol_error() {
+        let mut rx = Receiver::new();
+        rx.set_allowed_rsv(RSV_COMPRESSED);
+        let mut stream = masked(FIN | RSV1 | TEXT, &deflated(b"abc"));
+        let err = rx.feed(&mut stream, &BIG, |_| Flow::Continue).unwrap_err();
+        assert_eq!(err.code, CloseCode::PROTOCOL_ERROR);
+        // Without the extension negotiated, RSV1 fails at the header.
+        let mut plain = Receiver::new();
+        let mut stream = masked(FIN | RSV1 | TEXT, &deflated(b"abc"));
+        let mut inflater = Inflater::new();
+        let err = plain
+            .feed_inflating(&mut stream, &BIG, Some(&mut inflater), |_| Flow::Continue)
+            .unwrap_err();
+        assert_eq!(err.code, CloseCode::PROTOCOL_ERROR);
+    }
+
     #[test]
     fn negotiated_rsv_only_on_the_first_data_frame() {
         let cases = vec![
             case(
                 "RSV1 on a whole text frame",
-                &[masked(FIN | RSV1 | TEXT, b"abc")],
+                &[masked(FIN | RSV1 | TEXT, &deflated(b"abc"))],
                 vec![text("abc")],
                 End::All,
             ),
             case(
                 "RSV1 on the first fragment",
-                &[masked(RSV1 | BIN, b"ab"), masked(FIN | CONT, b"c")],
+                &[
+                    masked(RSV1 | BIN, &deflated(b"abc")[..2]),
+                    masked(FIN | CONT, &deflated(b"abc")[2..]),
+                ],
                 vec![Ev::Binary(b"abc".to_vec())],
                 End::All,
             ),
             case(
                 "RSV1 on a continuation",
-                &[masked(RSV1 | BIN, b"ab"), masked(FIN | RSV1 | CONT, b"c")],
+                &[
+                    masked(RSV1 | BIN, &deflated(b"abc")[..2]),
+                    masked(FIN | RSV1 | CONT, &deflated(b"abc")[2..]),
+                ],
                 vec![],
                 End::Fail(1002),
             ),

@@ -12,10 +12,9 @@
 //! flight — bytes are handed in from the loop's shared receive buffer and
 //! only a leftover fragment is ever copied.
 
-use std::rc::Rc;
-
 use log::debug;
 
+use super::compress::{Broadcast, Codec};
 use super::outqueue::OutQueue;
 use super::per_ip::IpSlot;
 use super::transport::Transport;
@@ -25,10 +24,11 @@ use crate::hub::names::parse_subscription;
 use crate::hub::publish::{self, Access, Publish, Refusal};
 use crate::metrics::{Metrics, Refused};
 use crate::protocol::close::{self, CloseCode};
-use crate::protocol::frame::{self, MAX_CONTROL_PAYLOAD, OpCode};
+use crate::protocol::deflate::{self, Params};
+use crate::protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
 use crate::protocol::handshake;
 use crate::protocol::http::{self, HeadReader, RequestHead};
-use crate::protocol::message::{Event, Flow, Limits, Receiver};
+use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
 use crate::route::{RouteId, Routes, Target};
 use crate::timer::TimerKey;
 
@@ -41,11 +41,11 @@ pub enum Action {
     /// connection's publish request.
     Publish {
         channel: String,
-        frame: Rc<[u8]>,
+        message: Broadcast,
         keep_alive: bool,
     },
     /// Relay a subscriber's message to the other subscribers of its channels.
-    Relay { frame: Rc<[u8]>, to_sender: bool },
+    Relay { message: Broadcast, to_sender: bool },
 }
 
 /// What a connection needs from the loop to process input.
@@ -54,6 +54,9 @@ pub struct Ctx<'a> {
     pub routes: &'a Routes,
     pub metrics: &'a mut Metrics,
     pub actions: &'a mut Vec<Action>,
+    /// The loop's compressor and inflater (permessage-deflate).
+    pub codec: &'a mut Codec,
+    pub inflater: &'a mut Inflater,
     /// Milliseconds on the loop's clock.
     pub now: u64,
 }
@@ -122,6 +125,9 @@ pub struct Connection {
     #[allow(clippy::box_collection)]
     pending_in: Option<Box<Vec<u8>>>,
     route: RouteId,
+    /// permessage-deflate parameters, when negotiated: the only compression
+    /// state a connection keeps (the codecs belong to the loop).
+    deflate: Option<Params>,
     /// When anything was last received.
     last_recv: u64,
     /// When the current wait began: accept or last HTTP request, the
@@ -151,6 +157,7 @@ impl Connection {
             receiver: Receiver::new(),
             pending_in: None,
             route: RouteId::default(),
+            deflate: None,
             last_recv: now,
             since: now,
             ping_outstanding: false,
@@ -179,6 +186,16 @@ impl Connection {
     /// Broadcast frames may be queued: the connection is an open WebSocket.
     pub fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open)
+    }
+
+    /// The route the connection was upgraded on.
+    pub fn route(&self) -> RouteId {
+        self.route
+    }
+
+    /// The negotiated permessage-deflate parameters, if any.
+    pub fn deflate(&self) -> Option<Params> {
+        self.deflate
     }
 
     /// The route whose open-connection gauge counts this connection.
@@ -374,7 +391,7 @@ impl Connection {
         };
         ctx.actions.push(Action::Publish {
             channel: publish.channel,
-            frame: shared_frame(opcode, &data),
+            message: Broadcast::new(opcode, &data),
             keep_alive: publish.keep_alive,
         });
         self.since = ctx.now;
@@ -423,8 +440,17 @@ impl Connection {
                 }
             }
         }
-        self.out
-            .push_with(|buf| handshake::write_accept(&upgrade, protocol, None, buf));
+        let params = route
+            .deflate
+            .and_then(|_| deflate::negotiate(upgrade.extensions.iter().map(Vec::as_slice)));
+        let extensions = params.map(|p| p.response_header());
+        self.out.push_with(|buf| {
+            handshake::write_accept(&upgrade, protocol, extensions.as_deref(), buf);
+        });
+        if params.is_some() {
+            self.receiver.set_allowed_rsv(deflate::RSV_COMPRESSED);
+        }
+        self.deflate = params;
         self.route = id;
         self.phase = Phase::Open;
         self.upgraded = true;
@@ -467,13 +493,22 @@ impl Connection {
         let kind = route.map(|r| r.kind);
         let client_messages = route.map(|r| r.client_messages);
         let to_sender = route.is_some_and(|r| r.echo_to_sender);
+        let compression = route.and_then(|r| r.deflate);
+        let params = self.deflate;
         let Connection { out, receiver, .. } = self;
         let Ctx {
-            metrics, actions, ..
+            metrics,
+            actions,
+            codec,
+            inflater,
+            ..
         } = ctx;
+        // Only a connection that negotiated deflate gets the inflater: for
+        // any other, a compressed message is a protocol error.
+        let inflater = params.map(|_| &mut **inflater);
         let mut peer_close = None;
         let mut rejected = false;
-        let result = receiver.feed(input, &limits, |event| {
+        let result = receiver.feed_inflating(input, &limits, inflater, |event| {
             let (opcode, data) = match event {
                 Event::Text(data) => (OpCode::Text, data),
                 Event::Binary(data) => (OpCode::Binary, data),
@@ -491,12 +526,15 @@ impl Connection {
             metrics.bytes_in += data.len() as u64;
             match (kind, client_messages) {
                 (Some(RouteKind::Echo), _) => {
-                    out.push_frame(opcode, data);
+                    let before = out.len();
+                    out.push_with(|buf| {
+                        codec.write_message(params, compression, opcode, data, buf);
+                    });
                     metrics.messages_out += 1;
-                    metrics.bytes_out += data.len() as u64;
+                    metrics.bytes_out += out.len().saturating_sub(before) as u64;
                 }
                 (_, Some(ClientMessages::Broadcast)) => actions.push(Action::Relay {
-                    frame: shared_frame(opcode, data),
+                    message: Broadcast::new(opcode, data),
                     to_sender,
                 }),
                 (_, Some(ClientMessages::Reject)) => {
@@ -540,14 +578,18 @@ impl Connection {
     }
 
     /// After our close frame: only the peer's close frame matters now.
-    fn feed_closing(&mut self, input: &mut [u8], ctx: &Ctx<'_>) {
+    fn feed_closing(&mut self, input: &mut [u8], ctx: &mut Ctx<'_>) {
         let mut peer_closed = false;
-        let result = self.receiver.feed(input, &ctx.limits(), |event| {
-            if let Event::Close(_) = event {
-                peer_closed = true;
-            }
-            Flow::Continue
-        });
+        let limits = ctx.limits();
+        let inflater = self.deflate.map(|_| &mut *ctx.inflater);
+        let result = self
+            .receiver
+            .feed_inflating(input, &limits, inflater, |event| {
+                if let Event::Close(_) = event {
+                    peer_closed = true;
+                }
+                Flow::Continue
+            });
         if peer_closed || result.is_err() {
             // A broken frame after our close ends the wait just like a close would.
             self.phase = Phase::Closing {
@@ -666,13 +708,6 @@ impl Connection {
         }
         true
     }
-}
-
-/// A final data frame, encoded once, to be shared by every recipient.
-fn shared_frame(opcode: OpCode, payload: &[u8]) -> Rc<[u8]> {
-    let mut buf = Vec::with_capacity(payload.len() + frame::MAX_HEADER_LEN);
-    frame::write_frame(&mut buf, true, 0, opcode, payload);
-    Rc::from(buf)
 }
 
 /// `start` plus a configured duration, saturating rather than overflowing on

@@ -8,16 +8,17 @@
 //! Must never: parse protocol bytes itself, block, or let one connection's
 //! failure or flood reach another; nor drop an open connection on reload.
 
+mod compress;
 mod conn;
 mod outqueue;
 mod per_ip;
+pub(crate) mod tls;
 mod transport;
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,17 +30,21 @@ use rustix::process::Signal;
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError, OnBacklog};
+use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError, ListenerConfig, OnBacklog};
 use crate::daemon::notify::Notifier;
 use crate::hub::{ChannelId, Hub};
 use crate::metrics::{Metrics, Refused};
 use crate::protocol::close::CloseCode;
 use crate::protocol::http;
+use crate::protocol::message::Inflater;
 use crate::route::Routes;
 use crate::timer::{TimerKey, TimerWheel};
+use compress::{Broadcast, Codec, FrameCache};
 use conn::{Action, Connection, Ctx};
 use outqueue::Flush;
 use per_ip::PerIp;
+pub use tls::TlsConfigError;
+use tls::TlsStream;
 use transport::Transport;
 
 /// Size of the one receive buffer shared by every connection of the loop.
@@ -80,6 +85,12 @@ const ENFILE: i32 = 23;
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("listener {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        // Boxed: the error is rare and large, `Result<Server, _>` is not.
+        source: Box<TlsConfigError>,
+    },
     #[error("no listening socket to serve on")]
     NoListeners,
     #[error("event loop failure: {0}")]
@@ -107,6 +118,13 @@ impl ServerHandle {
 pub struct Server {
     poll: Poll,
     listeners: Vec<TcpListener>,
+    /// Per listening socket (same index): the TLS config new connections
+    /// get, `None` for plain ws://. Swapped on reload; connections keep the
+    /// `Arc` they were accepted with.
+    tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Per listening socket: the `config.listeners` entry whose
+    /// certificate it serves, for reloads.
+    tls_source: Vec<Option<usize>>,
     conns: Slab<Connection>,
     next_generation: u32,
     timers: TimerWheel<Token>,
@@ -117,6 +135,10 @@ pub struct Server {
     metrics: Metrics,
     /// Work queued by the connection being driven, carried out right after.
     actions: Vec<Action>,
+    /// permessage-deflate: one compressor and one inflater for every
+    /// connection, reset per message.
+    codec: Codec,
+    inflater: Inflater,
     /// Connections given broadcast frames this turn, flushed before polling.
     dirty: Vec<usize>,
     /// Slow subscribers found during a fan-out, removed after it.
@@ -185,21 +207,27 @@ enum AfterSignals {
 }
 
 impl Server {
-    /// Binds every configured listener.
+    /// Binds every configured listener, reading the certificate and key
+    /// of each TLS one.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut tls = Vec::with_capacity(config.listeners.len());
+        for (index, listener) in config.listeners.iter().enumerate() {
+            tls.push(load_tls_for(listener)?.map(|c| (index, c)));
+        }
         for listener in &config.listeners {
             let addr = listener.address;
-            let socket =
-                TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            let socket = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push(socket);
         }
-        Server::new(config, listeners, false)
+        Server::new(config, listeners, tls, false)
     }
 
     /// Serves on sockets that are already listening, such as the ones the
     /// service manager passes on socket activation; `config.listeners` is
-    /// then not used. The sockets are switched to non-blocking mode.
+    /// then not used, except that a socket bound to the address of a
+    /// `tls = true` listener serves TLS with that listener's certificate.
+    /// The sockets are switched to non-blocking mode.
     pub fn with_listeners(
         config: Config,
         listeners: Vec<std::net::TcpListener>,
@@ -208,18 +236,31 @@ impl Server {
             return Err(ServerError::NoListeners);
         }
         let mut sockets = Vec::with_capacity(listeners.len());
+        let mut tls = Vec::with_capacity(listeners.len());
         for listener in listeners {
             listener.set_nonblocking(true)?;
+            let local = listener.local_addr()?;
+            let source = config
+                .listeners
+                .iter()
+                .position(|l| l.tls.is_some() && l.address == local);
+            tls.push(match source {
+                Some(index) => load_tls_for(&config.listeners[index])?.map(|c| (index, c)),
+                None => None,
+            });
             sockets.push(TcpListener::from_std(listener));
         }
-        Server::new(config, sockets, true)
+        Server::new(config, sockets, tls, true)
     }
 
     fn new(
         config: Config,
         mut listeners: Vec<TcpListener>,
+        tls: Vec<Option<(usize, Arc<rustls::ServerConfig>)>>,
         inherited: bool,
     ) -> Result<Server, ServerError> {
+        let tls_source = tls.iter().map(|t| t.as_ref().map(|(i, _)| *i)).collect();
+        let tls = tls.into_iter().map(|t| t.map(|(_, c)| c)).collect();
         let poll = Poll::new()?;
         for (index, socket) in listeners.iter_mut().enumerate() {
             poll.registry()
@@ -245,6 +286,8 @@ impl Server {
         Ok(Server {
             poll,
             listeners,
+            tls,
+            tls_source,
             conns: Slab::new(),
             next_generation: 1,
             timers: TimerWheel::new(0),
@@ -253,6 +296,8 @@ impl Server {
             hub: Hub::new(),
             metrics: Metrics::new(config.routes.len()),
             actions: Vec::new(),
+            codec: Codec::default(),
+            inflater: Inflater::new(),
             dirty: Vec::new(),
             slow: Vec::new(),
             delivery_stamp: 0,
@@ -314,6 +359,19 @@ impl Server {
         self.listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Each listening socket's address and whether it serves TLS (wss://),
+    /// in the order of [`Server::local_addrs`].
+    pub fn local_endpoints(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(index, l)| {
+                let tls = self.tls.get(index).is_some_and(Option::is_some);
+                l.local_addr().ok().map(|addr| (addr, tls))
+            })
             .collect()
     }
 
@@ -604,6 +662,9 @@ impl Server {
                 error!("reload failed, the running config stays in force: {message}");
             }
         }
+        // Certificates are renewed on their own schedule, so they are read
+        // again even when the config file itself could not be used.
+        self.reload_certificates();
         let status = self.status_line();
         self.notifier.ready(&status);
     }
@@ -611,7 +672,14 @@ impl Server {
     /// Swaps in a reloaded config: everything but the listeners applies at
     /// once, to open connections too; routes keep their indexes.
     fn apply_config(&mut self, mut config: Config) {
-        if config.listeners != self.config.listeners {
+        // Certificate settings may change; the sockets themselves may not.
+        let same_sockets = config.listeners.len() == self.config.listeners.len()
+            && config
+                .listeners
+                .iter()
+                .zip(&self.config.listeners)
+                .all(|(a, b)| a.address == b.address && a.tls.is_some() == b.tls.is_some());
+        if config.listeners != self.config.listeners && (self.inherited || !same_sockets) {
             let show = |c: &Config| {
                 c.listeners
                     .iter()
@@ -626,7 +694,7 @@ impl Server {
                 );
             } else {
                 warn!(
-                    "reload: listener addresses cannot change while running (in use: {}; in the file: {}); restart wshub to apply them",
+                    "reload: listener addresses cannot change while running, nor whether they use tls (in use: {}; in the file: {}); restart wshub to apply them",
                     show(&self.config),
                     show(&config)
                 );
@@ -678,6 +746,52 @@ impl Server {
         }
     }
 
+    /// Reads the certificate and key of every TLS listener again, from the
+    /// paths in the running config. New connections get the new pair; a
+    /// pair that cannot be used is reported and the current one stays.
+    fn reload_certificates(&mut self) {
+        for index in 0..self.tls.len() {
+            if !matches!(self.tls.get(index), Some(Some(_))) {
+                continue;
+            }
+            let Some(listener) = self
+                .tls_source
+                .get(index)
+                .copied()
+                .flatten()
+                .and_then(|i| self.config.listeners.get(i))
+            else {
+                continue;
+            };
+            let addr = self
+                .listeners
+                .get(index)
+                .and_then(|l| l.local_addr().ok())
+                .unwrap_or(listener.address);
+            match load_tls_for(listener) {
+                Ok(Some(config)) => {
+                    if let Some(tls) = &listener.tls {
+                        info!(
+                            "reload: wss://{addr}: certificate {} and key {} loaded; new connections use them",
+                            tls.cert.display(),
+                            tls.key.display()
+                        );
+                    }
+                    if let Some(slot) = self.tls.get_mut(index) {
+                        *slot = Some(config);
+                    }
+                }
+                Ok(None) => {}
+                Err(ServerError::Tls { source, .. }) => warn!(
+                    "reload: wss://{addr}: {source}; the certificate loaded before stays in use"
+                ),
+                Err(e) => {
+                    warn!("reload: wss://{addr}: {e}; the certificate loaded before stays in use")
+                }
+            }
+        }
+    }
+
     fn now(&self) -> u64 {
         u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -715,7 +829,7 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => self.admit(index, stream, peer, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
@@ -732,13 +846,18 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: u64) {
+    fn admit(&mut self, listener: usize, mut stream: TcpStream, peer: SocketAddr, now: u64) {
         if self.shutdown.is_some() {
             return;
         }
+        let tls = self.tls.get(listener).cloned().flatten();
         if self.conns.len() >= self.config.max_connections {
-            // Best effort: a refused client gets a reason if its socket has room.
-            let _ = io::Write::write(&mut stream, &self.busy_response);
+            // Best effort: a refused client gets a reason if its socket has
+            // room. A TLS client would take plaintext for a broken record,
+            // so it is just closed.
+            if tls.is_none() {
+                let _ = io::Write::write(&mut stream, &self.busy_response);
+            }
             self.metrics.refuse(Refused::OverCapacity);
             debug!("refused {peer}: connection limit reached");
             return;
@@ -750,7 +869,9 @@ impl Server {
             match self.per_ip.try_acquire(peer.ip(), max_per_ip) {
                 Some(slot) => Some(slot),
                 None => {
-                    let _ = io::Write::write(&mut stream, &self.too_many_response);
+                    if tls.is_none() {
+                        let _ = io::Write::write(&mut stream, &self.too_many_response);
+                    }
                     self.metrics.refuse(Refused::TooManyFromAddress);
                     debug!("refused {peer}: max_connections_per_ip reached");
                     return;
@@ -778,7 +899,19 @@ impl Server {
             debug!("cannot register {peer}: {e}");
             return;
         }
-        let mut conn = Connection::new(Transport::Plain(stream), generation, now);
+        let transport = match tls {
+            None => Transport::Plain(stream),
+            Some(config) => match TlsStream::new(config, stream) {
+                Ok(tls) => Transport::Tls(Box::new(tls)),
+                Err(e) => {
+                    // The socket was closed with the failed stream, which
+                    // also took it out of the poller.
+                    warn!("cannot start TLS for {peer}: {e}");
+                    return;
+                }
+            },
+        };
+        let mut conn = Connection::new(transport, generation, now);
         conn.ip_slot = ip_slot;
         entry.insert(conn);
         self.metrics.connections += 1;
@@ -801,6 +934,8 @@ impl Server {
                 routes: &self.routes,
                 metrics: &mut self.metrics,
                 actions: &mut self.actions,
+                codec: &mut self.codec,
+                inflater: &mut self.inflater,
                 now,
             };
             if conn.has_pending_input() {
@@ -843,16 +978,24 @@ impl Server {
                     return;
                 }
             }
+        } else if conn.transport.wants_write() {
+            // TLS records (handshake, the tail of a write, close_notify)
+            // with nothing queued behind them.
+            if let Err(e) = conn.transport.flush_pending() {
+                debug!("connection {key}: write failed: {e}");
+                self.remove(key);
+                return;
+            }
         }
         conn.after_flush();
-        if conn.is_finished() {
+        if conn.is_finished() && !conn.transport.wants_write() {
             self.remove(key);
             return;
         }
         if read || (conn.has_pending_input() && conn.out.len() <= self.config.max_backlog_bytes) {
             again = true;
         }
-        let want_write = !conn.out.is_empty();
+        let want_write = !conn.out.is_empty() || conn.transport.wants_write();
         if want_write != conn.write_interest {
             let interest = if want_write {
                 Interest::READABLE | Interest::WRITABLE
@@ -895,13 +1038,14 @@ impl Server {
                 }
                 Action::Publish {
                     channel,
-                    frame,
+                    message,
                     keep_alive,
                 } => {
                     self.metrics.publishes += 1;
                     let stamp = self.next_stamp();
+                    let mut cache = FrameCache::default();
                     let recipients = match self.hub.lookup(&channel) {
-                        Some(id) => self.fan_out(id, &frame, None, stamp),
+                        Some(id) => self.fan_out(id, &message, &mut cache, None, stamp),
                         None => 0,
                     };
                     if let Some(conn) = self.conns.get_mut(key) {
@@ -913,7 +1057,7 @@ impl Server {
                     }
                     self.remove_slow();
                 }
-                Action::Relay { frame, to_sender } => {
+                Action::Relay { message, to_sender } => {
                     self.metrics.publishes += 1;
                     let stamp = self.next_stamp();
                     let exclude = (!to_sender).then_some(key);
@@ -921,8 +1065,9 @@ impl Server {
                         Some(conn) => conn.memberships.iter().map(|m| m.channel()).collect(),
                         None => Vec::new(),
                     };
+                    let mut cache = FrameCache::default();
                     for id in channels {
-                        self.fan_out(id, &frame, exclude, stamp);
+                        self.fan_out(id, &message, &mut cache, exclude, stamp);
                     }
                     self.remove_slow();
                 }
@@ -943,15 +1088,21 @@ impl Server {
 
     /// Queues one shared frame on every open subscriber of a channel and
     /// lists them for a flush at the end of the turn. Returns the recipients.
+    ///
+    /// Subscribers that negotiated permessage-deflate share one compressed
+    /// frame per server window size, made by the first of them (`cache`
+    /// lives as long as the publish); the others share the plain frame.
     fn fan_out(
         &mut self,
         channel: ChannelId,
-        frame: &Rc<[u8]>,
+        message: &Broadcast,
+        cache: &mut FrameCache,
         exclude: Option<usize>,
         stamp: u32,
     ) -> usize {
         let limit = self.config.max_backlog_bytes;
         let mut recipients = 0usize;
+        let mut bytes = 0u64;
         for who in self.hub.subscribers(channel) {
             let key = who as usize;
             if exclude == Some(key) {
@@ -964,6 +1115,8 @@ impl Server {
                 continue;
             }
             conn.delivery_stamp = stamp;
+            let compression = self.routes.get(conn.route()).and_then(|r| r.deflate);
+            let frame = cache.frame_for(message, conn.deflate(), compression, &mut self.codec);
             if conn.out.len().saturating_add(frame.len()) > limit {
                 match self.config.on_backlog {
                     OnBacklog::Close => {
@@ -974,7 +1127,8 @@ impl Server {
                 }
                 continue;
             }
-            conn.out.push_shared(Rc::clone(frame));
+            bytes = bytes.saturating_add(frame.len() as u64);
+            conn.out.push_shared(frame);
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(key);
@@ -984,7 +1138,7 @@ impl Server {
         let count = recipients as u64;
         self.metrics.deliveries += count;
         self.metrics.messages_out += count;
-        self.metrics.bytes_out += count.saturating_mul(frame.len() as u64);
+        self.metrics.bytes_out += bytes;
         recipients
     }
 
@@ -1109,6 +1263,30 @@ impl Server {
     }
 }
 
+/// Reads the certificate and key of a TLS listener (`None` for a plain
+/// one). Used at start and on reload; `--check-config` uses
+/// [`load_listener_tls`].
+fn load_tls_for(
+    listener: &ListenerConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, ServerError> {
+    load_listener_tls(listener).map_err(|source| ServerError::Tls {
+        addr: listener.address,
+        source: Box::new(source),
+    })
+}
+
+/// Reads and checks the certificate and key files of a `tls = true`
+/// listener; `Ok(None)` for a plain listener. Touches nothing but the two
+/// files, so `--check-config` can use it.
+pub fn load_listener_tls(
+    listener: &ListenerConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsConfigError> {
+    match &listener.tls {
+        None => Ok(None),
+        Some(tls) => tls::load_server_config(&tls.cert, &tls.key, tls.alpn).map(Some),
+    }
+}
+
 /// A configured duration in milliseconds on the loop's clock.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -1125,6 +1303,33 @@ fn signal_name(signal: i32) -> &'static str {
     } else {
         "signal"
     }
+}
+
+/// Connections the kernel may queue for `accept` per listener. The usual 128
+/// overflows when thousands of clients reconnect at once (after a restart or
+/// a network blip); the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a non-blocking listening socket with [`LISTEN_BACKLOG`] (mio's own
+/// `bind` uses 128).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let socket = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Lets a restarted daemon bind while old connections sit in TIME_WAIT.
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr)?;
+    rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(std::net::TcpListener::from(socket)))
 }
 
 /// Reads until the socket is drained or the turn's budget is spent, feeding

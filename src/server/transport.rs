@@ -1,8 +1,9 @@
 //! The byte transport under a connection.
 //!
 //! Owns: the socket of one connection and the calls that move bytes through it.
-//! Plain TCP today; TLS slots in here as another variant, so the connection
-//! state machine and the protocol code never learn which one they run over.
+//! Plain TCP, or TLS ([`TlsStream`]) as another variant, so the
+//! connection state machine and the protocol code never learn which one they
+//! run over.
 //! Must never: interpret the bytes it carries.
 
 use std::io::{self, IoSlice, Read, Write};
@@ -10,35 +11,46 @@ use std::net::{Shutdown, SocketAddr};
 
 use mio::net::TcpStream;
 
+use super::tls::TlsStream;
+
 #[derive(Debug)]
 pub enum Transport {
     Plain(TcpStream),
+    // Boxed: rustls state is kilobytes, and plain connections must not pay
+    // for it in the slab.
+    Tls(Box<TlsStream>),
 }
 
 impl Transport {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
         }
     }
 
     pub fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.write_vectored(bufs),
+            Transport::Tls(s) => s.write_vectored(bufs),
         }
     }
 
     /// Sends FIN after what is already written, keeping the read side open so
-    /// the peer's close frame or EOF can still be seen.
+    /// the peer's close frame or EOF can still be seen. Over TLS a
+    /// close_notify goes first; if the socket is full, the FIN follows from
+    /// [`Transport::flush_pending`] once it has drained.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(s) => s.shutdown(Shutdown::Write),
+            Transport::Tls(s) => s.shutdown_write(),
         }
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Transport::Plain(s) => s.peer_addr(),
+            Transport::Tls(s) => s.peer_addr(),
         }
     }
 
@@ -46,6 +58,27 @@ impl Transport {
     pub fn source(&mut self) -> &mut TcpStream {
         match self {
             Transport::Plain(s) => s,
+            Transport::Tls(s) => s.source(),
+        }
+    }
+
+    /// True while the transport itself holds bytes the socket has not taken
+    /// (TLS records: handshake, encrypted data, alerts). The loop keeps
+    /// WRITABLE interest while this is true, even with an empty outbound
+    /// queue. Never true for plain TCP, which buffers nothing.
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(s) => s.wants_write(),
+        }
+    }
+
+    /// Pushes the transport's own pending bytes to the socket; Ok(true) when
+    /// nothing is left, Ok(false) when the socket is full (wait for WRITABLE).
+    pub fn flush_pending(&mut self) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) => Ok(true),
+            Transport::Tls(s) => s.flush(),
         }
     }
 }

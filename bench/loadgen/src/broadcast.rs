@@ -119,6 +119,27 @@ impl Tally {
     }
 }
 
+/// `size` bytes of JSON-like text (quotes, repeated keys, varying
+/// numbers): what a market-data or chat feed compresses like.
+fn json_pattern(size: usize) -> Box<[u8]> {
+    let mut text = String::with_capacity(size + 128);
+    let mut i = 0u32;
+    while text.len() < size {
+        text.push_str(&format!(
+            "{{\"id\":{},\"sym\":\"SYM{}\",\"bid\":{}.{:02},\"ask\":{}.{:02},\"side\":\"{}\"}},",
+            10_000 + i * 37,
+            i % 13,
+            100 + i % 17,
+            (i * 7) % 100,
+            100 + i % 17,
+            (i * 7 + 3) % 100,
+            if i.is_multiple_of(2) { "buy" } else { "sell" }
+        ));
+        i += 1;
+    }
+    text.into_bytes()[..size].into()
+}
+
 fn read_u64(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes.try_into().unwrap_or_default())
 }
@@ -178,6 +199,7 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
     let sizing = Sizing {
         max_payload: opts.size,
         out_capacity: 0,
+        deflate: opts.deflate,
     };
     let mut scratch = sizing.scratch();
 
@@ -220,6 +242,7 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
                 sizing: Sizing {
                     max_payload: opts.size,
                     out_capacity: opts.window * (opts.size + wire::MAX_CLIENT_HEADER),
+                    deflate: opts.deflate,
                 },
                 max_dialing: 1,
             };
@@ -244,9 +267,13 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
         .collect();
     let mut tally = Tally {
         size: opts.size,
-        pattern: (0..opts.size)
-            .map(|j| (j.wrapping_mul(7) ^ 0x5a) as u8)
-            .collect(),
+        pattern: if opts.json {
+            json_pattern(opts.size)
+        } else {
+            (0..opts.size)
+                .map(|j| (j.wrapping_mul(7) ^ 0x5a) as u8)
+                .collect()
+        },
         remaining: vec![n as u32; opts.messages as usize],
         hist: Histogram::new(),
         done: 0,
@@ -423,6 +450,14 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
         "  checks:      losses {losses}, duplicates {}, reordered {}",
         tally.duplicates, tally.reordered
     );
+    let compressed = conn::compressed_received();
+    if opts.deflate {
+        println!(
+            "  deflate:     {compressed} messages (warm-up included) arrived compressed (RSV1) \
+             and were inflated; {} measured receipts",
+            tally.receipts
+        );
+    }
     if let (Some(lo), Some(hi)) = (pub_stats.recipients_min, pub_stats.recipients_max) {
         let note = if lo == n as u64 && hi == n as u64 {
             ""
@@ -448,6 +483,12 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
             tally.duplicates, tally.reordered
         ));
     }
+    if opts.deflate && compressed == 0 {
+        problems.push(
+            "--deflate: no message arrived compressed (is --size below compression_min_size?)"
+                .to_owned(),
+        );
+    }
     if pub_stats.own_messages > 0 {
         problems.push(format!(
             "the ws publisher received {} of its own messages (the sender must be excluded)",
@@ -471,6 +512,9 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
         .int("messages", opts.messages)
         .int("window", opts.window as u64)
         .int("size", opts.size as u64)
+        .str("deflate", if opts.deflate { "on" } else { "off" })
+        .str("payload", if opts.json { "json" } else { "pattern" })
+        .int("compressed_receipts", compressed)
         .num("connect_s", dial_time.as_secs_f64(), 3)
         .num("warmup_s", warm_time.as_secs_f64(), 3)
         .num("seconds", elapsed, 3)
@@ -543,7 +587,7 @@ fn step(
             .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
         }
         // Only pongs are ever written here.
-        if !conn.out.is_empty() {
+        if conn.wants_flush() {
             conn.flush()?;
         }
     }

@@ -5,6 +5,7 @@
 //! `--name=value`.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Fail, Result};
@@ -12,16 +13,25 @@ use crate::target::{self, Target};
 
 pub const USAGE: &str = "\
 Usage:
-  loadgen echo      --url ws://127.0.0.1:PORT/echo [--conns 100] [--depth 16]
+  loadgen echo      --url ws[s]://127.0.0.1:PORT/echo [--conns 100] [--depth 16]
                     [--size 64] [--seconds 10] [--warmup 1]
   loadgen broadcast --url ws://127.0.0.1:PORT/live/CHANNEL [--subscribers 1000]
                     [--messages 1000] [--window 1] [--size 64]
                     [--publisher http|ws] [--publish-url http://127.0.0.1:PORT/publish/CHANNEL]
-                    [--stall 10]
+                    [--stall 10] [--deflate] [--payload pattern|json]
   loadgen idle      --url ws://127.0.0.1:PORT/live/CHANNEL --conns N --server-pid PID
                     [--settle 2] [--size 16] [--publish-url URL] [--no-publish]
+                    [--deflate]
+
+--deflate offers permessage-deflate and fails unless the server accepts it
+(route setting compression = \"on\"); compressed messages are inflated and
+checked like plain ones. --payload json fills broadcast messages with
+compressible JSON-like text instead of the default byte pattern.
 
 Options for every scenario:
+  --ca FILE               PEM certificate to trust for a wss:// --url (e.g. the
+                          benchmark's self-signed one); wss:// needs it. The
+                          publisher stays plain HTTP: give --publish-url then
   --server-pid PID        also report the server's CPU time (and, for idle, its RSS)
   --timeout SECONDS       give up (exit 1) after this long in all (default 120)
   --conns-per-source N    client sockets per source address 127.0.0.2, .3, ... (default 5000)
@@ -72,6 +82,9 @@ pub struct BroadcastOpts {
     pub publisher: PublisherKind,
     pub publish_url: Target,
     pub stall: Duration,
+    pub deflate: bool,
+    /// Fill messages with JSON-like text rather than the byte pattern.
+    pub json: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -82,6 +95,7 @@ pub struct IdleOpts {
     pub size: usize,
     /// `None` with `--no-publish`.
     pub publish_url: Option<Target>,
+    pub deflate: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -173,8 +187,21 @@ impl Raw {
         if timeout.is_zero() {
             return Err(Fail::usage("--timeout must be positive"));
         }
+        let mut url = target::parse_ws(&url)?;
+        match (url.wss, self.value("ca")?) {
+            (true, Some(ca)) => {
+                url.tls = Some(target::TlsClient::load(Path::new(&ca), &url.host)?);
+            }
+            (true, None) => {
+                return Err(Fail::usage(
+                    "a wss:// --url needs --ca FILE: the PEM certificate to trust",
+                ));
+            }
+            (false, Some(_)) => return Err(Fail::usage("--ca only applies to a wss:// --url")),
+            (false, None) => {}
+        }
         Ok(Common {
-            url: target::parse_ws(&url)?,
+            url,
             server_pid,
             timeout,
             per_source: self.count("conns-per-source", 5000, 28_000)?,
@@ -268,6 +295,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
             };
             let publish_url = match raw.value("publish-url")? {
                 Some(url) => target::parse_http(&url)?,
+                None if common.url.wss && publisher == PublisherKind::Http => {
+                    return Err(Fail::usage(
+                        "with a wss:// --url, the HTTP publisher needs --publish-url \
+                         (a plain http:// listener of the same server)",
+                    ));
+                }
                 None => target::publish_url_for(&common.url),
             };
             // Each message costs 4 bytes of bookkeeping for the whole run.
@@ -280,6 +313,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
                 publisher,
                 publish_url,
                 stall: raw.seconds("stall", 10.0)?,
+                deflate: raw.flag("deflate")?,
+                json: match raw.value("payload")?.as_deref() {
+                    None | Some("pattern") => false,
+                    Some("json") => true,
+                    Some(other) => {
+                        return Err(Fail::usage(format!(
+                            "--payload {other:?}: expected pattern or json"
+                        )));
+                    }
+                },
                 common,
             })
         }
@@ -296,6 +339,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
                 }
                 (true, None) => None,
                 (false, Some(url)) => Some(target::parse_http(&url)?),
+                (false, None) if common.url.wss => {
+                    return Err(Fail::usage(
+                        "with a wss:// --url, give --publish-url (a plain http:// listener) \
+                         or --no-publish",
+                    ));
+                }
                 (false, None) => Some(target::publish_url_for(&common.url)),
             };
             Command::Idle(IdleOpts {
@@ -303,6 +352,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
                 settle: raw.seconds("settle", 2.0)?,
                 size: raw.size(16, 16)?,
                 publish_url,
+                deflate: raw.flag("deflate")?,
                 common,
             })
         }
@@ -349,6 +399,14 @@ mod tests {
         assert_eq!(o.publisher, PublisherKind::Ws);
         assert_eq!(o.publish_url.path, "/publish/bench");
         assert_eq!(o.window, 16);
+        assert!(!o.deflate && !o.json);
+        let Command::Broadcast(o) =
+            run("broadcast --url ws://127.0.0.1:9/live/b --deflate --payload json").unwrap()
+        else {
+            panic!("not broadcast");
+        };
+        assert!(o.deflate && o.json);
+        assert!(run("broadcast --url ws://127.0.0.1:9/live/b --payload xml").is_err());
     }
 
     #[test]

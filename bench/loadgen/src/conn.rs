@@ -14,6 +14,10 @@
 //! takes are withheld from every other socket's `connect` as well, so a few
 //! large runs in a row exhaust the ephemeral range machine-wide.
 //!
+//! `wss://` connections run rustls sans-IO over the same non-blocking
+//! sockets ([`Io::Tls`]): one `ClientConnection` each, fed from the socket
+//! when it is readable and flushed to it on every write.
+//!
 //! Dialing keeps a bounded number of handshakes in flight so the server's
 //! listen backlog never overflows (an overflowing backlog shows up as
 //! one-second SYN retransmits, which would distort connect times).
@@ -22,13 +26,15 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rustls::ClientConnection;
+
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Context, Deadline, Fail, Result};
 use crate::stats::Rng;
-use crate::target::Target;
+use crate::target::{Target, TlsClient};
 use crate::wire::{self, OutBuf};
 
 /// Default for handshakes in flight at once while dialing. Rust's standard
@@ -113,6 +119,22 @@ pub struct Sizing {
     /// Output bytes the connection may hold at once (all its in-flight
     /// frames), allocated up front.
     pub out_capacity: usize,
+    /// Offer permessage-deflate and require the server to accept it;
+    /// compressed messages are inflated before `on_message` sees them.
+    pub deflate: bool,
+}
+
+thread_local! {
+    /// One inflater for every connection: messages are inflated whole, one
+    /// at a time, so nothing is kept per connection.
+    static INFLATER: std::cell::RefCell<wire::Inflater> =
+        std::cell::RefCell::new(wire::Inflater::default());
+    static COMPRESSED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Compressed (RSV1) messages received so far by this thread's connections.
+pub fn compressed_received() -> u64 {
+    COMPRESSED.with(std::cell::Cell::get)
 }
 
 impl Sizing {
@@ -124,24 +146,150 @@ impl Sizing {
     }
 }
 
+/// Ciphertext rustls may hold for sending per connection.
+const TLS_SEND_LIMIT: usize = 64 * 1024;
+
+/// The byte stream under one client connection.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsIo>),
+}
+
+/// rustls driven by hand over a non-blocking socket.
+pub struct TlsIo {
+    conn: ClientConnection,
+    tcp: TcpStream,
+    eof: bool,
+}
+
+impl Io {
+    fn new(tcp: TcpStream, tls: Option<&TlsClient>) -> Result<Io> {
+        let Some(tls) = tls else {
+            return Ok(Io::Plain(tcp));
+        };
+        let mut conn = ClientConnection::new(tls.config.clone(), tls.name.clone())
+            .map_err(|e| Fail::run(format!("TLS setup: {e}")))?;
+        conn.set_buffer_limit(Some(TLS_SEND_LIMIT));
+        Ok(Io::Tls(Box::new(TlsIo {
+            conn,
+            tcp,
+            eof: false,
+        })))
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(s) => s,
+            Io::Tls(t) => &t.tcp,
+        }
+    }
+
+    /// Over TLS a short read does not mean the socket is drained (rustls
+    /// hands out a record at a time), so callers read on to `WouldBlock`.
+    fn is_tls(&self) -> bool {
+        matches!(self, Io::Tls(_))
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read(buf),
+            Io::Tls(t) => t.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.write(buf),
+            Io::Tls(t) => t.write(buf),
+        }
+    }
+
+    /// Sends records rustls still holds (the socket was full before).
+    fn flush_pending(&mut self) -> io::Result<()> {
+        match self {
+            Io::Plain(_) => Ok(()),
+            Io::Tls(t) => t.flush(),
+        }
+    }
+
+    fn wants_write(&self) -> bool {
+        match self {
+            Io::Plain(_) => false,
+            Io::Tls(t) => t.conn.wants_write(),
+        }
+    }
+}
+
+impl TlsIo {
+    /// Plaintext, pulling records from the socket as needed; `Ok(0)` at
+    /// the end of the stream, `WouldBlock` once the socket is drained.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            if self.conn.read_tls(&mut self.tcp)? == 0 {
+                self.eof = true;
+            }
+            self.conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            // Handshake messages (and plaintext written during it) go now.
+            self.flush()?;
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.flush()?;
+        let n = self.conn.writer().write(buf)?;
+        self.flush()?;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
+    /// Writes pending records until done or the socket is full.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An open WebSocket connection.
 pub struct WsConn {
-    stream: TcpStream,
+    stream: Io,
     /// A partial frame left over from the last read; capacity is one frame,
     /// so it never reallocates.
     carry: Vec<u8>,
     /// Frames waiting to be written.
     pub out: OutBuf,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
 }
 
 impl WsConn {
-    fn new(stream: TcpStream, early: &[u8], sizing: Sizing) -> WsConn {
+    fn new(stream: Io, early: &[u8], sizing: Sizing) -> WsConn {
         let mut carry = Vec::with_capacity(sizing.max_payload + wire::MAX_SERVER_HEADER);
         carry.extend_from_slice(early);
         WsConn {
             stream,
             carry,
             out: OutBuf::with_capacity(sizing.out_capacity),
+            deflate: sizing.deflate,
         }
     }
 
@@ -164,6 +312,7 @@ impl WsConn {
         let mut filled = self.carry.len();
         scratch[..filled].copy_from_slice(&self.carry);
         self.carry.clear();
+        let read_to_end = read_to_end || self.stream.is_tls();
         loop {
             let room = scratch.len() - filled;
             let n = match self.stream.read(&mut scratch[filled..]) {
@@ -177,6 +326,7 @@ impl WsConn {
             let used = parse_frames(
                 &scratch[..filled],
                 max_payload,
+                self.deflate,
                 &mut self.out,
                 |o, op, p| on_message(o, op, p),
             )?;
@@ -190,8 +340,19 @@ impl WsConn {
         Ok(())
     }
 
+    /// True while output is queued here or, over TLS, in rustls.
+    pub fn wants_flush(&self) -> bool {
+        !self.out.is_empty() || self.stream.wants_write()
+    }
+
     /// Writes as much pending output as the socket takes.
     pub fn flush(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return self
+                .stream
+                .flush_pending()
+                .map_err(|e| Fail::run(format!("write failed: {e}")));
+        }
         while !self.out.is_empty() {
             match self.stream.write(self.out.pending()) {
                 Ok(0) => return Err(Fail::run("connection accepts no more data")),
@@ -209,13 +370,28 @@ impl WsConn {
 fn parse_frames(
     buf: &[u8],
     max_payload: usize,
+    deflate: bool,
     out: &mut OutBuf,
     mut on_message: impl FnMut(&mut OutBuf, u8, &[u8]) -> Result<()>,
 ) -> Result<usize> {
     let mut pos = 0;
     while let Some(frame) = wire::decode_server(&buf[pos..], max_payload)? {
         let payload = &buf[pos + frame.payload_start..pos + frame.payload_end];
+        if frame.compressed && !(deflate && matches!(frame.opcode, wire::OP_TEXT | wire::OP_BINARY))
+        {
+            return Err(Fail::run(
+                "server set RSV1 on a frame that cannot be compressed here",
+            ));
+        }
         match frame.opcode {
+            wire::OP_TEXT | wire::OP_BINARY if frame.fin && frame.compressed => {
+                COMPRESSED.with(|c| c.set(c.get() + 1));
+                INFLATER.with(|inflater| {
+                    let mut inflater = inflater.borrow_mut();
+                    let message = inflater.inflate(payload, max_payload)?;
+                    on_message(out, frame.opcode, message)
+                })?;
+            }
             wire::OP_TEXT | wire::OP_BINARY if frame.fin => on_message(out, frame.opcode, payload)?,
             wire::OP_TEXT | wire::OP_BINARY | 0 => {
                 return Err(Fail::run(
@@ -266,12 +442,13 @@ fn bind_address_no_port(socket: &Socket) -> io::Result<()> {
 
 /// A connection between socket creation and the 101 response.
 struct Dialing {
-    stream: TcpStream,
+    stream: Io,
     source: Option<SocketAddr>,
     request: Vec<u8>,
     sent: usize,
     accept: String,
     response: Vec<u8>,
+    deflate: bool,
 }
 
 impl Dialing {
@@ -281,6 +458,7 @@ impl Dialing {
         registry: &mio::Registry,
         token: Token,
         rng: &mut Rng,
+        deflate: bool,
     ) -> Result<Dialing> {
         let socket = Socket::new(
             Domain::for_address(target.addr),
@@ -326,7 +504,9 @@ impl Dialing {
         registry
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .context(|| "register socket".to_owned())?;
-        let (request, accept) = wire::handshake_request(&target.host, &target.path, rng.nonce());
+        let stream = Io::new(stream, target.tls.as_ref())?;
+        let (request, accept) =
+            wire::handshake_request(&target.host, &target.path, rng.nonce(), deflate);
         Ok(Dialing {
             stream,
             source,
@@ -334,6 +514,7 @@ impl Dialing {
             sent: 0,
             accept,
             response: Vec::with_capacity(HANDSHAKE_BUF),
+            deflate,
         })
     }
 
@@ -341,10 +522,15 @@ impl Dialing {
     /// server has accepted.
     fn advance(&mut self, path: &str) -> Result<Option<usize>> {
         if self.sent < self.request.len() {
-            if let Some(e) = self.stream.take_error().context(|| "SO_ERROR".to_owned())? {
+            if let Some(e) = self
+                .stream
+                .tcp()
+                .take_error()
+                .context(|| "SO_ERROR".to_owned())?
+            {
                 return Err(Fail::run(format!("connect failed: {e}")));
             }
-            match self.stream.peer_addr() {
+            match self.stream.tcp().peer_addr() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(None),
                 Err(e) => return Err(Fail::run(format!("connect failed: {e}"))),
@@ -363,7 +549,12 @@ impl Dialing {
             match self.stream.read(&mut buf) {
                 Ok(0) => {
                     // Show whatever the server said before closing.
-                    wire::check_handshake_response(&self.response, &self.accept, path)?;
+                    wire::check_handshake_response(
+                        &self.response,
+                        &self.accept,
+                        path,
+                        self.deflate,
+                    )?;
                     return Err(Fail::run(
                         "server closed the connection during the handshake",
                     ));
@@ -377,7 +568,7 @@ impl Dialing {
                 return Err(Fail::run("handshake response head is over 64 KiB"));
             }
         }
-        wire::check_handshake_response(&self.response, &self.accept, path)
+        wire::check_handshake_response(&self.response, &self.accept, path, self.deflate)
     }
 }
 
@@ -427,6 +618,7 @@ pub fn dial_all(
                 poll.registry(),
                 Token(token_base + next),
                 rng,
+                sizing.deflate,
             )
             .map_err(|e| {
                 Fail::run(format!(
@@ -536,7 +728,7 @@ mod tests {
         let mut buf = vec![0x82, 2, 1, 2, 0x89, 1, 9, 0x81, 1, b'x', 0x82];
         let mut out = OutBuf::with_capacity(0);
         let mut seen = Vec::new();
-        let used = parse_frames(&buf, 100, &mut out, |_, op, p| {
+        let used = parse_frames(&buf, 100, false, &mut out, |_, op, p| {
             seen.push((op, p.to_vec()));
             Ok(())
         })
@@ -549,9 +741,34 @@ mod tests {
             "pong with zero mask"
         );
         buf = vec![0x88, 2, 0x03, 0xe8];
-        let err = parse_frames(&buf, 100, &mut out, |_, _, _| Ok(())).unwrap_err();
+        let err = parse_frames(&buf, 100, false, &mut out, |_, _, _| Ok(())).unwrap_err();
         assert!(err.message.contains("1000"), "{}", err.message);
         buf = vec![0x02, 1, 0];
-        assert!(parse_frames(&buf, 100, &mut out, |_, _, _| Ok(())).is_err());
+        assert!(parse_frames(&buf, 100, false, &mut out, |_, _, _| Ok(())).is_err());
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_only_when_negotiated() {
+        let data = b"abcabcabcabcabcabcabcabc".repeat(8);
+        let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
+        let mut packed = Vec::with_capacity(1024);
+        c.compress_vec(&data, &mut packed, flate2::FlushCompress::Sync)
+            .unwrap();
+        packed.truncate(packed.len() - 4);
+        let mut buf = vec![0xc2, packed.len() as u8];
+        buf.extend_from_slice(&packed);
+        let mut out = OutBuf::with_capacity(0);
+        let mut seen = Vec::new();
+        let before = compressed_received();
+        parse_frames(&buf, 1000, true, &mut out, |_, op, p| {
+            seen.push((op, p.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(2, data.clone())]);
+        assert_eq!(compressed_received(), before + 1);
+        assert!(parse_frames(&buf, 1000, false, &mut out, |_, _, _| Ok(())).is_err());
+        // RSV1 on a control frame is never valid.
+        assert!(parse_frames(&[0xc9, 0], 1000, true, &mut out, |_, _, _| Ok(())).is_err());
     }
 }

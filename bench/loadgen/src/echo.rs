@@ -59,6 +59,7 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
     let sizing = Sizing {
         max_payload: opts.size,
         out_capacity: opts.depth * frame,
+        deflate: false,
     };
     let mut scratch = sizing.scratch();
     // Fail before dialing if the pid is wrong, not after the run.

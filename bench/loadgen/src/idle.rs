@@ -38,6 +38,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     let sizing = Sizing {
         max_payload: opts.size,
         out_capacity: 0,
+        deflate: opts.deflate,
     };
     let mut scratch = sizing.scratch();
 
@@ -175,8 +176,13 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     drop(conns);
 
     println!(
-        "idle: {n} connections to {} (connect: {:.2} s, settle: {:.1} s)",
+        "idle: {n} connections to {}{} (connect: {:.2} s, settle: {:.1} s)",
         opts.common.url.path,
+        if opts.deflate {
+            ", permessage-deflate negotiated"
+        } else {
+            ""
+        },
         dial_time.as_secs_f64(),
         opts.settle.as_secs_f64()
     );
@@ -204,6 +210,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
             &format!("ws://{}{}", opts.common.url.host, opts.common.url.path),
         )
         .int("conns", n as u64)
+        .str("deflate", if opts.deflate { "negotiated" } else { "off" })
         .num("connect_s", dial_time.as_secs_f64(), 3)
         .int("rss_before", before)
         .int("rss_after", after)

@@ -1,4 +1,4 @@
-//! Target URLs (`ws://` and `http://`) and the loopback-only rule.
+//! Target URLs (`ws://`, `wss://` and `http://`) and the loopback-only rule.
 //!
 //! The load generator only ever talks to servers on this machine: a host
 //! that is not a loopback IP literal (127.0.0.0/8 or ::1) is refused before
@@ -6,6 +6,12 @@
 //! without asking a resolver, so no name lookup can lead elsewhere.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::error::{Fail, Result};
 
@@ -17,10 +23,86 @@ pub struct Target {
     pub host: String,
     /// Path (with query, if any), always starting with `/`.
     pub path: String,
+    /// The URL was `wss://`: connections run over TLS.
+    pub wss: bool,
+    /// Set for `wss://` once the trusted certificate is known (`--ca`).
+    pub tls: Option<TlsClient>,
 }
 
-/// Parses `ws://HOST[:PORT]/PATH`.
+/// What a TLS client connection needs: the trust anchors and the name the
+/// server's certificate must carry.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+impl PartialEq for TlsClient {
+    fn eq(&self, other: &TlsClient) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.name == other.name
+    }
+}
+
+impl Eq for TlsClient {}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsClient({:?})", self.name)
+    }
+}
+
+impl TlsClient {
+    /// Trusts exactly the certificates in the PEM file `ca` (the
+    /// benchmark's self-signed one) for a server reached as `host`.
+    pub fn load(ca: &Path, host: &str) -> Result<TlsClient> {
+        let pem =
+            std::fs::read(ca).map_err(|e| Fail::usage(format!("--ca {}: {e}", ca.display())))?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| Fail::usage(format!("--ca {}: {e}", ca.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| Fail::usage(format!("--ca {}: {e}", ca.display())))?;
+        }
+        if roots.is_empty() {
+            return Err(Fail::usage(format!(
+                "--ca {}: no certificate in the file",
+                ca.display()
+            )));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Fail::usage(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.split_once(']').map(|(h, _)| h))
+            .or_else(|| {
+                host.rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .filter(|h| !h.contains(':'))
+            })
+            .unwrap_or(host);
+        let name = ServerName::try_from(bare.to_owned())
+            .map_err(|e| Fail::usage(format!("{bare:?} is not a TLS server name: {e}")))?;
+        Ok(TlsClient {
+            config: Arc::new(config),
+            name,
+        })
+    }
+}
+
+/// Parses `ws://HOST[:PORT]/PATH` or `wss://HOST[:PORT]/PATH` (the TLS
+/// settings are added by the caller, see [`TlsClient::load`]).
 pub fn parse_ws(url: &str) -> Result<Target> {
+    if url.starts_with("wss://") {
+        let mut target = parse(url, "wss")?;
+        target.wss = true;
+        return Ok(target);
+    }
     parse(url, "ws")
 }
 
@@ -60,6 +142,8 @@ fn parse(url: &str, scheme: &str) -> Result<Target> {
         addr: SocketAddr::new(ip, port),
         host: authority.to_owned(),
         path: path.to_owned(),
+        wss: false,
+        tls: None,
     })
 }
 
@@ -90,6 +174,8 @@ pub fn publish_url_for(ws: &Target) -> Target {
         addr: ws.addr,
         host: ws.host.clone(),
         path: format!("/publish/{channel}"),
+        wss: false,
+        tls: None,
     }
 }
 
@@ -132,7 +218,8 @@ mod tests {
     #[test]
     fn rejects_wrong_scheme_and_garbage() {
         assert!(parse_ws("http://127.0.0.1/").is_err());
-        assert!(parse_ws("wss://127.0.0.1/").is_err());
+        assert!(parse_ws("wss://127.0.0.1:9/").is_ok_and(|t| t.wss && t.tls.is_none()));
+        assert!(parse_ws("wss://192.0.2.1:9/").is_err());
         assert!(parse_http("ws://127.0.0.1/").is_err());
         assert!(parse_ws("ws://127.0.0.1:notaport/").is_err());
         assert!(parse_ws("ws://:80/").is_err());

@@ -23,6 +23,71 @@ pub const MAX_SERVER_HEADER: usize = 10;
 
 const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
+/// The permessage-deflate offer (RFC 7692) sent with `--deflate`: no
+/// context takeover either way, so every message inflates on its own.
+const DEFLATE_OFFER: &str =
+    "permessage-deflate; client_no_context_takeover; server_no_context_takeover";
+const DEFLATE_TOKEN: &str = "permessage-deflate";
+/// RSV1: the frame starts a compressed message.
+const RSV1: u8 = 0x40;
+/// RSV2 and RSV3: never used.
+const RSV23: u8 = 0x30;
+/// The sync-flush trailer a sender strips from each compressed message.
+const DEFLATE_TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Inflates permessage-deflate messages, one at a time, no context kept.
+pub struct Inflater {
+    stream: flate2::Decompress,
+    input: Vec<u8>,
+    pub out: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater {
+            stream: flate2::Decompress::new(false),
+            input: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl Inflater {
+    /// Inflates one message payload into `self.out`; fails past `limit`
+    /// bytes or on data that is not DEFLATE.
+    pub fn inflate(&mut self, payload: &[u8], limit: usize) -> Result<&[u8]> {
+        self.stream.reset(false);
+        self.input.clear();
+        self.input.extend_from_slice(payload);
+        self.input.extend_from_slice(&DEFLATE_TRAILER);
+        self.out.clear();
+        loop {
+            if self.out.capacity() - self.out.len() < 1024 {
+                self.out.reserve(self.out.capacity().max(4096));
+            }
+            let consumed = self.stream.total_in() as usize;
+            let room = self.out.capacity() - self.out.len();
+            let before = self.out.len();
+            self.stream
+                .decompress_vec(
+                    &self.input[consumed..],
+                    &mut self.out,
+                    flate2::FlushDecompress::Sync,
+                )
+                .map_err(|e| Fail::run(format!("server sent corrupt DEFLATE data: {e}")))?;
+            if self.out.len() > limit {
+                return Err(Fail::run(format!(
+                    "compressed message inflates past {limit} bytes"
+                )));
+            }
+            let done = self.stream.total_in() as usize == self.input.len();
+            if done && self.out.len() - before < room {
+                return Ok(&self.out);
+            }
+        }
+    }
+}
+
 /// A connection's pending output: a fixed buffer that frames are encoded
 /// into in place, so appending never zero-fills, copies twice or (within
 /// the capacity planned for the run) allocates.
@@ -131,6 +196,8 @@ fn mask_into(dst: &mut [u8], src: &[u8], mask: [u8; 4], offset: usize) {
 #[derive(Debug, PartialEq, Eq)]
 pub struct ServerFrame {
     pub fin: bool,
+    /// RSV1: a permessage-deflate compressed message.
+    pub compressed: bool,
     pub opcode: u8,
     /// Payload position relative to the buffer start.
     pub payload_start: usize,
@@ -144,7 +211,7 @@ pub fn decode_server(buf: &[u8], max_payload: usize) -> Result<Option<ServerFram
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    if b0 & RSV23 != 0 {
         return Err(Fail::run("server frame has reserved bits set"));
     }
     if b1 & 0x80 != 0 {
@@ -183,6 +250,7 @@ pub fn decode_server(buf: &[u8], max_payload: usize) -> Result<Option<ServerFram
     }
     Ok(Some(ServerFrame {
         fin: b0 & 0x80 != 0,
+        compressed: b0 & RSV1 != 0,
         opcode: b0 & 0x0f,
         payload_start: header,
         payload_end: header + len,
@@ -190,11 +258,22 @@ pub fn decode_server(buf: &[u8], max_payload: usize) -> Result<Option<ServerFram
 }
 
 /// The opening handshake request, and the accept value its answer must carry.
-pub fn handshake_request(host: &str, path: &str, nonce: [u8; 16]) -> (Vec<u8>, String) {
+/// With `deflate`, it offers permessage-deflate.
+pub fn handshake_request(
+    host: &str,
+    path: &str,
+    nonce: [u8; 16],
+    deflate: bool,
+) -> (Vec<u8>, String) {
     let key = BASE64.encode(nonce);
+    let offer = if deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     (request.into_bytes(), accept_for(&key))
 }
@@ -209,7 +288,13 @@ pub fn accept_for(key: &str) -> String {
 
 /// Checks a handshake response; returns the length of its head (bytes after
 /// it are already WebSocket frames), or `None` if the head is incomplete.
-pub fn check_handshake_response(buf: &[u8], accept: &str, path: &str) -> Result<Option<usize>> {
+/// With `deflate`, the server must have accepted permessage-deflate.
+pub fn check_handshake_response(
+    buf: &[u8],
+    accept: &str,
+    path: &str,
+    deflate: bool,
+) -> Result<Option<usize>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -241,6 +326,19 @@ pub fn check_handshake_response(buf: &[u8], accept: &str, path: &str) -> Result<
         return Err(Fail::run(format!(
             "handshake on {path}: wrong or missing Sec-WebSocket-Accept"
         )));
+    }
+    if deflate {
+        let accepted = response.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("sec-websocket-extensions")
+                && std::str::from_utf8(h.value)
+                    .is_ok_and(|v| v.trim_start().starts_with(DEFLATE_TOKEN))
+        });
+        if !accepted {
+            return Err(Fail::run(format!(
+                "handshake on {path}: permessage-deflate was not accepted \
+                 (set compression = \"on\" on the route)"
+            )));
+        }
     }
     Ok(Some(head_len))
 }
@@ -326,6 +424,7 @@ mod tests {
             f,
             ServerFrame {
                 fin: true,
+                compressed: false,
                 opcode: OP_BINARY,
                 payload_start: 2,
                 payload_end: 5
@@ -338,7 +437,24 @@ mod tests {
         assert_eq!(decode_server(&buf, 1000).unwrap().unwrap().payload_end, 260);
         assert!(decode_server(&buf, 100).is_err(), "too large");
         assert!(decode_server(&[0x82, 0x81, 0, 0, 0, 0, 0], 10).is_err());
-        assert!(decode_server(&[0xc2, 0], 10).is_err());
+        assert!(decode_server(&[0xa2, 0], 10).is_err());
+        assert!(decode_server(&[0xc2, 0], 10).unwrap().unwrap().compressed);
+    }
+
+    #[test]
+    fn inflates_a_compressed_message() {
+        let data = b"{\"px\": 101.5, \"sym\": \"ABC\"} ".repeat(30);
+        let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
+        let mut packed = Vec::with_capacity(2048);
+        c.compress_vec(&data, &mut packed, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(packed.ends_with(&DEFLATE_TRAILER));
+        packed.truncate(packed.len() - 4);
+        let mut inflater = Inflater::default();
+        assert_eq!(inflater.inflate(&packed, 10_000).unwrap(), &data[..]);
+        assert_eq!(inflater.inflate(&packed, 10_000).unwrap(), &data[..]);
+        assert!(inflater.inflate(&packed, 100).is_err());
+        assert!(inflater.inflate(&[0xff, 0xff], 100).is_err());
     }
 
     #[test]
@@ -351,26 +467,38 @@ mod tests {
 
     #[test]
     fn handshake_response_checks() {
-        let (_, accept) = handshake_request("h", "/p", [7; 16]);
+        let (request, accept) = handshake_request("h", "/p", [7; 16], true);
+        assert!(String::from_utf8_lossy(&request).contains("permessage-deflate"));
         let mut ok = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {accept}\r\n\r\n"
         )
         .into_bytes();
         ok.extend_from_slice(&[0x82, 0x00]);
-        let n = check_handshake_response(&ok, &accept, "/p")
+        let n = check_handshake_response(&ok, &accept, "/p", false)
             .unwrap()
             .unwrap();
         assert_eq!(&ok[n..], &[0x82, 0x00]);
         assert_eq!(
-            check_handshake_response(&ok[..20], &accept, "/p").unwrap(),
+            check_handshake_response(&ok[..20], &accept, "/p", false).unwrap(),
             None
         );
         let wrong = String::from_utf8_lossy(&ok).replace(&accept, "AAAA");
-        assert!(check_handshake_response(wrong.as_bytes(), &accept, "/p").is_err());
+        assert!(check_handshake_response(wrong.as_bytes(), &accept, "/p", false).is_err());
         let refused = "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope";
-        let err = check_handshake_response(refused.as_bytes(), &accept, "/p").unwrap_err();
+        let err = check_handshake_response(refused.as_bytes(), &accept, "/p", false).unwrap_err();
         assert!(err.message.contains("404"), "{}", err.message);
         assert!(err.message.contains("nope"), "{}", err.message);
+        let declined = check_handshake_response(&ok, &accept, "/p", true).unwrap_err();
+        assert!(declined.message.contains("permessage-deflate"));
+        let agreed = String::from_utf8_lossy(&ok).replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
+        );
+        assert!(
+            check_handshake_response(agreed.as_bytes(), &accept, "/p", true)
+                .unwrap()
+                .is_some()
+        );
     }
 }

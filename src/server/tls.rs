@@ -1,0 +1,1191 @@
+//! TLS (wss://) for one connection over a non-blocking socket, driven by the
+//! edge-triggered loop.
+//!
+//! Owns: one rustls [`ServerConnection`] and the TCP socket under it; moving
+//! ciphertext between them (including the handshake, which is driven from
+//! [`TlsStream::read`]); loading certificate and key files into a shareable
+//! [`ServerConfig`].
+//! Must never: block, interpret the plaintext it carries, buffer without
+//! bound, or report a short read while input it could still deliver sits in
+//! the socket or in rustls (the loop only reads again after a new edge).
+//!
+//! # Using it from the loop
+//!
+//! - At start, at `--check-config` and on SIGHUP: [`load_server_config`]
+//!   builds an `Arc<ServerConfig>` from PEM files. Reloading is swapping that
+//!   `Arc`: each [`TlsStream::new`] takes the one current at accept time, so
+//!   new connections get the new certificate while established ones keep the
+//!   config they were accepted with until they close. A failed reload leaves
+//!   the old `Arc` in place.
+//! - On accept: `TlsStream::new(config.clone(), stream)`, wrapped as
+//!   `Transport::Tls(Box::new(..))`, registered through
+//!   [`TlsStream::source`] like a plain socket.
+//! - Reads: [`TlsStream::read`] keeps the plain-socket contract the loop
+//!   relies on. A full read may leave more behind; a short read (or
+//!   `WouldBlock`) means the socket was drained to `WouldBlock` and all
+//!   decrypted input was handed over. `Ok(0)` is a clean end: close_notify,
+//!   or TCP EOF once the handshake is done (WebSocket has its own close
+//!   frame, so truncation is visible one level up). A TCP EOF during the
+//!   handshake is `UnexpectedEof`; anything that is not TLS (plaintext HTTP,
+//!   random bytes) or a TLS protocol violation is `InvalidData` after a best
+//!   effort alert — drop the connection quietly. The one thing a short read
+//!   cannot also say is "and then the stream ended": an end that arrives
+//!   with the last data is reported by the next read, which the loop makes
+//!   on the hang-up event (`read_to_end`); a close_notify without FIN is
+//!   seen at the next readable edge or the close timeout.
+//! - Writes: [`TlsStream::write_vectored`] takes plaintext into rustls and
+//!   sends what the socket takes. It returns `WouldBlock` only when rustls's
+//!   bounded buffer is full, which after the handshake means the socket is
+//!   blocked too, so a WRITABLE edge follows.
+//! - Interest: keep WRITABLE while [`TlsStream::wants_write`] is true even
+//!   if the outbound queue is empty (handshake records, the tail of the
+//!   last write, close_notify), and call [`TlsStream::flush`] on WRITABLE.
+//! - Close: [`TlsStream::shutdown_write`] queues close_notify and sends FIN
+//!   once it is out; if the socket was full, the FIN goes from the
+//!   [`TlsStream::flush`] that empties it.
+//! - Never write to the socket directly (e.g. the canned 503 for accepts
+//!   over `max_connections`): a TLS client would take it for a broken
+//!   record. Close such sockets without a word instead.
+//!
+//! # Memory per connection
+//!
+//! `size_of::<TlsStream>()` is 1,184 bytes in release builds (1,200 in
+//! debug), nearly all of it rustls's `ServerConnection` (1,168), kept behind
+//! the `Box` in `Transport::Tls`. The variant makes `Transport` 16 bytes in
+//! every build (plain TCP alone was 4 in release), so a plain `Connection`
+//! grows from 160 to 168 bytes in release and stays 168 in debug.
+//!
+//! On the heap, an established idle connection holds about 8 KiB besides
+//! that box (measured with a counting allocator over 200 handshakes with
+//! ring, TLS 1.3 and 1.2 alike). The largest part is rustls's record reader
+//! buffer: it grows by 4 KiB steps up to one full record (~16.7 KiB) while a
+//! record arrives and shrinks back to 4 KiB on the next read once empty; the
+//! read that ends in `WouldBlock` is such a read, so idle connections sit at
+//! 4 KiB. The rest is the traffic keys of both directions (ring's AES-GCM
+//! keeps an expanded key and a GHASH table each), the key schedule kept for
+//! key updates, and small queue headers. None of this can be dropped
+//! between messages with rustls's buffered API.
+//!
+//! Under load, decrypted input is handed on as it is decrypted (rustls
+//! bounds it at 16 KiB plus one record anyway), and what rustls holds for
+//! sending is capped by [`SEND_BUFFER_LIMIT`] via `set_buffer_limit`. The
+//! TLS 1.3 resumption cache lives in the shared `ServerConfig` (256
+//! entries, a few hundred bytes each), not per connection.
+
+use std::fs;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ServerConfig, ServerConnection};
+
+/// Cap on what rustls holds for sending: plaintext written before the
+/// handshake ends, and encrypted records the socket has not taken. Four full
+/// records, so one `writev` can fill a socket buffer, while a stalled reader
+/// costs at most this much beyond the connection's own outbound queue.
+pub const SEND_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// The ALPN name a WebSocket client offers (RFC 6455 runs over HTTP/1.1).
+const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// One TLS connection: rustls's state machine over a non-blocking socket.
+#[derive(Debug)]
+pub struct TlsStream {
+    conn: ServerConnection,
+    tcp: TcpStream,
+    /// A socket error met after plaintext was already gathered for the
+    /// caller; that plaintext is returned first, the error on the next read
+    /// (socket errors such as ECONNRESET are reported by the kernel once).
+    deferred_error: Option<io::Error>,
+    /// `shutdown_write` was called: FIN follows once close_notify is out.
+    closing: bool,
+    /// FIN was sent.
+    write_shut: bool,
+}
+
+/// What the plaintext side of rustls has for us right now.
+enum Plaintext {
+    Got(usize),
+    Nothing,
+    /// The peer sent close_notify and everything before it was read.
+    Closed,
+    /// TCP EOF without close_notify and everything before it was read.
+    Truncated,
+}
+
+impl TlsStream {
+    /// Wraps an accepted socket. `config` is the `Arc` current at accept
+    /// time; the connection keeps it for its whole life, so swapping the
+    /// loop's `Arc` (certificate reload) affects only later connections.
+    /// Fails only for a config rustls cannot serve with (e.g. no protocol
+    /// versions), never because of the peer.
+    pub fn new(config: Arc<ServerConfig>, tcp: TcpStream) -> Result<TlsStream, rustls::Error> {
+        let mut conn = ServerConnection::new(config)?;
+        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+        Ok(TlsStream {
+            conn,
+            tcp,
+            deferred_error: None,
+            closing: false,
+            write_shut: false,
+        })
+    }
+
+    /// Reads plaintext, pulling ciphertext from the socket until it would
+    /// block (or `buf` is full) and answering the handshake on the way.
+    ///
+    /// Ok(n == buf.len()): there may be more; call again. Ok(n < buf.len())
+    /// or `WouldBlock`: the socket is drained and nothing decrypted is left,
+    /// so the next input comes with a new readiness edge. Ok(0) for a
+    /// non-empty `buf`: clean end of the peer's stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.deferred_error.take() {
+            return Err(e);
+        }
+        let mut filled = 0;
+        loop {
+            let Some(rest) = buf.get_mut(filled..) else {
+                return Ok(filled);
+            };
+            if rest.is_empty() {
+                return Ok(filled);
+            }
+            match self.take_plaintext(rest)? {
+                Plaintext::Got(n) => {
+                    filled += n;
+                    continue;
+                }
+                Plaintext::Closed => return Ok(filled),
+                Plaintext::Truncated => {
+                    if filled > 0 || !self.conn.is_handshaking() {
+                        return Ok(filled);
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection during the TLS handshake",
+                    ));
+                }
+                Plaintext::Nothing => {}
+            }
+            // rustls reads into its own buffer, a few KiB per call; Ok(0) is
+            // TCP EOF, which it records and the reader reports next round.
+            match self.conn.read_tls(&mut self.tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return if filled > 0 { Ok(filled) } else { Err(e) };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fail_after(filled, e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                // Not TLS, or a protocol violation: rustls has queued an
+                // alert; send it if the socket takes it, then give up.
+                let _ = self.flush();
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            // Handshake replies (and, once it completes, plaintext written
+            // during it) must leave now: nothing else would send them, as the
+            // peer waits for them before sending more.
+            if self.conn.wants_write()
+                && let Err(e) = self.flush()
+            {
+                return self.fail_after(filled, e);
+            }
+        }
+    }
+
+    fn take_plaintext(&mut self, buf: &mut [u8]) -> io::Result<Plaintext> {
+        match self.conn.reader().read(buf) {
+            // `buf` is never empty here, so 0 means close_notify.
+            Ok(0) => Ok(Plaintext::Closed),
+            Ok(n) => Ok(Plaintext::Got(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Plaintext::Nothing),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Plaintext::Truncated),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Returns what was gathered and keeps `e` for the next call, so no
+    /// plaintext is lost to a socket error met later in the same read.
+    fn fail_after(&mut self, filled: usize, e: io::Error) -> io::Result<usize> {
+        if filled > 0 {
+            self.deferred_error = Some(e);
+            Ok(filled)
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Takes plaintext into rustls (encrypting it once the handshake is
+    /// done) and sends what the socket takes. Returns how much plaintext was
+    /// taken; `WouldBlock` when rustls's buffer is full (see
+    /// [`SEND_BUFFER_LIMIT`]): after the handshake that means the socket is
+    /// full too; during it, the handshake finishing (driven by reads) makes
+    /// room. Taken bytes the socket did not accept yet show as
+    /// [`TlsStream::wants_write`].
+    pub fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Ok(0);
+        }
+        // Older records first, which also makes room under the limit.
+        self.flush()?;
+        let taken = self.conn.writer().write_vectored(bufs)?;
+        if taken == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.flush()?;
+        Ok(taken)
+    }
+
+    /// True while records are waiting for the socket; the loop keeps
+    /// WRITABLE interest until this is false.
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Writes pending records until done (Ok(true)) or the socket is full
+    /// (Ok(false)); after [`TlsStream::shutdown_write`], also sends the FIN
+    /// once everything is out.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.tcp) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.closing && !self.write_shut {
+            self.write_shut = true;
+            self.tcp.shutdown(Shutdown::Write)?;
+        }
+        Ok(true)
+    }
+
+    /// Ends our direction: close_notify, then FIN once it is flushed (now,
+    /// or from a later [`TlsStream::flush`]). Reading goes on, so the peer's
+    /// close frame and close_notify can still arrive.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if !self.closing {
+            self.closing = true;
+            self.conn.send_close_notify();
+        }
+        self.flush().map(drop)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.peer_addr()
+    }
+
+    /// The socket to register with the poller.
+    pub fn source(&mut self) -> &mut TcpStream {
+        &mut self.tcp
+    }
+
+    #[allow(dead_code)] // for tests and diagnostics; the loop does not need it
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// The protocol agreed through ALPN, once the handshake got that far.
+    #[allow(dead_code)] // for tests and diagnostics; the loop does not need it
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+}
+
+/// Why certificate or key files cannot be served with.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}: malformed PEM: {source}", path.display())]
+    Pem { path: PathBuf, source: pem::Error },
+    #[error("{}: no certificate (PEM \"CERTIFICATE\" section) in the file", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "{}: no private key in the file (PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\"; encrypted keys are not supported)",
+        path.display()
+    )]
+    NoKey { path: PathBuf },
+    #[error("{}: private key not usable: {source}", path.display())]
+    BadKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: first certificate not usable: {source}", path.display())]
+    BadCertificate {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error(
+        "private key {} does not match the certificate {}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "cannot build a TLS configuration from {} and {}: {source}",
+        cert.display(),
+        key.display()
+    )]
+    Rustls {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+}
+
+/// Builds a server configuration from PEM files: `cert_path` holds the chain,
+/// leaf first (every certificate in the file is sent); `key_path` holds the
+/// leaf's private key as PKCS#8, PKCS#1 (RSA) or SEC1 (EC). Both may be the
+/// same file. TLS 1.3 and 1.2, no client certificates; with `alpn_http11`
+/// the server agrees to ALPN `http/1.1` (a client that offers ALPN without
+/// it is then refused, as RFC 7301 asks).
+///
+/// Pure apart from reading the two files, so it serves start-up,
+/// `--check-config` and SIGHUP reload alike.
+pub fn load_server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    alpn_http11: bool,
+) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let certs = load_certs(cert_path)?;
+    let key = load_key(key_path)?;
+    // Named explicitly rather than taken from the process default, which
+    // would panic at run time if another crate ever enabled a second provider.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = certified_key(&provider, certs, key, cert_path, key_path)?;
+    let rustls_error = |source| TlsConfigError::Rustls {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        source,
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rustls_error)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+    if alpn_http11 {
+        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsConfigError> {
+    fs::read(path).map_err(|source| TlsConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let pem_bytes = read_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem_bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsConfigError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsConfigError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+    let pem_bytes = read_file(path)?;
+    PrivateKeyDer::from_pem_slice(&pem_bytes).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsConfigError::NoKey {
+            path: path.to_path_buf(),
+        },
+        source => TlsConfigError::Pem {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// Pairs chain and key, refusing a key that is not the leaf's: a mismatch
+/// would otherwise only show as every handshake failing.
+fn certified_key(
+    provider: &CryptoProvider,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsConfigError> {
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsConfigError::BadKey {
+            path: key_path.to_path_buf(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsConfigError::KeyMismatch {
+                cert: cert_path.to_path_buf(),
+                key: key_path.to_path_buf(),
+            })
+        }
+        // The key cannot tell its public half; rustls accepts that too, and
+        // a wrong key then fails at the first handshake.
+        Err(rustls::Error::InconsistentKeys(_)) => Ok(certified),
+        Err(source) => Err(TlsConfigError::BadCertificate {
+            path: cert_path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::net::TcpStream as StdTcpStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use mio::net::TcpListener;
+    use mio::{Events, Interest, Poll, Token};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+    const LISTENER: Token = Token(0);
+    const CONN: Token = Token(1);
+    /// Every test gives up after this long instead of hanging.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    // Fixed test-only keys (generated with openssl for these tests, protect
+    // nothing): rcgen with ring cannot generate RSA keys, and ring signs only
+    // from PKCS#8, so each key is here in the form rcgen signs the test
+    // certificate with (PKCS#8) and the form the server loads (PKCS#1, SEC1).
+    const RSA_KEY_PKCS1: &str = "\
+-----BEGIN RSA PRIVATE KEY-----
+MIIEoAIBAAKCAQEAwGjmat+zOO/4NIsTC0kzE4rp7IEPiPNnhjfFjox93vf9gUIq
+boWBxC0RFn1/dZTtAn6yxyg2CVajx/PG7JzadE4J5ND7gsXJqJijlIv7UqdhJKQL
+ONIPlYF12ddU0+MWAEIuEGX77UXVbq67HgKz5JWdPqe34AGBdb74sPLT1x4sfY4A
+cxiolvHBJEASIAeXPX7T0/rimM01zljJ3+bSyWkW5G8HLlPmbC7G/MtrKoZy57Fl
+gme022LeK6X5n9m87B50sTmLRYSgUlHH7pvjg4idr040W03cFppLGAQURlg7OvtQ
+SWpy5m/8nVD+ctRtZpf5/A9q5EkORSx0BtkywwIDAQABAoIBAFWXFFCcXBxK2y18
+ZCdUE41w8OgM7T0tkXKqIo5rvp5N0I4MQdXSO8xpg71ubCGA8wF2HM7s+0SiLs8G
+iQm+KIsuH8aSlB8zHqaJ59JvhofY/ySOeJN5FgeahDM4T3rF/IZ26gjPZQbCVtQa
+lBAggaeASmeRsgDKiq03G2eTTVrWQVdgZBzzyRYaQ8N8GOxBGjnfg/EUAh5w9rRU
+w+VZOVlFM4+dkXGTrCezSiwJel2gR1XnSJCiIlMlz1/UWcSOdkSPl3ARpF/Xf3JY
+uhqbiG4Js8CAhn+YBYHTWL7vFayaMz4yLbkdQAL5YOfnC84jJmTEKQWUIcNAxw+J
+AZYQ65kCgYEA+0vVQHBbPUt2NIuR6WCWupQFbELXPlZib+3GjOAD8oh2LEIONbSm
+w34gYQY6Wn62cPzGom11Z67EmHVE7TA7nRatZbBYtbVfDixgM0R3PB0bbKWLT2yN
+kRFUSaf+9+X4njbwRzXba6PeBbT454K/lG9EI7efmAZheeHlyAGJTwUCgYEAxALk
+weVJ2UE22Ie3VP5U/qwKZv2vTkl3u5m/DAsFEqdeX9AgnjNEZV2ZxEneZesuY4dM
+CWTiihrewd1wx4NCY1pG5llkg5p1AyxTfN+N0WMWp3Obr5peEuRjkSzuwdgtYsrm
+VtuzjGrEcLFAO8YJg9miGO/auUZcmI5ftwyj1ScCf3i89rj/QtcwaprUdEatIb6D
+YBekBcbtul4M4FjPSRY+eojJNAqZwYYsE2KKm37fYsjmqolgDgjC77JQpc1QX1Qa
+kTVKhVTIz+L/bzkyrBc15PdOkqCWh24r5VN+ZAK3e7yIqOmN9t7A3OvhB7Y0G9g1
+nYeLsiJY7nyhDMYL9u0CgYBqD77EhFNPcZBB3j3/iZdoLqN6Uy72x544LttHovbd
+vx677ZyYvdj2mI1Jv0bOE1IInP8x3hsO67c5Y59Q9d+IbyMKJbjT1VIXo3aRjU3p
+zRpHBbFqdbcNtfOCbLPMxDLa0DuPKFahVmxxJhhBv8kKRUsG/1J1CnO0QOXd4MMN
+5QKBgB8j5cz2l4q0Cg0glxSfEjbEM0qFG9QbXxC8qOETQvvdyG1saHM1qAulXXTP
+GwZgFjpEcnRz4COS0f90RC88jQCqJTGkzL/27jVnirwW7wx6PVAaqWl4v7i8Cmv3
+W2riPzLfuoPluxxBqjv8IjN6W8QhtgfYrV19WueVyIYQHi0e
+-----END RSA PRIVATE KEY-----
+";
+
+    const RSA_KEY_PKCS8: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIIEugIBADANBgkqhkiG9w0BAQEFAASCBKQwggSgAgEAAoIBAQDAaOZq37M47/g0
+ixMLSTMTiunsgQ+I82eGN8WOjH3e9/2BQipuhYHELREWfX91lO0CfrLHKDYJVqPH
+88bsnNp0Tgnk0PuCxcmomKOUi/tSp2EkpAs40g+VgXXZ11TT4xYAQi4QZfvtRdVu
+rrseArPklZ0+p7fgAYF1vviw8tPXHix9jgBzGKiW8cEkQBIgB5c9ftPT+uKYzTXO
+WMnf5tLJaRbkbwcuU+ZsLsb8y2sqhnLnsWWCZ7TbYt4rpfmf2bzsHnSxOYtFhKBS
+Ucfum+ODiJ2vTjRbTdwWmksYBBRGWDs6+1BJanLmb/ydUP5y1G1ml/n8D2rkSQ5F
+LHQG2TLDAgMBAAECggEAVZcUUJxcHErbLXxkJ1QTjXDw6AztPS2Rcqoijmu+nk3Q
+jgxB1dI7zGmDvW5sIYDzAXYczuz7RKIuzwaJCb4oiy4fxpKUHzMeponn0m+Gh9j/
+JI54k3kWB5qEMzhPesX8hnbqCM9lBsJW1BqUECCBp4BKZ5GyAMqKrTcbZ5NNWtZB
+V2BkHPPJFhpDw3wY7EEaOd+D8RQCHnD2tFTD5Vk5WUUzj52RcZOsJ7NKLAl6XaBH
+VedIkKIiUyXPX9RZxI52RI+XcBGkX9d/cli6GpuIbgmzwICGf5gFgdNYvu8VrJoz
+PjItuR1AAvlg5+cLziMmZMQpBZQhw0DHD4kBlhDrmQKBgQD7S9VAcFs9S3Y0i5Hp
+YJa6lAVsQtc+VmJv7caM4APyiHYsQg41tKbDfiBhBjpafrZw/MaibXVnrsSYdUTt
+MDudFq1lsFi1tV8OLGAzRHc8HRtspYtPbI2REVRJp/735fieNvBHNdtro94FtPjn
+gr+Ub0Qjt5+YBmF54eXIAYlPBQKBgQDEAuTB5UnZQTbYh7dU/lT+rApm/a9OSXe7
+mb8MCwUSp15f0CCeM0RlXZnESd5l6y5jh0wJZOKKGt7B3XDHg0JjWkbmWWSDmnUD
+LFN8343RYxanc5uvml4S5GORLO7B2C1iyuZW27OMasRwsUA7xgmD2aIY79q5RlyY
+jl+3DKPVJwJ/eLz2uP9C1zBqmtR0Rq0hvoNgF6QFxu26XgzgWM9JFj56iMk0CpnB
+hiwTYoqbft9iyOaqiWAOCMLvslClzVBfVBqRNUqFVMjP4v9vOTKsFzXk906SoJaH
+bivlU35kArd7vIio6Y323sDc6+EHtjQb2DWdh4uyIljufKEMxgv27QKBgGoPvsSE
+U09xkEHePf+Jl2guo3pTLvbHnjgu20ei9t2/HrvtnJi92PaYjUm/Rs4TUgic/zHe
+Gw7rtzljn1D134hvIwoluNPVUhejdpGNTenNGkcFsWp1tw2184Jss8zEMtrQO48o
+VqFWbHEmGEG/yQpFSwb/UnUKc7RA5d3gww3lAoGAHyPlzPaXirQKDSCXFJ8SNsQz
+SoUb1BtfELyo4RNC+93IbWxoczWoC6VddM8bBmAWOkRydHPgI5LR/3RELzyNAKol
+MaTMv/buNWeKvBbvDHo9UBqpaXi/uLwKa/dbauI/Mt+6g+W7HEGqO/wiM3pbxCG2
+B9itXX1a55XIhhAeLR4=
+-----END PRIVATE KEY-----
+";
+
+    const EC_KEY_SEC1: &str = "\
+-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIA7d5kkseEmASJpK5UrYQtgW1J+LH/hLrbnjsx6hZ2AmoAoGCCqGSM49
+AwEHoUQDQgAENhRerpgRCNILbpaBbNAcVdJHUDesAnaiO22CR4VPOKj0uucoZxhS
+5CVRLzK+pw6xsAezcJOR/g0cSU+SP8JNug==
+-----END EC PRIVATE KEY-----
+";
+
+    const EC_KEY_PKCS8: &str = "\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgDt3mSSx4SYBImkrl
+SthC2BbUn4sf+EutueOzHqFnYCahRANCAAQ2FF6umBEI0gtuloFs0BxV0kdQN6wC
+dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
+-----END PRIVATE KEY-----
+";
+
+    /// A fresh directory for one test's files, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "wshub-tls-{}-{name}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn write(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.0.join(name);
+            fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Certificate and key files for "localhost", and the certificate for
+    /// the client's root store.
+    struct Identity {
+        _dir: TempDir,
+        cert: PathBuf,
+        key: PathBuf,
+        der: CertificateDer<'static>,
+    }
+
+    /// A self-signed certificate with a fresh P-256 key (PKCS#8).
+    fn ec_identity() -> Identity {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = TempDir::new("ec");
+        Identity {
+            cert: dir.write("cert.pem", &generated.cert.pem()),
+            key: dir.write("key.pem", &generated.signing_key.serialize_pem()),
+            der: generated.cert.der().clone(),
+            _dir: dir,
+        }
+    }
+
+    /// A self-signed certificate for a fixed key, the key file holding
+    /// `key_file_pem` (the same key in another encoding).
+    fn identity_for(signing_pkcs8: &str, key_file_pem: &str) -> Identity {
+        let key = rcgen::KeyPair::from_pem(signing_pkcs8).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = TempDir::new("fixed");
+        Identity {
+            cert: dir.write("cert.pem", &cert.pem()),
+            key: dir.write("key.pem", key_file_pem),
+            der: cert.der().clone(),
+            _dir: dir,
+        }
+    }
+
+    fn client_config(
+        root: &CertificateDer<'static>,
+        alpn: bool,
+        tls12_only: bool,
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        if alpn {
+            config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        }
+        Arc::new(config)
+    }
+
+    /// The client's socket; with `trickle`, every write goes out one byte
+    /// per segment with a pause between, so the server sees the handshake
+    /// (and everything else) split at every possible point.
+    struct ClientSock {
+        tcp: StdTcpStream,
+        trickle: bool,
+    }
+
+    impl Read for ClientSock {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.tcp.read(buf)
+        }
+    }
+
+    impl io::Write for ClientSock {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self.trickle {
+                return self.tcp.write(buf);
+            }
+            for byte in buf {
+                self.tcp.write_all(std::slice::from_ref(byte))?;
+                thread::sleep(Duration::from_micros(300));
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.tcp.flush()
+        }
+    }
+
+    type Client = StreamOwned<ClientConnection, ClientSock>;
+
+    fn connect_tcp(addr: SocketAddr) -> StdTcpStream {
+        let tcp = StdTcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        tcp.set_write_timeout(Some(DEADLINE)).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tcp
+    }
+
+    fn connect(addr: SocketAddr, config: Arc<ClientConfig>, trickle: bool) -> Client {
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(config, name).unwrap();
+        let tcp = connect_tcp(addr);
+        StreamOwned::new(conn, ClientSock { tcp, trickle })
+    }
+
+    fn listen() -> (TcpListener, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    /// What the server side saw of its one connection.
+    #[derive(Debug, Default)]
+    struct Report {
+        /// Plaintext bytes read (and echoed).
+        received: usize,
+        /// A read returned Ok(0).
+        clean_eof: bool,
+        alpn: Option<Vec<u8>>,
+        /// The error that ended the connection, if any.
+        error: Option<io::Error>,
+    }
+
+    /// Accepts one connection and runs it the way the event loop does:
+    /// edge-triggered, driven only when the poller reports it, reads until
+    /// WouldBlock or a short read (to the end after a hang-up), WRITABLE
+    /// interest only while something is pending. Echoes what it reads; on
+    /// EOF, shuts down its side and ends once that is flushed.
+    fn serve_echo(mut listener: TcpListener, config: Arc<ServerConfig>) -> Report {
+        let mut poll = Poll::new().unwrap();
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .unwrap();
+        let mut events = Events::with_capacity(16);
+        let mut report = Report::default();
+        let mut stream: Option<TlsStream> = None;
+        let mut writable_interest = false;
+        let mut out: Vec<u8> = Vec::new();
+        let mut buf = vec![0; 64 * 1024];
+        let mut eof = false;
+        let started = Instant::now();
+        loop {
+            if started.elapsed() > DEADLINE {
+                report.error = Some(io::ErrorKind::TimedOut.into());
+                return report;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            for event in events.iter() {
+                if event.token() == LISTENER {
+                    while let Ok((tcp, _)) = listener.accept() {
+                        if stream.is_some() {
+                            continue;
+                        }
+                        let mut tls = TlsStream::new(config.clone(), tcp).unwrap();
+                        poll.registry()
+                            .register(tls.source(), CONN, Interest::READABLE)
+                            .unwrap();
+                        stream = Some(tls);
+                    }
+                    continue;
+                }
+                let Some(tls) = stream.as_mut() else {
+                    continue;
+                };
+                let read_to_end = event.is_read_closed() || event.is_error();
+                if (event.is_readable() || read_to_end) && !eof {
+                    loop {
+                        match tls.read(&mut buf) {
+                            Ok(0) => {
+                                report.clean_eof = true;
+                                eof = true;
+                                break;
+                            }
+                            Ok(n) => {
+                                out.extend_from_slice(&buf[..n]);
+                                report.received += n;
+                                if n < buf.len() && !read_to_end {
+                                    break;
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                report.error = Some(e);
+                                return report;
+                            }
+                        }
+                    }
+                }
+                if report.alpn.is_none() && !tls.is_handshaking() {
+                    report.alpn = Some(tls.alpn_protocol().unwrap_or_default().to_vec());
+                }
+                let written = write_all_possible(tls, &mut out).and_then(|()| {
+                    if out.is_empty() {
+                        tls.flush()
+                    } else {
+                        Ok(false)
+                    }
+                });
+                if let Err(e) = written {
+                    report.error = Some(e);
+                    return report;
+                }
+                if eof && out.is_empty() {
+                    if let Err(e) = tls.shutdown_write() {
+                        report.error = Some(e);
+                        return report;
+                    }
+                    if !tls.wants_write() {
+                        return report;
+                    }
+                }
+                let want_write = !out.is_empty() || tls.wants_write();
+                if want_write != writable_interest {
+                    let interest = if want_write {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    poll.registry()
+                        .reregister(tls.source(), CONN, interest)
+                        .unwrap();
+                    writable_interest = want_write;
+                }
+            }
+        }
+    }
+
+    /// Hands `out` to the stream until it is empty or the stream blocks.
+    fn write_all_possible(tls: &mut TlsStream, out: &mut Vec<u8>) -> io::Result<()> {
+        while !out.is_empty() {
+            match tls.write_vectored(&[IoSlice::new(out)]) {
+                Ok(n) => {
+                    out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `client` against `serve_echo` and returns both outcomes.
+    fn with_echo_server<T: Send + 'static>(
+        config: Arc<ServerConfig>,
+        client: impl FnOnce(SocketAddr) -> T + Send + 'static,
+    ) -> (Report, T) {
+        let (listener, addr) = listen();
+        let client = thread::spawn(move || client(addr));
+        let report = serve_echo(listener, config);
+        (report, client.join().unwrap())
+    }
+
+    /// Sends `data`, reads the echo back, closes with close_notify and
+    /// expects the server's close_notify in return.
+    fn echo_round_trip(client: &mut Client, data: &[u8]) -> Vec<u8> {
+        client.write_all(data).unwrap();
+        client.flush().unwrap();
+        let mut echoed = vec![0; data.len()];
+        client.read_exact(&mut echoed).unwrap();
+        client.conn.send_close_notify();
+        client.flush().unwrap();
+        let mut rest = Vec::new();
+        // Errors with UnexpectedEof unless the server sent close_notify.
+        client.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        echoed
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    fn assert_echo(identity: &Identity, len: usize, trickle: bool, tls12_only: bool) {
+        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let client_config = client_config(&identity.der, false, tls12_only);
+        let data = pattern(len);
+        let sent = data.clone();
+        let (report, echoed) = with_echo_server(config, move |addr| {
+            let mut client = connect(addr, client_config, trickle);
+            echo_round_trip(&mut client, &sent)
+        });
+        assert!(report.error.is_none(), "server failed: {:?}", report.error);
+        assert_eq!(report.received, len);
+        assert!(report.clean_eof);
+        assert!(echoed == data, "echo differs");
+    }
+
+    #[test]
+    fn echoes_one_byte() {
+        assert_echo(&ec_identity(), 1, false, false);
+    }
+
+    #[test]
+    fn echoes_16_kib() {
+        assert_echo(&ec_identity(), 16 * 1024, false, false);
+    }
+
+    #[test]
+    fn echoes_1_mib() {
+        assert_echo(&ec_identity(), 1024 * 1024, false, false);
+    }
+
+    #[test]
+    fn echoes_over_tls12() {
+        assert_echo(&ec_identity(), 16 * 1024, false, true);
+    }
+
+    #[test]
+    fn handshake_split_into_single_bytes() {
+        assert_echo(&ec_identity(), 5, true, false);
+    }
+
+    #[test]
+    fn serves_rsa_pkcs1_key() {
+        assert_echo(
+            &identity_for(RSA_KEY_PKCS8, RSA_KEY_PKCS1),
+            100,
+            false,
+            false,
+        );
+    }
+
+    #[test]
+    fn serves_ec_sec1_key() {
+        assert_echo(&identity_for(EC_KEY_PKCS8, EC_KEY_SEC1), 100, false, false);
+    }
+
+    #[test]
+    fn negotiates_http11_alpn() {
+        let identity = ec_identity();
+        let config = load_server_config(&identity.cert, &identity.key, true).unwrap();
+        let client_config = client_config(&identity.der, true, false);
+        let (report, client_alpn) = with_echo_server(config, move |addr| {
+            let mut client = connect(addr, client_config, false);
+            echo_round_trip(&mut client, b"x");
+            client.conn.alpn_protocol().map(<[u8]>::to_vec)
+        });
+        assert!(report.error.is_none(), "server failed: {:?}", report.error);
+        assert_eq!(client_alpn.as_deref(), Some(ALPN_HTTP11));
+        assert_eq!(report.alpn.as_deref(), Some(ALPN_HTTP11));
+    }
+
+    /// Sends `garbage` in the clear and returns what the server made of it.
+    fn send_garbage(garbage: &'static [u8]) -> Report {
+        let identity = ec_identity();
+        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let (report, ()) = with_echo_server(config, move |addr| {
+            let mut tcp = connect_tcp(addr);
+            tcp.write_all(garbage).unwrap();
+            // An alert, then the end, or a reset; either is fine.
+            let mut answer = Vec::new();
+            let _ = tcp.read_to_end(&mut answer);
+        });
+        report
+    }
+
+    #[test]
+    fn plaintext_http_is_invalid_data() {
+        let report =
+            send_garbage(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\r\n");
+        let error = report.error.expect("the server accepted plaintext HTTP");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert_eq!(report.received, 0);
+    }
+
+    #[test]
+    fn random_bytes_are_invalid_data() {
+        static GARBAGE: [u8; 200] = {
+            let mut bytes = [0; 200];
+            let mut i = 0;
+            while i < bytes.len() {
+                bytes[i] = (i * 37 + 11) as u8;
+                i += 1;
+            }
+            bytes
+        };
+        let report = send_garbage(&GARBAGE);
+        let error = report.error.expect("the server accepted garbage");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+    }
+
+    #[test]
+    fn close_notify_reads_as_eof() {
+        let identity = ec_identity();
+        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let client_config = client_config(&identity.der, false, false);
+        let (report, ()) = with_echo_server(config, move |addr| {
+            let mut client = connect(addr, client_config, false);
+            while client.conn.is_handshaking() {
+                client.conn.complete_io(&mut client.sock).unwrap();
+            }
+            client.conn.send_close_notify();
+            client.flush().unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).unwrap();
+        });
+        assert!(report.error.is_none(), "server failed: {:?}", report.error);
+        assert!(report.clean_eof);
+        assert_eq!(report.received, 0);
+    }
+
+    #[test]
+    fn tcp_eof_after_handshake_reads_as_eof() {
+        let identity = ec_identity();
+        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let client_config = client_config(&identity.der, false, false);
+        let (report, ()) = with_echo_server(config, move |addr| {
+            let mut client = connect(addr, client_config, false);
+            client.write_all(b"ping").unwrap();
+            client.flush().unwrap();
+            client.sock.tcp.shutdown(Shutdown::Write).unwrap();
+            let mut echoed = Vec::new();
+            client.read_to_end(&mut echoed).unwrap();
+            assert_eq!(echoed, b"ping");
+        });
+        assert!(report.error.is_none(), "server failed: {:?}", report.error);
+        assert!(report.clean_eof);
+        assert_eq!(report.received, 4);
+    }
+
+    #[test]
+    fn tcp_eof_during_handshake_is_unexpected() {
+        let identity = ec_identity();
+        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let (report, ()) = with_echo_server(config, move |addr| {
+            let tcp = connect_tcp(addr);
+            // Half a record header, then FIN.
+            (&tcp).write_all(&[0x16, 0x03]).unwrap();
+            tcp.shutdown(Shutdown::Write).unwrap();
+            let _ = (&tcp).read_to_end(&mut Vec::new());
+        });
+        let error = report.error.expect("a cut handshake passed");
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        assert!(!report.clean_eof);
+    }
+
+    /// A reader that stops reading: the server's writes block within a
+    /// bounded amount, the unsent records show as `wants_write`, and
+    /// flushing on WRITABLE delivers every accepted byte once the reader
+    /// resumes.
+    #[test]
+    fn stalled_reader_blocks_writes_and_flush_finishes_them() {
+        let identity = ec_identity();
+        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let client_config = client_config(&identity.der, false, false);
+        let (mut listener, addr) = listen();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut client = connect(addr, client_config, false);
+            client.write_all(b"!").unwrap();
+            client.flush().unwrap();
+            go_rx.recv().unwrap();
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).unwrap();
+            received.len()
+        });
+
+        let mut poll = Poll::new().unwrap();
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .unwrap();
+        let mut events = Events::with_capacity(16);
+        let started = Instant::now();
+        let poll_once = |poll: &mut Poll, events: &mut Events| {
+            assert!(started.elapsed() < DEADLINE, "timed out");
+            poll.poll(events, Some(Duration::from_millis(100))).unwrap();
+        };
+        let mut tls = loop {
+            poll_once(&mut poll, &mut events);
+            if let Ok((tcp, _)) = listener.accept() {
+                break TlsStream::new(config, tcp).unwrap();
+            }
+        };
+        poll.registry()
+            .register(tls.source(), CONN, Interest::READABLE)
+            .unwrap();
+        let mut buf = [0; 64];
+        loop {
+            poll_once(&mut poll, &mut events);
+            if events.iter().any(|e| e.token() == CONN) {
+                match tls.read(&mut buf) {
+                    Ok(1) => break,
+                    Ok(n) => panic!("read {n} bytes"),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert!(!tls.is_handshaking());
+
+        let chunk = pattern(256 * 1024);
+        let mut accepted = 0;
+        loop {
+            match tls.write_vectored(&[IoSlice::new(&chunk)]) {
+                Ok(n) => accepted += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(accepted < 256 * 1024 * 1024, "writes never blocked");
+        }
+        assert!(tls.wants_write());
+        eprintln!("{accepted} bytes accepted before the stalled reader blocked writes");
+
+        // Only the transport's own records are pending now, as when the
+        // loop's queue is empty: WRITABLE interest and flush must finish.
+        poll.registry()
+            .reregister(tls.source(), CONN, Interest::READABLE | Interest::WRITABLE)
+            .unwrap();
+        go_tx.send(()).unwrap();
+        loop {
+            poll_once(&mut poll, &mut events);
+            if events.iter().any(|e| e.token() == CONN && e.is_writable()) && tls.flush().unwrap() {
+                break;
+            }
+        }
+        assert!(!tls.wants_write());
+        tls.shutdown_write().unwrap();
+        while !tls.flush().unwrap() {
+            poll_once(&mut poll, &mut events);
+        }
+        assert_eq!(client.join().unwrap(), accepted);
+    }
+
+    #[test]
+    fn reports_sizes() {
+        // Printed for the memory notes in the module doc.
+        eprintln!(
+            "TlsStream {} B, ServerConnection {} B, Transport {} B",
+            size_of::<TlsStream>(),
+            size_of::<ServerConnection>(),
+            size_of::<super::super::Transport>(),
+        );
+        // The boxed variant must not make plain connections bigger.
+        assert!(size_of::<super::super::Transport>() <= 16);
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let identity = ec_identity();
+        let dir = TempDir::new("errors");
+        let missing = dir.0.join("missing.pem");
+        let empty = dir.write("empty.pem", "");
+
+        match load_server_config(&missing, &identity.key, false) {
+            Err(TlsConfigError::Read { path, source }) => {
+                assert_eq!(path, missing);
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("{other:?}"),
+        }
+        match load_server_config(&identity.cert, &missing, false) {
+            Err(TlsConfigError::Read { path, .. }) => assert_eq!(path, missing),
+            other => panic!("{other:?}"),
+        }
+        match load_server_config(&empty, &identity.key, false) {
+            Err(TlsConfigError::NoCertificate { path }) => assert_eq!(path, empty),
+            other => panic!("{other:?}"),
+        }
+        // A key file where the certificate should be: no certificate in it.
+        match load_server_config(&identity.key, &identity.key, false) {
+            Err(TlsConfigError::NoCertificate { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // The certificate file given as the key file: a certificate without key.
+        match load_server_config(&identity.cert, &identity.cert, false) {
+            Err(TlsConfigError::NoKey { path }) => assert_eq!(path, identity.cert),
+            other => panic!("{other:?}"),
+        }
+        match load_server_config(&identity.cert, &empty, false) {
+            Err(TlsConfigError::NoKey { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let other = ec_identity();
+        match load_server_config(&identity.cert, &other.key, false) {
+            Err(e @ TlsConfigError::KeyMismatch { .. }) => {
+                let message = e.to_string();
+                assert!(message.contains("does not match"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let broken = dir.write(
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+        );
+        match load_server_config(&broken, &identity.key, false) {
+            Err(TlsConfigError::Pem { path, .. }) => assert_eq!(path, broken),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_takes_cert_and_key_from_one_file() {
+        let identity = ec_identity();
+        let dir = TempDir::new("combined");
+        let combined = format!(
+            "{}{}",
+            fs::read_to_string(&identity.cert).unwrap(),
+            fs::read_to_string(&identity.key).unwrap()
+        );
+        let both = dir.write("both.pem", &combined);
+        let config = load_server_config(&both, &both, true).unwrap();
+        assert_eq!(config.alpn_protocols, vec![ALPN_HTTP11.to_vec()]);
+    }
+}
