@@ -966,7 +966,7 @@ const MAX_COMPRESSION_LEVEL: u32 = 9;
 fn check_route_options(r: &RouteConfig) -> Result<(), ConfigError> {
     let on_route = |what: String| format!("{what} (route {:?})", r.path);
     for (i, p) in r.subprotocols.iter().enumerate() {
-        if p.is_empty() || !p.bytes().all(is_token_char) {
+        if !crate::protocol::http::is_token(p.as_bytes()) {
             return Err(ConfigError::invalid(
                 "route.subprotocols",
                 on_route(format!("{p:?} is not an HTTP token")),
@@ -1071,11 +1071,6 @@ fn check_path_syntax(path: &str) -> Result<(), &'static str> {
 }
 
 /// Why `path` cannot be a route of `kind`, if it cannot.
-/// An HTTP token character (RFC 9110 §5.6.2), the alphabet of subprotocol names.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// An origin as browsers send it: `null`, or `scheme://host[:port]` with no
 /// path, in ASCII.
 fn check_origin(origin: &str) -> Result<(), &'static str> {

@@ -192,7 +192,7 @@ fn offered_protocols(head: &RequestHead) -> Result<Vec<String>, Rejection> {
     let mut protocols = Vec::new();
     for value in head.header_values("Sec-WebSocket-Protocol") {
         for element in list_elements(value) {
-            if !element.iter().all(|&b| is_tchar(b)) {
+            if !http::is_token(element) {
                 return Err(BAD_PROTOCOL);
             }
             let token = std::str::from_utf8(element).map_err(|_| BAD_PROTOCOL)?;
@@ -200,28 +200,6 @@ fn offered_protocols(head: &RequestHead) -> Result<Vec<String>, Rejection> {
         }
     }
     Ok(protocols)
-}
-
-/// A byte allowed in an HTTP token (RFC 9110 §5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
 }
 
 /// Appends the `101 Switching Protocols` response.

@@ -296,6 +296,34 @@ pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|element| !element.is_empty())
 }
 
+/// Is `bytes` a non-empty HTTP token (RFC 9110 §5.6.2)? The grammar of
+/// method names, subprotocols and extension names and parameters.
+pub fn is_token(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| is_tchar(b))
+}
+
+/// A byte allowed in an HTTP token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
 /// Does a comma-separated header value contain `token` (case-insensitive)?
 pub fn has_token(value: &[u8], token: &str) -> bool {
     list_elements(value).any(|element| element.eq_ignore_ascii_case(token.as_bytes()))

@@ -34,7 +34,7 @@
 use std::fmt;
 
 use super::EXTENSION_NAME;
-use crate::protocol::http::trim_ows;
+use crate::protocol::http::{self, trim_ows};
 
 const SERVER_NO_CONTEXT_TAKEOVER: &str = "server_no_context_takeover";
 const CLIENT_NO_CONTEXT_TAKEOVER: &str = "client_no_context_takeover";
@@ -223,7 +223,7 @@ fn split_param(param: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
         None => (param, None),
     };
     let name = trim_ows(name);
-    if !is_token(name) || value.is_some_and(<[u8]>::is_empty) {
+    if !http::is_token(name) || value.is_some_and(<[u8]>::is_empty) {
         return None;
     }
     Some((name, value))
@@ -257,7 +257,7 @@ fn unescape(raw: &[u8]) -> Option<impl Iterator<Item = Option<u8>> + '_> {
     let quoted = match raw {
         [QUOTE, inner @ .., QUOTE] => Some(inner),
         [QUOTE, ..] => return None,
-        _ if is_token(raw) => None,
+        _ if http::is_token(raw) => None,
         _ => return None,
     };
     let (bytes, escapes) = match quoted {
@@ -308,32 +308,6 @@ fn split_unquoted(value: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
         rest = None;
         Some(current)
     })
-}
-
-/// A non-empty HTTP token (RFC 9110 §5.6.2).
-fn is_token(bytes: &[u8]) -> bool {
-    !bytes.is_empty() && bytes.iter().all(|&b| is_tchar(b))
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
 }
 
 #[cfg(test)]
