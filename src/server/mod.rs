@@ -1061,12 +1061,20 @@ impl Server {
                     self.metrics.publishes += 1;
                     let stamp = self.next_stamp();
                     let exclude = (!to_sender).then_some(key);
-                    let channels: Vec<ChannelId> = match self.conns.get(key) {
-                        Some(conn) => conn.memberships.iter().map(|m| m.channel()).collect(),
-                        None => Vec::new(),
-                    };
                     let mut cache = FrameCache::default();
-                    for id in channels {
+                    // Indexed rather than collected: no allocation per relayed
+                    // message (a connection holds at most a few memberships,
+                    // and slow recipients are only removed after the loop).
+                    let count = self.conns.get(key).map_or(0, |c| c.memberships.len());
+                    for i in 0..count {
+                        let Some(id) = self
+                            .conns
+                            .get(key)
+                            .and_then(|c| c.memberships.iter().nth(i))
+                            .map(|m| m.channel())
+                        else {
+                            break;
+                        };
                         self.fan_out(id, &message, &mut cache, exclude, stamp);
                     }
                     self.remove_slow();
