@@ -5,6 +5,7 @@
 
 mod common;
 mod daemon_support;
+mod tempdir;
 
 use std::net::TcpStream;
 use std::process::Command;

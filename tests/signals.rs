@@ -4,6 +4,7 @@
 
 mod common;
 mod daemon_support;
+mod tempdir;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

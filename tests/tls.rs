@@ -3,6 +3,7 @@
 //! garbage on the TLS port, the handshake timeout, and the connection limit.
 
 mod common;
+mod tempdir;
 mod tls_support;
 
 use std::io::{Read, Write};

@@ -4,6 +4,7 @@
 //! report unusable certificate files with their paths.
 
 mod daemon_support;
+mod tempdir;
 mod tls_support;
 
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@
 //! both, and they carry the settings the daemon relies on.
 
 mod daemon_support;
+mod tempdir;
 
 use std::path::Path;
 use std::process::Command;

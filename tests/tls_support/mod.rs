@@ -7,9 +7,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -22,41 +21,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The name every test certificate is issued for.
 pub const SERVER_NAME: &str = "localhost";
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct CertDir(PathBuf);
-
-impl CertDir {
-    pub fn new(tag: &str) -> CertDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "wshub-tls-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        CertDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Writes (atomically replaces) a file in the directory.
-    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, contents).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for CertDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// Where a test's certificates and keys are written.
+pub use crate::tempdir::TempDir as CertDir;
 
 /// A self-signed certificate for `localhost` and its key, as PEM and DER.
 pub struct Identity {
