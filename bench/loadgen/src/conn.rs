@@ -589,6 +589,28 @@ pub struct DialPlan<'a> {
     pub max_dialing: usize,
 }
 
+/// Dials `count` connections to the scenario's URL, spread over source
+/// addresses as the common options say: how every scenario connects.
+pub fn dial_scenario(
+    poll: &mut Poll,
+    events: &mut Events,
+    common: &crate::cli::Common,
+    count: usize,
+    sizing: Sizing,
+    rng: &mut Rng,
+    deadline: &Deadline,
+) -> Result<Vec<WsConn>> {
+    let mut sources = SourceAddrs::new(common.url.addr, common.source_base, common.per_source);
+    let plan = DialPlan {
+        target: &common.url,
+        count,
+        token_base: 0,
+        sizing,
+        max_dialing: common.max_dialing,
+    };
+    dial_all(poll, events, &plan, &mut sources, rng, deadline)
+}
+
 /// Opens the planned WebSocket connections and returns them once every
 /// handshake has completed. Events for other tokens that arrive meanwhile
 /// are dropped, so callers sweep their older connections afterwards.

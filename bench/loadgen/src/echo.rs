@@ -15,7 +15,7 @@ use std::time::Instant;
 use mio::{Events, Poll};
 
 use crate::cli::EchoOpts;
-use crate::conn::{self, DialPlan, POLL_CAP, Sizing, SourceAddrs, WsConn};
+use crate::conn::{self, POLL_CAP, Sizing, WsConn};
 use crate::error::{Deadline, Fail, Result};
 use crate::report::{self, Figures};
 use crate::stats::{CpuMeter, Histogram, Json, Rng};
@@ -66,23 +66,12 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
     report::check_pid(opts.common.server_pid.as_deref())?;
 
     let dial_start = Instant::now();
-    let mut sources = SourceAddrs::new(
-        opts.common.url.addr,
-        opts.common.source_base,
-        opts.common.per_source,
-    );
-    let plan = DialPlan {
-        target: &opts.common.url,
-        count: opts.conns,
-        token_base: 0,
-        sizing,
-        max_dialing: opts.common.max_dialing,
-    };
-    let mut conns = conn::dial_all(
+    let mut conns = conn::dial_scenario(
         &mut poll,
         &mut events,
-        &plan,
-        &mut sources,
+        &opts.common,
+        opts.conns,
+        sizing,
         &mut tally.rng,
         &deadline,
     )?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 
 use crate::cli::IdleOpts;
-use crate::conn::{self, DialPlan, POLL_CAP, Sizing, SourceAddrs};
+use crate::conn::{self, POLL_CAP, Sizing};
 use crate::error::{Deadline, Fail, Result};
 use crate::http::HttpPublisher;
 use crate::stats::{self, Json, Rng};
@@ -44,23 +44,12 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
 
     let before = rss()?;
     let dial_start = Instant::now();
-    let mut sources = SourceAddrs::new(
-        opts.common.url.addr,
-        opts.common.source_base,
-        opts.common.per_source,
-    );
-    let plan = DialPlan {
-        target: &opts.common.url,
-        count: n,
-        token_base: 0,
-        sizing,
-        max_dialing: opts.common.max_dialing,
-    };
-    let mut conns = conn::dial_all(
+    let mut conns = conn::dial_scenario(
         &mut poll,
         &mut events,
-        &plan,
-        &mut sources,
+        &opts.common,
+        n,
+        sizing,
         &mut rng,
         &deadline,
     )?;
