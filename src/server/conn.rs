@@ -25,7 +25,7 @@ use crate::hub::publish::{self, Access, Publish, Refusal};
 use crate::metrics::{Metrics, Refused};
 use crate::protocol::close::{self, CloseCode};
 use crate::protocol::deflate::{self, Params};
-use crate::protocol::frame::{MAX_CONTROL_PAYLOAD, OpCode};
+use crate::protocol::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use crate::protocol::handshake;
 use crate::protocol::http::{self, HeadReader, RequestHead};
 use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
@@ -527,7 +527,10 @@ impl Connection {
             match (kind, client_messages) {
                 (Some(RouteKind::Echo), _) => {
                     let before = out.len();
-                    out.push_with(|buf| {
+                    // Compressed output is only used when smaller, so the
+                    // plain frame's size bounds it.
+                    let size = data.len().saturating_add(MAX_HEADER_LEN);
+                    out.push_sized(size, |buf| {
                         codec.write_message(params, compression, opcode, data, buf);
                     });
                     metrics.messages_out += 1;

@@ -127,8 +127,15 @@ impl OutQueue {
 
     /// Lets `write` append bytes (an HTTP response) straight into the queue.
     pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.push_sized(256, write);
+    }
+
+    /// Like [`OutQueue::push_with`] for output of at most about `size`
+    /// bytes, so a large frame gets a buffer of its own instead of growing
+    /// (and copying) the one small frames are packed into.
+    pub fn push_sized(&mut self, size: usize, write: impl FnOnce(&mut Vec<u8>)) {
         let inner = self.inner();
-        inner.make_room(256);
+        inner.make_room(size);
         let before = inner.tail.len();
         write(&mut inner.tail);
         inner.len += inner.tail.len() - before;
