@@ -258,7 +258,10 @@ impl Connection {
             if let Some(body) = &mut state.body {
                 match body.feed(input) {
                     Ok(used) => input = &mut input[used..],
-                    Err(refusal) => return self.refuse_with(refusal, ctx),
+                    Err(refusal) => {
+                        self.refuse_with(refusal, ctx);
+                        return;
+                    }
                 }
                 if !body.is_complete() {
                     return;
