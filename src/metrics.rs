@@ -1,7 +1,8 @@
 //! The server's counters and gauges, rendered in the Prometheus text
 //! exposition format for `GET /metrics`.
 //!
-//! Owns: the numbers and their names, help texts and labels.
+//! Owns: the numbers and their names, help texts and labels (label values
+//! escaped as the text format requires, whatever they hold).
 //! Must never: do I/O, take locks, or cost more than an add on a hot path.
 
 use std::io::Write as _;
@@ -170,11 +171,7 @@ impl Metrics {
             }
         }
         for (path, open) in by_path {
-            // Route paths are validated to exclude quotes, backslashes and newlines.
-            writeln!(
-                out,
-                "wshub_websocket_connections{{route=\"{path}\"}} {open}"
-            )?;
+            labelled(out, "wshub_websocket_connections", "route", path, open)?;
         }
         let counters = [
             (
@@ -234,11 +231,8 @@ impl Metrics {
             "Handshakes and HTTP requests refused, by reason",
         )?;
         for (why, count) in Refused::ALL.iter().zip(self.refused) {
-            writeln!(
-                out,
-                "wshub_requests_refused_total{{reason=\"{}\"}} {count}",
-                why.label()
-            )?;
+            let name = "wshub_requests_refused_total";
+            labelled(out, name, "reason", why.label(), count)?;
         }
         header(out, "wshub_channels", "gauge", "Channels with subscribers")?;
         writeln!(out, "wshub_channels {}", self.channels)?;
@@ -251,6 +245,39 @@ impl Metrics {
         writeln!(out, "wshub_subscriptions {}", self.subscriptions)?;
         Ok(())
     }
+}
+
+/// One sample with one label: `name{label="value"} sample`.
+fn labelled(
+    out: &mut Vec<u8>,
+    name: &str,
+    label: &str,
+    value: &str,
+    sample: u64,
+) -> std::io::Result<()> {
+    write!(out, "{name}{{{label}=\"")?;
+    escape_label_value(value, out);
+    writeln!(out, "\"}} {sample}")
+}
+
+/// Appends a label value escaped as the Prometheus text format requires:
+/// backslash, double quote and line feed become `\\`, `\"` and `\n`.
+/// Everything else (any UTF-8) goes through as is.
+fn escape_label_value(value: &str, out: &mut Vec<u8>) {
+    let bytes = value.as_bytes();
+    let mut plain = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'"' => b"\\\"",
+            b'\n' => b"\\n",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..at]);
+        out.extend_from_slice(escaped);
+        plain = at + 1;
+    }
+    out.extend_from_slice(&bytes[plain..]);
 }
 
 fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) -> std::io::Result<()> {
@@ -299,6 +326,56 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("route=\"/a\"").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let cases: &[(&str, &str)] = &[
+            ("/live", "/live"),
+            ("", ""),
+            ("/a\"b", "/a\\\"b"),
+            ("/a\\b", "/a\\\\b"),
+            ("/a\nb", "/a\\nb"),
+            ("\\\"\n", "\\\\\\\"\\n"),
+            ("/ünï\\", "/ünï\\\\"),
+            ("/tab\there\r", "/tab\there\r"),
+        ];
+        for (raw, escaped) in cases {
+            let mut out = b"x".to_vec();
+            escape_label_value(raw, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("x{escaped}"),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_labels_are_escaped_in_the_exposition() {
+        let mut m = Metrics::new(3);
+        m.open_by_route = vec![1, 2, 3];
+        let mut out = Vec::new();
+        m.render(
+            ["/q\"uote", "/back\\slash", "/new\nline"].into_iter(),
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        for series in [
+            "wshub_websocket_connections{route=\"/q\\\"uote\"} 1\n",
+            "wshub_websocket_connections{route=\"/back\\\\slash\"} 2\n",
+            "wshub_websocket_connections{route=\"/new\\nline\"} 3\n",
+        ] {
+            assert!(text.contains(series), "{series:?} missing from {text}");
+        }
+        // Every sample stays on one line of the form name{...} value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("wshub_"), "{line:?}");
+            assert!(
+                line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

@@ -146,17 +146,18 @@ fn refused_publishes_deliver_nothing() {
         405,
     );
     assert_eq!(response.header("Allow"), Some("POST"));
-    // 411: no length, or a chunked body.
+    // 411: neither a length nor a chunked body.
     refused(
         &server,
         b"POST /publish/news HTTP/1.1\r\nHost: x\r\n\r\n",
         411,
     );
+    // 501: a transfer coding other than chunked before the final chunked.
     refused(
         &server,
-        b"POST /publish/news HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+        b"POST /publish/news HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n\
           3\r\nbad\r\n0\r\n\r\n",
-        411,
+        501,
     );
     // 413: over max_message_size, refused before the body is sent.
     refused(
@@ -472,4 +473,257 @@ fn keep_alive_connection_can_upgrade_after_publishing() {
     assert_eq!(http.publish_ok("mine", Some("text/plain"), b"after"), 1);
     assert_eq!(client.expect_text(), "after");
     client.expect_silence(Duration::from_millis(100));
+}
+
+/// A chunked publish request: the head, then each piece of `body` as one
+/// chunk (with an extension on the first), the last chunk and `trailers`
+/// (raw field lines, each ending in CRLF).
+fn chunked_publish(
+    channel: &str,
+    content_type: Option<&str>,
+    extra_headers: &str,
+    pieces: &[&[u8]],
+    trailers: &str,
+) -> Vec<u8> {
+    let mut request = chunked_head(channel, content_type, extra_headers);
+    for (i, piece) in pieces.iter().enumerate() {
+        let ext = if i == 0 { ";piece=first" } else { "" };
+        request.extend_from_slice(format!("{:x}{ext}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(format!("0\r\n{trailers}\r\n").as_bytes());
+    request
+}
+
+/// The head of a chunked publish request.
+fn chunked_head(channel: &str, content_type: Option<&str>, extra_headers: &str) -> Vec<u8> {
+    let content_type = content_type
+        .map(|ct| format!("Content-Type: {ct}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /publish/{channel} HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+         {content_type}{extra_headers}\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn chunked_publish_is_delivered_to_subscribers() {
+    let server = server();
+    let mut sub = subscribe(&server, "chunks");
+    let mut http = RawClient::connect(server.addr);
+
+    let request = chunked_publish(
+        "chunks",
+        Some("text/plain"),
+        "",
+        &[b"hello", b", ", b"chunked world"],
+        "X-Checksum: 42\r\n",
+    );
+    http.send(&request);
+    let response = http.read_http_response();
+    assert_eq!(assert_published(&response, "chunks"), 1);
+    assert_eq!(response.header("Connection"), None, "keep-alive expected");
+    assert_eq!(sub.expect_text(), "hello, chunked world");
+
+    // The same request dribbled one byte per write.
+    http.send_bytewise(&request, Duration::ZERO);
+    assert_eq!(assert_published(&http.read_http_response(), "chunks"), 1);
+    assert_eq!(sub.expect_text(), "hello, chunked world");
+
+    // A binary body of exactly max_message_size in uneven chunks and writes,
+    // and an empty chunked body.
+    let data = binary_payload(MAX_MESSAGE, 3);
+    let pieces: Vec<&[u8]> = data.chunks(4093).collect();
+    let request = chunked_publish("chunks", None, "", &pieces, "");
+    for write in request.chunks(1531) {
+        http.send(write);
+    }
+    assert_eq!(assert_published(&http.read_http_response(), "chunks"), 1);
+    assert_eq!(sub.expect_message(op::BINARY), data);
+    http.send(&chunked_publish("chunks", None, "", &[], ""));
+    assert_eq!(assert_published(&http.read_http_response(), "chunks"), 1);
+    assert_eq!(sub.expect_message(op::BINARY), b"");
+    sub.expect_silence(Duration::from_millis(100));
+}
+
+#[test]
+fn chunked_publish_is_not_delivered_before_its_last_chunk() {
+    let server = server();
+    let mut sub = subscribe(&server, "wait");
+    let mut http = RawClient::connect(server.addr);
+    let request = chunked_publish(
+        "wait",
+        Some("text/plain"),
+        "",
+        &[b"all or nothing"],
+        "X: 1\r\n",
+    );
+    // Everything but the final CRLF of the trailer section.
+    let (early, last) = request.split_at(request.len() - 2);
+    http.send(early);
+    sub.expect_silence(Duration::from_millis(150));
+    http.expect_silence(Duration::from_millis(10));
+    http.send(last);
+    assert_eq!(assert_published(&http.read_http_response(), "wait"), 1);
+    assert_eq!(sub.expect_text(), "all or nothing");
+}
+
+#[test]
+fn oversized_chunked_body_is_refused_with_413_and_nothing_delivered() {
+    let server = server();
+    let mut sub = subscribe(&server, "big");
+
+    // Refused as soon as the size line that crosses the limit arrives: no
+    // chunk data follows it here, and none is waited for.
+    let half = vec![b'a'; MAX_MESSAGE / 2];
+    let mut request = chunked_head("big", None, "");
+    request.extend_from_slice(format!("{:x}\r\n", half.len()).as_bytes());
+    request.extend_from_slice(&half);
+    request.extend_from_slice(format!("\r\n{:x}\r\n", MAX_MESSAGE / 2 + 1).as_bytes());
+    let response = refused(&server, &request, 413);
+    assert!(
+        response.body_text().contains("max_message_size"),
+        "{response:?}"
+    );
+    // One chunk over the limit, announced up front.
+    let mut request = chunked_head("big", None, "Expect: 100-continue\r\n");
+    request.extend_from_slice(format!("{:x}\r\n", MAX_MESSAGE + 1).as_bytes());
+    let mut client = RawClient::connect(server.addr);
+    client.send(&request);
+    assert_eq!(client.read_http_response().status, 100);
+    let response = client.read_http_response();
+    assert_eq!(response.status, 413, "{response:?}");
+    assert_eq!(response.header("Connection"), Some("close"));
+    client.expect_eof();
+
+    sub.expect_silence(Duration::from_millis(100));
+    let mut http = RawClient::connect(server.addr);
+    let metrics = http.metrics();
+    assert_eq!(metrics.value("wshub_publishes_total"), 0);
+    assert_eq!(
+        metrics.value("wshub_requests_refused_total{reason=\"too_large\"}"),
+        2
+    );
+}
+
+#[test]
+fn malformed_chunked_bodies_are_refused_and_deliver_nothing() {
+    let server = server();
+    let mut sub = subscribe(&server, "news");
+    let head = String::from_utf8(chunked_head("news", Some("text/plain"), "")).unwrap();
+    let too_many_trailers: String = (0..65).map(|i| format!("X-{i}: v\r\n")).collect();
+    let huge_trailer = format!("X: {}\r\n", "v".repeat(9000));
+    let cases: &[(String, u16, &str)] = &[
+        (format!("{head}z\r\nbad\r\n0\r\n\r\n"), 400, "chunk size"),
+        (format!("{head}\r\nbad\r\n0\r\n\r\n"), 400, "chunk size"),
+        (format!("{head}3\r\nbadX0\r\n\r\n"), 400, "CRLF"),
+        (format!("{head}3\r\nbad\n0\r\n\r\n"), 400, "CRLF"),
+        (format!("{head}3\nbad\r\n0\r\n\r\n"), 400, "chunk size"),
+        (
+            format!("{head}3\r\nbad\r\n0\r\nX 1\r\n\r\n"),
+            400,
+            "trailer",
+        ),
+        (
+            format!("{head}0\r\n{too_many_trailers}\r\n"),
+            431,
+            "trailer",
+        ),
+        (format!("{head}0\r\n{huge_trailer}\r\n"), 431, "trailer"),
+        (
+            "POST /publish/news HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+             Transfer-Encoding: gzip\r\n\r\n3\r\nbad\r\n0\r\n\r\n"
+                .to_owned(),
+            400,
+            "chunked",
+        ),
+        (
+            "POST /publish/news HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n\
+             3\r\nbad\r\n0\r\n\r\n"
+                .to_owned(),
+            400,
+            "chunked",
+        ),
+        (
+            "POST /publish/news HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+             3\r\nbad\r\n0\r\n\r\n"
+                .to_owned(),
+            400,
+            "HTTP/1.0",
+        ),
+    ];
+    for (request, status, reason) in cases {
+        let response = refused(&server, request.as_bytes(), *status);
+        assert!(
+            response.body_text().contains(reason),
+            "{request:?}: {response:?}"
+        );
+    }
+    sub.expect_silence(Duration::from_millis(100));
+}
+
+#[test]
+fn pipelined_requests_after_a_chunked_body_are_answered() {
+    let server = server();
+    let mut sub = subscribe(&server, "pipe");
+    let mut http = RawClient::connect(server.addr);
+    let mut batch = chunked_publish("pipe", Some("text/plain"), "", &[b"one", b"!"], "");
+    batch.extend(publish_request("pipe", None, b"two"));
+    batch.extend(chunked_publish(
+        "pipe",
+        Some("text/plain"),
+        "",
+        &[b"three"],
+        "T: 3\r\n",
+    ));
+    batch.extend(get_request("/healthz"));
+    http.send(&batch);
+    for _ in 0..3 {
+        assert_eq!(assert_published(&http.read_http_response(), "pipe"), 1);
+    }
+    let health = http.read_http_response();
+    assert_eq!((health.status, health.body_text()), (200, "ok\n"));
+    assert_eq!(sub.expect_text(), "one!");
+    assert_eq!(sub.expect_message(op::BINARY), b"two");
+    assert_eq!(sub.expect_text(), "three");
+
+    // The same batch one byte per write: each request still starts right
+    // after the last CRLF of the one before.
+    http.send_bytewise(&batch, Duration::ZERO);
+    for _ in 0..3 {
+        assert_eq!(assert_published(&http.read_http_response(), "pipe"), 1);
+    }
+    assert_eq!(http.read_http_response().body_text(), "ok\n");
+    assert_eq!(sub.expect_text(), "one!");
+    assert_eq!(sub.expect_message(op::BINARY), b"two");
+    assert_eq!(sub.expect_text(), "three");
+    sub.expect_silence(Duration::from_millis(100));
+}
+
+#[test]
+fn expect_100_continue_with_a_chunked_body() {
+    let server = server();
+    let mut sub = subscribe(&server, "ask");
+    let mut http = RawClient::connect(server.addr);
+    let head = chunked_head("ask", Some("text/plain"), "Expect: 100-continue\r\n");
+    http.send(&head);
+    let interim = http.read_http_response();
+    assert_eq!(interim.status, 100, "{interim:?}");
+    sub.expect_silence(Duration::from_millis(100));
+    http.send(b"5\r\nafter\r\n9\r\n continue\r\n0\r\n\r\n");
+    assert_eq!(assert_published(&http.read_http_response(), "ask"), 1);
+    assert_eq!(sub.expect_text(), "after continue");
+
+    // A text body that is not UTF-8 is refused once complete; the
+    // connection stays usable.
+    let mut request = chunked_head("ask", Some("text/plain"), "");
+    request.extend_from_slice(b"2\r\n\xc3\x28\r\n0\r\n\r\n");
+    http.send(&request);
+    let response = http.read_http_response();
+    assert_eq!(response.status, 400, "{response:?}");
+    assert_eq!(response.header("Connection"), None, "{response:?}");
+    assert_eq!(http.get("/healthz").body_text(), "ok\n");
+    sub.expect_silence(Duration::from_millis(100));
 }

@@ -2,15 +2,18 @@
 //! as the body, and the access rule it shares with `/metrics`.
 //!
 //! Owns: deciding from a request head whether a publish may proceed (access,
-//! channel name, body framing, size, content type) and the JSON answer.
-//! Must never: read sockets, deliver anything, or accept a body whose length
-//! it does not know in advance.
+//! channel name, body framing, size, content type), collecting its body
+//! (`Content-Length` or chunked) within `max_message_size`, and the JSON
+//! answer.
+//! Must never: read sockets, deliver anything, or buffer a body past
+//! `max_message_size`.
 
 use std::io::Write as _;
 
 use subtle::ConstantTimeEq;
 
 use super::names::is_valid_channel_name;
+use crate::protocol::body::{self, BodyError, BodyReader, Framing};
 use crate::protocol::http::{self, RequestHead};
 
 /// A request the API refuses: the status, a short reason for the body, and
@@ -46,13 +49,28 @@ impl Refusal {
     }
 }
 
+impl From<BodyError> for Refusal {
+    fn from(error: BodyError) -> Refusal {
+        match error {
+            BodyError::TooLarge => TOO_LARGE,
+            _ => Refusal::new(error.status(), error.reason()),
+        }
+    }
+}
+
+/// A body over `max_message_size`, announced or arriving in chunks.
+const TOO_LARGE: Refusal = Refusal::new(413, "message larger than max_message_size");
+
 /// A publish that may proceed once its body has arrived.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Publish {
     pub channel: String,
     /// Deliver as a text frame (the body must then be UTF-8).
     pub text: bool,
+    /// The announced `Content-Length`; 0 for a chunked body.
     pub body_len: usize,
+    /// The body comes in the chunked coding, its length learnt as it arrives.
+    pub chunked: bool,
     /// The client waits for `100 Continue` before sending the body.
     pub expect_continue: bool,
     pub keep_alive: bool,
@@ -107,37 +125,22 @@ pub fn keep_alive(head: &RequestHead) -> bool {
     head.minor_version >= 1 && !close
 }
 
-/// The body length a request announces: `Ok(0)` when it has none.
+/// How the request frames its body, or why that framing is refused.
+pub fn framing(head: &RequestHead) -> Result<Framing, Refusal> {
+    Ok(body::framing(head)?)
+}
+
+/// The body length a request announces in advance: `Ok(0)` when it has
+/// none. For requests that take no body; a chunked one is refused with 411.
 pub fn body_length(head: &RequestHead) -> Result<usize, Refusal> {
-    if head.header_count("Transfer-Encoding") > 0 {
-        if head.header_count("Content-Length") > 0 {
-            // Both framings at once is the classic request-smuggling shape.
-            return Err(Refusal::new(
-                400,
-                "Content-Length and Transfer-Encoding together",
-            ));
-        }
-        return Err(Refusal::new(
+    match framing(head)? {
+        Framing::None => Ok(0),
+        Framing::Length(n) => Ok(n),
+        Framing::Chunked => Err(Refusal::new(
             411,
-            "send the body with Content-Length (chunked bodies are not supported)",
-        ));
+            "this request takes no body or a Content-Length one",
+        )),
     }
-    let mut length = None;
-    for value in head.header_values("Content-Length") {
-        let value = http::trim_ows(value);
-        let parsed = std::str::from_utf8(value)
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<usize>().ok());
-        match (parsed, length) {
-            (None, _) => return Err(Refusal::new(400, "invalid Content-Length")),
-            (Some(n), Some(previous)) if n != previous => {
-                return Err(Refusal::new(400, "conflicting Content-Length values"));
-            }
-            (Some(n), _) => length = Some(n),
-        }
-    }
-    Ok(length.unwrap_or(0))
 }
 
 /// Validates a request to `<prefix>/<channel>`; `channel` is the path after
@@ -156,13 +159,19 @@ pub fn check_publish(
             "invalid channel name: 1 to 128 characters of A-Z a-z 0-9 _ . : @ -",
         ));
     }
-    let has_length = head.header_count("Content-Length") > 0;
-    let body_len = body_length(head)?;
-    if !has_length {
-        return Err(Refusal::new(411, "a publish needs a Content-Length"));
-    }
+    let (body_len, chunked) = match framing(head)? {
+        Framing::None => {
+            return Err(Refusal::new(
+                411,
+                "a publish needs a Content-Length or a chunked body",
+            ));
+        }
+        Framing::Length(n) => (n, false),
+        // Its size is checked chunk by chunk as it arrives.
+        Framing::Chunked => (0, true),
+    };
     if u64::try_from(body_len).map_or(true, |n| n > max_message_size) {
-        return Err(Refusal::new(413, "message larger than max_message_size"));
+        return Err(TOO_LARGE);
     }
     let expect = head.header("Expect");
     let expect_continue = match expect {
@@ -174,9 +183,51 @@ pub fn check_publish(
         channel: channel.to_owned(),
         text: is_text(head.header("Content-Type")),
         body_len,
+        chunked,
         expect_continue: expect_continue && head.minor_version >= 1,
         keep_alive: keep_alive(head),
     })
+}
+
+/// Room reserved up front for a body: its announced length, up to this.
+/// A chunked body (or a larger one) grows its buffer as data arrives.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
+/// A publish whose body is still arriving: it collects the data within
+/// `max_message_size`, stops exactly at the body's end, and refuses a body
+/// that breaks the framing rules or the limit.
+#[derive(Debug)]
+pub struct PublishBody {
+    pub publish: Publish,
+    pub data: Vec<u8>,
+    reader: BodyReader,
+}
+
+impl PublishBody {
+    pub fn new(publish: Publish, max_message_size: u64) -> PublishBody {
+        let reader = if publish.chunked {
+            BodyReader::chunked(max_message_size)
+        } else {
+            BodyReader::fixed(publish.body_len)
+        };
+        PublishBody {
+            data: Vec::with_capacity(publish.body_len.min(INITIAL_BODY_CAPACITY)),
+            publish,
+            reader,
+        }
+    }
+
+    /// Offers the next input; returns how many bytes of it belong to the
+    /// body (what follows is the next request). A refusal is final and
+    /// closes the connection.
+    pub fn feed(&mut self, input: &[u8]) -> Result<usize, Refusal> {
+        Ok(self.reader.feed(input, &mut self.data)?)
+    }
+
+    /// The whole body has arrived: the publish can go out.
+    pub fn is_complete(&self) -> bool {
+        self.reader.is_complete()
+    }
 }
 
 /// `text/*` and JSON travel as text frames; everything else as binary.
@@ -262,9 +313,19 @@ mod tests {
                 400,
             ),
             (
-                "POST /publish/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked",
+                "POST /publish/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked",
                 "a",
-                411,
+                501,
+            ),
+            (
+                "POST /publish/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip",
+                "a",
+                400,
+            ),
+            (
+                "POST /publish/a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked",
+                "a",
+                400,
             ),
             (
                 "POST /publish/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3",
@@ -305,6 +366,70 @@ mod tests {
         for (text, channel, status) in cases {
             let got = check_publish(&head(text), channel, MAX);
             assert_eq!(got.map_err(|r| r.status), Err(*status), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_chunked_publish_is_accepted_and_collected() {
+        let h = head(
+            "POST /publish/news HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+             Content-Type: text/plain\r\nExpect: 100-continue",
+        );
+        let p = check_publish(&h, "news", 8).unwrap();
+        assert!(p.chunked && p.text && p.expect_continue && p.keep_alive);
+        assert_eq!(p.body_len, 0);
+
+        let mut body = PublishBody::new(p.clone(), 8);
+        assert!(
+            !body.is_complete(),
+            "a chunked body is never empty up front"
+        );
+        assert_eq!(body.feed(b"3;x\r\nhel\r\n5\r\nlo"), Ok(15));
+        assert_eq!(body.feed(b" yo\r\n0\r\n\r\nGET"), Ok(10));
+        assert!(body.is_complete());
+        assert_eq!(body.data, b"hello yo");
+
+        // One byte over the limit: refused when the size line arrives.
+        let mut body = PublishBody::new(p, 8);
+        assert_eq!(body.feed(b"8\r\nabcdefgh\r\n"), Ok(13));
+        let refusal = body.feed(b"1\r\n").unwrap_err();
+        assert_eq!((refusal.status, refusal.close), (413, true));
+        assert_eq!(refusal.reason, TOO_LARGE.reason);
+        // Broken framing is a 400 that closes the connection.
+        let mut body = PublishBody::new(check_publish(&h, "news", 8).unwrap(), 8);
+        let refusal = body.feed(b"2\r\nabX").unwrap_err();
+        assert_eq!((refusal.status, refusal.close), (400, true));
+        assert!(refusal.reason.contains("CRLF"), "{refusal}");
+    }
+
+    #[test]
+    fn a_fixed_length_body_stops_at_its_length() {
+        let h = head("POST /p/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4");
+        let mut body = PublishBody::new(check_publish(&h, "a", MAX).unwrap(), MAX);
+        assert_eq!(body.feed(b"ab"), Ok(2));
+        assert!(!body.is_complete());
+        assert_eq!(body.feed(b"cdGET / HTTP/1.1"), Ok(2));
+        assert!(body.is_complete());
+        assert_eq!(body.data, b"abcd");
+        let h = head("POST /p/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0");
+        assert!(PublishBody::new(check_publish(&h, "a", MAX).unwrap(), MAX).is_complete());
+    }
+
+    #[test]
+    fn body_length_is_for_requests_without_a_chunked_body() {
+        let cases: &[(&str, Result<usize, u16>)] = &[
+            ("", Ok(0)),
+            ("\r\nContent-Length: 7", Ok(7)),
+            ("\r\nTransfer-Encoding: chunked", Err(411)),
+            ("\r\nTransfer-Encoding: gzip", Err(400)),
+        ];
+        for (fields, expected) in cases {
+            let h = head(&format!("GET /healthz HTTP/1.1\r\nHost: x{fields}"));
+            assert_eq!(
+                body_length(&h).map_err(|r| r.status),
+                *expected,
+                "{fields:?}"
+            );
         }
     }
 

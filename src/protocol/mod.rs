@@ -4,6 +4,7 @@
 //! results or events; nothing here may own a socket, read a clock, log at info
 //! level, or allocate per received message when it can borrow instead.
 
+pub mod body;
 pub mod close;
 pub mod deflate;
 pub mod frame;

@@ -21,7 +21,7 @@ use super::transport::Transport;
 use crate::config::{ClientMessages, Config, RouteKind};
 use crate::hub::Memberships;
 use crate::hub::names::parse_subscription;
-use crate::hub::publish::{self, Access, Publish, Refusal};
+use crate::hub::publish::{self, Access, PublishBody, Refusal};
 use crate::metrics::{Metrics, Refused};
 use crate::protocol::close::{self, CloseCode};
 use crate::protocol::deflate::{self, Params};
@@ -91,12 +91,6 @@ struct HttpState {
     head: HeadReader,
     /// A publish whose body is still arriving.
     body: Option<PublishBody>,
-}
-
-#[derive(Debug)]
-struct PublishBody {
-    publish: Publish,
-    data: Vec<u8>,
 }
 
 /// A client connection owned by the loop's slab.
@@ -262,11 +256,14 @@ impl Connection {
                 return;
             }
             if let Some(body) = &mut state.body {
-                let want = body.publish.body_len.saturating_sub(body.data.len());
-                let (now, rest) = input.split_at_mut(want.min(input.len()));
-                body.data.extend_from_slice(now);
-                input = rest;
-                if body.data.len() < body.publish.body_len {
+                match body.feed(input) {
+                    Ok(used) => input = &mut input[used..],
+                    Err(refusal) => {
+                        self.refuse_with(refusal, ctx);
+                        return;
+                    }
+                }
+                if !body.is_complete() {
                     return;
                 }
                 if let Some(body) = state.body.take() {
@@ -360,11 +357,8 @@ impl Connection {
                 return false;
             }
         };
-        let body = PublishBody {
-            data: Vec::with_capacity(publish.body_len.min(64 * 1024)),
-            publish,
-        };
-        if body.publish.body_len == 0 {
+        let body = PublishBody::new(publish, ctx.config.max_message_size);
+        if body.is_complete() {
             self.finish_publish(body, ctx);
             return true;
         }
@@ -379,7 +373,7 @@ impl Connection {
     }
 
     fn finish_publish(&mut self, body: PublishBody, ctx: &mut Ctx<'_>) {
-        let PublishBody { publish, data } = body;
+        let PublishBody { publish, data, .. } = body;
         if publish.text && std::str::from_utf8(&data).is_err() {
             self.refuse_with(publish::NOT_UTF8, ctx);
             return;
