@@ -182,7 +182,7 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
                 "wshub {} using the built-in config",
                 env!("CARGO_PKG_VERSION")
             );
-            Config::default()
+            Config::embedded()
         }
     };
     if config.log_level.is_some() {
