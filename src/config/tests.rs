@@ -66,6 +66,17 @@ pub(super) fn invalid_key(text: &str) -> String {
     }
 }
 
+/// A config with one broadcast route at `/live` and `options` added to
+/// its table.
+pub(super) fn broadcast_route(options: &str) -> String {
+    format!("[[route]]\npath = \"/live\"\nkind = \"broadcast\"\n{options}\n")
+}
+
+/// `prefix` as the publish prefix next to the given routes.
+pub(super) fn with_publish_prefix(prefix: &str, routes: &str) -> String {
+    format!("publish_prefix = {prefix:?}\n{routes}")
+}
+
 #[test]
 fn empty_file_uses_all_defaults() {
     assert_eq!(Config::from_toml_str("").unwrap(), documented_defaults());
@@ -293,17 +304,6 @@ fn load_reports_missing_file() {
     let err = Config::load(&file).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
     assert!(err.to_string().contains("does-not-exist"), "{err}");
-}
-
-/// A config with one broadcast route at `/live` and `options` added to
-/// its table.
-pub(super) fn broadcast_route(options: &str) -> String {
-    format!("[[route]]\npath = \"/live\"\nkind = \"broadcast\"\n{options}\n")
-}
-
-/// `prefix` as the publish prefix next to the given routes.
-pub(super) fn with_publish_prefix(prefix: &str, routes: &str) -> String {
-    format!("publish_prefix = {prefix:?}\n{routes}")
 }
 
 #[test]

@@ -321,6 +321,22 @@ mod tests {
     }
 
     #[test]
+    fn publish_token_rule_is_public_and_names_no_setting() {
+        assert_eq!(check_publish_token("abc!~XYZ"), Ok(()));
+        assert_eq!(check_publish_token(""), Err("must not be empty".to_owned()));
+        let err = check_publish_token("two words").unwrap_err();
+        assert!(err.starts_with("must consist of visible ASCII"), "{err}");
+        assert!(!err.contains("two"), "{err}");
+        // Only the config adds how to go without a token.
+        match Config::from_toml_str("publish_token = \"\"") {
+            Err(ConfigError::Invalid { message, .. }) => {
+                assert!(message.contains("remove the setting"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn publish_token_is_never_shown() {
         let c = Config::from_toml_str("publish_token = \"hunter2hunter2\"").unwrap();
         let shown = format!("{c:?}");
