@@ -29,6 +29,8 @@ use std::time::Duration;
 use log::LevelFilter;
 use serde::Deserialize;
 
+use crate::protocol::close::CloseCode;
+
 pub use listener::{ListenerConfig, ListenerTls};
 pub use route::{HEALTH_CHECK_PATH, METRICS_PATH, RouteConfig};
 pub use validate::check_publish_token;
@@ -58,10 +60,10 @@ kind = "broadcast"
 pub const DEFAULT_PUBLISH_PREFIX: &str = "/publish";
 
 /// Close code 1001 ("going away"): the server is shutting down.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_GOING_AWAY: u16 = CloseCode::GOING_AWAY.0;
 /// Close code 1012 ("service restart"): the server is restarting; clients
 /// may reconnect shortly.
-pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+pub const CLOSE_SERVICE_RESTART: u16 = CloseCode::SERVICE_RESTART.0;
 
 /// The whole configuration, field for key as in the file (`[[listener]]`
 /// and `[[route]]` fill `listeners` and `routes`). `Debug` never shows the
