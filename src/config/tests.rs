@@ -109,6 +109,71 @@ fn example_file_documents_the_defaults() {
     assert_eq!(example, embedded_config());
 }
 
+/// The keys a table accepts, as serde's derive lists them: a deserializer
+/// that records the field list it is asked for and then gives up.
+fn keys_of<T: for<'de> serde::Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor, value::Error};
+
+    struct Lister<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> serde::Deserializer<'de> for Lister<'_> {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not a table"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            *self.0 = fields;
+            Err(Error::custom("listed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut keys: &'static [&'static str] = &[];
+    let _ = T::deserialize(Lister(&mut keys));
+    keys
+}
+
+#[test]
+fn example_file_documents_every_key() {
+    let example = include_str!("../../config/wshub.toml");
+    // A key is documented by a line, commented out or not, that starts with
+    // it: `key = value`, `# key = value`, `#   key - what it does`, or
+    // names its table: `[[key]]`.
+    let documented = |key: &str| {
+        example.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ', '[']);
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with(']'))
+        })
+    };
+    let tables = [
+        keys_of::<Config>(),
+        keys_of::<ListenerConfig>(),
+        keys_of::<RouteConfig>(),
+    ];
+    for keys in tables {
+        assert!(keys.len() > 3, "{keys:?}");
+        for key in keys {
+            assert!(
+                documented(key),
+                "config/wshub.toml does not document `{key}`"
+            );
+        }
+    }
+}
+
 #[test]
 fn example_file_commented_out_settings_are_valid() {
     // The commented examples are meant to be uncommented as they are.
