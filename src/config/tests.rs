@@ -1,5 +1,10 @@
 //! Tests of parsing as a whole: defaults, the embedded and example files,
-//! and how parse errors read. Shared helpers for the submodules' tests.
+//! and how parse errors read.
+//!
+//! Owns: the literal list of documented defaults and the helpers the
+//! submodules' tests share.
+//! Must never: hold the tests of a validation rule; those live beside the
+//! code that enforces it.
 
 use std::time::Duration;
 
