@@ -30,9 +30,10 @@ Usage:
   wshub -h, --help             show this help
   wshub -V, --version          show the version
 
-The built-in config listens on 127.0.0.1:8080 and serves an echo route at
-/echo. Log verbosity follows RUST_LOG (default: info) and the config's
-log_level.
+The built-in config listens on 127.0.0.1:8080 and serves a broadcast hub
+at /live (publish from loopback with POST /publish/CHANNEL) and an echo
+route at /echo. Log verbosity follows RUST_LOG (default: info) and the
+config's log_level.
 
 Signals: SIGTERM or SIGINT closes every connection (code 1001, or
 shutdown_close_code) and exits once they are done or shutdown_timeout has
@@ -182,7 +183,7 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
                 "wshub {} using the built-in config",
                 env!("CARGO_PKG_VERSION")
             );
-            Config::default()
+            Config::embedded()
         }
     };
     if config.log_level.is_some() {

@@ -7,13 +7,10 @@
 //! ([`Routes::update`]) only updates entries in place, retires them, or
 //! appends new ones.
 
-use crate::config::{ClientMessages, Config, RouteConfig, RouteKind};
-use crate::protocol::deflate::DeflateConfig;
+use std::ops::Deref;
 
-/// Answered with a plain `200 OK` for health checks, on every listener.
-pub const HEALTH_PATH: &str = "/healthz";
-/// The Prometheus metrics page, on every listener.
-pub const METRICS_PATH: &str = "/metrics";
+use crate::config::{Config, HEALTH_CHECK_PATH, METRICS_PATH, RouteConfig, RouteKind};
+use crate::protocol::deflate::DeflateConfig;
 
 /// Index of a route in the table; small so connections can store it cheaply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,82 +19,44 @@ pub struct RouteId(pub u16);
 /// Most entries the table can hold: every index must fit a [`RouteId`].
 const MAX_ROUTES: usize = u16::MAX as usize + 1;
 
+/// A table entry: the route's config as loaded (read through `Deref`:
+/// `route.kind`, `route.subprotocols`, ...) and what the table keeps beside it.
 #[derive(Clone, Debug)]
 pub struct Route {
-    pub path: String,
-    pub kind: RouteKind,
-    pub client_messages: ClientMessages,
-    pub echo_to_sender: bool,
-    pub subprotocols: Vec<String>,
-    pub require_subprotocol: bool,
-    /// permessage-deflate settings, `None` when compression is off.
+    config: RouteConfig,
+    /// permessage-deflate settings, `None` when compression is off; worked
+    /// out once per load rather than per message.
     pub deflate: Option<DeflateConfig>,
     /// Gone from the config since a reload: no new connection resolves to
     /// it, while connections made on it earlier keep their behaviour.
     pub retired: bool,
 }
 
+impl Deref for Route {
+    type Target = RouteConfig;
+
+    fn deref(&self) -> &RouteConfig {
+        &self.config
+    }
+}
+
 impl Route {
     fn from_config(r: &RouteConfig) -> Route {
         Route {
-            path: r.path.clone(),
-            kind: r.kind,
-            client_messages: r.client_messages,
-            echo_to_sender: r.echo_to_sender,
-            subprotocols: r.subprotocols.clone(),
-            require_subprotocol: r.require_subprotocol,
+            config: r.clone(),
             deflate: r.deflate(),
             retired: false,
         }
     }
 
     /// Takes over the options of `r` (same path and kind), describing each
-    /// change for the log.
+    /// change for the log. Connections keep what they negotiated; while
+    /// compression is off they are sent uncompressed messages (always
+    /// allowed).
     fn set_options(&mut self, r: &RouteConfig, changes: &mut Vec<String>) {
-        if self.client_messages != r.client_messages {
-            changes.push(format!(
-                "route {:?}: client_messages: {} -> {}",
-                self.path, self.client_messages, r.client_messages
-            ));
-            self.client_messages = r.client_messages;
-        }
-        if self.echo_to_sender != r.echo_to_sender {
-            changes.push(format!(
-                "route {:?}: echo_to_sender: {} -> {}",
-                self.path, self.echo_to_sender, r.echo_to_sender
-            ));
-            self.echo_to_sender = r.echo_to_sender;
-        }
-        if self.subprotocols != r.subprotocols {
-            changes.push(format!(
-                "route {:?}: subprotocols: {:?} -> {:?}",
-                self.path, self.subprotocols, r.subprotocols
-            ));
-            self.subprotocols = r.subprotocols.clone();
-        }
-        if self.require_subprotocol != r.require_subprotocol {
-            changes.push(format!(
-                "route {:?}: require_subprotocol: {} -> {}",
-                self.path, self.require_subprotocol, r.require_subprotocol
-            ));
-            self.require_subprotocol = r.require_subprotocol;
-        }
-        let deflate = r.deflate();
-        if self.deflate != deflate {
-            let describe = |d: Option<DeflateConfig>| match d {
-                Some(d) => format!("on (level {}, min size {})", d.level, d.min_size),
-                None => "off".to_owned(),
-            };
-            // Connections keep what they negotiated; while compression is
-            // off they are sent uncompressed messages (always allowed).
-            changes.push(format!(
-                "route {:?}: compression: {} -> {}",
-                self.path,
-                describe(self.deflate),
-                describe(deflate)
-            ));
-            self.deflate = deflate;
-        }
+        changes.extend(self.config.changed_options(r));
+        self.config = r.clone();
+        self.deflate = r.deflate();
     }
 }
 
@@ -207,7 +166,7 @@ impl Routes {
     }
 
     pub fn resolve<'a>(&self, path: &'a str) -> Target<'a> {
-        if path == HEALTH_PATH {
+        if path == HEALTH_CHECK_PATH {
             return Target::Health;
         }
         if path == METRICS_PATH {
@@ -271,6 +230,7 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientMessages;
 
     fn table() -> Routes {
         let config = Config::from_toml_str(

@@ -28,7 +28,7 @@ fn server() -> TestServer {
 
 fn token_server() -> TestServer {
     let mut config = config();
-    config.publish_token = Some("tok".to_owned());
+    config.publish_token = Some("tok".into());
     TestServer::with_config(config)
 }
 

@@ -105,16 +105,11 @@ pub const EXTENSION_NAME: &str = "permessage-deflate";
 /// encoding of [`super::frame::FrameHeader::rsv`].
 pub const RSV_COMPRESSED: u8 = 0b100;
 
-/// zlib's own default: the usual balance of speed and ratio.
-const DEFAULT_LEVEL: u32 = 6;
-/// Below this many bytes DEFLATE rarely wins: its block header and Huffman
-/// tables eat most of what a short text saves, and the CPU is spent anyway.
-const DEFAULT_MIN_SIZE: usize = 128;
-
 /// Compression settings, passed in so a config reload applies at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeflateConfig {
-    /// zlib level, 0 (stored, no compression) to 9 (best); above 9 counts as 9.
+    /// zlib level, 0 (stored, no compression) to [`DeflateConfig::MAX_LEVEL`]
+    /// (best); above it counts as the maximum.
     pub level: u32,
     /// Messages shorter than this are sent uncompressed (RSV1 clear).
     pub min_size: usize,
@@ -122,14 +117,27 @@ pub struct DeflateConfig {
 
 impl Default for DeflateConfig {
     fn default() -> Self {
-        DeflateConfig {
-            level: DEFAULT_LEVEL,
-            min_size: DEFAULT_MIN_SIZE,
-        }
+        DeflateConfig::DEFAULT
     }
 }
 
 impl DeflateConfig {
+    /// The defaults of a route's `compression_level` and
+    /// `compression_min_size`, the only place they are defined.
+    ///
+    /// Level 6 is zlib's own default balance of speed and ratio; a broadcast
+    /// is compressed once per publish, so its cost does not grow with the
+    /// subscribers. Below 128 bytes DEFLATE rarely wins: its block header
+    /// and Huffman tables eat most of what a short text saves, and the CPU
+    /// is spent anyway.
+    pub const DEFAULT: DeflateConfig = DeflateConfig {
+        level: 6,
+        min_size: 128,
+    };
+
+    /// zlib's highest level (smallest output, slowest).
+    pub const MAX_LEVEL: u32 = codec::MAX_LEVEL;
+
     /// Is a message of `len` bytes worth compressing?
     pub fn should_compress(&self, len: usize) -> bool {
         len >= self.min_size
@@ -148,7 +156,9 @@ mod tests {
         };
         assert!(!config.should_compress(9));
         assert!(config.should_compress(10));
-        assert!(DeflateConfig::default().should_compress(DEFAULT_MIN_SIZE));
+        let default = DeflateConfig::default();
+        assert!(default.should_compress(default.min_size));
+        assert!(!default.should_compress(default.min_size - 1));
     }
 
     #[test]
@@ -157,7 +167,7 @@ mod tests {
         let params = negotiate(offers).unwrap();
         let payload = b"a broadcast that every subscriber receives, ".repeat(20);
         let mut compressed = Vec::new();
-        Compressor::new(DEFAULT_LEVEL)
+        Compressor::new(DeflateConfig::DEFAULT.level)
             .compress(params.server_window(), &payload, &mut compressed)
             .unwrap();
         assert!(compressed.len() < payload.len());

@@ -12,7 +12,7 @@ use crate::protocol::close::CloseCode;
 /// the receiver appends it back (RFC 7692 §7.2.1, §7.2.2).
 const SYNC_TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// Highest zlib level; higher configured values are clamped to it.
-const MAX_LEVEL: u32 = 9;
+pub(super) const MAX_LEVEL: u32 = 9;
 /// One compression stream per window size in `WindowBits::MIN..=MAX`.
 const WINDOW_SIZES: usize = (WindowBits::MAX.get() - WindowBits::MIN.get() + 1) as usize;
 /// The inflater always runs with DEFLATE's largest window: it reads streams
