@@ -5,19 +5,29 @@
 //! metrics and publishes are answered (keep-alive, pipelined, with bodies)
 //! until a request upgrades it to WebSocket.
 //!
-//! Owns: the connection's transport, its phase, the sans-IO receiver, its
-//! outbound queue and the few timestamps its deadlines derive from.
-//! Must never: block, touch another connection (work on others is handed to
-//! the loop as an [`Action`]), or keep a buffer while it has nothing in
-//! flight — bytes are handed in from the loop's shared receive buffer and
-//! only a leftover fragment is ever copied.
+//! Sans-IO, in the manner of quinn-proto's `Connection`: bytes and `now` go
+//! in ([`Connection::on_input`], [`Connection::on_eof`],
+//! [`Connection::on_timer`]); out come bytes to send ([`Connection::flush`]
+//! into any [`Sink`]), "shut the write side"
+//! ([`Connection::poll_shutdown_write`]), the next deadline
+//! ([`Connection::next_deadline`]) and hub work ([`Action`]s).
+//!
+//! Owns: the connection's phase, the sans-IO receiver, its outbound queue,
+//! its channel memberships and the few timestamps its deadlines derive from.
+//! Must never: touch a socket, a poller, a timer wheel or a clock (the loop's
+//! slot holds those), block, touch another connection (work on others is
+//! handed to the loop as an [`Action`]), or keep a buffer while it has
+//! nothing in flight — bytes are handed in from the loop's shared receive
+//! buffer and only a leftover fragment is ever copied.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
 
 use log::debug;
 
 use super::compress::{Broadcast, Codec};
-use super::outqueue::OutQueue;
-use super::per_ip::IpSlot;
-use super::transport::Transport;
+use super::outqueue::{Flush, OutQueue, Sink};
 use crate::config::{ClientMessages, Config, RouteKind};
 use crate::hub::Memberships;
 use crate::hub::names::parse_subscription;
@@ -30,7 +40,6 @@ use crate::protocol::handshake;
 use crate::protocol::http::{self, HeadReader, RequestHead};
 use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
 use crate::route::{RouteId, Routes, Target};
-use crate::timer::TimerKey;
 
 /// Work a connection asks of the loop because it concerns other connections.
 #[derive(Debug)]
@@ -70,10 +79,11 @@ impl Ctx<'_> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Phase {
-    /// Speaking HTTP until a request upgrades the connection.
-    AwaitingHandshake(Box<HttpState>),
+    /// Speaking HTTP until a request upgrades the connection (its parser
+    /// state is in `Connection::http`, present exactly in this phase).
+    AwaitingHandshake,
     Open,
     /// Our last bytes (a close frame or an HTTP answer) are queued or sent;
     /// nothing else will be. The write side is shut once they are flushed,
@@ -99,24 +109,17 @@ struct PublishBody {
     data: Vec<u8>,
 }
 
-/// A client connection owned by the loop's slab.
+/// A client connection: its protocol state only. The loop keeps it in a
+/// slot next to its socket and bookkeeping.
 #[derive(Debug)]
 pub struct Connection {
-    pub transport: Transport,
-    /// The per-address count this connection holds, if that limit is on.
-    pub ip_slot: Option<IpSlot>,
-    /// Generation of the slab slot, part of the poll token, so a late event
-    /// for a closed connection never reaches one that reuses the slot.
-    pub generation: u32,
-    /// The single timer wheel entry of this connection, if any deadline applies.
-    pub timer: Option<TimerKey>,
-    pub out: OutQueue,
+    out: OutQueue,
     /// Channels this connection is subscribed to.
     pub memberships: Memberships,
-    /// The last broadcast delivered, so a message relayed to several channels
-    /// reaches a subscriber of more than one of them only once.
-    pub delivery_stamp: u32,
     phase: Phase,
+    /// HTTP parser state while [`Phase::AwaitingHandshake`], `None` after.
+    /// Kept apart from `phase` so the phase is a byte, not a tagged pointer.
+    http: Option<Box<HttpState>>,
     receiver: Receiver,
     /// Input not yet processed: held back while the outbound queue is over
     /// its limit, or while the loop carries out an [`Action`] whose answer
@@ -136,24 +139,22 @@ pub struct Connection {
     ping_outstanding: bool,
     /// Counted as an open WebSocket connection of `route`.
     upgraded: bool,
+    /// The write side was shut (asked of the loop once, by
+    /// [`Connection::poll_shutdown_write`]).
     write_shut: bool,
-    /// WRITABLE interest is registered with the poller.
-    pub write_interest: bool,
-    /// Listed for a flush at the end of the loop turn.
-    pub dirty: bool,
+    /// The peer's address is a loopback one (captured at accept): without a
+    /// publish token only such peers may publish.
+    peer_loopback: bool,
 }
 
 impl Connection {
-    pub fn new(transport: Transport, generation: u32, now: u64) -> Connection {
+    /// A connection accepted from `peer` at `now`.
+    pub fn new(peer: SocketAddr, now: u64) -> Connection {
         Connection {
-            transport,
-            ip_slot: None,
-            generation,
-            timer: None,
             out: OutQueue::default(),
             memberships: Memberships::default(),
-            delivery_stamp: 0,
-            phase: Phase::AwaitingHandshake(Box::default()),
+            phase: Phase::AwaitingHandshake,
+            http: Some(Box::default()),
             receiver: Receiver::new(),
             pending_in: None,
             route: RouteId::default(),
@@ -163,9 +164,48 @@ impl Connection {
             ping_outstanding: false,
             upgraded: false,
             write_shut: false,
-            write_interest: false,
-            dirty: false,
+            peer_loopback: peer.ip().to_canonical().is_loopback(),
         }
+    }
+
+    /// Bytes queued for the peer and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Queues a broadcast frame shared with other recipients.
+    pub fn deliver(&mut self, frame: Rc<[u8]>) {
+        self.out.push_shared(frame);
+    }
+
+    /// Queues the answer to this connection's publish request.
+    pub fn answer_publish(&mut self, channel: &str, recipients: usize, keep_alive: bool) {
+        self.out.push_with(|buf| {
+            publish::write_published(channel, recipients, keep_alive, buf);
+        });
+    }
+
+    /// Writes queued bytes into `sink` until it is full or they are all out.
+    pub fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
+        self.out.flush(sink)
+    }
+
+    /// True once, when our last bytes are out and the write side should be
+    /// shut (FIN) so the peer sees the end; reading goes on for its reply.
+    pub fn poll_shutdown_write(&mut self) -> bool {
+        if self.out.is_empty() && !self.write_shut && matches!(self.phase, Phase::Closing { .. }) {
+            self.write_shut = true;
+            return true;
+        }
+        false
+    }
+
+    /// Moves to `phase`; the HTTP parser state goes once the phase is left.
+    fn set_phase(&mut self, phase: Phase) {
+        if !matches!(phase, Phase::AwaitingHandshake) {
+            self.http = None;
+        }
+        self.phase = phase;
     }
 
     /// The loop should read from the socket (nothing held back, peer not done).
@@ -208,11 +248,11 @@ impl Connection {
     /// close timeout).
     pub fn on_eof(&mut self, now: u64) {
         match &mut self.phase {
-            Phase::AwaitingHandshake(_) | Phase::Open => {
-                self.phase = Phase::Closing {
+            Phase::AwaitingHandshake | Phase::Open => {
+                self.set_phase(Phase::Closing {
                     websocket: false,
                     peer_closed: true,
-                };
+                });
                 self.since = now;
             }
             Phase::Closing { peer_closed, .. } => *peer_closed = true,
@@ -257,7 +297,7 @@ impl Connection {
     }
 
     fn process(&mut self, mut input: &mut [u8], ctx: &mut Ctx<'_>) {
-        while let Phase::AwaitingHandshake(state) = &mut self.phase {
+        while let Some(state) = self.http.as_deref_mut() {
             if input.is_empty() {
                 return;
             }
@@ -341,10 +381,7 @@ impl Connection {
         match &config.publish_token {
             Some(token) => Access::Token(token),
             None => Access::LoopbackOnly {
-                peer_is_loopback: self
-                    .transport
-                    .peer_addr()
-                    .is_ok_and(|a| a.ip().to_canonical().is_loopback()),
+                peer_is_loopback: self.peer_loopback,
             },
         }
     }
@@ -372,7 +409,7 @@ impl Connection {
             self.out
                 .push_with(|buf| buf.extend_from_slice(publish::CONTINUE));
         }
-        if let Phase::AwaitingHandshake(state) = &mut self.phase {
+        if let Some(state) = &mut self.http {
             state.body = Some(body);
         }
         false
@@ -452,7 +489,7 @@ impl Connection {
         }
         self.deflate = params;
         self.route = id;
-        self.phase = Phase::Open;
+        self.set_phase(Phase::Open);
         self.upgraded = true;
         ctx.metrics.handshakes_accepted += 1;
         if let Some(open) = ctx.metrics.open_by_route.get_mut(usize::from(id.0)) {
@@ -567,10 +604,10 @@ impl Connection {
             Ok(_) if peer_close.is_some() => {
                 let code = close::reply_code(peer_close.flatten());
                 self.send_close(code, "", ctx.now);
-                self.phase = Phase::Closing {
+                self.set_phase(Phase::Closing {
                     websocket: true,
                     peer_closed: true,
-                };
+                });
             }
             Ok(used) => {
                 if let Some(rest) = input.get(used..) {
@@ -595,10 +632,10 @@ impl Connection {
             });
         if peer_closed || result.is_err() {
             // A broken frame after our close ends the wait just like a close would.
-            self.phase = Phase::Closing {
+            self.set_phase(Phase::Closing {
                 websocket: true,
                 peer_closed: true,
-            };
+            });
         }
     }
 
@@ -606,7 +643,7 @@ impl Connection {
     /// while what is already queued still goes out. Returns false (and does
     /// nothing) once the connection is a WebSocket or already closing.
     pub fn stop_http(&mut self, now: u64) -> bool {
-        if !matches!(self.phase, Phase::AwaitingHandshake(_)) {
+        if !matches!(self.phase, Phase::AwaitingHandshake) {
             return false;
         }
         self.enter_closing(false, now);
@@ -625,29 +662,18 @@ impl Connection {
     }
 
     fn enter_closing(&mut self, websocket: bool, now: u64) {
-        self.phase = Phase::Closing {
+        self.set_phase(Phase::Closing {
             websocket,
             peer_closed: false,
-        };
+        });
         self.since = now;
         self.pending_in = None;
-    }
-
-    /// Called after the outbound queue was flushed: once our final bytes are
-    /// out, send FIN so the peer sees the end, but keep reading its reply.
-    pub fn after_flush(&mut self) {
-        if self.out.is_empty() && !self.write_shut && matches!(self.phase, Phase::Closing { .. }) {
-            // Failure here means the peer is already gone; EOF or the close
-            // timeout ends the connection either way.
-            let _ = self.transport.shutdown_write();
-            self.write_shut = true;
-        }
     }
 
     /// The earliest time something must happen on this connection.
     pub fn next_deadline(&self, config: &Config) -> Option<u64> {
         match self.phase {
-            Phase::AwaitingHandshake(_) => Some(after(self.since, config.handshake_timeout)),
+            Phase::AwaitingHandshake => Some(after(self.since, config.handshake_timeout)),
             Phase::Closing { .. } => Some(after(self.since, config.close_timeout)),
             Phase::Open => {
                 let ping = (!config.ping_interval.is_zero()).then(|| {
@@ -671,7 +697,7 @@ impl Connection {
     /// Returns false when the connection must be dropped at once.
     pub fn on_timer(&mut self, config: &Config, now: u64) -> bool {
         match self.phase {
-            Phase::AwaitingHandshake(_) => {
+            Phase::AwaitingHandshake => {
                 if now >= after(self.since, config.handshake_timeout) {
                     debug!("handshake timeout");
                     return false;
@@ -717,27 +743,4 @@ impl Connection {
 /// absurdly long settings.
 fn after(start: u64, d: std::time::Duration) -> u64 {
     start.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every connection, idle or not, costs this much in the slab; the idle
-    /// memory target (≤ 256 bytes of RSS per subscriber, measured by the
-    /// benchmark) leaves room for little more than this struct.
-    #[test]
-    fn connection_state_stays_small() {
-        let size = size_of::<Connection>();
-        eprintln!(
-            "Connection {size} B (receiver {}, out {}, phase {}, memberships {}, transport {})",
-            size_of::<Receiver>(),
-            size_of::<OutQueue>(),
-            size_of::<Phase>(),
-            size_of::<Memberships>(),
-            size_of::<Transport>(),
-        );
-        // 8 bytes less in release builds, where mio keeps no selector id per socket.
-        assert!(size <= 176, "Connection grew to {size} bytes");
-    }
 }

@@ -12,6 +12,7 @@ mod compress;
 mod conn;
 mod outqueue;
 mod per_ip;
+mod slot;
 pub(crate) mod tls;
 mod transport;
 
@@ -43,6 +44,7 @@ use compress::{Broadcast, Codec, FrameCache};
 use conn::{Action, Connection, Ctx};
 use outqueue::Flush;
 use per_ip::PerIp;
+use slot::{KEY_MASK, Slot, split_token, token_of};
 pub use tls::TlsConfigError;
 use tls::TlsStream;
 use transport::Transport;
@@ -59,9 +61,6 @@ const ROUNDS_PER_TURN: usize = 64;
 const ACCEPT_PAUSE_MS: u64 = 100;
 /// Events taken from the poller per turn.
 const EVENTS_PER_POLL: usize = 1024;
-/// Bits of a token holding the slab key; the bits above hold the slot's generation.
-const KEY_BITS: u32 = usize::BITS / 2;
-const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 /// Listener tokens use generation 0, which connections never get.
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// The signal pipe registered by [`Server::handle_signals`].
@@ -125,7 +124,7 @@ pub struct Server {
     /// Per listening socket: the `config.listeners` entry whose
     /// certificate it serves, for reloads.
     tls_source: Vec<Option<usize>>,
-    conns: Slab<Connection>,
+    conns: Slab<Slot<Transport>>,
     next_generation: u32,
     timers: TimerWheel<Token>,
     recv_buf: Box<[u8]>,
@@ -541,9 +540,9 @@ impl Server {
         self.accept_paused_until = None;
         let mut queue = Vec::new();
         let mut http = Vec::new();
-        for (key, conn) in &self.conns {
-            if conn.is_open() {
-                queue.push(Self::token_of(key, conn.generation));
+        for (key, slot) in &self.conns {
+            if slot.conn.is_open() {
+                queue.push(slot.token(key));
             } else {
                 http.push(key);
             }
@@ -563,8 +562,8 @@ impl Server {
             humantime::format_duration(self.config.shutdown_timeout),
         );
         for key in http {
-            if let Some(conn) = self.conns.get_mut(key)
-                && conn.stop_http(now)
+            if let Some(slot) = self.conns.get_mut(key)
+                && slot.conn.stop_http(now)
             {
                 self.drive(key, false, false, now);
             }
@@ -596,8 +595,8 @@ impl Server {
             let Some(key) = self.live_key(token) else {
                 continue;
             };
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.send_close(shutdown.code, shutdown.reason, now);
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.conn.send_close(shutdown.code, shutdown.reason, now);
                 self.drive(key, false, false, now);
             }
         }
@@ -808,16 +807,11 @@ impl Server {
     }
 
     fn live_key(&self, token: Token) -> Option<usize> {
-        let key = token.0 & KEY_MASK;
-        let generation = token.0 >> KEY_BITS;
+        let (key, generation) = split_token(token);
         self.conns
             .get(key)
-            .filter(|c| c.generation as usize == generation)
+            .filter(|s| s.generation == generation)
             .map(|_| key)
-    }
-
-    fn token_of(key: usize, generation: u32) -> Token {
-        Token(((generation as usize) << KEY_BITS) | key)
     }
 
     fn accept(&mut self, index: usize, now: u64) {
@@ -888,7 +882,7 @@ impl Server {
             0 => 1,
             g => g,
         };
-        let token = Self::token_of(key, generation);
+        let token = token_of(key, generation);
         // Small frames must not wait for ACKs of earlier ones.
         let _ = stream.set_nodelay(true);
         if let Err(e) = self
@@ -911,9 +905,12 @@ impl Server {
                 }
             },
         };
-        let mut conn = Connection::new(transport, generation, now);
-        conn.ip_slot = ip_slot;
-        entry.insert(conn);
+        entry.insert(Slot::new(
+            transport,
+            Connection::new(peer, now),
+            generation,
+            ip_slot,
+        ));
         self.metrics.connections += 1;
         debug!("connection {key} from {peer}");
         self.sync_timer(key);
@@ -926,7 +923,7 @@ impl Server {
         let mut read = readable;
         let mut again = false;
         for _ in 0..ROUNDS_PER_TURN {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(slot) = self.conns.get_mut(key) else {
                 return;
             };
             let mut ctx = Ctx {
@@ -938,19 +935,19 @@ impl Server {
                 inflater: &mut self.inflater,
                 now,
             };
-            if conn.has_pending_input() {
-                if conn.out.len() > self.config.max_backlog_bytes {
+            if slot.conn.has_pending_input() {
+                if slot.conn.queued() > self.config.max_backlog_bytes {
                     // Resumed by the flush that drains the queue.
                     read = false;
                     break;
                 }
-                if conn.resume(&mut ctx) {
+                if slot.conn.resume(&mut ctx) {
                     // Reads were paused, so readiness edges may have been missed.
                     read = true;
                 }
             } else if read {
                 read = false;
-                match read_input(conn, &mut self.recv_buf, &mut ctx, read_to_end) {
+                match read_input(slot, &mut self.recv_buf, &mut ctx, read_to_end) {
                     Ok(more) => again = more,
                     Err(e) => {
                         debug!("connection {key}: read failed: {e}");
@@ -965,12 +962,13 @@ impl Server {
                 self.run_actions(key);
             }
         }
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        let token = Self::token_of(key, conn.generation);
-        if !conn.out.is_empty() {
-            match conn.out.flush(&mut conn.transport) {
+        let token = slot.token(key);
+        let Slot { io, conn, .. } = slot;
+        if conn.queued() > 0 {
+            match conn.flush(io) {
                 Ok(Flush::Done | Flush::Blocked) => {}
                 Err(e) => {
                     debug!("connection {key}: write failed: {e}");
@@ -978,40 +976,44 @@ impl Server {
                     return;
                 }
             }
-        } else if conn.transport.wants_write() {
+        } else if io.wants_write() {
             // TLS records (handshake, the tail of a write, close_notify)
             // with nothing queued behind them.
-            if let Err(e) = conn.transport.flush_pending() {
+            if let Err(e) = io.flush_pending() {
                 debug!("connection {key}: write failed: {e}");
                 self.remove(key);
                 return;
             }
         }
-        conn.after_flush();
-        if conn.is_finished() && !conn.transport.wants_write() {
+        if conn.poll_shutdown_write() {
+            // Failure here means the peer is already gone; EOF or the close
+            // timeout ends the connection either way.
+            let _ = io.shutdown_write();
+        }
+        if conn.is_finished() && !io.wants_write() {
             self.remove(key);
             return;
         }
-        if read || (conn.has_pending_input() && conn.out.len() <= self.config.max_backlog_bytes) {
+        if read || (conn.has_pending_input() && conn.queued() <= self.config.max_backlog_bytes) {
             again = true;
         }
-        let want_write = !conn.out.is_empty() || conn.transport.wants_write();
-        if want_write != conn.write_interest {
+        let want_write = conn.queued() > 0 || io.wants_write();
+        if want_write != slot.write_interest {
             let interest = if want_write {
                 Interest::READABLE | Interest::WRITABLE
             } else {
                 Interest::READABLE
             };
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .reregister(conn.transport.source(), token, interest)
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(slot.io.source(), token, interest)
             {
                 debug!("connection {key}: reregister failed: {e}");
                 self.remove(key);
                 return;
             }
-            conn.write_interest = want_write;
+            slot.write_interest = want_write;
         }
         if again {
             self.ready.push_back(token);
@@ -1030,8 +1032,8 @@ impl Server {
                     };
                     for name in &channels {
                         let membership = self.hub.subscribe(name, who);
-                        if let Some(conn) = self.conns.get_mut(key) {
-                            conn.memberships.push(membership);
+                        if let Some(slot) = self.conns.get_mut(key) {
+                            slot.conn.memberships.push(membership);
                         }
                     }
                     self.update_hub_gauges();
@@ -1048,12 +1050,8 @@ impl Server {
                         Some(id) => self.fan_out(id, &message, &mut cache, None, stamp),
                         None => 0,
                     };
-                    if let Some(conn) = self.conns.get_mut(key) {
-                        conn.out.push_with(|buf| {
-                            crate::hub::publish::write_published(
-                                &channel, recipients, keep_alive, buf,
-                            );
-                        });
+                    if let Some(slot) = self.conns.get_mut(key) {
+                        slot.conn.answer_publish(&channel, recipients, keep_alive);
                     }
                     self.remove_slow();
                 }
@@ -1065,12 +1063,12 @@ impl Server {
                     // Indexed rather than collected: no allocation per relayed
                     // message (a connection holds at most a few memberships,
                     // and slow recipients are only removed after the loop).
-                    let count = self.conns.get(key).map_or(0, |c| c.memberships.len());
+                    let count = self.conns.get(key).map_or(0, |s| s.conn.memberships.len());
                     for i in 0..count {
                         let Some(id) = self
                             .conns
                             .get(key)
-                            .and_then(|c| c.memberships.iter().nth(i))
+                            .and_then(|s| s.conn.memberships.iter().nth(i))
                             .map(|m| m.channel())
                         else {
                             break;
@@ -1116,16 +1114,17 @@ impl Server {
             if exclude == Some(key) {
                 continue;
             }
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            if !conn.is_open() || conn.delivery_stamp == stamp {
+            if !slot.conn.is_open() || slot.delivery_stamp == stamp {
                 continue;
             }
-            conn.delivery_stamp = stamp;
+            slot.delivery_stamp = stamp;
+            let conn = &mut slot.conn;
             let compression = self.routes.get(conn.route()).and_then(|r| r.deflate);
             let frame = cache.frame_for(message, conn.deflate(), compression, &mut self.codec);
-            if conn.out.len().saturating_add(frame.len()) > limit {
+            if conn.queued().saturating_add(frame.len()) > limit {
                 match self.config.on_backlog {
                     OnBacklog::Close => {
                         self.metrics.slow_consumer_closes += 1;
@@ -1136,9 +1135,9 @@ impl Server {
                 continue;
             }
             bytes = bytes.saturating_add(frame.len() as u64);
-            conn.out.push_shared(frame);
-            if !conn.dirty {
-                conn.dirty = true;
+            conn.deliver(frame);
+            if !slot.dirty {
+                slot.dirty = true;
                 self.dirty.push(key);
             }
             recipients += 1;
@@ -1166,8 +1165,8 @@ impl Server {
             }
             let mut batch = std::mem::take(&mut self.dirty);
             for key in batch.drain(..) {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.dirty = false;
+                if let Some(slot) = self.conns.get_mut(key) {
+                    slot.dirty = false;
                     self.drive(key, false, false, now);
                 }
             }
@@ -1203,11 +1202,11 @@ impl Server {
             let Some(key) = self.live_key(token) else {
                 continue;
             };
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(slot) = self.conns.get_mut(key) else {
                 continue;
             };
-            conn.timer = None;
-            if conn.on_timer(&self.config, now) {
+            slot.timer = None;
+            if slot.conn.on_timer(&self.config, now) {
                 self.drive(key, false, false, now);
             } else {
                 debug!("connection {key}: timed out");
@@ -1219,38 +1218,37 @@ impl Server {
     /// Keeps the connection's one wheel entry at or before its next deadline.
     /// Later deadlines are not chased: the entry fires early and re-arms.
     fn sync_timer(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        let deadline = conn.next_deadline(&self.config);
-        match (conn.timer, deadline) {
+        let deadline = slot.conn.next_deadline(&self.config);
+        match (slot.timer, deadline) {
             (Some(timer), Some(at)) => {
                 let current = self.timers.deadline(timer);
                 if current.is_none_or(|c| at < c) && !self.timers.reschedule(timer, at) {
-                    let token = Self::token_of(key, conn.generation);
-                    conn.timer = Some(self.timers.insert(at, token));
+                    slot.timer = Some(self.timers.insert(at, slot.token(key)));
                 }
             }
             (None, Some(at)) => {
-                let token = Self::token_of(key, conn.generation);
-                conn.timer = Some(self.timers.insert(at, token));
+                slot.timer = Some(self.timers.insert(at, slot.token(key)));
             }
             (Some(timer), None) => {
                 self.timers.remove(timer);
-                conn.timer = None;
+                slot.timer = None;
             }
             (None, None) => {}
         }
     }
 
     fn remove(&mut self, key: usize) {
-        if let Some(mut conn) = self.conns.try_remove(key) {
-            if let Some(timer) = conn.timer {
+        if let Some(mut slot) = self.conns.try_remove(key) {
+            if let Some(timer) = slot.timer {
                 self.timers.remove(timer);
             }
-            if let Some(slot) = conn.ip_slot {
-                self.per_ip.release(slot);
+            if let Some(ip_slot) = slot.ip_slot {
+                self.per_ip.release(ip_slot);
             }
+            let conn = &mut slot.conn;
             let memberships = conn.memberships.take();
             if !memberships.is_empty() {
                 for membership in memberships.iter() {
@@ -1265,7 +1263,7 @@ impl Server {
             {
                 *open = open.saturating_sub(1);
             }
-            let _ = self.poll.registry().deregister(conn.transport.source());
+            let _ = self.poll.registry().deregister(slot.io.source());
             debug!("connection {key} closed");
         }
     }
@@ -1344,16 +1342,17 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// each read to the connection straight from the shared buffer.
 /// Returns true when the budget ran out with input possibly left.
 fn read_input(
-    conn: &mut Connection,
+    slot: &mut Slot<Transport>,
     buf: &mut [u8],
     ctx: &mut Ctx<'_>,
     read_to_end: bool,
 ) -> io::Result<bool> {
+    let Slot { io, conn, .. } = slot;
     for _ in 0..READS_PER_TURN {
         if !conn.wants_read() {
             return Ok(false);
         }
-        match conn.transport.read(buf) {
+        match io.read(buf) {
             Ok(0) => {
                 conn.on_eof(ctx.now);
                 return Ok(false);

@@ -74,7 +74,7 @@
 
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -280,22 +280,18 @@ impl TlsStream {
         self.flush().map(drop)
     }
 
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.peer_addr()
-    }
-
     /// The socket to register with the poller.
     pub fn source(&mut self) -> &mut TcpStream {
         &mut self.tcp
     }
 
-    #[allow(dead_code)] // for tests and diagnostics; the loop does not need it
+    #[cfg(test)]
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
 
     /// The protocol agreed through ALPN, once the handshake got that far.
-    #[allow(dead_code)] // for tests and diagnostics; the loop does not need it
+    #[cfg(test)]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
@@ -454,7 +450,7 @@ fn certified_key(
 mod tests {
     use super::*;
 
-    use std::net::TcpStream as StdTcpStream;
+    use std::net::{SocketAddr, TcpStream as StdTcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
     use std::thread;
