@@ -695,11 +695,12 @@ impl Connection {
 
     /// The connection's timer fired: act on whatever deadline has passed.
     /// Returns false when the connection must be dropped at once.
-    pub fn on_timer(&mut self, config: &Config, now: u64) -> bool {
+    pub fn on_timer(&mut self, config: &Config, metrics: &mut Metrics, now: u64) -> bool {
         match self.phase {
             Phase::AwaitingHandshake => {
                 if now >= after(self.since, config.handshake_timeout) {
                     debug!("handshake timeout");
+                    metrics.refuse(Refused::Timeout);
                     return false;
                 }
             }
@@ -743,4 +744,206 @@ impl Connection {
 /// absurdly long settings.
 fn after(start: u64, d: std::time::Duration) -> u64 {
     start.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Deadlines on the virtual clock: every test moves time explicitly and
+    //! checks the exact millisecond something happens.
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::server::harness::{Driven, client_frame, close_code};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn config(adjust: impl FnOnce(&mut Config)) -> Config {
+        let mut config = Config {
+            ping_interval: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        adjust(&mut config);
+        config
+    }
+
+    const TIMEOUT_SERIES: &str = "wshub_requests_refused_total{reason=\"timeout\"}";
+
+    fn refused_timeouts(driven: &Driven) -> u64 {
+        let text = driven.env.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(TIMEOUT_SERIES))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn silent_connection_is_dropped_at_the_handshake_timeout_and_counted() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n");
+        c.advance_to(299);
+        assert_eq!(c.dropped, None);
+        c.advance_to(10_000);
+        assert_eq!(c.dropped, Some(300));
+        assert!(c.take().is_empty(), "dropped without an answer");
+        assert_eq!(refused_timeouts(&c), 1);
+    }
+
+    #[test]
+    fn each_http_request_restarts_the_handshake_deadline() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.advance_to(200);
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(c.take().starts_with(b"HTTP/1.1 200"));
+        c.advance_to(499);
+        assert_eq!(c.dropped, None);
+        c.advance_to(500);
+        assert_eq!(c.dropped, Some(500));
+    }
+
+    #[test]
+    fn open_websocket_is_not_subject_to_the_handshake_timeout() {
+        let mut c = Driven::open(config(|c| c.handshake_timeout = ms(100)), "/echo");
+        c.advance_to(60_000);
+        assert_eq!(c.dropped, None);
+        assert!(c.take().is_empty());
+    }
+
+    fn ping_config() -> Config {
+        config(|c| {
+            c.ping_interval = ms(200);
+            c.pong_timeout = ms(150);
+        })
+    }
+
+    #[test]
+    fn silent_client_is_pinged_at_the_ping_interval() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        c.advance_to(199);
+        assert!(c.take().is_empty());
+        c.advance_to(200);
+        assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())]);
+    }
+
+    #[test]
+    fn traffic_postpones_the_ping() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        c.advance_to(150);
+        c.send(&client_frame(OpCode::Text, b"hi"));
+        assert_eq!(c.frames(), [(OpCode::Text, b"hi".to_vec())]);
+        c.advance_to(349);
+        assert!(c.take().is_empty());
+        c.advance_to(350);
+        assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())]);
+    }
+
+    #[test]
+    fn unanswered_ping_drops_the_connection_at_the_pong_timeout() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        c.advance_to(349);
+        assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())]);
+        assert_eq!(c.dropped, None);
+        c.advance_to(350);
+        assert_eq!(c.dropped, Some(350), "ping at 200 + pong timeout 150");
+        assert_eq!(refused_timeouts(&c), 0, "not a handshake timeout");
+    }
+
+    #[test]
+    fn answered_pings_keep_the_connection_for_many_intervals() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        for round in 1..=20u64 {
+            let ping_at = round * 200 + (round - 1) * 10;
+            c.advance_to(ping_at);
+            assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())], "round {round}");
+            c.advance_to(ping_at + 10);
+            c.send(&client_frame(OpCode::Pong, b""));
+        }
+        assert_eq!(c.dropped, None);
+    }
+
+    fn idle_config() -> Config {
+        config(|c| {
+            c.idle_timeout = ms(400);
+            c.close_timeout = ms(1000);
+        })
+    }
+
+    #[test]
+    fn idle_client_gets_close_1000_at_the_idle_timeout() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        c.advance_to(399);
+        assert!(c.take().is_empty());
+        c.advance_to(400);
+        let frames = c.frames();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, OpCode::Close);
+        assert_eq!(close_code(&frames[0].1), Some(1000));
+        assert!(c.wire.write_shut, "FIN follows the close frame");
+        // The peer's close reply ends it.
+        c.send(&client_frame(OpCode::Close, &1000u16.to_be_bytes()));
+        assert_eq!(c.dropped, Some(400));
+    }
+
+    #[test]
+    fn traffic_resets_the_idle_timeout() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        for t in (100..=1200).step_by(100) {
+            c.advance_to(t);
+            c.send(&client_frame(OpCode::Text, b"tick"));
+        }
+        assert!(c.frames().iter().all(|(op, _)| *op == OpCode::Text));
+        c.advance_to(1599);
+        assert!(c.take().is_empty());
+        c.advance_to(1600);
+        assert_eq!(c.frames()[0].0, OpCode::Close);
+    }
+
+    #[test]
+    fn unanswered_close_is_dropped_at_the_close_timeout() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        c.advance_to(400);
+        assert_eq!(c.frames()[0].0, OpCode::Close);
+        c.advance_to(1399);
+        assert_eq!(c.dropped, None);
+        c.advance_to(1400);
+        assert_eq!(
+            c.dropped,
+            Some(1400),
+            "idle close at 400 + close timeout 1000"
+        );
+    }
+
+    #[test]
+    fn no_pings_when_the_ping_interval_is_zero() {
+        let mut c = Driven::open(config(|_| {}), "/echo");
+        assert_eq!(c.conn.next_deadline(&c.env.config), None);
+        c.advance_to(3_600_000);
+        assert!(c.take().is_empty());
+        assert_eq!(c.dropped, None);
+    }
+
+    #[test]
+    fn refused_request_closes_after_the_answer_and_the_close_timeout() {
+        let mut c = Driven::accepted(config(|c| c.close_timeout = ms(500)));
+        c.advance_to(10);
+        c.send(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(c.take().starts_with(b"HTTP/1.1 404"));
+        assert!(c.wire.write_shut);
+        c.advance_to(509);
+        assert_eq!(c.dropped, None);
+        c.advance_to(510);
+        assert_eq!(c.dropped, Some(510));
+    }
+
+    #[test]
+    fn peer_eof_after_our_close_ends_the_connection_at_once() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        c.advance_to(400);
+        c.advance_to(450);
+        c.eof();
+        assert_eq!(c.dropped, Some(450));
+    }
 }

@@ -10,6 +10,8 @@
 
 mod compress;
 mod conn;
+#[cfg(test)]
+mod harness;
 mod outqueue;
 mod per_ip;
 mod slot;
@@ -1206,7 +1208,7 @@ impl Server {
                 continue;
             };
             slot.timer = None;
-            if slot.conn.on_timer(&self.config, now) {
+            if slot.conn.on_timer(&self.config, &mut self.metrics, now) {
                 self.drive(key, false, false, now);
             } else {
                 debug!("connection {key}: timed out");
