@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use super::compress::Codec;
 use super::conn::{Action, Connection, Ctx};
 use super::outqueue::Sink;
+use super::slot::Slot;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::frame::{self, OpCode};
@@ -268,4 +269,18 @@ impl Driven {
             self.dropped = Some(self.env.now);
         }
     }
+}
+
+/// A slot whose connection opened a WebSocket on `path` at `env.now`, the
+/// way the loop holds it; the 101 answer is consumed and the connection's
+/// actions (its subscriptions) are left in `env.actions`.
+pub fn open_slot(env: &mut Env, path: &str) -> Slot<Wire> {
+    let mut conn = Connection::new(peer(), env.now);
+    let mut request = upgrade_request(path);
+    conn.on_input(&mut request, &mut env.ctx());
+    let mut wire = Wire::default();
+    conn.flush(&mut wire).expect("in-memory wire");
+    assert!(wire.bytes.starts_with(b"HTTP/1.1 101"));
+    wire.bytes.clear();
+    Slot::new(wire, conn, 1, None)
 }
