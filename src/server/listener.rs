@@ -143,6 +143,18 @@ impl Listener {
             }
         }
     }
+
+    /// The certificate files a TLS listener reads (`None` for plain ws://).
+    #[cfg(test)]
+    pub fn tls_files(&self) -> Option<&ListenerTls> {
+        self.tls.as_ref().map(|s| &s.files)
+    }
+
+    /// The config new TLS connections get.
+    #[cfg(test)]
+    pub fn tls_config(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref().map(|s| &s.config)
+    }
 }
 
 /// The `tls = true` entry of `listeners` for a socket at `address`.
@@ -320,21 +332,16 @@ impl Server {
             debug!("refused {peer}: connection limit reached");
             return;
         }
-        let max_per_ip = self.config.max_connections_per_ip;
-        let ip_slot = if max_per_ip == 0 {
-            None
-        } else {
-            match self.per_ip.try_acquire(peer.ip(), max_per_ip) {
-                Some(slot) => Some(slot),
-                None => {
-                    if tls.is_none() {
-                        let _ = io::Write::write(&mut stream, &self.listeners.too_many_response);
-                    }
-                    self.metrics.refuse(Refused::TooManyFromAddress);
-                    debug!("refused {peer}: max_connections_per_ip reached");
-                    return;
-                }
+        let limit = Some(self.config.max_connections_per_ip).filter(|&max| max > 0);
+        // Given back on every early return below; kept only once the
+        // connection is in the slab.
+        let Some(claim) = self.per_ip.claim(peer.ip(), limit) else {
+            if tls.is_none() {
+                let _ = io::Write::write(&mut stream, &self.listeners.too_many_response);
             }
+            self.metrics.refuse(Refused::TooManyFromAddress);
+            debug!("refused {peer}: max_connections_per_ip reached");
+            return;
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -373,7 +380,7 @@ impl Server {
             transport,
             Connection::new(peer, now),
             generation,
-            ip_slot,
+            claim.keep(),
         ));
         self.metrics.connections += 1;
         debug!("connection {key} from {peer}");
