@@ -383,9 +383,10 @@ impl Server {
         self.life.notifier.ready(&status);
     }
 
-    /// Swaps in a reloaded config: everything but the listeners applies at
-    /// once, to open connections too; routes keep their indexes.
-    fn apply_config(&mut self, mut config: Config) {
+    /// Swaps in a reloaded config: everything but the listening sockets
+    /// applies at once, to open connections too (certificate paths
+    /// included); routes keep their indexes.
+    pub(super) fn apply_config(&mut self, mut config: Config) {
         // Certificate settings may change; the sockets themselves may not.
         let same_sockets = config.listeners.len() == self.config.listeners.len()
             && config
@@ -393,7 +394,11 @@ impl Server {
                 .iter()
                 .zip(&self.config.listeners)
                 .all(|(a, b)| a.address == b.address && a.tls.is_some() == b.tls.is_some());
-        if config.listeners != self.config.listeners && (self.life.inherited || !same_sockets) {
+        // The certificate paths come from the file as it is, even where the
+        // rest of `[[listener]]` cannot apply: a listening socket (bound or
+        // passed) takes those of the `tls = true` entry with its address.
+        let file_listeners = config.listeners.clone();
+        if !same_sockets {
             let show = |c: &Config| {
                 c.listeners
                     .iter()
@@ -427,7 +432,7 @@ impl Server {
         changes.extend(route_changes);
         let old = std::mem::replace(&mut self.config, config);
         for listener in &mut self.listeners.list {
-            listener.take_tls_files(&self.config.listeners);
+            listener.take_tls_files(&file_listeners);
         }
         let deadlines_changed = old.handshake_timeout != self.config.handshake_timeout
             || old.ping_interval != self.config.ping_interval
@@ -493,7 +498,58 @@ fn signal_name(signal: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::config::{ListenerConfig, ListenerTls};
+    use crate::server::tls::tests::ec_identity;
+
+    fn tls_entry(
+        address: std::net::SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            tls: Some(ListenerTls {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                alpn: true,
+            }),
+        }
+    }
+
+    /// Under socket activation `[[listener]]` changes are not applied, yet a
+    /// passed socket matched to a TLS entry by address must take that
+    /// entry's new certificate paths from the reloaded file.
+    #[test]
+    fn a_passed_tls_socket_takes_the_reloaded_certificate_paths() {
+        let first = ec_identity();
+        let second = ec_identity();
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let mut config = Config {
+            listeners: vec![tls_entry(addr, &first.cert, &first.key)],
+            ..Config::default()
+        };
+        let mut server = Server::with_listeners(config.clone(), vec![socket]).unwrap();
+        let before = Arc::clone(server.listeners.list[0].tls_config().unwrap());
+
+        // The file moves the certificate and also adds a listener, which
+        // cannot apply under socket activation.
+        config.listeners = vec![
+            ListenerConfig::plain("127.0.0.1:1".parse().unwrap()),
+            tls_entry(addr, &second.cert, &second.key),
+        ];
+        server.apply_config(config);
+        server.reload_certificates();
+
+        let files = server.listeners.list[0].tls_files().unwrap();
+        assert_eq!(files.cert, second.cert);
+        assert_eq!(files.key, second.key);
+        let after = server.listeners.list[0].tls_config().unwrap();
+        assert!(!Arc::ptr_eq(&before, after), "the new pair was loaded");
+    }
 
     const CLOSE: (CloseCode, &str) = (CloseCode::GOING_AWAY, "going away");
 

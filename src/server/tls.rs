@@ -447,7 +447,7 @@ fn certified_key(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     use std::net::{SocketAddr, TcpStream as StdTcpStream};
@@ -548,7 +548,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
 ";
 
     /// A fresh directory for one test's files, removed when dropped.
-    struct TempDir(PathBuf);
+    pub(in crate::server) struct TempDir(PathBuf);
 
     impl TempDir {
         fn new(name: &str) -> TempDir {
@@ -577,15 +577,15 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
 
     /// Certificate and key files for "localhost", and the certificate for
     /// the client's root store.
-    struct Identity {
+    pub(in crate::server) struct Identity {
         _dir: TempDir,
-        cert: PathBuf,
-        key: PathBuf,
+        pub cert: PathBuf,
+        pub key: PathBuf,
         der: CertificateDer<'static>,
     }
 
     /// A self-signed certificate with a fresh P-256 key (PKCS#8).
-    fn ec_identity() -> Identity {
+    pub(in crate::server) fn ec_identity() -> Identity {
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let dir = TempDir::new("ec");
         Identity {
