@@ -214,8 +214,13 @@ fn read_input(
                     return Ok(false);
                 };
                 conn.on_input(input, ctx);
-                // A short read emptied the socket's receive queue; new data
-                // raises a new edge.
+                // Stopping at a short read saves the read that would only
+                // say WouldBlock, but it leans on Linux epoll semantics, not
+                // on mio's documented contract ("read until WouldBlock"): on
+                // Linux a short read from a TCP socket means its receive
+                // queue is empty, and data arriving later raises a new edge.
+                // On another platform this early return must go, or input
+                // can stall until the peer sends again.
                 if n < buf.len() && !read_to_end {
                     return Ok(false);
                 }
