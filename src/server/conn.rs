@@ -41,6 +41,9 @@ use crate::protocol::http::{self, HeadReader, RequestHead};
 use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
 use crate::route::{RouteId, Routes, Target};
 
+/// The reason in the close frame of an evicted slow consumer.
+pub const SLOW_CONSUMER_REASON: &str = "slow consumer";
+
 /// Work a connection asks of the loop because it concerns other connections.
 #[derive(Debug)]
 pub enum Action {
@@ -659,6 +662,18 @@ impl Connection {
         let len = close::encode_close_payload(code, reason, &mut payload);
         self.out.push_frame(OpCode::Close, &payload[..len]);
         self.enter_closing(true, now);
+    }
+
+    /// Evicts a slow consumer as RFC 6455 §7.1.7 asks: the frame in flight
+    /// is finished (the peer gets whole frames only), the broadcast frames
+    /// queued behind it are dropped, a close frame with 1013 ("try again
+    /// later") follows, and `close_timeout` bounds the rest as for any close.
+    pub fn evict_slow(&mut self, now: u64) {
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        self.out.drop_unsent_broadcasts();
+        self.send_close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER_REASON, now);
     }
 
     fn enter_closing(&mut self, websocket: bool, now: u64) {

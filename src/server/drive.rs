@@ -74,7 +74,7 @@ impl Server {
                 break;
             }
             if !self.actions.is_empty() {
-                self.run_actions(key);
+                self.run_actions(key, now);
             }
         }
         let Some(slot) = self.conns.get_mut(key) else {

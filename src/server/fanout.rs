@@ -32,7 +32,8 @@ pub enum Backlog {
     Queue,
     /// Over the limit with `on_backlog = "drop"`: this subscriber misses it.
     Skip,
-    /// Over the limit with `on_backlog = "close"`: the subscriber is evicted.
+    /// Over the limit with `on_backlog = "close"`: the subscriber is evicted
+    /// (its frame in flight finished, the rest dropped, close 1013).
     Evict,
 }
 
@@ -51,6 +52,8 @@ pub fn backlog(queued: usize, frame_len: usize, limit: usize, policy: OnBacklog)
 
 /// What a fan-out reads and updates besides the slots.
 pub struct Env<'a> {
+    /// Milliseconds on the loop's clock.
+    pub now: u64,
     pub config: &'a Config,
     pub routes: &'a Routes,
     pub codec: &'a mut Codec,
@@ -61,10 +64,9 @@ pub struct Env<'a> {
 /// capacity.
 #[derive(Debug, Default)]
 pub struct FanOut {
-    /// Slots given frames this turn, to flush before polling.
+    /// Slots given frames (or an eviction's close frame) this turn, to
+    /// flush before polling.
     pub dirty: Vec<usize>,
-    /// Subscribers found slow during a fan-out, evicted after it.
-    pub slow: Vec<usize>,
     /// Tags each fan-out so a relay through several channels reaches a
     /// subscriber of more than one of them once.
     stamp: u32,
@@ -126,17 +128,19 @@ impl FanOut {
                 }
                 Backlog::Evict => {
                     env.metrics.slow_consumer_closes += 1;
-                    self.slow.push(key);
-                    continue;
+                    debug!("connection {key}: slow consumer over max_backlog_bytes, closing");
+                    conn.evict_slow(env.now);
                 }
             }
-            bytes = bytes.saturating_add(frame.len() as u64);
-            conn.deliver(frame);
+            if slot.conn.is_open() {
+                bytes = bytes.saturating_add(frame.len() as u64);
+                slot.conn.deliver(frame);
+                recipients += 1;
+            }
             if !slot.dirty {
                 slot.dirty = true;
                 self.dirty.push(key);
             }
-            recipients += 1;
         }
         let count = recipients as u64;
         env.metrics.deliveries += count;
@@ -148,7 +152,7 @@ impl FanOut {
 
 impl Server {
     /// Carries out what connection `key` asked for while processing input.
-    pub(super) fn run_actions(&mut self, key: usize) {
+    pub(super) fn run_actions(&mut self, key: usize, now: u64) {
         let mut actions = std::mem::take(&mut self.actions);
         for action in actions.drain(..) {
             match action {
@@ -173,13 +177,12 @@ impl Server {
                     let stamp = self.fanout.next_stamp();
                     let mut cache = FrameCache::default();
                     let recipients = match self.hub.lookup(&channel) {
-                        Some(id) => self.fan_out(id, &message, &mut cache, None, stamp),
+                        Some(id) => self.fan_out(id, &message, &mut cache, None, stamp, now),
                         None => 0,
                     };
                     if let Some(slot) = self.conns.get_mut(key) {
                         slot.conn.answer_publish(&channel, recipients, keep_alive);
                     }
-                    self.remove_slow();
                 }
                 Action::Relay { message, to_sender } => {
                     self.metrics.publishes += 1;
@@ -188,7 +191,7 @@ impl Server {
                     let mut cache = FrameCache::default();
                     // Indexed rather than collected: no allocation per relayed
                     // message (a connection holds at most a few memberships,
-                    // and slow recipients are only removed after the loop).
+                    // and fan-out never removes a connection).
                     let count = self.conns.get(key).map_or(0, |s| s.conn.memberships.len());
                     for i in 0..count {
                         let Some(id) = self
@@ -199,9 +202,8 @@ impl Server {
                         else {
                             break;
                         };
-                        self.fan_out(id, &message, &mut cache, exclude, stamp);
+                        self.fan_out(id, &message, &mut cache, exclude, stamp, now);
                     }
-                    self.remove_slow();
                 }
             }
         }
@@ -216,8 +218,10 @@ impl Server {
         cache: &mut FrameCache,
         exclude: Option<usize>,
         stamp: u32,
+        now: u64,
     ) -> usize {
         let env = Env {
+            now,
             config: &self.config,
             routes: &self.routes,
             codec: &mut self.codec,
@@ -232,13 +236,6 @@ impl Server {
             stamp,
             env,
         )
-    }
-
-    fn remove_slow(&mut self) {
-        while let Some(key) = self.fanout.slow.pop() {
-            debug!("connection {key}: slow consumer over max_backlog_bytes, dropped");
-            self.remove(key);
-        }
     }
 
     /// Writes out what fan-outs queued this turn, one vectored write per
@@ -332,6 +329,7 @@ mod tests {
             let stamp = self.fanout.next_stamp();
             let channel = self.hub.lookup("feed").expect("channel");
             let env = Env {
+                now: self.env.now,
                 config: &self.env.config,
                 routes: &self.env.routes,
                 codec: &mut self.env.codec,
@@ -407,21 +405,74 @@ mod tests {
         assert!(room.slots[stuck].conn.is_open());
     }
 
+    /// RFC 6455 §7.1.7: the frame in flight is finished, the frames queued
+    /// behind it are dropped, a close 1013 follows, then `close_timeout`.
     #[test]
-    fn with_close_a_stuck_subscriber_is_evicted_at_the_limit() {
+    fn with_close_a_stuck_subscriber_gets_whole_frames_then_close_1013() {
         let mut room = Room::new(OnBacklog::Close);
-        let stuck = room.subscribe(0);
+        room.env.config.close_timeout = std::time::Duration::from_millis(700);
+        // Takes message 0 and the first 10 bytes of message 1, then nothing.
+        let stuck = room.subscribe(FRAME + 10);
         let fast = room.subscribe(usize::MAX);
         let mut recipients = Vec::new();
-        for seq in 0..4 {
+        for seq in 0..6 {
+            room.env.now = u64::from(seq) * 10;
             recipients.push(room.publish(seq));
             room.flush();
         }
-        assert_eq!(recipients, [2, 2, 2, 1]);
+        // 92 bytes of message 1 and messages 2 and 3 fill the 306-byte
+        // backlog; message 4 evicts.
+        assert_eq!(recipients, [2, 2, 2, 2, 1, 1]);
         assert_eq!(room.env.metrics.slow_consumer_closes, 1);
         assert_eq!(room.env.metrics.slow_consumer_drops, 0);
-        assert_eq!(room.fanout.slow, [stuck]);
-        assert_eq!(room.received(fast), [0, 1, 2, 3]);
+        assert_eq!(room.received(fast), [0, 1, 2, 3, 4, 5]);
+        let slot = &mut room.slots[stuck];
+        assert!(!slot.conn.is_open());
+        // Messages 2 and 3 were dropped; the close frame is queued.
+        assert_eq!(
+            slot.conn.queued(),
+            FRAME - 10 + 2 + 2 + "slow consumer".len()
+        );
+
+        // It reads again: message 1 completes, then the close frame.
+        slot.io.room = usize::MAX;
+        slot.conn.flush(&mut slot.io).unwrap();
+        assert!(slot.conn.poll_shutdown_write(), "FIN after the close frame");
+        let bytes = std::mem::take(&mut slot.io.bytes);
+        let (frames, partial) = server_frames(&bytes);
+        assert_eq!(partial, 0, "no frame is cut");
+        let seqs: Vec<u8> = frames[..2].iter().map(|(_, p)| p[0]).collect();
+        assert_eq!(seqs, [0, 1]);
+        assert_eq!(frames.len(), 3);
+        let (opcode, payload) = &frames[2];
+        assert_eq!(*opcode, OpCode::Close);
+        assert_eq!(harness::close_code(payload), Some(1013));
+        assert_eq!(&payload[2..], b"slow consumer");
+
+        // No close reply: dropped at eviction (t=40) + close_timeout.
+        let config = &room.env.config;
+        assert_eq!(slot.conn.next_deadline(config), Some(40 + 700));
+        let metrics = &mut room.env.metrics;
+        assert!(slot.conn.on_timer(config, metrics, 739));
+        assert!(!slot.conn.on_timer(config, metrics, 740));
+    }
+
+    #[test]
+    fn an_evicted_subscriber_whose_frames_never_started_gets_only_the_close() {
+        let mut room = Room::new(OnBacklog::Close);
+        let stuck = room.subscribe(0);
+        for seq in 0..4 {
+            room.publish(seq);
+            room.flush();
+        }
+        let slot = &mut room.slots[stuck];
+        slot.io.room = usize::MAX;
+        slot.conn.flush(&mut slot.io).unwrap();
+        let (frames, partial) = server_frames(&slot.io.bytes);
+        assert_eq!(partial, 0);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, OpCode::Close);
+        assert_eq!(harness::close_code(&frames[0].1), Some(1013));
     }
 
     #[test]
@@ -435,6 +486,7 @@ mod tests {
         let mut total = 0;
         for _ in 0..2 {
             let env = Env {
+                now: room.env.now,
                 config: &room.env.config,
                 routes: &room.env.routes,
                 codec: &mut room.env.codec,

@@ -159,6 +159,27 @@ impl OutQueue {
         inner.chunks.push_back(Chunk::Shared(frame));
     }
 
+    /// Drops every broadcast frame not yet started, keeping the one partly
+    /// written (so the peer gets it whole) and the connection's own bytes
+    /// (handshake answer, control frames), which are whole frames packed in
+    /// order. Used before a final close frame for a slow consumer.
+    pub fn drop_unsent_broadcasts(&mut self) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        // `sent` counts into the front chunk, which is kept when it is nonzero.
+        let started = inner.sent > 0;
+        let mut index = 0usize;
+        inner.chunks.retain(|chunk| {
+            let keep = matches!(chunk, Chunk::Owned(_)) || (index == 0 && started);
+            index += 1;
+            keep
+        });
+        let total: usize =
+            inner.chunks.iter().map(|c| c.bytes().len()).sum::<usize>() + inner.tail.len();
+        inner.len = total.saturating_sub(inner.sent);
+    }
+
     /// Writes as much as the sink takes, in vectored writes.
     pub fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
         let Some(inner) = self.inner.as_mut() else {
@@ -291,5 +312,36 @@ mod tests {
             [0x81, 2, b'a', b'b', 7, 7, 7, 7, 7, 0x8A, 0].to_vec()
         );
         assert!(queue.inner.is_none(), "an empty queue holds no buffer");
+    }
+
+    #[test]
+    fn dropping_unsent_broadcasts_keeps_the_frame_in_flight_and_own_bytes() {
+        let mut queue = OutQueue::default();
+        let a: Rc<[u8]> = Rc::from(vec![1u8; 10]);
+        let b: Rc<[u8]> = Rc::from(vec![2u8; 10]);
+        queue.push_shared(Rc::clone(&a));
+        queue.push_shared(Rc::clone(&b));
+        let mut sink = Limited {
+            taken: Vec::new(),
+            room: 4,
+        };
+        assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Blocked);
+        queue.push_frame(OpCode::Pong, b"");
+        queue.drop_unsent_broadcasts();
+        assert_eq!(queue.len(), 6 + 2, "rest of `a` and the pong");
+        sink.room = usize::MAX / 2;
+        assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Done);
+        let mut expected = vec![1u8; 10];
+        expected.extend_from_slice(&[0x8A, 0]);
+        assert_eq!(sink.taken, expected);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_broadcast_not_yet_started_is_dropped_whole() {
+        let mut queue = OutQueue::default();
+        queue.push_shared(Rc::from(vec![1u8; 10]));
+        queue.drop_unsent_broadcasts();
+        assert!(queue.is_empty());
     }
 }
