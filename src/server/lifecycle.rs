@@ -86,7 +86,8 @@ pub struct Shutdown {
 
 impl Shutdown {
     /// A drain starting at `now` that closes the connections of `queue`
-    /// (in that order) evenly over `spread` and gives up at `now + timeout`.
+    /// (in that order) evenly over `spread` (at most `timeout`) and gives up
+    /// at `now + timeout`.
     pub fn new(
         now: u64,
         timeout: u64,
@@ -266,7 +267,7 @@ impl Server {
             (CloseCode::GOING_AWAY, "going away")
         };
         let timeout = millis(self.config.shutdown_timeout);
-        let spread = millis(self.config.shutdown_spread).min(timeout);
+        let spread = millis(self.config.shutdown_spread);
         // Closing the listeners refuses new connections at once (with socket
         // activation the service manager keeps its copy and queues them for
         // the next start).

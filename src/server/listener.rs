@@ -60,10 +60,25 @@ struct ListenerTlsState {
 }
 
 impl Listener {
-    /// Binds the listener `config` describes, reading its certificate and
-    /// key if it is a TLS one.
-    pub fn bind(config: &ListenerConfig) -> Result<Listener, ServerError> {
-        let tls = load_tls_state(config)?;
+    /// Binds every listener `configs` describes, reading the certificate
+    /// and key of each TLS one first (so a bad file is reported before an
+    /// address that cannot be bound).
+    pub fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Listener>, ServerError> {
+        let tls = configs
+            .iter()
+            .map(load_tls_state)
+            .collect::<Result<Vec<_>, _>>()?;
+        configs
+            .iter()
+            .zip(tls)
+            .map(|(config, tls)| Listener::bind(config, tls))
+            .collect()
+    }
+
+    fn bind(
+        config: &ListenerConfig,
+        tls: Option<ListenerTlsState>,
+    ) -> Result<Listener, ServerError> {
         let addr = config.address;
         let socket = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
         Ok(Listener {

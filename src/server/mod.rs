@@ -131,11 +131,7 @@ impl Server {
     /// Binds every configured listener, reading the certificate and key
     /// of each TLS one.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
-        let listeners = config
-            .listeners
-            .iter()
-            .map(Listener::bind)
-            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = Listener::bind_all(&config.listeners)?;
         Server::new(config, listeners, false)
     }
 
