@@ -104,6 +104,16 @@ struct HttpState {
     head: HeadReader,
     /// A publish whose body is still arriving.
     body: Option<PublishBody>,
+    /// A request was answered: a keep-alive connection idle after it that
+    /// runs into the handshake timeout had no request refused.
+    served: bool,
+}
+
+impl HttpState {
+    /// A request is outstanding: none came yet, or one is half-received.
+    fn awaits_request(&self) -> bool {
+        !self.served || self.body.is_some() || self.head.buffered_bytes() > 0
+    }
 }
 
 #[derive(Debug)]
@@ -350,6 +360,9 @@ impl Connection {
     /// answer must go out before anything that follows.
     fn on_request(&mut self, head: &RequestHead, ctx: &mut Ctx<'_>) -> bool {
         self.since = ctx.now;
+        if let Some(state) = &mut self.http {
+            state.served = true;
+        }
         let keep_alive = publish::keep_alive(head);
         match ctx.routes.resolve(&head.path) {
             Target::Health | Target::Metrics if head.method != "GET" => {
@@ -715,7 +728,9 @@ impl Connection {
             Phase::AwaitingHandshake => {
                 if now >= after(self.since, config.handshake_timeout) {
                     debug!("handshake timeout");
-                    metrics.refuse(Refused::Timeout);
+                    if self.http.as_ref().is_some_and(|s| s.awaits_request()) {
+                        metrics.refuse(Refused::Timeout);
+                    }
                     return false;
                 }
             }
@@ -805,6 +820,24 @@ mod tests {
         assert_eq!(c.dropped, Some(300));
         assert!(c.take().is_empty(), "dropped without an answer");
         assert_eq!(refused_timeouts(&c), 1);
+    }
+
+    #[test]
+    fn a_request_half_sent_after_another_counts_as_a_timeout() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /heal");
+        c.advance_to(300);
+        assert_eq!(c.dropped, Some(300));
+        assert_eq!(refused_timeouts(&c), 1);
+    }
+
+    #[test]
+    fn an_idle_keep_alive_connection_is_dropped_without_counting_a_refusal() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        c.advance_to(300);
+        assert_eq!(c.dropped, Some(300));
+        assert_eq!(refused_timeouts(&c), 0, "no request was refused");
     }
 
     #[test]
