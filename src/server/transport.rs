@@ -73,8 +73,22 @@ impl Transport {
 impl Sink for Transport {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Transport::Plain(s) => s.write_vectored(bufs),
-            Transport::Tls(s) => s.write_vectored(bufs),
+            Transport::Plain(s) => Sink::write_vectored(s, bufs),
+            Transport::Tls(s) => Sink::write_vectored(&mut **s, bufs),
         }
+    }
+}
+
+/// Plain TCP: one `writev`.
+impl Sink for TcpStream {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Write::write_vectored(self, bufs)
+    }
+}
+
+/// TLS: plaintext in, records out (see [`TlsStream::write_vectored`]).
+impl Sink for TlsStream {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TlsStream::write_vectored(self, bufs)
     }
 }
