@@ -161,6 +161,8 @@ impl Server {
         }
     }
 
+    /// Drops connection `key` and gives back all it holds: its wheel entry,
+    /// per-address count, subscriptions, gauges and poller registration.
     pub(super) fn remove(&mut self, key: usize) {
         if let Some(mut slot) = self.conns.try_remove(key) {
             if let Some(timer) = slot.timer {

@@ -19,17 +19,13 @@ use mio::{Interest, Token};
 use rustix::process::Signal;
 use signal_hook_mio::v1_0::Signals;
 
-use super::{SIGNAL_TOKEN, Server, ServerError};
+use super::slot::{SHUTDOWN_TIMER, SIGNAL_TOKEN, STATUS_TIMER, WATCHDOG_TIMER};
+use super::{Server, ServerError};
 use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError};
 use crate::daemon::notify::Notifier;
 use crate::protocol::close::CloseCode;
 use crate::timer::TimerKey;
 
-/// Timer-wheel values of the loop's own deadlines, next to the connections'
-/// tokens in the same wheel (slab keys this high are never used).
-const WATCHDOG_TIMER: Token = Token(usize::MAX - 2);
-const STATUS_TIMER: Token = Token(usize::MAX - 3);
-const SHUTDOWN_TIMER: Token = Token(usize::MAX - 4);
 /// How often the status line sent to the service manager is refreshed.
 const STATUS_INTERVAL_MS: u64 = 5_000;
 

@@ -19,7 +19,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
 use super::conn::Connection;
-use super::slot::{KEY_MASK, Slot, token_of};
+use super::slot::{FIRST_RESERVED_KEY, Slot, token_of};
 use super::tls::{self, TlsConfigError, TlsStream};
 use super::transport::Transport;
 use super::{Server, ServerError};
@@ -29,10 +29,6 @@ use crate::protocol::http;
 
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_PAUSE_MS: u64 = 100;
-/// Slab keys from here up are never given to connections, so no connection
-/// token can equal one of the loop's reserved tokens (the top of the token
-/// space), whatever its generation.
-pub const FIRST_RESERVED_KEY: usize = KEY_MASK - 7;
 /// Linux errno values for "too many open files" (per process / system-wide).
 const EMFILE: i32 = 24;
 const ENFILE: i32 = 23;

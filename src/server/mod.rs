@@ -49,7 +49,7 @@ use lifecycle::{AfterSignals, Lifecycle};
 pub use listener::load_listener_tls;
 use listener::{Listener, Listeners};
 use per_ip::PerIp;
-use slot::{Slot, split_token};
+use slot::{SIGNAL_TOKEN, Slot, WAKER_TOKEN, split_token};
 pub use tls::TlsConfigError;
 use transport::Transport;
 
@@ -57,11 +57,6 @@ use transport::Transport;
 const RECV_BUF_LEN: usize = 64 * 1024;
 /// Events taken from the poller per turn.
 const EVENTS_PER_POLL: usize = 1024;
-/// Listeners are `Token(0..n)`: slab key 0..n with generation 0, which
-/// connections never get. These two sit at the top of the token space.
-const WAKER_TOKEN: Token = Token(usize::MAX);
-/// The signal pipe registered by [`Server::handle_signals`].
-const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]

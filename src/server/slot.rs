@@ -2,8 +2,8 @@
 //! its transport and the loop's bookkeeping for it (quinn's `ConnectionMeta`
 //! is the model), and the poll tokens that name a slot.
 //!
-//! Owns: the slab entry layout, and how a token packs slab key and slot
-//! generation.
+//! Owns: the slab entry layout, how a token packs slab key and slot
+//! generation, and the tokens reserved for the loop itself.
 //! Must never: interpret protocol bytes or decide policy; it is plain data
 //! that the loop, the fan-out and the lifecycle code act on.
 
@@ -68,6 +68,18 @@ const _: () = assert!(
 pub const KEY_BITS: u32 = usize::BITS / 2;
 pub const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 
+/// Tokens of the loop itself, at the top of the token space: the waker, the
+/// signal pipe, and the loop's own timer-wheel entries. (Listeners are
+/// `Token(0..n)`: generation 0, which connections never get.)
+pub const WAKER_TOKEN: Token = Token(usize::MAX);
+pub const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+pub const WATCHDOG_TIMER: Token = Token(usize::MAX - 2);
+pub const STATUS_TIMER: Token = Token(usize::MAX - 3);
+pub const SHUTDOWN_TIMER: Token = Token(usize::MAX - 4);
+/// Slab keys from here up are never given to connections, so no connection
+/// token can equal a reserved one, whatever its generation.
+pub const FIRST_RESERVED_KEY: usize = KEY_MASK - 7;
+
 /// The token for slab key `key` holding generation `generation`.
 pub fn token_of(key: usize, generation: u32) -> Token {
     Token(((generation as usize) << KEY_BITS) | key)
@@ -90,6 +102,20 @@ mod tests {
             for key in [0, 1, 65_535, 1 << 20] {
                 assert_eq!(split_token(token_of(key, generation)), (key, generation));
             }
+        }
+    }
+
+    #[test]
+    fn reserved_tokens_are_out_of_reach_of_connections() {
+        let reserved = [
+            WAKER_TOKEN,
+            SIGNAL_TOKEN,
+            WATCHDOG_TIMER,
+            STATUS_TIMER,
+            SHUTDOWN_TIMER,
+        ];
+        for token in reserved {
+            assert!(split_token(token).0 >= FIRST_RESERVED_KEY, "{token:?}");
         }
     }
 
