@@ -987,6 +987,38 @@ mod tests {
     }
 
     #[test]
+    fn echo_holds_input_back_past_the_backlog_and_resumes_as_it_drains() {
+        let mut c = Driven::open(config(|c| c.max_backlog_bytes = 100), "/echo");
+        c.wire.room = 0;
+        let mut input = Vec::new();
+        for i in 0..10u8 {
+            input.extend(client_frame(OpCode::Binary, &[i; 40]));
+        }
+        c.send(&input);
+        // Three 42-byte echoes take the queue past 100 bytes: reading stops.
+        assert_eq!(c.conn.queued(), 3 * 42);
+        assert!(c.conn.has_pending_input());
+        assert!(!c.conn.wants_read());
+        {
+            let mut ctx = c.env.ctx();
+            assert!(!c.conn.resume(&mut ctx), "still over the backlog");
+        }
+        c.wire.room = usize::MAX;
+        loop {
+            c.settle();
+            if !c.conn.has_pending_input() {
+                break;
+            }
+            let mut ctx = c.env.ctx();
+            c.conn.resume(&mut ctx);
+        }
+        let frames = c.frames();
+        let echoed: Vec<u8> = frames.iter().map(|(_, payload)| payload[0]).collect();
+        assert_eq!(echoed, (0..10).collect::<Vec<u8>>());
+        assert!(c.conn.wants_read());
+    }
+
+    #[test]
     fn peer_eof_after_our_close_ends_the_connection_at_once() {
         let mut c = Driven::open(idle_config(), "/echo");
         c.advance_to(400);
