@@ -398,3 +398,55 @@ impl Server {
         self.sync_timer(key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Accepts the one pending connection of listener 0 (bounded wait).
+    fn accept_one(server: &Server) -> (TcpStream, SocketAddr) {
+        for _ in 0..500 {
+            match server.listeners.list[0].socket.accept() {
+                Ok(accepted) => return accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        panic!("no connection to accept");
+    }
+
+    /// Admission that fails after the per-address count was taken (here the
+    /// poller refuses the socket) must give the count back.
+    #[test]
+    fn a_socket_the_poller_refuses_gives_its_per_address_count_back() {
+        let config = Config {
+            listeners: vec![ListenerConfig::plain("127.0.0.1:0".parse().unwrap())],
+            max_connections_per_ip: 1,
+            ..Config::default()
+        };
+        let mut server = Server::bind(config).unwrap();
+        let addr = server.local_addrs()[0];
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (mut stream, peer) = accept_one(&server);
+        // Registered already: registering it again fails inside admit.
+        server
+            .poll
+            .registry()
+            .register(&mut stream, Token(1 << 40), Interest::READABLE)
+            .unwrap();
+        server.admit(0, stream, peer, 0);
+        assert_eq!(server.conns.len(), 0);
+        assert!(server.per_ip.is_empty(), "the count leaked");
+
+        // The address may still connect.
+        let _again = std::net::TcpStream::connect(addr).unwrap();
+        let (stream, peer) = accept_one(&server);
+        server.admit(0, stream, peer, 0);
+        assert_eq!(server.conns.len(), 1);
+    }
+}
