@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    RawClient, TestServer, binary_payload, broadcast_config, client_frame, code, fresh_key, op,
-    split_frames, text_payload, upgrade_request,
+    RawClient, TestServer, binary_payload, broadcast_config, client_frame, code, eventually,
+    fresh_key, op, split_frames, text_payload, upgrade_request,
 };
 use wshub::config::{ClientMessages, OnBacklog};
 
@@ -455,6 +455,8 @@ fn slow_server(on_backlog: OnBacklog) -> TestServer {
     let mut config = broadcast_config(ClientMessages::Ignore, false);
     config.max_backlog_bytes = SLOW_BACKLOG;
     config.on_backlog = on_backlog;
+    // An evicted subscriber's close frame waits for it to read again.
+    config.close_timeout = Duration::from_secs(60);
     TestServer::with_config(config)
 }
 
@@ -527,27 +529,34 @@ fn slow_consumer_is_closed_at_the_backlog_limit_while_others_get_everything() {
     let metrics = http.metrics();
     assert_eq!(metrics.value("wshub_slow_consumer_closes_total"), 1);
     assert_eq!(metrics.value("wshub_slow_consumer_drops_total"), 0);
-    assert_eq!(metrics.value("wshub_subscriptions"), 1);
-    assert_eq!(
-        metrics.value("wshub_websocket_connections{route=\"/live\"}"),
-        1
-    );
-    // The fast subscriber and this HTTP connection.
-    assert_eq!(metrics.value("wshub_connections"), 2);
 
-    // The server closed the slow socket: what reaches it is a gapless
-    // prefix of the flood (possibly cut inside a frame), then EOF.
+    // RFC 6455 §7.1.7: what reaches the slow subscriber once it reads is a
+    // gapless prefix of the flood in whole frames (the frame in flight was
+    // finished), then a close frame with 1013, then EOF.
     let bytes = slow.read_to_eof();
-    let (frames, _partial) = split_frames(&bytes);
-    assert!(frames.len() <= reached_slow);
-    for (seq, frame) in frames.iter().enumerate() {
+    let (frames, partial) = split_frames(&bytes);
+    assert_eq!(partial, 0, "a frame was cut");
+    let (close, messages) = frames.split_last().expect("a close frame");
+    assert_eq!(close.opcode, op::CLOSE, "{close:?}");
+    assert_eq!(close.close_code(), Some(1013));
+    assert_eq!(close.close_reason(), "slow consumer");
+    assert!(messages.len() <= reached_slow);
+    for (seq, frame) in messages.iter().enumerate() {
         assert_eq!(frame.opcode, op::BINARY);
         assert_eq!(flood_seq(&frame.payload), seq, "slow subscriber: order");
     }
     println!(
-        "slow consumer dropped after {reached_slow} messages; {} reached its socket",
-        frames.len()
+        "slow consumer closed after {reached_slow} messages; {} reached it",
+        messages.len()
     );
+    drop(slow);
+    // Gone once it hung up: the fast subscriber and this HTTP connection.
+    assert!(eventually(Duration::from_secs(10), || {
+        let metrics = http.metrics();
+        metrics.value("wshub_connections") == 2
+            && metrics.value("wshub_subscriptions") == 1
+            && metrics.value("wshub_websocket_connections{route=\"/live\"}") == 1
+    }));
 
     // The fast subscriber is still connected and current.
     assert_eq!(http.publish_ok("feed", None, b"after"), 1);

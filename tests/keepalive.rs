@@ -1,15 +1,22 @@
-//! Timers and admission: keep-alive pings and the pong deadline, the
-//! handshake deadline, the idle timeout, and the connection limit.
+//! Timers and admission over real sockets: a few end-to-end checks that the
+//! loop arms and fires connection deadlines (pings, pong, handshake and idle
+//! timeouts), with generous upper bounds only, and the connection limit.
+//! The exact timing of every deadline is unit-tested on a virtual clock in
+//! `src/server/conn.rs`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{RawClient, TestServer, client_frame, code, fresh_key, op, upgrade_request};
+use common::{RawClient, TestServer, code, op};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
+
+/// Far above every deadline these tests configure: only a loop that never
+/// fires the deadline misses it.
+const BOUND: Duration = Duration::from_secs(5);
 
 fn ping_server() -> TestServer {
     TestServer::with(|c| {
@@ -19,16 +26,13 @@ fn ping_server() -> TestServer {
 }
 
 #[test]
-fn silent_client_receives_a_ping_within_a_second() {
+fn silent_client_receives_a_ping() {
     let server = ping_server();
     let mut client = server.client();
-    let opened = Instant::now();
-    client.set_read_timeout(ms(1000));
+    client.set_read_timeout(BOUND);
     let frame = client.read_server_frame();
     assert_eq!(frame.opcode, op::PING, "{frame:?}");
     assert!(frame.payload.len() <= 125);
-    let elapsed = opened.elapsed();
-    assert!(elapsed >= ms(150), "ping came too early: {elapsed:?}");
 }
 
 #[test]
@@ -36,20 +40,15 @@ fn unanswered_ping_gets_the_connection_dropped() {
     let server = ping_server();
     let mut client = server.client();
     let opened = Instant::now();
-    client.set_read_timeout(ms(1500));
+    client.set_read_timeout(BOUND);
     let frame = client.read_server_frame();
     assert_eq!(frame.opcode, op::PING, "{frame:?}");
-    // Whatever else the server sends (a close frame is fine), it must close
-    // TCP within the bound.
+    // Whatever else the server sends (a close frame is fine), it must close TCP.
     let rest = client.read_to_eof();
     let elapsed = opened.elapsed();
     assert!(
-        elapsed < ms(1500),
+        elapsed < BOUND,
         "connection still open {elapsed:?} after the handshake"
-    );
-    assert!(
-        elapsed >= ms(350),
-        "dropped before ping interval + pong timeout: {elapsed:?}"
     );
     if !rest.is_empty() {
         // Only a close frame may precede the TCP close.
@@ -58,115 +57,38 @@ fn unanswered_ping_gets_the_connection_dropped() {
 }
 
 #[test]
-fn client_answering_pings_stays_connected_over_several_intervals() {
-    let server = ping_server();
-    let mut client = server.client();
-    client.set_read_timeout(ms(1000));
-    let start = Instant::now();
-    let mut pings = 0;
-    while start.elapsed() < ms(1400) {
-        let frame = client.read_server_frame();
-        assert_eq!(frame.opcode, op::PING, "{frame:?}");
-        client.send(&client_frame(true, op::PONG, &frame.payload));
-        pings += 1;
-    }
-    assert!(pings >= 3, "only {pings} pings in {:?}", start.elapsed());
-    client.send_text("still alive");
-    // A ping may arrive before the echo.
-    loop {
-        let frame = client.read_server_frame();
-        match frame.opcode {
-            op::PING => client.send(&client_frame(true, op::PONG, &frame.payload)),
-            op::TEXT => {
-                assert_eq!(frame.payload, b"still alive");
-                break;
-            }
-            other => panic!("unexpected opcode {other:#x}: {frame:?}"),
-        }
-    }
-}
-
-#[test]
-fn incomplete_handshake_is_dropped_after_handshake_timeout() {
-    let server = TestServer::with(|c| c.handshake_timeout = ms(300));
-    let mut client = RawClient::connect(server.addr);
-    let request = upgrade_request("/echo", "localhost", &fresh_key());
-    client.send(&request.as_bytes()[..request.len() / 2]);
-    let start = Instant::now();
-    client.set_read_timeout(ms(1500));
-    client.expect_eof();
-    let elapsed = start.elapsed();
-    assert!(elapsed >= ms(250), "dropped too early: {elapsed:?}");
-    assert!(elapsed < ms(1500), "dropped too late: {elapsed:?}");
-}
-
-#[test]
 fn connection_sending_nothing_is_dropped_after_handshake_timeout() {
     let server = TestServer::with(|c| c.handshake_timeout = ms(300));
     let mut client = RawClient::connect(server.addr);
     let start = Instant::now();
-    client.set_read_timeout(ms(1500));
+    client.set_read_timeout(BOUND);
     client.expect_eof();
-    assert!(start.elapsed() < ms(1500));
-}
-
-#[test]
-fn completed_handshake_is_not_subject_to_handshake_timeout() {
-    let server = TestServer::with(|c| c.handshake_timeout = ms(200));
-    let mut client = server.client();
-    client.expect_silence(ms(600));
-    client.send_text("later");
-    assert_eq!(client.expect_text(), "later");
-}
-
-fn idle_server() -> TestServer {
-    TestServer::with(|c| {
-        c.ping_interval = Duration::ZERO;
-        c.idle_timeout = ms(400);
-    })
+    assert!(start.elapsed() < BOUND);
+    // The drop is counted as a refusal for timeout.
+    let mut http = RawClient::connect(server.addr);
+    let metrics = http.metrics();
+    assert_eq!(
+        metrics.value("wshub_requests_refused_total{reason=\"timeout\"}"),
+        1
+    );
 }
 
 #[test]
 fn idle_client_gets_close_1000_after_idle_timeout() {
-    let server = idle_server();
+    let server = TestServer::with(|c| {
+        c.ping_interval = Duration::ZERO;
+        c.idle_timeout = ms(400);
+    });
     let mut client = server.client();
     let start = Instant::now();
-    client.set_read_timeout(ms(2000));
+    client.set_read_timeout(BOUND);
     let frame = client.read_server_frame();
-    let elapsed = start.elapsed();
+    assert!(start.elapsed() < BOUND);
     assert_eq!(frame.opcode, op::CLOSE, "{frame:?}");
     assert_eq!(frame.close_code(), Some(code::NORMAL));
-    assert!(elapsed >= ms(350), "closed too early: {elapsed:?}");
-    assert!(elapsed < ms(1500), "closed too late: {elapsed:?}");
     // Completing the handshake ends the connection.
     client.send_close(code::NORMAL, b"");
     client.expect_eof();
-}
-
-#[test]
-fn traffic_resets_the_idle_timeout() {
-    let server = idle_server();
-    let mut client = server.client();
-    let start = Instant::now();
-    while start.elapsed() < ms(1200) {
-        std::thread::sleep(ms(100));
-        client.send_text("tick");
-        assert_eq!(client.expect_text(), "tick");
-    }
-    // Then silence: the close comes.
-    client.set_read_timeout(ms(2000));
-    let frame = client.read_server_frame();
-    assert_eq!(frame.close_code(), Some(code::NORMAL));
-}
-
-#[test]
-fn no_pings_are_sent_when_ping_interval_is_zero() {
-    let server = TestServer::with(|c| {
-        c.ping_interval = Duration::ZERO;
-        c.idle_timeout = Duration::ZERO;
-    });
-    let mut client = server.client();
-    client.expect_silence(ms(800));
 }
 
 #[test]

@@ -5,19 +5,29 @@
 //! metrics and publishes are answered (keep-alive, pipelined, with bodies)
 //! until a request upgrades it to WebSocket.
 //!
-//! Owns: the connection's transport, its phase, the sans-IO receiver, its
-//! outbound queue and the few timestamps its deadlines derive from.
-//! Must never: block, touch another connection (work on others is handed to
-//! the loop as an [`Action`]), or keep a buffer while it has nothing in
-//! flight — bytes are handed in from the loop's shared receive buffer and
-//! only a leftover fragment is ever copied.
+//! Sans-IO, in the manner of quinn-proto's `Connection`: bytes and `now` go
+//! in ([`Connection::on_input`], [`Connection::on_eof`],
+//! [`Connection::on_timer`]); out come bytes to send ([`Connection::flush`]
+//! into any [`Sink`]), "shut the write side"
+//! ([`Connection::poll_shutdown_write`]), the next deadline
+//! ([`Connection::next_deadline`]) and hub work ([`Action`]s).
+//!
+//! Owns: the connection's phase, the sans-IO receiver, its outbound queue,
+//! its channel memberships and the few timestamps its deadlines derive from.
+//! Must never: touch a socket, a poller, a timer wheel or a clock (the loop's
+//! slot holds those), block, touch another connection (work on others is
+//! handed to the loop as an [`Action`]), or keep a buffer while it has
+//! nothing in flight — bytes are handed in from the loop's shared receive
+//! buffer and only a leftover fragment is ever copied.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
 
 use log::debug;
 
 use super::compress::{Broadcast, Codec};
-use super::outqueue::OutQueue;
-use super::per_ip::IpSlot;
-use super::transport::Transport;
+use super::outqueue::{Flush, OutQueue, Sink};
 use crate::config::{ClientMessages, Config, RouteKind};
 use crate::hub::Memberships;
 use crate::hub::names::parse_subscription;
@@ -30,7 +40,9 @@ use crate::protocol::handshake;
 use crate::protocol::http::{self, HeadReader, RequestHead};
 use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
 use crate::route::{RouteId, Routes, Target};
-use crate::timer::TimerKey;
+
+/// The reason in the close frame of an evicted slow consumer.
+pub const SLOW_CONSUMER_REASON: &str = "slow consumer";
 
 /// Work a connection asks of the loop because it concerns other connections.
 #[derive(Debug)]
@@ -70,10 +82,11 @@ impl Ctx<'_> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Phase {
-    /// Speaking HTTP until a request upgrades the connection.
-    AwaitingHandshake(Box<HttpState>),
+    /// Speaking HTTP until a request upgrades the connection (its parser
+    /// state is in `Connection::http`, present exactly in this phase).
+    AwaitingHandshake,
     Open,
     /// Our last bytes (a close frame or an HTTP answer) are queued or sent;
     /// nothing else will be. The write side is shut once they are flushed,
@@ -91,26 +104,29 @@ struct HttpState {
     head: HeadReader,
     /// A publish whose body is still arriving.
     body: Option<PublishBody>,
+    /// A request was answered: a keep-alive connection idle after it that
+    /// runs into the handshake timeout had no request refused.
+    served: bool,
 }
 
-/// A client connection owned by the loop's slab.
+impl HttpState {
+    /// A request is outstanding: none came yet, or one is half-received.
+    fn awaits_request(&self) -> bool {
+        !self.served || self.body.is_some() || self.head.buffered_bytes() > 0
+    }
+}
+
+/// A client connection: its protocol state only. The loop keeps it in a
+/// slot next to its socket and bookkeeping.
 #[derive(Debug)]
 pub struct Connection {
-    pub transport: Transport,
-    /// The per-address count this connection holds, if that limit is on.
-    pub ip_slot: Option<IpSlot>,
-    /// Generation of the slab slot, part of the poll token, so a late event
-    /// for a closed connection never reaches one that reuses the slot.
-    pub generation: u32,
-    /// The single timer wheel entry of this connection, if any deadline applies.
-    pub timer: Option<TimerKey>,
-    pub out: OutQueue,
+    out: OutQueue,
     /// Channels this connection is subscribed to.
     pub memberships: Memberships,
-    /// The last broadcast delivered, so a message relayed to several channels
-    /// reaches a subscriber of more than one of them only once.
-    pub delivery_stamp: u32,
     phase: Phase,
+    /// HTTP parser state while [`Phase::AwaitingHandshake`], `None` after.
+    /// Kept apart from `phase` so the phase is a byte, not a tagged pointer.
+    http: Option<Box<HttpState>>,
     receiver: Receiver,
     /// Input not yet processed: held back while the outbound queue is over
     /// its limit, or while the loop carries out an [`Action`] whose answer
@@ -130,24 +146,22 @@ pub struct Connection {
     ping_outstanding: bool,
     /// Counted as an open WebSocket connection of `route`.
     upgraded: bool,
+    /// The write side was shut (asked of the loop once, by
+    /// [`Connection::poll_shutdown_write`]).
     write_shut: bool,
-    /// WRITABLE interest is registered with the poller.
-    pub write_interest: bool,
-    /// Listed for a flush at the end of the loop turn.
-    pub dirty: bool,
+    /// The peer's address is a loopback one (captured at accept): without a
+    /// publish token only such peers may publish.
+    peer_loopback: bool,
 }
 
 impl Connection {
-    pub fn new(transport: Transport, generation: u32, now: u64) -> Connection {
+    /// A connection accepted from `peer` at `now`.
+    pub fn new(peer: SocketAddr, now: u64) -> Connection {
         Connection {
-            transport,
-            ip_slot: None,
-            generation,
-            timer: None,
             out: OutQueue::default(),
             memberships: Memberships::default(),
-            delivery_stamp: 0,
-            phase: Phase::AwaitingHandshake(Box::default()),
+            phase: Phase::AwaitingHandshake,
+            http: Some(Box::default()),
             receiver: Receiver::new(),
             pending_in: None,
             route: RouteId::default(),
@@ -157,9 +171,48 @@ impl Connection {
             ping_outstanding: false,
             upgraded: false,
             write_shut: false,
-            write_interest: false,
-            dirty: false,
+            peer_loopback: peer.ip().to_canonical().is_loopback(),
         }
+    }
+
+    /// Bytes queued for the peer and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Queues a broadcast frame shared with other recipients.
+    pub fn deliver(&mut self, frame: Rc<[u8]>) {
+        self.out.push_shared(frame);
+    }
+
+    /// Queues the answer to this connection's publish request.
+    pub fn answer_publish(&mut self, channel: &str, recipients: usize, keep_alive: bool) {
+        self.out.push_with(|buf| {
+            publish::write_published(channel, recipients, keep_alive, buf);
+        });
+    }
+
+    /// Writes queued bytes into `sink` until it is full or they are all out.
+    pub fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
+        self.out.flush(sink)
+    }
+
+    /// True once, when our last bytes are out and the write side should be
+    /// shut (FIN) so the peer sees the end; reading goes on for its reply.
+    pub fn poll_shutdown_write(&mut self) -> bool {
+        if self.out.is_empty() && !self.write_shut && matches!(self.phase, Phase::Closing { .. }) {
+            self.write_shut = true;
+            return true;
+        }
+        false
+    }
+
+    /// Moves to `phase`; the HTTP parser state goes once the phase is left.
+    fn set_phase(&mut self, phase: Phase) {
+        if !matches!(phase, Phase::AwaitingHandshake) {
+            self.http = None;
+        }
+        self.phase = phase;
     }
 
     /// The loop should read from the socket (nothing held back, peer not done).
@@ -202,11 +255,11 @@ impl Connection {
     /// close timeout).
     pub fn on_eof(&mut self, now: u64) {
         match &mut self.phase {
-            Phase::AwaitingHandshake(_) | Phase::Open => {
-                self.phase = Phase::Closing {
+            Phase::AwaitingHandshake | Phase::Open => {
+                self.set_phase(Phase::Closing {
                     websocket: false,
                     peer_closed: true,
-                };
+                });
                 self.since = now;
             }
             Phase::Closing { peer_closed, .. } => *peer_closed = true,
@@ -251,7 +304,7 @@ impl Connection {
     }
 
     fn process(&mut self, mut input: &mut [u8], ctx: &mut Ctx<'_>) {
-        while let Phase::AwaitingHandshake(state) = &mut self.phase {
+        while let Some(state) = self.http.as_deref_mut() {
             if input.is_empty() {
                 return;
             }
@@ -304,6 +357,9 @@ impl Connection {
     /// answer must go out before anything that follows.
     fn on_request(&mut self, head: &RequestHead, ctx: &mut Ctx<'_>) -> bool {
         self.since = ctx.now;
+        if let Some(state) = &mut self.http {
+            state.served = true;
+        }
         let keep_alive = publish::keep_alive(head);
         match ctx.routes.resolve(&head.path) {
             Target::Health | Target::Metrics if head.method != "GET" => {
@@ -338,10 +394,7 @@ impl Connection {
         match &config.publish_token {
             Some(token) => Access::Token(token),
             None => Access::LoopbackOnly {
-                peer_is_loopback: self
-                    .transport
-                    .peer_addr()
-                    .is_ok_and(|a| a.ip().to_canonical().is_loopback()),
+                peer_is_loopback: self.peer_loopback,
             },
         }
     }
@@ -366,7 +419,7 @@ impl Connection {
             self.out
                 .push_with(|buf| buf.extend_from_slice(publish::CONTINUE));
         }
-        if let Phase::AwaitingHandshake(state) = &mut self.phase {
+        if let Some(state) = &mut self.http {
             state.body = Some(body);
         }
         false
@@ -446,7 +499,7 @@ impl Connection {
         }
         self.deflate = params;
         self.route = id;
-        self.phase = Phase::Open;
+        self.set_phase(Phase::Open);
         self.upgraded = true;
         ctx.metrics.handshakes_accepted += 1;
         if let Some(open) = ctx.metrics.open_by_route.get_mut(usize::from(id.0)) {
@@ -561,10 +614,10 @@ impl Connection {
             Ok(_) if peer_close.is_some() => {
                 let code = close::reply_code(peer_close.flatten());
                 self.send_close(code, "", ctx.now);
-                self.phase = Phase::Closing {
+                self.set_phase(Phase::Closing {
                     websocket: true,
                     peer_closed: true,
-                };
+                });
             }
             Ok(used) => {
                 if let Some(rest) = input.get(used..) {
@@ -589,10 +642,10 @@ impl Connection {
             });
         if peer_closed || result.is_err() {
             // A broken frame after our close ends the wait just like a close would.
-            self.phase = Phase::Closing {
+            self.set_phase(Phase::Closing {
                 websocket: true,
                 peer_closed: true,
-            };
+            });
         }
     }
 
@@ -600,7 +653,7 @@ impl Connection {
     /// while what is already queued still goes out. Returns false (and does
     /// nothing) once the connection is a WebSocket or already closing.
     pub fn stop_http(&mut self, now: u64) -> bool {
-        if !matches!(self.phase, Phase::AwaitingHandshake(_)) {
+        if !matches!(self.phase, Phase::AwaitingHandshake) {
             return false;
         }
         self.enter_closing(false, now);
@@ -618,30 +671,31 @@ impl Connection {
         self.enter_closing(true, now);
     }
 
-    fn enter_closing(&mut self, websocket: bool, now: u64) {
-        self.phase = Phase::Closing {
-            websocket,
-            peer_closed: false,
-        };
-        self.since = now;
-        self.pending_in = None;
+    /// Evicts a slow consumer as RFC 6455 §7.1.7 asks: the frame in flight
+    /// is finished (the peer gets whole frames only), the broadcast frames
+    /// queued behind it are dropped, a close frame with 1013 ("try again
+    /// later") follows, and `close_timeout` bounds the rest as for any close.
+    pub fn evict_slow(&mut self, now: u64) {
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        self.out.drop_unsent_broadcasts();
+        self.send_close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER_REASON, now);
     }
 
-    /// Called after the outbound queue was flushed: once our final bytes are
-    /// out, send FIN so the peer sees the end, but keep reading its reply.
-    pub fn after_flush(&mut self) {
-        if self.out.is_empty() && !self.write_shut && matches!(self.phase, Phase::Closing { .. }) {
-            // Failure here means the peer is already gone; EOF or the close
-            // timeout ends the connection either way.
-            let _ = self.transport.shutdown_write();
-            self.write_shut = true;
-        }
+    fn enter_closing(&mut self, websocket: bool, now: u64) {
+        self.set_phase(Phase::Closing {
+            websocket,
+            peer_closed: false,
+        });
+        self.since = now;
+        self.pending_in = None;
     }
 
     /// The earliest time something must happen on this connection.
     pub fn next_deadline(&self, config: &Config) -> Option<u64> {
         match self.phase {
-            Phase::AwaitingHandshake(_) => Some(after(self.since, config.handshake_timeout)),
+            Phase::AwaitingHandshake => Some(after(self.since, config.handshake_timeout)),
             Phase::Closing { .. } => Some(after(self.since, config.close_timeout)),
             Phase::Open => {
                 let ping = (!config.ping_interval.is_zero()).then(|| {
@@ -663,11 +717,14 @@ impl Connection {
 
     /// The connection's timer fired: act on whatever deadline has passed.
     /// Returns false when the connection must be dropped at once.
-    pub fn on_timer(&mut self, config: &Config, now: u64) -> bool {
+    pub fn on_timer(&mut self, config: &Config, metrics: &mut Metrics, now: u64) -> bool {
         match self.phase {
-            Phase::AwaitingHandshake(_) => {
+            Phase::AwaitingHandshake => {
                 if now >= after(self.since, config.handshake_timeout) {
                     debug!("handshake timeout");
+                    if self.http.as_ref().is_some_and(|s| s.awaits_request()) {
+                        metrics.refuse(Refused::Timeout);
+                    }
                     return false;
                 }
             }
@@ -715,23 +772,252 @@ fn after(start: u64, d: std::time::Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! Deadlines on the virtual clock: every test moves time explicitly and
+    //! checks the exact millisecond something happens.
 
-    /// Every connection, idle or not, costs this much in the slab; the idle
-    /// memory target (≤ 256 bytes of RSS per subscriber, measured by the
-    /// benchmark) leaves room for little more than this struct.
+    use std::time::Duration;
+
+    use super::*;
+    use crate::server::harness::{Driven, client_frame, close_code};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn config(adjust: impl FnOnce(&mut Config)) -> Config {
+        let mut config = Config {
+            ping_interval: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        adjust(&mut config);
+        config
+    }
+
+    const TIMEOUT_SERIES: &str = "wshub_requests_refused_total{reason=\"timeout\"}";
+
+    fn refused_timeouts(driven: &Driven) -> u64 {
+        let text = driven.env.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(TIMEOUT_SERIES))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     #[test]
-    fn connection_state_stays_small() {
-        let size = size_of::<Connection>();
-        eprintln!(
-            "Connection {size} B (receiver {}, out {}, phase {}, memberships {}, transport {})",
-            size_of::<Receiver>(),
-            size_of::<OutQueue>(),
-            size_of::<Phase>(),
-            size_of::<Memberships>(),
-            size_of::<Transport>(),
+    fn silent_connection_is_dropped_at_the_handshake_timeout_and_counted() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\n");
+        c.advance_to(299);
+        assert_eq!(c.dropped, None);
+        c.advance_to(10_000);
+        assert_eq!(c.dropped, Some(300));
+        assert!(c.take().is_empty(), "dropped without an answer");
+        assert_eq!(refused_timeouts(&c), 1);
+    }
+
+    #[test]
+    fn a_request_half_sent_after_another_counts_as_a_timeout() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /heal");
+        c.advance_to(300);
+        assert_eq!(c.dropped, Some(300));
+        assert_eq!(refused_timeouts(&c), 1);
+    }
+
+    #[test]
+    fn an_idle_keep_alive_connection_is_dropped_without_counting_a_refusal() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        c.advance_to(300);
+        assert_eq!(c.dropped, Some(300));
+        assert_eq!(refused_timeouts(&c), 0, "no request was refused");
+    }
+
+    #[test]
+    fn each_http_request_restarts_the_handshake_deadline() {
+        let mut c = Driven::accepted(config(|c| c.handshake_timeout = ms(300)));
+        c.advance_to(200);
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(c.take().starts_with(b"HTTP/1.1 200"));
+        c.advance_to(499);
+        assert_eq!(c.dropped, None);
+        c.advance_to(500);
+        assert_eq!(c.dropped, Some(500));
+    }
+
+    #[test]
+    fn open_websocket_is_not_subject_to_the_handshake_timeout() {
+        let mut c = Driven::open(config(|c| c.handshake_timeout = ms(100)), "/echo");
+        c.advance_to(60_000);
+        assert_eq!(c.dropped, None);
+        assert!(c.take().is_empty());
+    }
+
+    fn ping_config() -> Config {
+        config(|c| {
+            c.ping_interval = ms(200);
+            c.pong_timeout = ms(150);
+        })
+    }
+
+    #[test]
+    fn silent_client_is_pinged_at_the_ping_interval() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        c.advance_to(199);
+        assert!(c.take().is_empty());
+        c.advance_to(200);
+        assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())]);
+    }
+
+    #[test]
+    fn traffic_postpones_the_ping() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        c.advance_to(150);
+        c.send(&client_frame(OpCode::Text, b"hi"));
+        assert_eq!(c.frames(), [(OpCode::Text, b"hi".to_vec())]);
+        c.advance_to(349);
+        assert!(c.take().is_empty());
+        c.advance_to(350);
+        assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())]);
+    }
+
+    #[test]
+    fn unanswered_ping_drops_the_connection_at_the_pong_timeout() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        c.advance_to(349);
+        assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())]);
+        assert_eq!(c.dropped, None);
+        c.advance_to(350);
+        assert_eq!(c.dropped, Some(350), "ping at 200 + pong timeout 150");
+        assert_eq!(refused_timeouts(&c), 0, "not a handshake timeout");
+    }
+
+    #[test]
+    fn answered_pings_keep_the_connection_for_many_intervals() {
+        let mut c = Driven::open(ping_config(), "/echo");
+        for round in 1..=20u64 {
+            let ping_at = round * 200 + (round - 1) * 10;
+            c.advance_to(ping_at);
+            assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())], "round {round}");
+            c.advance_to(ping_at + 10);
+            c.send(&client_frame(OpCode::Pong, b""));
+        }
+        assert_eq!(c.dropped, None);
+    }
+
+    fn idle_config() -> Config {
+        config(|c| {
+            c.idle_timeout = ms(400);
+            c.close_timeout = ms(1000);
+        })
+    }
+
+    #[test]
+    fn idle_client_gets_close_1000_at_the_idle_timeout() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        c.advance_to(399);
+        assert!(c.take().is_empty());
+        c.advance_to(400);
+        let frames = c.frames();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].0, OpCode::Close);
+        assert_eq!(close_code(&frames[0].1), Some(1000));
+        assert!(c.wire.write_shut, "FIN follows the close frame");
+        // The peer's close reply ends it.
+        c.send(&client_frame(OpCode::Close, &1000u16.to_be_bytes()));
+        assert_eq!(c.dropped, Some(400));
+    }
+
+    #[test]
+    fn traffic_resets_the_idle_timeout() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        for t in (100..=1200).step_by(100) {
+            c.advance_to(t);
+            c.send(&client_frame(OpCode::Text, b"tick"));
+        }
+        assert!(c.frames().iter().all(|(op, _)| *op == OpCode::Text));
+        c.advance_to(1599);
+        assert!(c.take().is_empty());
+        c.advance_to(1600);
+        assert_eq!(c.frames()[0].0, OpCode::Close);
+    }
+
+    #[test]
+    fn unanswered_close_is_dropped_at_the_close_timeout() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        c.advance_to(400);
+        assert_eq!(c.frames()[0].0, OpCode::Close);
+        c.advance_to(1399);
+        assert_eq!(c.dropped, None);
+        c.advance_to(1400);
+        assert_eq!(
+            c.dropped,
+            Some(1400),
+            "idle close at 400 + close timeout 1000"
         );
-        // 8 bytes less in release builds, where mio keeps no selector id per socket.
-        assert!(size <= 176, "Connection grew to {size} bytes");
+    }
+
+    #[test]
+    fn no_pings_when_the_ping_interval_is_zero() {
+        let mut c = Driven::open(config(|_| {}), "/echo");
+        assert_eq!(c.conn.next_deadline(&c.env.config), None);
+        c.advance_to(3_600_000);
+        assert!(c.take().is_empty());
+        assert_eq!(c.dropped, None);
+    }
+
+    #[test]
+    fn refused_request_closes_after_the_answer_and_the_close_timeout() {
+        let mut c = Driven::accepted(config(|c| c.close_timeout = ms(500)));
+        c.advance_to(10);
+        c.send(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(c.take().starts_with(b"HTTP/1.1 404"));
+        assert!(c.wire.write_shut);
+        c.advance_to(509);
+        assert_eq!(c.dropped, None);
+        c.advance_to(510);
+        assert_eq!(c.dropped, Some(510));
+    }
+
+    #[test]
+    fn echo_holds_input_back_past_the_backlog_and_resumes_as_it_drains() {
+        let mut c = Driven::open(config(|c| c.max_backlog_bytes = 100), "/echo");
+        c.wire.room = 0;
+        let mut input = Vec::new();
+        for i in 0..10u8 {
+            input.extend(client_frame(OpCode::Binary, &[i; 40]));
+        }
+        c.send(&input);
+        // Three 42-byte echoes take the queue past 100 bytes: reading stops.
+        assert_eq!(c.conn.queued(), 3 * 42);
+        assert!(c.conn.has_pending_input());
+        assert!(!c.conn.wants_read());
+        {
+            let mut ctx = c.env.ctx();
+            assert!(!c.conn.resume(&mut ctx), "still over the backlog");
+        }
+        c.wire.room = usize::MAX;
+        loop {
+            c.settle();
+            if !c.conn.has_pending_input() {
+                break;
+            }
+            let mut ctx = c.env.ctx();
+            c.conn.resume(&mut ctx);
+        }
+        let frames = c.frames();
+        let echoed: Vec<u8> = frames.iter().map(|(_, payload)| payload[0]).collect();
+        assert_eq!(echoed, (0..10).collect::<Vec<u8>>());
+        assert!(c.conn.wants_read());
+    }
+
+    #[test]
+    fn peer_eof_after_our_close_ends_the_connection_at_once() {
+        let mut c = Driven::open(idle_config(), "/echo");
+        c.advance_to(400);
+        c.advance_to(450);
+        c.eof();
+        assert_eq!(c.dropped, Some(450));
     }
 }

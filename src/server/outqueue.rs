@@ -4,16 +4,16 @@
 //! Small frames produced for one connection are packed into one owned buffer;
 //! frames broadcast to many connections are shared by reference count, never
 //! copied per recipient.
-//! The whole queue goes out in vectored writes.
+//! The whole queue goes out in vectored writes to a [`Sink`]: the socket's
+//! transport in the loop, a `Vec` in tests.
 //! Must never: hold memory while empty (an idle connection owns no buffer),
-//! or reorder bytes.
+//! reorder bytes, or cut a frame (what it drops, it drops as whole chunks).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
 
-use super::transport::Transport;
 use crate::protocol::frame::{self, OpCode};
 
 /// Most slices handed to one `writev` call; Linux accepts 1024, but past a
@@ -94,6 +94,12 @@ fn give_back(mut inner: Box<Inner>) {
     });
 }
 
+/// Where queued bytes go: anything that takes vectored writes without
+/// blocking (a `WouldBlock` error means "full, try later").
+pub trait Sink {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
 /// The result of trying to empty the queue into the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flush {
@@ -153,12 +159,33 @@ impl OutQueue {
         inner.chunks.push_back(Chunk::Shared(frame));
     }
 
-    /// Writes as much as the socket takes, in vectored writes.
-    pub fn flush(&mut self, transport: &mut Transport) -> io::Result<Flush> {
+    /// Drops every broadcast frame not yet started, keeping the one partly
+    /// written (so the peer gets it whole) and the connection's own bytes
+    /// (handshake answer, control frames), which are whole frames packed in
+    /// order. Used before a final close frame for a slow consumer.
+    pub fn drop_unsent_broadcasts(&mut self) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        // `sent` counts into the front chunk, which is kept when it is nonzero.
+        let started = inner.sent > 0;
+        let mut index = 0usize;
+        inner.chunks.retain(|chunk| {
+            let keep = matches!(chunk, Chunk::Owned(_)) || (index == 0 && started);
+            index += 1;
+            keep
+        });
+        let total: usize =
+            inner.chunks.iter().map(|c| c.bytes().len()).sum::<usize>() + inner.tail.len();
+        inner.len = total.saturating_sub(inner.sent);
+    }
+
+    /// Writes as much as the sink takes, in vectored writes.
+    pub fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
         let Some(inner) = self.inner.as_mut() else {
             return Ok(Flush::Done);
         };
-        let result = inner.flush(transport);
+        let result = inner.flush(sink);
         if inner.len == 0 {
             // Give every buffer back: idle connections hold nothing.
             if let Some(inner) = self.inner.take() {
@@ -188,7 +215,7 @@ impl Inner {
         }
     }
 
-    fn flush(&mut self, transport: &mut Transport) -> io::Result<Flush> {
+    fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
         while self.len > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -207,7 +234,7 @@ impl Inner {
                 slices[count] = IoSlice::new(&bytes[start..]);
                 count += 1;
             }
-            match transport.write_vectored(&slices[..count]) {
+            match sink.write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
@@ -237,5 +264,84 @@ impl Inner {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `room` bytes, then reports `WouldBlock`.
+    struct Limited {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Sink for Limited {
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.room - n);
+                self.taken.extend_from_slice(&buf[..take]);
+                n += take;
+            }
+            self.room -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn flushes_in_order_across_a_full_sink_and_frees_when_empty() {
+        let mut queue = OutQueue::default();
+        queue.push_frame(OpCode::Text, b"ab");
+        queue.push_shared(Rc::from(vec![7u8; 5]));
+        queue.push_frame(OpCode::Pong, b"");
+        let mut sink = Limited {
+            taken: Vec::new(),
+            room: 3,
+        };
+        assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Blocked);
+        assert_eq!(queue.len(), 4 + 5 + 2 - 3);
+        sink.room = 100;
+        assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Done);
+        assert_eq!(
+            sink.taken,
+            [0x81, 2, b'a', b'b', 7, 7, 7, 7, 7, 0x8A, 0].to_vec()
+        );
+        assert!(queue.inner.is_none(), "an empty queue holds no buffer");
+    }
+
+    #[test]
+    fn dropping_unsent_broadcasts_keeps_the_frame_in_flight_and_own_bytes() {
+        let mut queue = OutQueue::default();
+        let a: Rc<[u8]> = Rc::from(vec![1u8; 10]);
+        let b: Rc<[u8]> = Rc::from(vec![2u8; 10]);
+        queue.push_shared(Rc::clone(&a));
+        queue.push_shared(Rc::clone(&b));
+        let mut sink = Limited {
+            taken: Vec::new(),
+            room: 4,
+        };
+        assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Blocked);
+        queue.push_frame(OpCode::Pong, b"");
+        queue.drop_unsent_broadcasts();
+        assert_eq!(queue.len(), 6 + 2, "rest of `a` and the pong");
+        sink.room = usize::MAX / 2;
+        assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Done);
+        let mut expected = vec![1u8; 10];
+        expected.extend_from_slice(&[0x8A, 0]);
+        assert_eq!(sink.taken, expected);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_broadcast_not_yet_started_is_dropped_whole() {
+        let mut queue = OutQueue::default();
+        queue.push_shared(Rc::from(vec![1u8; 10]));
+        queue.drop_unsent_broadcasts();
+        assert!(queue.is_empty());
     }
 }

@@ -1,8 +1,10 @@
 //! Connections held per client IP address, for `max_connections_per_ip`.
 //!
-//! Owns: one counter per address with at least one connection, and the slot
-//! a connection keeps to give its count back in O(1).
-//! Must never: keep an address whose count fell to zero, or scan all entries.
+//! Owns: one counter per address with at least one connection, the slot a
+//! connection keeps to give its count back in O(1), and the [`Claim`] an
+//! admission holds until the connection is in the slab.
+//! Must never: keep an address whose count fell to zero, scan all entries,
+//! or let a count taken for a connection that is not admitted stay taken.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -68,6 +70,19 @@ impl PerIp {
         }
     }
 
+    /// Takes a count for a connection from `ip` being admitted, unless the
+    /// address already holds `limit` (`None`: no limit, nothing is counted).
+    /// The count is given back when the claim is dropped, unless
+    /// [`Claim::keep`] hands it to the admitted connection: an admission
+    /// that fails half-way cannot leak it.
+    pub fn claim(&mut self, ip: IpAddr, limit: Option<usize>) -> Option<Claim<'_>> {
+        let slot = match limit {
+            None => None,
+            Some(max) => Some(self.try_acquire(ip, max)?),
+        };
+        Some(Claim { per_ip: self, slot })
+    }
+
     /// Addresses currently counted.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -77,6 +92,28 @@ impl PerIp {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+}
+
+/// A count taken for a connection being admitted; see [`PerIp::claim`].
+pub struct Claim<'a> {
+    per_ip: &'a mut PerIp,
+    slot: Option<IpSlot>,
+}
+
+impl Claim<'_> {
+    /// The connection made it into the slab: it holds the count from now on
+    /// and gives it back with [`PerIp::release`] when removed.
+    pub fn keep(mut self) -> Option<IpSlot> {
+        self.slot.take()
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.per_ip.release(slot);
+        }
     }
 }
 
@@ -115,5 +152,31 @@ mod tests {
     fn zero_limit_admits_nobody() {
         let mut per_ip = PerIp::default();
         assert_eq!(per_ip.try_acquire("127.0.0.2".parse().unwrap(), 0), None);
+    }
+
+    #[test]
+    fn a_claim_not_kept_gives_its_count_back() {
+        let mut per_ip = PerIp::default();
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        // Admission failing after the claim (slab full, poller refusing the
+        // socket, TLS setup failing): the claim is dropped.
+        for _ in 0..3 {
+            let claim = per_ip.claim(ip, Some(1)).expect("under the limit");
+            drop(claim);
+        }
+        assert!(per_ip.is_empty(), "no count leaked");
+        let kept = per_ip.claim(ip, Some(1)).and_then(Claim::keep);
+        assert!(kept.is_some());
+        assert!(per_ip.claim(ip, Some(1)).is_none(), "the kept count holds");
+        per_ip.release(kept.unwrap());
+        assert!(per_ip.is_empty());
+    }
+
+    #[test]
+    fn without_a_limit_nothing_is_counted() {
+        let mut per_ip = PerIp::default();
+        let claim = per_ip.claim("127.0.0.2".parse().unwrap(), None).unwrap();
+        assert_eq!(claim.keep(), None);
+        assert!(per_ip.is_empty());
     }
 }

@@ -74,7 +74,7 @@
 
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -280,22 +280,18 @@ impl TlsStream {
         self.flush().map(drop)
     }
 
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.peer_addr()
-    }
-
     /// The socket to register with the poller.
     pub fn source(&mut self) -> &mut TcpStream {
         &mut self.tcp
     }
 
-    #[allow(dead_code)] // for tests and diagnostics; the loop does not need it
+    #[cfg(test)]
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
 
     /// The protocol agreed through ALPN, once the handshake got that far.
-    #[allow(dead_code)] // for tests and diagnostics; the loop does not need it
+    #[cfg(test)]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
@@ -451,10 +447,10 @@ fn certified_key(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    use std::net::TcpStream as StdTcpStream;
+    use std::net::{SocketAddr, TcpStream as StdTcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
     use std::thread;
@@ -552,7 +548,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
 ";
 
     /// A fresh directory for one test's files, removed when dropped.
-    struct TempDir(PathBuf);
+    pub(in crate::server) struct TempDir(PathBuf);
 
     impl TempDir {
         fn new(name: &str) -> TempDir {
@@ -581,15 +577,15 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
 
     /// Certificate and key files for "localhost", and the certificate for
     /// the client's root store.
-    struct Identity {
+    pub(in crate::server) struct Identity {
         _dir: TempDir,
-        cert: PathBuf,
-        key: PathBuf,
+        pub cert: PathBuf,
+        pub key: PathBuf,
         der: CertificateDer<'static>,
     }
 
     /// A self-signed certificate with a fresh P-256 key (PKCS#8).
-    fn ec_identity() -> Identity {
+    pub(in crate::server) fn ec_identity() -> Identity {
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let dir = TempDir::new("ec");
         Identity {

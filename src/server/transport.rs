@@ -7,10 +7,11 @@
 //! Must never: interpret the bytes it carries.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 
 use mio::net::TcpStream;
 
+use super::outqueue::Sink;
 use super::tls::TlsStream;
 
 #[derive(Debug)]
@@ -29,13 +30,6 @@ impl Transport {
         }
     }
 
-    pub fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(s) => s.write_vectored(bufs),
-            Transport::Tls(s) => s.write_vectored(bufs),
-        }
-    }
-
     /// Sends FIN after what is already written, keeping the read side open so
     /// the peer's close frame or EOF can still be seen. Over TLS a
     /// close_notify goes first; if the socket is full, the FIN follows from
@@ -44,13 +38,6 @@ impl Transport {
         match self {
             Transport::Plain(s) => s.shutdown(Shutdown::Write),
             Transport::Tls(s) => s.shutdown_write(),
-        }
-    }
-
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match self {
-            Transport::Plain(s) => s.peer_addr(),
-            Transport::Tls(s) => s.peer_addr(),
         }
     }
 
@@ -80,5 +67,28 @@ impl Transport {
             Transport::Plain(_) => Ok(true),
             Transport::Tls(s) => s.flush(),
         }
+    }
+}
+
+impl Sink for Transport {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => Sink::write_vectored(s, bufs),
+            Transport::Tls(s) => Sink::write_vectored(&mut **s, bufs),
+        }
+    }
+}
+
+/// Plain TCP: one `writev`.
+impl Sink for TcpStream {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Write::write_vectored(self, bufs)
+    }
+}
+
+/// TLS: plaintext in, records out (see [`TlsStream::write_vectored`]).
+impl Sink for TlsStream {
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TlsStream::write_vectored(self, bufs)
     }
 }

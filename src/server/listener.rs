@@ -1,0 +1,452 @@
+//! Listening sockets and admission.
+//!
+//! Owns: each listening socket together with the TLS config its new
+//! connections get and the certificate files that config came from
+//! ([`Listener`]); binding; the accept pause when the process is out of file
+//! descriptors; the admission checks (`max_connections`,
+//! `max_connections_per_ip`) with their canned refusals; and turning an
+//! accepted socket into a slot in the slab.
+//! Must never: read from an admitted connection or write to it (beyond the
+//! best-effort refusal of one that is not admitted), or leave a per-address
+//! count taken for a connection that did not make it into the slab.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+
+use super::conn::Connection;
+use super::slot::{FIRST_RESERVED_KEY, Slot, token_of};
+use super::tls::{self, TlsConfigError, TlsStream};
+use super::transport::Transport;
+use super::{Server, ServerError};
+use crate::config::{ListenerConfig, ListenerTls};
+use crate::metrics::Refused;
+use crate::protocol::http;
+
+/// How long accepting pauses when the process is out of file descriptors.
+const ACCEPT_PAUSE_MS: u64 = 100;
+/// Linux errno values for "too many open files" (per process / system-wide).
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+/// Connections the kernel may queue for `accept` per listener. The usual 128
+/// overflows when thousands of clients reconnect at once (after a restart or
+/// a network blip); the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// One listening socket.
+pub struct Listener {
+    socket: TcpListener,
+    /// The `[[listener]]` address this socket stands for: the configured
+    /// one when we bound it, the socket's own when it was passed to us.
+    address: SocketAddr,
+    tls: Option<ListenerTlsState>,
+}
+
+/// What a wss:// listener serves with.
+struct ListenerTlsState {
+    /// The files the certificate is read from, on start and on reload.
+    files: ListenerTls,
+    /// The config new connections get; swapped on reload, while open
+    /// connections keep the `Arc` they were accepted with.
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl Listener {
+    /// Binds every listener `configs` describes, reading the certificate
+    /// and key of each TLS one first (so a bad file is reported before an
+    /// address that cannot be bound).
+    pub fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Listener>, ServerError> {
+        let tls = configs
+            .iter()
+            .map(load_tls_state)
+            .collect::<Result<Vec<_>, _>>()?;
+        configs
+            .iter()
+            .zip(tls)
+            .map(|(config, tls)| Listener::bind(config, tls))
+            .collect()
+    }
+
+    fn bind(
+        config: &ListenerConfig,
+        tls: Option<ListenerTlsState>,
+    ) -> Result<Listener, ServerError> {
+        let addr = config.address;
+        let socket = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Listener {
+            socket,
+            address: addr,
+            tls,
+        })
+    }
+
+    /// Wraps a socket passed by the service manager. It serves TLS when its
+    /// address equals that of a `tls = true` entry of `listeners`, with that
+    /// entry's files.
+    pub fn passed(
+        socket: std::net::TcpListener,
+        listeners: &[ListenerConfig],
+    ) -> Result<Listener, ServerError> {
+        socket.set_nonblocking(true)?;
+        let address = socket.local_addr()?;
+        let tls = match tls_entry_for(address, listeners) {
+            Some(entry) => load_tls_state(entry)?,
+            None => None,
+        };
+        Ok(Listener {
+            socket: TcpListener::from_std(socket),
+            address,
+            tls,
+        })
+    }
+
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(&mut self.socket, token, Interest::READABLE)
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.socket);
+    }
+
+    /// The address actually bound (differs from the configured one with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Takes the certificate paths of a TLS listener from `listeners` (the
+    /// config being applied): the `tls = true` entry with this listener's
+    /// address. Whether it serves TLS at all does not change while running.
+    pub fn take_tls_files(&mut self, listeners: &[ListenerConfig]) {
+        if let Some(state) = &mut self.tls
+            && let Some(files) = tls_entry_for(self.address, listeners).and_then(|e| e.tls.as_ref())
+        {
+            state.files.clone_from(files);
+        }
+    }
+
+    /// Reads a TLS listener's certificate and key again; new connections get
+    /// them. A pair that cannot be used is reported and the current one stays.
+    pub fn reload_certificate(&mut self) {
+        let addr = self.local_addr().unwrap_or(self.address);
+        let Some(state) = &mut self.tls else {
+            return;
+        };
+        let files = &state.files;
+        match tls::load_server_config(&files.cert, &files.key, files.alpn) {
+            Ok(config) => {
+                info!(
+                    "reload: wss://{addr}: certificate {} and key {} loaded; new connections use them",
+                    files.cert.display(),
+                    files.key.display()
+                );
+                state.config = config;
+            }
+            Err(e) => {
+                warn!("reload: wss://{addr}: {e}; the certificate loaded before stays in use")
+            }
+        }
+    }
+
+    /// The certificate files a TLS listener reads (`None` for plain ws://).
+    #[cfg(test)]
+    pub fn tls_files(&self) -> Option<&ListenerTls> {
+        self.tls.as_ref().map(|s| &s.files)
+    }
+
+    /// The config new TLS connections get.
+    #[cfg(test)]
+    pub fn tls_config(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref().map(|s| &s.config)
+    }
+}
+
+/// The `tls = true` entry of `listeners` for a socket at `address`.
+fn tls_entry_for(address: SocketAddr, listeners: &[ListenerConfig]) -> Option<&ListenerConfig> {
+    listeners
+        .iter()
+        .find(|l| l.tls.is_some() && l.address == address)
+}
+
+fn load_tls_state(listener: &ListenerConfig) -> Result<Option<ListenerTlsState>, ServerError> {
+    let Some(files) = &listener.tls else {
+        return Ok(None);
+    };
+    let config =
+        tls::load_server_config(&files.cert, &files.key, files.alpn).map_err(|source| {
+            ServerError::Tls {
+                addr: listener.address,
+                source: Box::new(source),
+            }
+        })?;
+    Ok(Some(ListenerTlsState {
+        files: files.clone(),
+        config,
+    }))
+}
+
+/// Reads and checks the certificate and key files of a `tls = true`
+/// listener; `Ok(None)` for a plain listener. Touches nothing but the two
+/// files, so `--check-config` can use it.
+pub fn load_listener_tls(
+    listener: &ListenerConfig,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsConfigError> {
+    match &listener.tls {
+        None => Ok(None),
+        Some(tls) => tls::load_server_config(&tls.cert, &tls.key, tls.alpn).map(Some),
+    }
+}
+
+/// Binds a non-blocking listening socket with [`LISTEN_BACKLOG`] (mio's own
+/// `bind` uses 128).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let socket = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // Lets a restarted daemon bind while old connections sit in TIME_WAIT.
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr)?;
+    rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(std::net::TcpListener::from(socket)))
+}
+
+/// The listening sockets and the state of accepting.
+pub struct Listeners {
+    /// Indexed by token: listener `i` is registered as `Token(i)`.
+    pub list: Vec<Listener>,
+    /// Accepting is paused until then (out of file descriptors).
+    paused_until: Option<u64>,
+    /// The canned answer for connections beyond `max_connections`.
+    busy_response: Vec<u8>,
+    /// The canned answer for connections beyond `max_connections_per_ip`.
+    too_many_response: Vec<u8>,
+}
+
+impl Listeners {
+    pub fn new(list: Vec<Listener>) -> Listeners {
+        let mut busy_response = Vec::new();
+        http::write_response(
+            503,
+            &[("Retry-After", "5")],
+            b"server is at its connection limit\n",
+            true,
+            &mut busy_response,
+        );
+        let mut too_many_response = Vec::new();
+        http::write_response(
+            429,
+            &[("Retry-After", "5")],
+            b"too many connections from this address\n",
+            true,
+            &mut too_many_response,
+        );
+        Listeners {
+            list,
+            paused_until: None,
+            busy_response,
+            too_many_response,
+        }
+    }
+
+    /// The listener registered as `token`, if it is one.
+    pub fn index_of(&self, token: Token) -> Option<usize> {
+        (token.0 < self.list.len()).then_some(token.0)
+    }
+
+    /// When a paused accept resumes, for the poll timeout.
+    pub fn paused_until(&self) -> Option<u64> {
+        self.paused_until
+    }
+
+    /// Stops listening for good (shutdown).
+    pub fn close_all(&mut self, registry: &Registry) {
+        for listener in &mut self.list {
+            listener.deregister(registry);
+        }
+        self.list.clear();
+        self.paused_until = None;
+    }
+}
+
+impl Server {
+    /// Accepts on every listener once a pause for lack of descriptors is over.
+    pub(super) fn resume_accepting(&mut self, now: u64) {
+        if self.listeners.paused_until.is_some_and(|t| t <= now) {
+            self.listeners.paused_until = None;
+            for index in 0..self.listeners.list.len() {
+                self.accept(index, now);
+            }
+        }
+    }
+
+    /// Accepts until the listener's queue is empty.
+    pub(super) fn accept(&mut self, index: usize, now: u64) {
+        if self.listeners.paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listeners.list.get(index) else {
+                return;
+            };
+            match listener.socket.accept() {
+                Ok((stream, peer)) => self.admit(index, stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                    // Pending connections stay in the backlog; retrying at
+                    // once would spin, so wait for descriptors to free up.
+                    warn!("out of file descriptors, pausing accept: {e}");
+                    self.listeners.paused_until = Some(now + ACCEPT_PAUSE_MS);
+                    return;
+                }
+                // A connection that died in the backlog, or a transient
+                // failure: it concerns that one connection only.
+                Err(e) => debug!("accept failed: {e}"),
+            }
+        }
+    }
+
+    fn admit(&mut self, listener: usize, mut stream: TcpStream, peer: SocketAddr, now: u64) {
+        if self.life.shutdown.is_some() {
+            return;
+        }
+        let tls = self
+            .listeners
+            .list
+            .get(listener)
+            .and_then(|l| l.tls.as_ref())
+            .map(|t| Arc::clone(&t.config));
+        if self.conns.len() >= self.config.max_connections {
+            // Best effort: a refused client gets a reason if its socket has
+            // room. A TLS client would take plaintext for a broken record,
+            // so it is just closed.
+            if tls.is_none() {
+                let _ = io::Write::write(&mut stream, &self.listeners.busy_response);
+            }
+            self.metrics.refuse(Refused::OverCapacity);
+            debug!("refused {peer}: connection limit reached");
+            return;
+        }
+        let limit = Some(self.config.max_connections_per_ip).filter(|&max| max > 0);
+        // Given back on every early return below; kept only once the
+        // connection is in the slab.
+        let Some(claim) = self.per_ip.claim(peer.ip(), limit) else {
+            if tls.is_none() {
+                let _ = io::Write::write(&mut stream, &self.listeners.too_many_response);
+            }
+            self.metrics.refuse(Refused::TooManyFromAddress);
+            debug!("refused {peer}: max_connections_per_ip reached");
+            return;
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if key >= FIRST_RESERVED_KEY {
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = match self.next_generation.wrapping_add(1) {
+            0 => 1,
+            g => g,
+        };
+        let token = token_of(key, generation);
+        // Small frames must not wait for ACKs of earlier ones.
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE)
+        {
+            debug!("cannot register {peer}: {e}");
+            return;
+        }
+        let transport = match tls {
+            None => Transport::Plain(stream),
+            Some(config) => match TlsStream::new(config, stream) {
+                Ok(tls) => Transport::Tls(Box::new(tls)),
+                Err(e) => {
+                    // The socket was closed with the failed stream, which
+                    // also took it out of the poller.
+                    warn!("cannot start TLS for {peer}: {e}");
+                    return;
+                }
+            },
+        };
+        entry.insert(Slot::new(
+            transport,
+            Connection::new(peer, now),
+            generation,
+            claim.keep(),
+        ));
+        self.metrics.connections += 1;
+        debug!("connection {key} from {peer}");
+        self.sync_timer(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Accepts the one pending connection of listener 0 (bounded wait).
+    fn accept_one(server: &Server) -> (TcpStream, SocketAddr) {
+        for _ in 0..500 {
+            match server.listeners.list[0].socket.accept() {
+                Ok(accepted) => return accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        panic!("no connection to accept");
+    }
+
+    /// Admission that fails after the per-address count was taken (here the
+    /// poller refuses the socket) must give the count back.
+    #[test]
+    fn a_socket_the_poller_refuses_gives_its_per_address_count_back() {
+        let config = Config {
+            listeners: vec![ListenerConfig::plain("127.0.0.1:0".parse().unwrap())],
+            max_connections_per_ip: 1,
+            ..Config::default()
+        };
+        let mut server = Server::bind(config).unwrap();
+        let addr = server.local_addrs()[0];
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (mut stream, peer) = accept_one(&server);
+        // Registered already: registering it again fails inside admit.
+        server
+            .poll
+            .registry()
+            .register(&mut stream, Token(1 << 40), Interest::READABLE)
+            .unwrap();
+        server.admit(0, stream, peer, 0);
+        assert_eq!(server.conns.len(), 0);
+        assert!(server.per_ip.is_empty(), "the count leaked");
+
+        // The address may still connect.
+        let _again = std::net::TcpStream::connect(addr).unwrap();
+        let (stream, peer) = accept_one(&server);
+        server.admit(0, stream, peer, 0);
+        assert_eq!(server.conns.len(), 1);
+    }
+}
