@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use wshub::config::DEFAULT_PUBLISH_PREFIX;
-use wshub::hub::names::is_valid_channel_name;
+use wshub::is_valid_channel_name;
 
 /// Server addressed when `--url` is not given: the built-in listener.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";

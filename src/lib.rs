@@ -11,12 +11,28 @@
 //! (notifications, inherited sockets, limits, journal logging); the loop
 //! decides when it is used.
 #![forbid(unsafe_code)]
+// The public API is what the binary, the tests and the fuzz targets use;
+// everything else is crate-private, so the compiler reports dead code.
+#![warn(unreachable_pub)]
 
 pub mod config;
 pub mod daemon;
-pub mod hub;
-pub mod metrics;
-pub mod protocol;
-pub mod route;
+mod hub;
+mod metrics;
+mod protocol;
+mod route;
 pub mod server;
-pub mod timer;
+mod timer;
+
+/// Whether a channel name is valid (`wshub publish` checks before sending).
+pub use hub::names::is_valid_channel_name;
+
+/// The sans-IO parsers the fuzz targets and their regression tests drive.
+/// Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::hub::names::parse_subscription;
+    pub use crate::hub::publish;
+    pub use crate::protocol::{handshake, http, message};
+    pub use crate::route::{Routes, Target};
+}

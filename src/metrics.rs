@@ -9,7 +9,7 @@ use std::io::Write as _;
 
 /// Why a handshake or plain HTTP request was refused (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     BadRequest,
     Unauthorized,
     Forbidden,
@@ -43,7 +43,7 @@ impl Refused {
     ];
 
     /// The label for an HTTP error status.
-    pub fn from_status(status: u16) -> Refused {
+    pub(crate) fn from_status(status: u16) -> Refused {
         match status {
             400 => Refused::BadRequest,
             401 => Refused::Unauthorized,
@@ -82,7 +82,7 @@ impl Refused {
 
 /// Every number `/metrics` reports. Counters only grow; gauges are set.
 #[derive(Clone, Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Open WebSocket connections per route (gauge), indexed like the route
     /// table; grows with it when a reload adds routes ([`Metrics::set_routes`]).
     pub open_by_route: Vec<u64>,
@@ -103,7 +103,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(routes: usize) -> Metrics {
+    pub(crate) fn new(routes: usize) -> Metrics {
         Metrics {
             open_by_route: vec![0; routes],
             ..Metrics::default()
@@ -112,13 +112,13 @@ impl Metrics {
 
     /// Makes room for a route table that grew to `routes` entries (a table
     /// never shrinks, so neither does this).
-    pub fn set_routes(&mut self, routes: usize) {
+    pub(crate) fn set_routes(&mut self, routes: usize) {
         if routes > self.open_by_route.len() {
             self.open_by_route.resize(routes, 0);
         }
     }
 
-    pub fn refuse(&mut self, why: Refused) {
+    pub(crate) fn refuse(&mut self, why: Refused) {
         if let Some(slot) = Refused::ALL
             .iter()
             .position(|r| *r == why)
@@ -128,7 +128,8 @@ impl Metrics {
         }
     }
 
-    pub fn refused(&self, why: Refused) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn refused(&self, why: Refused) -> u64 {
         Refused::ALL
             .iter()
             .position(|r| *r == why)
@@ -138,7 +139,7 @@ impl Metrics {
     }
 
     /// Appends the exposition text; `route_paths` names the routes in table order.
-    pub fn render<'a>(&self, route_paths: impl Iterator<Item = &'a str>, out: &mut Vec<u8>) {
+    pub(crate) fn render<'a>(&self, route_paths: impl Iterator<Item = &'a str>, out: &mut Vec<u8>) {
         // Writing into a Vec cannot fail.
         let _ = self.render_inner(route_paths, out);
     }

@@ -49,7 +49,7 @@ const NIL: u32 = u32::MAX;
 /// never address a later entry that reuses the same slab slot. Being non-zero
 /// it also lets `Option<TimerKey>` stay 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TimerKey {
+pub(crate) struct TimerKey {
     index: u32,
     generation: NonZeroU32,
 }
@@ -72,7 +72,7 @@ enum Due {
 
 /// Timer wheel holding values of type `T`.
 #[derive(Debug)]
-pub struct TimerWheel<T> {
+pub(crate) struct TimerWheel<T> {
     nodes: Slab<Node<T>>,
     /// Current generation of every slab slot, kept outside the slab because a
     /// vacant slab entry cannot carry it; bumped whenever an entry leaves.
@@ -91,13 +91,13 @@ pub struct TimerWheel<T> {
 
 impl<T> TimerWheel<T> {
     /// A wheel whose clock starts at `now`.
-    pub fn new(now: u64) -> Self {
+    pub(crate) fn new(now: u64) -> Self {
         Self::with_capacity(now, 0)
     }
 
     /// A wheel whose clock starts at `now`, with room for `capacity` entries
     /// before it allocates.
-    pub fn with_capacity(now: u64, capacity: usize) -> Self {
+    pub(crate) fn with_capacity(now: u64, capacity: usize) -> Self {
         Self {
             nodes: Slab::with_capacity(capacity),
             generations: Vec::with_capacity(capacity),
@@ -115,7 +115,7 @@ impl<T> TimerWheel<T> {
     /// # Panics
     /// If the wheel already holds `u32::MAX` entries (hundreds of GiB), the
     /// limit of its `u32` links.
-    pub fn insert(&mut self, deadline: u64, value: T) -> TimerKey {
+    pub(crate) fn insert(&mut self, deadline: u64, value: T) -> TimerKey {
         let slot = self.nodes.vacant_key();
         assert!(slot < NIL as usize, "timer wheel is full");
         let index = slot as u32;
@@ -139,7 +139,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Cancels an entry, returning its value; `None` if it already fired or was removed.
-    pub fn remove(&mut self, key: TimerKey) -> Option<T> {
+    pub(crate) fn remove(&mut self, key: TimerKey) -> Option<T> {
         if !self.is_live(key) {
             return None;
         }
@@ -147,7 +147,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// Moves an existing entry to a new deadline, keeping its key. Returns false for a stale key.
-    pub fn reschedule(&mut self, key: TimerKey, deadline: u64) -> bool {
+    pub(crate) fn reschedule(&mut self, key: TimerKey, deadline: u64) -> bool {
         if !self.is_live(key) {
             return false;
         }
@@ -160,7 +160,7 @@ impl<T> TimerWheel<T> {
     }
 
     /// The deadline of an entry, if it is still pending.
-    pub fn deadline(&self, key: TimerKey) -> Option<u64> {
+    pub(crate) fn deadline(&self, key: TimerKey) -> Option<u64> {
         if !self.is_live(key) {
             return None;
         }
@@ -169,7 +169,7 @@ impl<T> TimerWheel<T> {
 
     /// When the loop must next call `poll`: never later than the earliest
     /// deadline (it may be earlier, at a wheel-level boundary). `None` when empty.
-    pub fn next_expiry(&self) -> Option<u64> {
+    pub(crate) fn next_expiry(&self) -> Option<u64> {
         if self.heads[PENDING as usize] != NIL {
             return Some(self.pending_min);
         }
@@ -181,7 +181,7 @@ impl<T> TimerWheel<T> {
     ///
     /// A `now` earlier than a previous one moves nothing backwards; it only
     /// returns entries due by that earlier time.
-    pub fn poll(&mut self, now: u64) -> Option<(TimerKey, T)> {
+    pub(crate) fn poll(&mut self, now: u64) -> Option<(TimerKey, T)> {
         loop {
             if let Some(index) = self.first_pending_due(now) {
                 return self.take(index);
@@ -197,12 +197,14 @@ impl<T> TimerWheel<T> {
         None
     }
 
+    #[cfg(test)]
     /// Number of entries not yet fired or removed.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.nodes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

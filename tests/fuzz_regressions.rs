@@ -1,7 +1,7 @@
 //! Findings of the fuzz targets under `fuzz/`, replayed through the public
 //! API so they stay fixed.
 
-use wshub::protocol::message::{Event, Flow, Limits, Receiver};
+use wshub::fuzzing::message::{Event, Flow, Limits, Receiver};
 
 /// What `buffered_bytes` may count for a control frame split across reads.
 const CONTROL_BUFFER: usize = 126;

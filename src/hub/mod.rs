@@ -31,7 +31,7 @@
 //! channel or slot is vacant is ignored; one whose slot was reused would
 //! remove the new occupant, which this usage rules out.
 
-pub mod names;
+pub(crate) mod names;
 pub mod publish;
 
 use std::collections::HashMap;
@@ -41,18 +41,18 @@ use slab::Slab;
 
 /// Identifies a live channel (valid while it has subscribers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ChannelId(u32);
+pub(crate) struct ChannelId(u32);
 
 /// One subscription: which channel and which slot in its subscriber list;
 /// what a connection stores to unsubscribe in O(1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Membership {
+pub(crate) struct Membership {
     channel: u32,
     slot: u32,
 }
 
 impl Membership {
-    pub fn channel(self) -> ChannelId {
+    pub(crate) fn channel(self) -> ChannelId {
         ChannelId(self.channel)
     }
 }
@@ -66,7 +66,7 @@ struct Channel<T> {
 
 /// The registry of channels and their subscribers.
 #[derive(Debug)]
-pub struct Hub<T> {
+pub(crate) struct Hub<T> {
     channels: Slab<Channel<T>>,
     /// The default (randomly keyed) hasher is kept on purpose: names come
     /// from clients, who must not be able to pick colliding ones.
@@ -94,13 +94,13 @@ fn key32(key: usize) -> u32 {
 }
 
 impl<T: Copy> Hub<T> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Adds `who` to the channel named `name`, creating the channel if
     /// needed. O(1) amortized.
-    pub fn subscribe(&mut self, name: &str, who: T) -> Membership {
+    pub(crate) fn subscribe(&mut self, name: &str, who: T) -> Membership {
         let channel = match self.by_name.get(name) {
             Some(&key) => key,
             None => {
@@ -122,7 +122,7 @@ impl<T: Copy> Hub<T> {
 
     /// Removes that subscription; drops the channel (and its name) when its
     /// last subscriber leaves. A stale membership is ignored (no panic).
-    pub fn unsubscribe(&mut self, membership: Membership) {
+    pub(crate) fn unsubscribe(&mut self, membership: Membership) {
         let key = membership.channel as usize;
         let Some(channel) = self.channels.get_mut(key) else {
             return;
@@ -141,35 +141,37 @@ impl<T: Copy> Hub<T> {
         }
     }
 
-    pub fn lookup(&self, name: &str) -> Option<ChannelId> {
+    pub(crate) fn lookup(&self, name: &str) -> Option<ChannelId> {
         self.by_name.get(name).map(|&key| ChannelId(key))
     }
 
-    pub fn name(&self, channel: ChannelId) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn name(&self, channel: ChannelId) -> Option<&str> {
         self.channels.get(channel.0 as usize).map(|c| &*c.name)
     }
 
     /// The subscribers of a channel, in no particular order; nothing for an
     /// id that is no longer live.
-    pub fn subscribers(&self, channel: ChannelId) -> impl Iterator<Item = T> + '_ {
+    pub(crate) fn subscribers(&self, channel: ChannelId) -> impl Iterator<Item = T> + '_ {
         self.channels
             .get(channel.0 as usize)
             .into_iter()
             .flat_map(|c| c.subscribers.iter().map(|(_, &who)| who))
     }
 
-    pub fn subscriber_count(&self, channel: ChannelId) -> usize {
+    #[cfg(test)]
+    pub(crate) fn subscriber_count(&self, channel: ChannelId) -> usize {
         self.channels
             .get(channel.0 as usize)
             .map_or(0, |c| c.subscribers.len())
     }
 
-    pub fn channel_count(&self) -> usize {
+    pub(crate) fn channel_count(&self) -> usize {
         self.channels.len()
     }
 
     /// Subscriptions across all channels.
-    pub fn subscription_count(&self) -> usize {
+    pub(crate) fn subscription_count(&self) -> usize {
         self.subscriptions
     }
 }
@@ -178,7 +180,8 @@ impl<T: Copy> Hub<T> {
 /// for one, boxed beyond. At most 16 bytes because every connection holds
 /// one; the `Vec` is boxed because inline it would make this 32.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Memberships {
+#[allow(clippy::box_collection)] // the point: one word instead of three
+pub(crate) enum Memberships {
     #[default]
     None,
     One(Membership),
@@ -186,7 +189,7 @@ pub enum Memberships {
 }
 
 impl Memberships {
-    pub fn push(&mut self, m: Membership) {
+    pub(crate) fn push(&mut self, m: Membership) {
         match self {
             Memberships::None => *self = Memberships::One(m),
             Memberships::One(first) => *self = Memberships::Many(Box::new(vec![*first, m])),
@@ -194,20 +197,20 @@ impl Memberships {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = Membership> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Membership> + '_ {
         self.as_slice().iter().copied()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.as_slice().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.as_slice().is_empty()
     }
 
     /// Takes all out, leaving `None`.
-    pub fn take(&mut self) -> Memberships {
+    pub(crate) fn take(&mut self) -> Memberships {
         std::mem::take(self)
     }
 

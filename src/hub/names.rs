@@ -7,7 +7,7 @@
 //! parsing stops as soon as the cap is exceeded.
 
 /// Longest channel name accepted, in bytes.
-pub const MAX_CHANNEL_NAME_LEN: usize = 128;
+pub(crate) const MAX_CHANNEL_NAME_LEN: usize = 128;
 
 /// The query parameter that names a channel.
 const CHANNEL_PARAM: &str = "channel";

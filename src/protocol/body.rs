@@ -16,7 +16,7 @@ use super::http::{self, MAX_HEAD_LEN, MAX_HEADERS, RequestHead};
 const CHUNKED: &[u8] = b"chunked";
 /// Longest chunk-size line accepted, chunk extensions and CRLF included.
 /// Extensions are ignored, so a line this long is already generous.
-pub const MAX_CHUNK_LINE_LEN: usize = 1024;
+pub(crate) const MAX_CHUNK_LINE_LEN: usize = 1024;
 /// What ends a chunk's data, and every line of the chunked coding.
 const CRLF: &[u8] = b"\r\n";
 /// What ends a non-empty trailer section.
@@ -74,7 +74,7 @@ impl BodyError {
 
 /// The framing of a request's body (RFC 9112 §6.1–§6.3). Anything that two
 /// parsers could read differently is refused rather than guessed at.
-pub fn framing(head: &RequestHead) -> Result<Framing, BodyError> {
+pub(crate) fn framing(head: &RequestHead) -> Result<Framing, BodyError> {
     if head.header_count("Transfer-Encoding") > 0 {
         return transfer_coding(head);
     }
@@ -145,7 +145,7 @@ fn is_chunked(coding: &[u8]) -> bool {
 /// caller's buffer; it stops exactly at the body's end, so whatever follows
 /// (a pipelined request) is left to the caller.
 #[derive(Debug)]
-pub struct BodyReader {
+pub(crate) struct BodyReader {
     kind: Kind,
 }
 
@@ -157,14 +157,14 @@ enum Kind {
 
 impl BodyReader {
     /// A body of exactly `length` bytes (the caller checked it against its limit).
-    pub fn fixed(length: usize) -> BodyReader {
+    pub(crate) fn fixed(length: usize) -> BodyReader {
         BodyReader {
             kind: Kind::Length { left: length },
         }
     }
 
     /// A chunked body whose data may add up to at most `limit` bytes.
-    pub fn chunked(limit: u64) -> BodyReader {
+    pub(crate) fn chunked(limit: u64) -> BodyReader {
         BodyReader {
             kind: Kind::Chunked(Chunked {
                 state: State::SizeLine,
@@ -178,7 +178,7 @@ impl BodyReader {
     /// Offers the next input; body data is appended to `data`. Returns how
     /// many bytes of `input` belong to the body: all of it until the body is
     /// complete, then up to its end. Errors are final.
-    pub fn feed(&mut self, input: &[u8], data: &mut Vec<u8>) -> Result<usize, BodyError> {
+    pub(crate) fn feed(&mut self, input: &[u8], data: &mut Vec<u8>) -> Result<usize, BodyError> {
         match &mut self.kind {
             Kind::Length { left } => {
                 let take = input.len().min(*left);
@@ -191,15 +191,16 @@ impl BodyReader {
     }
 
     /// The whole body, terminating chunk and trailers included, has arrived.
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         match &self.kind {
             Kind::Length { left } => *left == 0,
             Kind::Chunked(chunked) => chunked.state == State::Done,
         }
     }
 
+    #[cfg(test)]
     /// Bytes held for a chunk-size line or trailer section split across reads.
-    pub fn buffered_bytes(&self) -> usize {
+    pub(crate) fn buffered_bytes(&self) -> usize {
         match &self.kind {
             Kind::Length { .. } => 0,
             Kind::Chunked(chunked) => chunked.held.capacity(),

@@ -42,7 +42,7 @@ impl CloseCode {
 
 /// Why a received close payload is invalid, with the code to fail the connection with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CloseError {
+pub(crate) enum CloseError {
     #[error("close payload of one byte")]
     OneByte,
     #[error("close code {0} is not allowed on the wire")]
@@ -52,8 +52,9 @@ pub enum CloseError {
 }
 
 impl CloseError {
+    #[cfg(test)]
     /// The code to close with: 1007 for a bad reason, 1002 otherwise.
-    pub fn code(self) -> CloseCode {
+    pub(crate) fn code(self) -> CloseCode {
         match self {
             CloseError::BadReason => CloseCode::INVALID_PAYLOAD,
             CloseError::OneByte | CloseError::BadCode(_) => CloseCode::PROTOCOL_ERROR,
@@ -62,7 +63,7 @@ impl CloseError {
 }
 
 /// Parses a received close payload: `None` for an empty payload.
-pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, CloseError> {
+pub(crate) fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, CloseError> {
     let (code, reason) = match payload {
         [] => return Ok(None),
         [_] => return Err(CloseError::OneByte),
@@ -77,13 +78,13 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<(CloseCode, &str)>, 
 
 /// The code a server echoes when answering a peer's close: the peer's own
 /// code, or 1000 when its close carried none (1005 must not go on the wire).
-pub fn reply_code(received: Option<CloseCode>) -> CloseCode {
+pub(crate) fn reply_code(received: Option<CloseCode>) -> CloseCode {
     received.unwrap_or(CloseCode::NORMAL)
 }
 
 /// Builds a close payload (code + reason) into `out`, truncating the reason at
 /// a char boundary so the whole fits a control frame; returns the length.
-pub fn encode_close_payload(
+pub(crate) fn encode_close_payload(
     code: CloseCode,
     reason: &str,
     out: &mut [u8; MAX_CONTROL_PAYLOAD],

@@ -64,7 +64,7 @@
 //! decompressor.feed(compressed, &mut inflated, limit)?;
 //! decompressor.finish(&mut inflated, limit)?;
 //! // or in one call: decompressor.inflate_message(compressed, &mut inflated, limit)?
-//! // InflateError::close_code(): TooBig -> 1009, Corrupt -> 1007.
+//! // the receiver closes with 1009 for TooBig and 1007 for Corrupt.
 //! ```
 //! Text messages are UTF-8-checked on the inflated bytes, not the wire bytes.
 //! A caller that wants to inflate a fragmented message frame by frame instead
@@ -95,15 +95,15 @@ mod negotiate;
 #[cfg(test)]
 mod reference_inflate;
 
-pub use codec::{CompressError, Compressor, Decompressor, InflateError};
-pub use negotiate::{Params, WindowBits, negotiate};
+pub(crate) use codec::{Compressor, Decompressor, InflateError};
+pub(crate) use negotiate::{Params, WindowBits, negotiate};
 
 /// The extension token (RFC 7692 §5).
-pub const EXTENSION_NAME: &str = "permessage-deflate";
+pub(crate) const EXTENSION_NAME: &str = "permessage-deflate";
 
 /// The RSV bit that marks a compressed message (RSV1, RFC 7692 §6), in the
 /// encoding of [`super::frame::FrameHeader::rsv`].
-pub const RSV_COMPRESSED: u8 = 0b100;
+pub(crate) const RSV_COMPRESSED: u8 = 0b100;
 
 /// Compression settings, passed in so a config reload applies at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

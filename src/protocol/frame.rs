@@ -6,9 +6,9 @@
 //! (fragment order, UTF-8, size limits) — that is `message`'s job.
 
 /// Longest possible frame header: 2 bytes + 8-byte length + 4-byte mask key.
-pub const MAX_HEADER_LEN: usize = 14;
+pub(crate) const MAX_HEADER_LEN: usize = 14;
 /// Longest payload a control frame may carry (§5.5).
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
+pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// First header byte: the FIN flag.
 const FIN_BIT: u8 = 0x80;
@@ -42,7 +42,7 @@ const OP_PONG: u8 = 0xA;
 
 /// Frame opcodes defined by RFC 6455 §5.2 (the reserved ones are not representable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpCode {
+pub(crate) enum OpCode {
     Continuation,
     Text,
     Binary,
@@ -53,7 +53,7 @@ pub enum OpCode {
 
 impl OpCode {
     /// `None` for the reserved opcodes 0x3–0x7 and 0xB–0xF.
-    pub fn from_u8(bits: u8) -> Option<OpCode> {
+    pub(crate) fn from_u8(bits: u8) -> Option<OpCode> {
         match bits {
             OP_CONTINUATION => Some(OpCode::Continuation),
             OP_TEXT => Some(OpCode::Text),
@@ -64,7 +64,7 @@ impl OpCode {
             _ => None,
         }
     }
-    pub fn as_u8(self) -> u8 {
+    pub(crate) fn as_u8(self) -> u8 {
         match self {
             OpCode::Continuation => OP_CONTINUATION,
             OpCode::Text => OP_TEXT,
@@ -75,14 +75,14 @@ impl OpCode {
         }
     }
     /// Close, Ping and Pong.
-    pub fn is_control(self) -> bool {
+    pub(crate) fn is_control(self) -> bool {
         matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
     }
 }
 
 /// A decoded (or to-be-encoded) frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameHeader {
+pub(crate) struct FrameHeader {
     pub fin: bool,
     /// RSV1..RSV3 as the low three bits: RSV1 = 0b100, RSV2 = 0b010, RSV3 = 0b001.
     pub rsv: u8,
@@ -93,7 +93,7 @@ pub struct FrameHeader {
 
 /// Header-level violations; each maps to close code 1002.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     #[error("reserved opcode {0:#x}")]
     ReservedOpcode(u8),
     #[error("64-bit payload length with the most significant bit set")]
@@ -105,7 +105,7 @@ pub enum HeaderError {
 /// Incremental header parser: keeps at most [`MAX_HEADER_LEN`] bytes of a
 /// header split across reads, so a connection between frames holds nothing else.
 #[derive(Clone, Debug, Default)]
-pub struct HeaderDecoder {
+pub(crate) struct HeaderDecoder {
     buf: [u8; MAX_HEADER_LEN],
     len: u8,
 }
@@ -113,7 +113,10 @@ pub struct HeaderDecoder {
 impl HeaderDecoder {
     /// Consumes bytes of `input` until one header is complete.
     /// Returns how many bytes were consumed and the header once complete.
-    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<FrameHeader>), HeaderError> {
+    pub(crate) fn feed(
+        &mut self,
+        input: &[u8],
+    ) -> Result<(usize, Option<FrameHeader>), HeaderError> {
         if self.len == 0 {
             // Common case: the whole header is in this read, so parse it in place.
             if let Some((used, header)) = parse_header(input)? {
@@ -151,7 +154,7 @@ impl HeaderDecoder {
         }
     }
     /// True when no partial header is held.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 }
@@ -159,7 +162,7 @@ impl HeaderDecoder {
 /// The RSV bits and the opcode of a header's first byte, so a receiver can
 /// judge them before the rest of the header has arrived. The opcode is `None`
 /// when reserved.
-pub fn rsv_and_opcode(first_byte: u8) -> (u8, Option<OpCode>) {
+pub(crate) fn rsv_and_opcode(first_byte: u8) -> (u8, Option<OpCode>) {
     (
         (first_byte >> RSV_SHIFT) & RSV_BITS,
         OpCode::from_u8(first_byte & OPCODE_BITS),
@@ -236,7 +239,7 @@ fn parse_header(bytes: &[u8]) -> Result<Option<(usize, FrameHeader)>, HeaderErro
 /// Writes the header for a frame into `out`, returning its length.
 /// The server never masks, but the codec supports it for tests and clients.
 /// `payload_len` must stay below 2^63, the most the wire format can carry.
-pub fn encode_header(header: &FrameHeader, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
+pub(crate) fn encode_header(header: &FrameHeader, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
     let fin = if header.fin { FIN_BIT } else { 0 };
     out[0] = fin | ((header.rsv & RSV_BITS) << RSV_SHIFT) | header.opcode.as_u8();
     let mask_bit = if header.mask.is_some() { MASK_BIT } else { 0 };
@@ -262,7 +265,7 @@ pub fn encode_header(header: &FrameHeader, out: &mut [u8; MAX_HEADER_LEN]) -> us
 
 /// Appends an unmasked frame (header and payload) to `out`, as a server sends it.
 /// Only the caller's buffer grows; the codec itself holds nothing.
-pub fn write_frame(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, payload: &[u8]) {
+pub(crate) fn write_frame(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, payload: &[u8]) {
     let header = FrameHeader {
         fin,
         rsv,
@@ -279,7 +282,7 @@ pub fn write_frame(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, payloa
 
 /// XORs `data` with `mask`, where `data` starts `offset` bytes into the payload.
 /// Works a machine word at a time.
-pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+pub(crate) fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: usize) {
     let mut key = mask;
     key.rotate_left(offset % MASK_KEY_LEN);
     // `from_ne_bytes` copies out of the slice, so the word loop needs no

@@ -4,11 +4,11 @@
 //! results or events; nothing here may own a socket, read a clock, log at info
 //! level, or allocate per received message when it can borrow instead.
 
-pub mod body;
-pub mod close;
-pub mod deflate;
-pub mod frame;
+pub(crate) mod body;
+pub(crate) mod close;
+pub(crate) mod deflate;
+pub(crate) mod frame;
 pub mod handshake;
 pub mod http;
 pub mod message;
-pub mod utf8;
+pub(crate) mod utf8;

@@ -10,7 +10,7 @@ const MAX_CHAR_LEN: usize = 4;
 /// The bytes fed so far are not a prefix of any valid UTF-8 text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid UTF-8")]
-pub struct Utf8Error;
+pub(crate) struct Utf8Error;
 
 /// Streaming validator that fails on the first byte that cannot start or
 /// continue a valid sequence (overlong forms, surrogates, > U+10FFFF).
@@ -18,7 +18,7 @@ pub struct Utf8Error;
 /// After an error every further `feed` fails too, until `finish` resets it,
 /// so a caller that keeps feeding by mistake can never get a false `Ok`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Utf8Validator {
+pub(crate) struct Utf8Validator {
     /// Start of a code point whose remaining bytes have not arrived yet;
     /// always a valid-so-far prefix of one multi-byte sequence.
     pending: [u8; MAX_CHAR_LEN - 1],
@@ -38,12 +38,12 @@ fn sequence_len(lead: u8) -> Option<usize> {
 }
 
 impl Utf8Validator {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Validates the next chunk of the stream.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Utf8Error> {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), Utf8Error> {
         if self.failed {
             return Err(Utf8Error);
         }
@@ -56,7 +56,7 @@ impl Utf8Validator {
     }
 
     /// The stream ended: an incomplete trailing sequence is an error. Resets the validator.
-    pub fn finish(&mut self) -> Result<(), Utf8Error> {
+    pub(crate) fn finish(&mut self) -> Result<(), Utf8Error> {
         let complete = !self.failed && self.pending_len == 0;
         *self = Self::default();
         if complete { Ok(()) } else { Err(Utf8Error) }

@@ -23,7 +23,7 @@ const KEEP_SCRATCH_CAPACITY: usize = 64 * 1024;
 /// Compression state shared by every connection of one event loop; reset
 /// per message, so it never depends on which connection used it last.
 #[derive(Debug)]
-pub struct Codec {
+pub(super) struct Codec {
     compressor: Compressor,
     scratch: Vec<u8>,
 }
@@ -42,7 +42,7 @@ impl Codec {
     /// when the connection negotiated deflate, the route compresses, the
     /// message is at least the route's minimum size and compression makes
     /// it smaller; plain otherwise.
-    pub fn write_message(
+    pub(super) fn write_message(
         &mut self,
         params: Option<Params>,
         config: Option<DeflateConfig>,
@@ -90,14 +90,14 @@ impl Codec {
 /// once, and where its payload starts (to compress it for those that
 /// negotiated deflate).
 #[derive(Debug)]
-pub struct Broadcast {
+pub(super) struct Broadcast {
     pub frame: Rc<[u8]>,
     opcode: OpCode,
     header_len: usize,
 }
 
 impl Broadcast {
-    pub fn new(opcode: OpCode, payload: &[u8]) -> Broadcast {
+    pub(super) fn new(opcode: OpCode, payload: &[u8]) -> Broadcast {
         let mut buf = Vec::with_capacity(payload.len() + frame::MAX_HEADER_LEN);
         frame::write_frame(&mut buf, true, 0, opcode, payload);
         let header_len = buf.len() - payload.len();
@@ -108,7 +108,7 @@ impl Broadcast {
         }
     }
 
-    pub fn payload(&self) -> &[u8] {
+    pub(super) fn payload(&self) -> &[u8] {
         self.frame.get(self.header_len..).unwrap_or_default()
     }
 }
@@ -117,7 +117,7 @@ impl Broadcast {
 /// needs window `w` compresses it, every later one with the same window
 /// shares that very frame.
 #[derive(Debug, Default)]
-pub struct FrameCache {
+pub(super) struct FrameCache {
     /// Indexed by window bits - 9; `Some(plain frame)` when compressing did
     /// not pay off for that window.
     frames: [Option<Rc<[u8]>>; WINDOWS],
@@ -131,7 +131,7 @@ impl FrameCache {
     /// come from routes with different `compression_level`s, the first
     /// recipient's level is used for everyone with that window (any level
     /// inflates the same). `compression_min_size` is applied per route.
-    pub fn frame_for(
+    pub(super) fn frame_for(
         &mut self,
         message: &Broadcast,
         params: Option<Params>,

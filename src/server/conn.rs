@@ -42,11 +42,11 @@ use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
 use crate::route::{RouteId, Routes, Target};
 
 /// The reason in the close frame of an evicted slow consumer.
-pub const SLOW_CONSUMER_REASON: &str = "slow consumer";
+pub(super) const SLOW_CONSUMER_REASON: &str = "slow consumer";
 
 /// Work a connection asks of the loop because it concerns other connections.
 #[derive(Debug)]
-pub enum Action {
+pub(super) enum Action {
     /// Subscribe this connection to these channels (just upgraded).
     Subscribe(Vec<String>),
     /// Deliver `frame` to the channel's subscribers, then answer this
@@ -61,7 +61,7 @@ pub enum Action {
 }
 
 /// What a connection needs from the loop to process input.
-pub struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     pub config: &'a Config,
     pub routes: &'a Routes,
     pub metrics: &'a mut Metrics,
@@ -119,7 +119,7 @@ impl HttpState {
 /// A client connection: its protocol state only. The loop keeps it in a
 /// slot next to its socket and bookkeeping.
 #[derive(Debug)]
-pub struct Connection {
+pub(super) struct Connection {
     out: OutQueue,
     /// Channels this connection is subscribed to.
     pub memberships: Memberships,
@@ -156,7 +156,7 @@ pub struct Connection {
 
 impl Connection {
     /// A connection accepted from `peer` at `now`.
-    pub fn new(peer: SocketAddr, now: u64) -> Connection {
+    pub(super) fn new(peer: SocketAddr, now: u64) -> Connection {
         Connection {
             out: OutQueue::default(),
             memberships: Memberships::default(),
@@ -176,30 +176,30 @@ impl Connection {
     }
 
     /// Bytes queued for the peer and not yet written.
-    pub fn queued(&self) -> usize {
+    pub(super) fn queued(&self) -> usize {
         self.out.len()
     }
 
     /// Queues a broadcast frame shared with other recipients.
-    pub fn deliver(&mut self, frame: Rc<[u8]>) {
+    pub(super) fn deliver(&mut self, frame: Rc<[u8]>) {
         self.out.push_shared(frame);
     }
 
     /// Queues the answer to this connection's publish request.
-    pub fn answer_publish(&mut self, channel: &str, recipients: usize, keep_alive: bool) {
+    pub(super) fn answer_publish(&mut self, channel: &str, recipients: usize, keep_alive: bool) {
         self.out.push_with(|buf| {
             publish::write_published(channel, recipients, keep_alive, buf);
         });
     }
 
     /// Writes queued bytes into `sink` until it is full or they are all out.
-    pub fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
+    pub(super) fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
         self.out.flush(sink)
     }
 
     /// True once, when our last bytes are out and the write side should be
     /// shut (FIN) so the peer sees the end; reading goes on for its reply.
-    pub fn poll_shutdown_write(&mut self) -> bool {
+    pub(super) fn poll_shutdown_write(&mut self) -> bool {
         if self.out.is_empty() && !self.write_shut && matches!(self.phase, Phase::Closing { .. }) {
             self.write_shut = true;
             return true;
@@ -216,7 +216,7 @@ impl Connection {
     }
 
     /// The loop should read from the socket (nothing held back, peer not done).
-    pub fn wants_read(&self) -> bool {
+    pub(super) fn wants_read(&self) -> bool {
         self.pending_in.is_none() && !self.peer_done()
     }
 
@@ -231,29 +231,29 @@ impl Connection {
     }
 
     /// Broadcast frames may be queued: the connection is an open WebSocket.
-    pub fn is_open(&self) -> bool {
+    pub(super) fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open)
     }
 
     /// The route the connection was upgraded on.
-    pub fn route(&self) -> RouteId {
+    pub(super) fn route(&self) -> RouteId {
         self.route
     }
 
     /// The negotiated permessage-deflate parameters, if any.
-    pub fn deflate(&self) -> Option<Params> {
+    pub(super) fn deflate(&self) -> Option<Params> {
         self.deflate
     }
 
     /// The route whose open-connection gauge counts this connection.
-    pub fn counted_route(&self) -> Option<RouteId> {
+    pub(super) fn counted_route(&self) -> Option<RouteId> {
         self.upgraded.then_some(self.route)
     }
 
     /// The peer closed its side of the TCP connection: nothing more will
     /// arrive, but what is already queued for it still goes out (within the
     /// close timeout).
-    pub fn on_eof(&mut self, now: u64) {
+    pub(super) fn on_eof(&mut self, now: u64) {
         match &mut self.phase {
             Phase::AwaitingHandshake | Phase::Open => {
                 self.set_phase(Phase::Closing {
@@ -268,23 +268,23 @@ impl Connection {
     }
 
     /// Nothing more can happen on this connection: the loop removes it.
-    pub fn is_finished(&self) -> bool {
+    pub(super) fn is_finished(&self) -> bool {
         self.peer_done() && (self.write_shut || self.out.is_empty())
     }
 
     /// Input is held back until the outbound queue drains or an action is done.
-    pub fn has_pending_input(&self) -> bool {
+    pub(super) fn has_pending_input(&self) -> bool {
         self.pending_in.is_some()
     }
 
     /// Processes bytes just read from the socket.
-    pub fn on_input(&mut self, input: &mut [u8], ctx: &mut Ctx<'_>) {
+    pub(super) fn on_input(&mut self, input: &mut [u8], ctx: &mut Ctx<'_>) {
         self.last_recv = ctx.now;
         self.process(input, ctx);
     }
 
     /// Processes input held back earlier. Returns true once none is left.
-    pub fn resume(&mut self, ctx: &mut Ctx<'_>) -> bool {
+    pub(super) fn resume(&mut self, ctx: &mut Ctx<'_>) -> bool {
         if self.pending_in.is_some() && self.out.len() > ctx.config.max_backlog_bytes {
             return false;
         }
@@ -652,7 +652,7 @@ impl Connection {
     /// Shutdown of a connection still speaking HTTP: it answers nothing more,
     /// while what is already queued still goes out. Returns false (and does
     /// nothing) once the connection is a WebSocket or already closing.
-    pub fn stop_http(&mut self, now: u64) -> bool {
+    pub(super) fn stop_http(&mut self, now: u64) -> bool {
         if !matches!(self.phase, Phase::AwaitingHandshake) {
             return false;
         }
@@ -661,7 +661,7 @@ impl Connection {
     }
 
     /// Starts the closing handshake from our side (or answers the peer's).
-    pub fn send_close(&mut self, code: CloseCode, reason: &str, now: u64) {
+    pub(super) fn send_close(&mut self, code: CloseCode, reason: &str, now: u64) {
         if !matches!(self.phase, Phase::Open) {
             return;
         }
@@ -675,7 +675,7 @@ impl Connection {
     /// is finished (the peer gets whole frames only), the broadcast frames
     /// queued behind it are dropped, a close frame with 1013 ("try again
     /// later") follows, and `close_timeout` bounds the rest as for any close.
-    pub fn evict_slow(&mut self, now: u64) {
+    pub(super) fn evict_slow(&mut self, now: u64) {
         if !matches!(self.phase, Phase::Open) {
             return;
         }
@@ -693,7 +693,7 @@ impl Connection {
     }
 
     /// The earliest time something must happen on this connection.
-    pub fn next_deadline(&self, config: &Config) -> Option<u64> {
+    pub(super) fn next_deadline(&self, config: &Config) -> Option<u64> {
         match self.phase {
             Phase::AwaitingHandshake => Some(after(self.since, config.handshake_timeout)),
             Phase::Closing { .. } => Some(after(self.since, config.close_timeout)),
@@ -717,7 +717,7 @@ impl Connection {
 
     /// The connection's timer fired: act on whatever deadline has passed.
     /// Returns false when the connection must be dropped at once.
-    pub fn on_timer(&mut self, config: &Config, metrics: &mut Metrics, now: u64) -> bool {
+    pub(super) fn on_timer(&mut self, config: &Config, metrics: &mut Metrics, now: u64) -> bool {
         match self.phase {
             Phase::AwaitingHandshake => {
                 if now >= after(self.since, config.handshake_timeout) {

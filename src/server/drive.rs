@@ -28,7 +28,7 @@ const READS_PER_TURN: usize = 16;
 /// Rounds of "process held-back input, carry out its actions" per
 /// connection per turn, and of flushing what fan-outs queued; bounds how
 /// long one pipelining client holds the loop.
-pub const ROUNDS_PER_TURN: usize = 64;
+pub(super) const ROUNDS_PER_TURN: usize = 64;
 
 impl Server {
     /// Reads what is available, lets the connection process it, carries out

@@ -27,7 +27,7 @@ use crate::route::Routes;
 
 /// What happens to a frame for a subscriber whose queue holds `queued` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backlog {
+pub(super) enum Backlog {
     /// Room left: queue it.
     Queue,
     /// Over the limit with `on_backlog = "drop"`: this subscriber misses it.
@@ -39,7 +39,7 @@ pub enum Backlog {
 
 /// The slow-consumer rule: a frame goes on a subscriber's queue unless it
 /// would take the queue past `limit` bytes; then `policy` decides.
-pub fn backlog(queued: usize, frame_len: usize, limit: usize, policy: OnBacklog) -> Backlog {
+pub(super) fn backlog(queued: usize, frame_len: usize, limit: usize, policy: OnBacklog) -> Backlog {
     if queued.saturating_add(frame_len) <= limit {
         Backlog::Queue
     } else {
@@ -51,7 +51,7 @@ pub fn backlog(queued: usize, frame_len: usize, limit: usize, policy: OnBacklog)
 }
 
 /// What a fan-out reads and updates besides the slots.
-pub struct Env<'a> {
+pub(super) struct Env<'a> {
     /// Milliseconds on the loop's clock.
     pub now: u64,
     pub config: &'a Config,
@@ -63,7 +63,7 @@ pub struct Env<'a> {
 /// The fan-out's own state, kept between turns so its vectors keep their
 /// capacity.
 #[derive(Debug, Default)]
-pub struct FanOut {
+pub(super) struct FanOut {
     /// Slots given frames (or an eviction's close frame) this turn, to
     /// flush before polling.
     pub dirty: Vec<usize>,
@@ -74,7 +74,7 @@ pub struct FanOut {
 
 impl FanOut {
     /// A fresh stamp for one publish or relay.
-    pub fn next_stamp(&mut self) -> u32 {
+    pub(super) fn next_stamp(&mut self) -> u32 {
         // Zero is what new slots start with, so it is never used.
         self.stamp = match self.stamp.wrapping_add(1) {
             0 => 1,
@@ -91,7 +91,7 @@ impl FanOut {
     /// frame per server window size, made by the first of them (`cache`
     /// lives as long as the publish); the others share the plain frame.
     #[allow(clippy::too_many_arguments)]
-    pub fn deliver<T>(
+    pub(super) fn deliver<T>(
         &mut self,
         slots: &mut Slab<Slot<T>>,
         subscribers: impl Iterator<Item = u32>,

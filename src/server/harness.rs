@@ -24,7 +24,7 @@ use crate::route::Routes;
 /// The peer end of a connection in memory: takes up to `room` bytes, then
 /// reports `WouldBlock` like a full socket.
 #[derive(Debug)]
-pub struct Wire {
+pub(super) struct Wire {
     pub bytes: Vec<u8>,
     pub room: usize,
     /// The connection asked for its write side to be shut (FIN).
@@ -58,7 +58,7 @@ impl Sink for Wire {
 }
 
 /// What the loop shares with every connection, and the virtual clock.
-pub struct Env {
+pub(super) struct Env {
     pub config: Config,
     pub routes: Routes,
     pub metrics: Metrics,
@@ -70,7 +70,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new(config: Config) -> Env {
+    pub(super) fn new(config: Config) -> Env {
         Env {
             routes: Routes::new(&config),
             metrics: Metrics::new(config.routes.len()),
@@ -83,13 +83,13 @@ impl Env {
     }
 
     /// The Prometheus text of the metrics.
-    pub fn metrics_text(&self) -> String {
+    pub(super) fn metrics_text(&self) -> String {
         let mut text = Vec::new();
         self.metrics.render(self.routes.paths(), &mut text);
         String::from_utf8(text).expect("metrics are UTF-8")
     }
 
-    pub fn ctx(&mut self) -> Ctx<'_> {
+    pub(super) fn ctx(&mut self) -> Ctx<'_> {
         Ctx {
             config: &self.config,
             routes: &self.routes,
@@ -103,12 +103,12 @@ impl Env {
 }
 
 /// A loopback client address.
-pub fn peer() -> SocketAddr {
+pub(super) fn peer() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 40_000))
 }
 
 /// A client's upgrade request for `path`.
-pub fn upgrade_request(path: &str) -> Vec<u8> {
+pub(super) fn upgrade_request(path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -118,7 +118,7 @@ pub fn upgrade_request(path: &str) -> Vec<u8> {
 }
 
 /// A final, masked client frame.
-pub fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+pub(super) fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
     let mut out = Vec::new();
     frame::write_frame(&mut out, true, 0, opcode, payload);
@@ -134,7 +134,7 @@ pub fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
 
 /// Splits unmasked server frames: (opcode, payload) of each whole frame,
 /// and how many bytes at the end are not a whole frame.
-pub fn server_frames(mut bytes: &[u8]) -> (Vec<(OpCode, Vec<u8>)>, usize) {
+pub(super) fn server_frames(mut bytes: &[u8]) -> (Vec<(OpCode, Vec<u8>)>, usize) {
     let mut frames = Vec::new();
     loop {
         let [b0, b1, rest @ ..] = bytes else {
@@ -160,14 +160,14 @@ pub fn server_frames(mut bytes: &[u8]) -> (Vec<(OpCode, Vec<u8>)>, usize) {
 }
 
 /// The close code of a close frame's payload.
-pub fn close_code(payload: &[u8]) -> Option<u16> {
+pub(super) fn close_code(payload: &[u8]) -> Option<u16> {
     payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]))
 }
 
 /// One connection driven as the loop drives it: after every input, EOF or
 /// deadline its output is flushed into `wire`, its write side shut when it
 /// asks, and it is dropped when finished or expired.
-pub struct Driven {
+pub(super) struct Driven {
     pub env: Env,
     pub conn: Connection,
     pub wire: Wire,
@@ -177,7 +177,7 @@ pub struct Driven {
 
 impl Driven {
     /// A connection just accepted at time 0.
-    pub fn accepted(config: Config) -> Driven {
+    pub(super) fn accepted(config: Config) -> Driven {
         let env = Env::new(config);
         Driven {
             conn: Connection::new(peer(), env.now),
@@ -188,7 +188,7 @@ impl Driven {
     }
 
     /// A WebSocket opened on `path` at time 0; the 101 answer is consumed.
-    pub fn open(config: Config, path: &str) -> Driven {
+    pub(super) fn open(config: Config, path: &str) -> Driven {
         let mut driven = Driven::accepted(config);
         driven.send(&upgrade_request(path));
         let answer = driven.take();
@@ -202,7 +202,7 @@ impl Driven {
     }
 
     /// The peer sends `bytes` now.
-    pub fn send(&mut self, bytes: &[u8]) {
+    pub(super) fn send(&mut self, bytes: &[u8]) {
         let mut input = bytes.to_vec();
         let mut ctx = self.env.ctx();
         self.conn.on_input(&mut input, &mut ctx);
@@ -212,14 +212,14 @@ impl Driven {
     }
 
     /// The peer closes its side of TCP now.
-    pub fn eof(&mut self) {
+    pub(super) fn eof(&mut self) {
         self.conn.on_eof(self.env.now);
         self.settle();
     }
 
     /// Moves the clock to `at`, handling every deadline on the way at the
     /// moment it falls due.
-    pub fn advance_to(&mut self, at: u64) {
+    pub(super) fn advance_to(&mut self, at: u64) {
         while self.dropped.is_none() {
             let Some(due) = self.conn.next_deadline(&self.env.config) else {
                 break;
@@ -241,12 +241,12 @@ impl Driven {
     }
 
     /// Bytes written so far and not yet taken.
-    pub fn take(&mut self) -> Vec<u8> {
+    pub(super) fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.wire.bytes)
     }
 
     /// The whole frames written so far (taken).
-    pub fn frames(&mut self) -> Vec<(OpCode, Vec<u8>)> {
+    pub(super) fn frames(&mut self) -> Vec<(OpCode, Vec<u8>)> {
         let bytes = self.take();
         let (frames, partial) = server_frames(&bytes);
         assert_eq!(partial, 0, "a frame was cut");
@@ -254,7 +254,7 @@ impl Driven {
     }
 
     /// What the loop does after driving: flush, shut, remove when finished.
-    pub fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         if self.dropped.is_some() {
             return;
         }
@@ -274,7 +274,7 @@ impl Driven {
 /// A slot whose connection opened a WebSocket on `path` at `env.now`, the
 /// way the loop holds it; the 101 answer is consumed and the connection's
 /// actions (its subscriptions) are left in `env.actions`.
-pub fn open_slot(env: &mut Env, path: &str) -> Slot<Wire> {
+pub(super) fn open_slot(env: &mut Env, path: &str) -> Slot<Wire> {
     let mut conn = Connection::new(peer(), env.now);
     let mut request = upgrade_request(path);
     conn.on_input(&mut request, &mut env.ctx());

@@ -30,7 +30,7 @@ use crate::timer::TimerKey;
 const STATUS_INTERVAL_MS: u64 = 5_000;
 
 /// The loop's life as a service.
-pub struct Lifecycle {
+pub(super) struct Lifecycle {
     /// The listening sockets came from the service manager: `[[listener]]`
     /// is not used.
     pub inherited: bool,
@@ -44,7 +44,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(inherited: bool) -> Lifecycle {
+    pub(super) fn new(inherited: bool) -> Lifecycle {
         Lifecycle {
             inherited,
             config_path: None,
@@ -57,7 +57,7 @@ impl Lifecycle {
 
 /// What the loop does after handling signals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AfterSignals {
+pub(super) enum AfterSignals {
     Continue,
     ExitNow,
 }
@@ -65,7 +65,7 @@ pub enum AfterSignals {
 /// A graceful shutdown in progress: every open WebSocket gets a close frame
 /// (all at once, or spread over `shutdown_spread`), then the loop waits for
 /// the connections to finish, at most until `deadline`.
-pub struct Shutdown {
+pub(super) struct Shutdown {
     started: u64,
     deadline: u64,
     spread: u64,
@@ -84,7 +84,7 @@ impl Shutdown {
     /// A drain starting at `now` that closes the connections of `queue`
     /// (in that order) evenly over `spread` (at most `timeout`) and gives up
     /// at `now + timeout`.
-    pub fn new(
+    pub(super) fn new(
         now: u64,
         timeout: u64,
         spread: u64,
@@ -112,7 +112,7 @@ impl Shutdown {
     }
 
     /// The next connection whose close frame is due at `now`, if any.
-    pub fn next_due(&mut self, now: u64) -> Option<Token> {
+    pub(super) fn next_due(&mut self, now: u64) -> Option<Token> {
         let token = *self.queue.get(self.sent)?;
         if self.due(self.sent) > now {
             return None;
@@ -123,7 +123,7 @@ impl Shutdown {
 
     /// When the loop must wake for this drain next: the next close, or the
     /// deadline once every close is out.
-    pub fn next_wake(&mut self) -> u64 {
+    pub(super) fn next_wake(&mut self) -> u64 {
         if self.sent < self.queue.len() {
             self.due(self.sent).min(self.deadline)
         } else {
@@ -135,7 +135,7 @@ impl Shutdown {
     }
 
     /// The drain has waited as long as it may.
-    pub fn timed_out(&self, now: u64) -> bool {
+    pub(super) fn timed_out(&self, now: u64) -> bool {
         now >= self.deadline
     }
 }
@@ -476,7 +476,7 @@ impl Server {
 }
 
 /// A configured duration in milliseconds on the loop's clock.
-pub fn millis(d: Duration) -> u64 {
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -38,7 +38,7 @@ const ENFILE: i32 = 23;
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// One listening socket.
-pub struct Listener {
+pub(super) struct Listener {
     socket: TcpListener,
     /// The `[[listener]]` address this socket stands for: the configured
     /// one when we bound it, the socket's own when it was passed to us.
@@ -59,7 +59,7 @@ impl Listener {
     /// Binds every listener `configs` describes, reading the certificate
     /// and key of each TLS one first (so a bad file is reported before an
     /// address that cannot be bound).
-    pub fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Listener>, ServerError> {
+    pub(super) fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Listener>, ServerError> {
         let tls = configs
             .iter()
             .map(load_tls_state)
@@ -87,7 +87,7 @@ impl Listener {
     /// Wraps a socket passed by the service manager. It serves TLS when its
     /// address equals that of a `tls = true` entry of `listeners`, with that
     /// entry's files.
-    pub fn passed(
+    pub(super) fn passed(
         socket: std::net::TcpListener,
         listeners: &[ListenerConfig],
     ) -> Result<Listener, ServerError> {
@@ -104,27 +104,27 @@ impl Listener {
         })
     }
 
-    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+    pub(super) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         registry.register(&mut self.socket, token, Interest::READABLE)
     }
 
-    pub fn deregister(&mut self, registry: &Registry) {
+    pub(super) fn deregister(&mut self, registry: &Registry) {
         let _ = registry.deregister(&mut self.socket);
     }
 
     /// The address actually bound (differs from the configured one with port 0).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    pub(super) fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(super) fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 
     /// Takes the certificate paths of a TLS listener from `listeners` (the
     /// config being applied): the `tls = true` entry with this listener's
     /// address. Whether it serves TLS at all does not change while running.
-    pub fn take_tls_files(&mut self, listeners: &[ListenerConfig]) {
+    pub(super) fn take_tls_files(&mut self, listeners: &[ListenerConfig]) {
         if let Some(state) = &mut self.tls
             && let Some(files) = tls_entry_for(self.address, listeners).and_then(|e| e.tls.as_ref())
         {
@@ -134,7 +134,7 @@ impl Listener {
 
     /// Reads a TLS listener's certificate and key again; new connections get
     /// them. A pair that cannot be used is reported and the current one stays.
-    pub fn reload_certificate(&mut self) {
+    pub(super) fn reload_certificate(&mut self) {
         let addr = self.local_addr().unwrap_or(self.address);
         let Some(state) = &mut self.tls else {
             return;
@@ -157,13 +157,13 @@ impl Listener {
 
     /// The certificate files a TLS listener reads (`None` for plain ws://).
     #[cfg(test)]
-    pub fn tls_files(&self) -> Option<&ListenerTls> {
+    pub(super) fn tls_files(&self) -> Option<&ListenerTls> {
         self.tls.as_ref().map(|s| &s.files)
     }
 
     /// The config new TLS connections get.
     #[cfg(test)]
-    pub fn tls_config(&self) -> Option<&Arc<rustls::ServerConfig>> {
+    pub(super) fn tls_config(&self) -> Option<&Arc<rustls::ServerConfig>> {
         self.tls.as_ref().map(|s| &s.config)
     }
 }
@@ -227,7 +227,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// The listening sockets and the state of accepting.
-pub struct Listeners {
+pub(super) struct Listeners {
     /// Indexed by token: listener `i` is registered as `Token(i)`.
     pub list: Vec<Listener>,
     /// Accepting is paused until then (out of file descriptors).
@@ -239,7 +239,7 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn new(list: Vec<Listener>) -> Listeners {
+    pub(super) fn new(list: Vec<Listener>) -> Listeners {
         let mut busy_response = Vec::new();
         http::write_response(
             503,
@@ -265,17 +265,17 @@ impl Listeners {
     }
 
     /// The listener registered as `token`, if it is one.
-    pub fn index_of(&self, token: Token) -> Option<usize> {
+    pub(super) fn index_of(&self, token: Token) -> Option<usize> {
         (token.0 < self.list.len()).then_some(token.0)
     }
 
     /// When a paused accept resumes, for the poll timeout.
-    pub fn paused_until(&self) -> Option<u64> {
+    pub(super) fn paused_until(&self) -> Option<u64> {
         self.paused_until
     }
 
     /// Stops listening for good (shutdown).
-    pub fn close_all(&mut self, registry: &Registry) {
+    pub(super) fn close_all(&mut self, registry: &Registry) {
         for listener in &mut self.list {
             listener.deregister(registry);
         }

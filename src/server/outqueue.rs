@@ -43,7 +43,7 @@ impl Chunk {
 /// A connection's queue: nothing at all while empty, so an idle connection
 /// pays one pointer for it.
 #[derive(Debug, Default)]
-pub struct OutQueue {
+pub(super) struct OutQueue {
     inner: Option<Box<Inner>>,
 }
 
@@ -96,13 +96,13 @@ fn give_back(mut inner: Box<Inner>) {
 
 /// Where queued bytes go: anything that takes vectored writes without
 /// blocking (a `WouldBlock` error means "full, try later").
-pub trait Sink {
+pub(super) trait Sink {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
 /// The result of trying to empty the queue into the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Flush {
+pub(super) enum Flush {
     /// Everything was written.
     Done,
     /// The socket is full; wait for WRITABLE.
@@ -110,11 +110,11 @@ pub enum Flush {
 }
 
 impl OutQueue {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.inner.as_ref().map_or(0, |i| i.len)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -123,7 +123,7 @@ impl OutQueue {
     }
 
     /// Appends one unmasked, final frame, packed with its neighbours.
-    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+    pub(super) fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
         let inner = self.inner();
         inner.make_room(payload.len() + frame::MAX_HEADER_LEN);
         let before = inner.tail.len();
@@ -132,14 +132,14 @@ impl OutQueue {
     }
 
     /// Lets `write` append bytes (an HTTP response) straight into the queue.
-    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         self.push_sized(256, write);
     }
 
     /// Like [`OutQueue::push_with`] for output of at most about `size`
     /// bytes, so a large frame gets a buffer of its own instead of growing
     /// (and copying) the one small frames are packed into.
-    pub fn push_sized(&mut self, size: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn push_sized(&mut self, size: usize, write: impl FnOnce(&mut Vec<u8>)) {
         let inner = self.inner();
         inner.make_room(size);
         let before = inner.tail.len();
@@ -149,7 +149,7 @@ impl OutQueue {
 
     /// Appends a frame shared with other connections: no copy, one more
     /// reference.
-    pub fn push_shared(&mut self, frame: Rc<[u8]>) {
+    pub(super) fn push_shared(&mut self, frame: Rc<[u8]>) {
         if frame.is_empty() {
             return;
         }
@@ -163,7 +163,7 @@ impl OutQueue {
     /// written (so the peer gets it whole) and the connection's own bytes
     /// (handshake answer, control frames), which are whole frames packed in
     /// order. Used before a final close frame for a slow consumer.
-    pub fn drop_unsent_broadcasts(&mut self) {
+    pub(super) fn drop_unsent_broadcasts(&mut self) {
         let Some(inner) = self.inner.as_mut() else {
             return;
         };
@@ -181,7 +181,7 @@ impl OutQueue {
     }
 
     /// Writes as much as the sink takes, in vectored writes.
-    pub fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
+    pub(super) fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
         let Some(inner) = self.inner.as_mut() else {
             return Ok(Flush::Done);
         };

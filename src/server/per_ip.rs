@@ -15,7 +15,7 @@ use slab::Slab;
 /// What a connection holds while it is counted: the slot index plus one, so
 /// `Option<IpSlot>` costs a connection four bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpSlot(NonZeroU32);
+pub(super) struct IpSlot(NonZeroU32);
 
 impl IpSlot {
     fn new(key: usize) -> Option<IpSlot> {
@@ -29,14 +29,14 @@ impl IpSlot {
 }
 
 #[derive(Debug, Default)]
-pub struct PerIp {
+pub(super) struct PerIp {
     counts: Slab<(IpAddr, u32)>,
     index: HashMap<IpAddr, usize>,
 }
 
 impl PerIp {
     /// Counts one more connection from `ip`, unless it already holds `max`.
-    pub fn try_acquire(&mut self, ip: IpAddr, max: usize) -> Option<IpSlot> {
+    pub(super) fn try_acquire(&mut self, ip: IpAddr, max: usize) -> Option<IpSlot> {
         // IPv4 peers on a dual-stack socket arrive as ::ffff:a.b.c.d; count
         // them under the IPv4 address they really are.
         let ip = ip.to_canonical();
@@ -58,7 +58,7 @@ impl PerIp {
     }
 
     /// Gives back a count taken with [`PerIp::try_acquire`].
-    pub fn release(&mut self, slot: IpSlot) {
+    pub(super) fn release(&mut self, slot: IpSlot) {
         let key = slot.key();
         let Some(entry) = self.counts.get_mut(key) else {
             return;
@@ -75,7 +75,7 @@ impl PerIp {
     /// The count is given back when the claim is dropped, unless
     /// [`Claim::keep`] hands it to the admitted connection: an admission
     /// that fails half-way cannot leak it.
-    pub fn claim(&mut self, ip: IpAddr, limit: Option<usize>) -> Option<Claim<'_>> {
+    pub(super) fn claim(&mut self, ip: IpAddr, limit: Option<usize>) -> Option<Claim<'_>> {
         let slot = match limit {
             None => None,
             Some(max) => Some(self.try_acquire(ip, max)?),
@@ -85,18 +85,18 @@ impl PerIp {
 
     /// Addresses currently counted.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.index.len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 }
 
 /// A count taken for a connection being admitted; see [`PerIp::claim`].
-pub struct Claim<'a> {
+pub(super) struct Claim<'a> {
     per_ip: &'a mut PerIp,
     slot: Option<IpSlot>,
 }
@@ -104,7 +104,7 @@ pub struct Claim<'a> {
 impl Claim<'_> {
     /// The connection made it into the slab: it holds the count from now on
     /// and gives it back with [`PerIp::release`] when removed.
-    pub fn keep(mut self) -> Option<IpSlot> {
+    pub(super) fn keep(mut self) -> Option<IpSlot> {
         self.slot.take()
     }
 }

@@ -17,7 +17,7 @@ use crate::timer::TimerKey;
 /// in the loop, an in-memory sink in tests); nothing but the loop's I/O code
 /// touches it.
 #[derive(Debug)]
-pub struct Slot<T> {
+pub(super) struct Slot<T> {
     pub io: T,
     pub conn: Connection,
     /// The per-address count this connection holds, if that limit is on.
@@ -37,7 +37,12 @@ pub struct Slot<T> {
 }
 
 impl<T> Slot<T> {
-    pub fn new(io: T, conn: Connection, generation: u32, ip_slot: Option<IpSlot>) -> Slot<T> {
+    pub(super) fn new(
+        io: T,
+        conn: Connection,
+        generation: u32,
+        ip_slot: Option<IpSlot>,
+    ) -> Slot<T> {
         Slot {
             io,
             conn,
@@ -51,7 +56,7 @@ impl<T> Slot<T> {
     }
 
     /// The poll token of this slot at slab key `key`.
-    pub fn token(&self, key: usize) -> Token {
+    pub(super) fn token(&self, key: usize) -> Token {
         token_of(key, self.generation)
     }
 }
@@ -65,28 +70,28 @@ const _: () = assert!(
 );
 
 /// Bits of a token holding the slab key; the bits above hold the slot's generation.
-pub const KEY_BITS: u32 = usize::BITS / 2;
-pub const KEY_MASK: usize = (1 << KEY_BITS) - 1;
+pub(super) const KEY_BITS: u32 = usize::BITS / 2;
+pub(super) const KEY_MASK: usize = (1 << KEY_BITS) - 1;
 
 /// Tokens of the loop itself, at the top of the token space: the waker, the
 /// signal pipe, and the loop's own timer-wheel entries. (Listeners are
 /// `Token(0..n)`: generation 0, which connections never get.)
-pub const WAKER_TOKEN: Token = Token(usize::MAX);
-pub const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
-pub const WATCHDOG_TIMER: Token = Token(usize::MAX - 2);
-pub const STATUS_TIMER: Token = Token(usize::MAX - 3);
-pub const SHUTDOWN_TIMER: Token = Token(usize::MAX - 4);
+pub(super) const WAKER_TOKEN: Token = Token(usize::MAX);
+pub(super) const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+pub(super) const WATCHDOG_TIMER: Token = Token(usize::MAX - 2);
+pub(super) const STATUS_TIMER: Token = Token(usize::MAX - 3);
+pub(super) const SHUTDOWN_TIMER: Token = Token(usize::MAX - 4);
 /// Slab keys from here up are never given to connections, so no connection
 /// token can equal a reserved one, whatever its generation.
-pub const FIRST_RESERVED_KEY: usize = KEY_MASK - 7;
+pub(super) const FIRST_RESERVED_KEY: usize = KEY_MASK - 7;
 
 /// The token for slab key `key` holding generation `generation`.
-pub fn token_of(key: usize, generation: u32) -> Token {
+pub(super) fn token_of(key: usize, generation: u32) -> Token {
     Token(((generation as usize) << KEY_BITS) | key)
 }
 
 /// The slab key and generation a token names.
-pub fn split_token(token: Token) -> (usize, u32) {
+pub(super) fn split_token(token: Token) -> (usize, u32) {
     let generation = u32::try_from(token.0 >> KEY_BITS).unwrap_or(0);
     (token.0 & KEY_MASK, generation)
 }

@@ -89,14 +89,14 @@ use rustls::{ServerConfig, ServerConnection};
 /// handshake ends, and encrypted records the socket has not taken. Four full
 /// records, so one `writev` can fill a socket buffer, while a stalled reader
 /// costs at most this much beyond the connection's own outbound queue.
-pub const SEND_BUFFER_LIMIT: usize = 64 * 1024;
+pub(crate) const SEND_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// The ALPN name a WebSocket client offers (RFC 6455 runs over HTTP/1.1).
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// One TLS connection: rustls's state machine over a non-blocking socket.
 #[derive(Debug)]
-pub struct TlsStream {
+pub(crate) struct TlsStream {
     conn: ServerConnection,
     tcp: TcpStream,
     /// A socket error met after plaintext was already gathered for the
@@ -125,7 +125,10 @@ impl TlsStream {
     /// loop's `Arc` (certificate reload) affects only later connections.
     /// Fails only for a config rustls cannot serve with (e.g. no protocol
     /// versions), never because of the peer.
-    pub fn new(config: Arc<ServerConfig>, tcp: TcpStream) -> Result<TlsStream, rustls::Error> {
+    pub(crate) fn new(
+        config: Arc<ServerConfig>,
+        tcp: TcpStream,
+    ) -> Result<TlsStream, rustls::Error> {
         let mut conn = ServerConnection::new(config)?;
         conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
         Ok(TlsStream {
@@ -144,7 +147,7 @@ impl TlsStream {
     /// or `WouldBlock`: the socket is drained and nothing decrypted is left,
     /// so the next input comes with a new readiness edge. Ok(0) for a
     /// non-empty `buf`: clean end of the peer's stream.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(e) = self.deferred_error.take() {
             return Err(e);
         }
@@ -229,7 +232,7 @@ impl TlsStream {
     /// full too; during it, the handshake finishing (driven by reads) makes
     /// room. Taken bytes the socket did not accept yet show as
     /// [`TlsStream::wants_write`].
-    pub fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub(crate) fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
@@ -245,14 +248,14 @@ impl TlsStream {
 
     /// True while records are waiting for the socket; the loop keeps
     /// WRITABLE interest until this is false.
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         self.conn.wants_write()
     }
 
     /// Writes pending records until done (Ok(true)) or the socket is full
     /// (Ok(false)); after [`TlsStream::shutdown_write`], also sends the FIN
     /// once everything is out.
-    pub fn flush(&mut self) -> io::Result<bool> {
+    pub(crate) fn flush(&mut self) -> io::Result<bool> {
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut self.tcp) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -272,7 +275,7 @@ impl TlsStream {
     /// Ends our direction: close_notify, then FIN once it is flushed (now,
     /// or from a later [`TlsStream::flush`]). Reading goes on, so the peer's
     /// close frame and close_notify can still arrive.
-    pub fn shutdown_write(&mut self) -> io::Result<()> {
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         if !self.closing {
             self.closing = true;
             self.conn.send_close_notify();
@@ -281,18 +284,18 @@ impl TlsStream {
     }
 
     /// The socket to register with the poller.
-    pub fn source(&mut self) -> &mut TcpStream {
+    pub(crate) fn source(&mut self) -> &mut TcpStream {
         &mut self.tcp
     }
 
     #[cfg(test)]
-    pub fn is_handshaking(&self) -> bool {
+    pub(crate) fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
     }
 
     /// The protocol agreed through ALPN, once the handshake got that far.
     #[cfg(test)]
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+    pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
 }
@@ -348,7 +351,7 @@ pub enum TlsConfigError {
 ///
 /// Pure apart from reading the two files, so it serves start-up,
 /// `--check-config` and SIGHUP reload alike.
-pub fn load_server_config(
+pub(crate) fn load_server_config(
     cert_path: &Path,
     key_path: &Path,
     alpn_http11: bool,

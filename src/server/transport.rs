@@ -15,7 +15,7 @@ use super::outqueue::Sink;
 use super::tls::TlsStream;
 
 #[derive(Debug)]
-pub enum Transport {
+pub(super) enum Transport {
     Plain(TcpStream),
     // Boxed: rustls state is kilobytes, and plain connections must not pay
     // for it in the slab.
@@ -23,7 +23,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
             Transport::Tls(s) => s.read(buf),
@@ -34,7 +34,7 @@ impl Transport {
     /// the peer's close frame or EOF can still be seen. Over TLS a
     /// close_notify goes first; if the socket is full, the FIN follows from
     /// [`Transport::flush_pending`] once it has drained.
-    pub fn shutdown_write(&mut self) -> io::Result<()> {
+    pub(super) fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(s) => s.shutdown(Shutdown::Write),
             Transport::Tls(s) => s.shutdown_write(),
@@ -42,7 +42,7 @@ impl Transport {
     }
 
     /// The socket to register with the poller.
-    pub fn source(&mut self) -> &mut TcpStream {
+    pub(super) fn source(&mut self) -> &mut TcpStream {
         match self {
             Transport::Plain(s) => s,
             Transport::Tls(s) => s.source(),
@@ -53,7 +53,7 @@ impl Transport {
     /// (TLS records: handshake, encrypted data, alerts). The loop keeps
     /// WRITABLE interest while this is true, even with an empty outbound
     /// queue. Never true for plain TCP, which buffers nothing.
-    pub fn wants_write(&self) -> bool {
+    pub(super) fn wants_write(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
             Transport::Tls(s) => s.wants_write(),
@@ -62,7 +62,7 @@ impl Transport {
 
     /// Pushes the transport's own pending bytes to the socket; Ok(true) when
     /// nothing is left, Ok(false) when the socket is full (wait for WRITABLE).
-    pub fn flush_pending(&mut self) -> io::Result<bool> {
+    pub(super) fn flush_pending(&mut self) -> io::Result<bool> {
         match self {
             Transport::Plain(_) => Ok(true),
             Transport::Tls(s) => s.flush(),

@@ -6,7 +6,6 @@
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::WindowBits;
-use crate::protocol::close::CloseCode;
 
 /// The empty stored block a sync flush ends with; the sender strips it and
 /// the receiver appends it back (RFC 7692 §7.2.1, §7.2.2).
@@ -30,7 +29,7 @@ const COMPRESS_SLACK_DIVISOR: usize = 1024;
 
 /// Why a compressed message was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum InflateError {
+pub(crate) enum InflateError {
     /// The inflated message grew past the size limit.
     #[error("inflated message exceeds the size limit")]
     TooBig,
@@ -39,27 +38,17 @@ pub enum InflateError {
     Corrupt,
 }
 
-impl InflateError {
-    /// The close code to fail the connection with.
-    pub fn close_code(self) -> CloseCode {
-        match self {
-            InflateError::TooBig => CloseCode::MESSAGE_TOO_BIG,
-            InflateError::Corrupt => CloseCode::INVALID_PAYLOAD,
-        }
-    }
-}
-
 /// The compression backend failed on our own input: a bug, not a peer's
 /// doing. Send the message uncompressed instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("deflate backend failed")]
-pub struct CompressError;
+pub(crate) struct CompressError;
 
 /// Compresses whole messages for any window size; one per event loop.
 ///
 /// Holds one zlib stream per window size it has been asked for (see the
 /// module doc for the memory each costs), reset before every message.
-pub struct Compressor {
+pub(crate) struct Compressor {
     level: u32,
     streams: [Option<Compress>; WINDOW_SIZES],
 }
@@ -78,20 +67,21 @@ impl std::fmt::Debug for Compressor {
 
 impl Compressor {
     /// Allocates nothing until the first message. `level` above 9 counts as 9.
-    pub fn new(level: u32) -> Self {
+    pub(crate) fn new(level: u32) -> Self {
         Compressor {
             level: level.min(MAX_LEVEL),
             streams: Default::default(),
         }
     }
 
-    pub fn level(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn level(&self) -> u32 {
         self.level
     }
 
     /// Applies a reloaded level; existing streams are dropped and rebuilt on
     /// demand (a reload is rare, a per-message level switch would not be).
-    pub fn set_level(&mut self, level: u32) {
+    pub(crate) fn set_level(&mut self, level: u32) {
         let level = level.min(MAX_LEVEL);
         if level != self.level {
             self.level = level;
@@ -104,7 +94,7 @@ impl Compressor {
     /// §7.2.1). An empty payload gives the single byte `00`.
     ///
     /// On error `out` is left as it was.
-    pub fn compress(
+    pub(crate) fn compress(
         &mut self,
         window: WindowBits,
         payload: &[u8],
@@ -184,7 +174,7 @@ enum State {
 
 /// Inflates one message at a time under a hard size limit; one per event
 /// loop (see the module doc on interleaving).
-pub struct Decompressor {
+pub(crate) struct Decompressor {
     /// Created on first use, then reset per message (keeping its window).
     stream: Option<Decompress>,
     state: State,
@@ -207,7 +197,7 @@ impl Default for Decompressor {
 
 impl Decompressor {
     /// Allocates nothing until the first message.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Decompressor {
             stream: None,
             state: State::Idle,
@@ -216,7 +206,7 @@ impl Decompressor {
 
     /// Starts a new message, dropping whatever the last one left (including
     /// a failure or a message abandoned midway).
-    pub fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         match &mut self.stream {
             Some(stream) => stream.reset(false),
             None => {
@@ -234,7 +224,7 @@ impl Decompressor {
     /// [`InflateError::TooBig`] having appended at most `limit + 1` bytes of
     /// this message, and without growing `out`'s capacity beyond that. On an
     /// error `out` holds partial output to discard.
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         chunk: &[u8],
         out: &mut Vec<u8>,
@@ -252,7 +242,7 @@ impl Decompressor {
 
     /// Ends the message: appends the stripped `00 00 ff ff` (RFC 7692 §7.2.2)
     /// so the last block's output is flushed into `out`.
-    pub fn finish(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         if self.state == State::Idle {
             self.begin();
         }
@@ -265,7 +255,7 @@ impl Decompressor {
     }
 
     /// `begin`, `feed` and `finish` for a message already in one slice.
-    pub fn inflate_message(
+    pub(crate) fn inflate_message(
         &mut self,
         compressed: &[u8],
         out: &mut Vec<u8>,
@@ -791,18 +781,6 @@ mod tests {
             .unwrap();
         assert_eq!(&out[..6], b"header");
         assert_eq!(&out[6..], HELLO);
-    }
-
-    #[test]
-    fn errors_map_to_close_codes() {
-        assert_eq!(
-            InflateError::TooBig.close_code(),
-            CloseCode::MESSAGE_TOO_BIG
-        );
-        assert_eq!(
-            InflateError::Corrupt.close_code(),
-            CloseCode::INVALID_PAYLOAD
-        );
     }
 
     #[test]

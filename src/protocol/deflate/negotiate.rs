@@ -61,16 +61,16 @@ const ESCAPE: u8 = b'\\';
 /// For the server's direction it is also the key for sharing compressed
 /// broadcasts: connections with equal values accept identical frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WindowBits(u8);
+pub(crate) struct WindowBits(u8);
 
 impl WindowBits {
     /// The full 32 KiB window.
-    pub const MAX: WindowBits = WindowBits(MAX_WINDOW_BITS);
+    pub(crate) const MAX: WindowBits = WindowBits(MAX_WINDOW_BITS);
     /// The smallest window zlib compresses raw DEFLATE with.
-    pub const MIN: WindowBits = WindowBits(MIN_WINDOW_BITS);
+    pub(crate) const MIN: WindowBits = WindowBits(MIN_WINDOW_BITS);
 
     /// `None` outside 9..=15.
-    pub const fn new(bits: u8) -> Option<WindowBits> {
+    pub(crate) const fn new(bits: u8) -> Option<WindowBits> {
         if bits >= MIN_WINDOW_BITS && bits <= MAX_WINDOW_BITS {
             Some(WindowBits(bits))
         } else {
@@ -78,7 +78,7 @@ impl WindowBits {
         }
     }
 
-    pub const fn get(self) -> u8 {
+    pub(crate) const fn get(self) -> u8 {
         self.0
     }
 }
@@ -86,7 +86,7 @@ impl WindowBits {
 /// What was agreed for one connection. Both directions always use no
 /// context takeover. Copy it into the connection: it is four bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Params {
+pub(crate) struct Params {
     server_window: WindowBits,
     /// The client sent `server_max_window_bits`, so the response must too.
     name_server_window: bool,
@@ -95,26 +95,28 @@ pub struct Params {
 }
 
 impl Params {
+    #[cfg(test)]
     /// What a bare `permessage-deflate` offer yields.
-    pub const DEFAULT: Params = Params {
+    pub(crate) const DEFAULT: Params = Params {
         server_window: WindowBits::MAX,
         name_server_window: false,
         client_max_window_bits: None,
     };
 
     /// The window to compress this connection's messages with.
-    pub fn server_window(&self) -> WindowBits {
+    pub(crate) fn server_window(&self) -> WindowBits {
         self.server_window
     }
 
+    #[cfg(test)]
     /// The limit put on the client's window, when the response names one.
     /// Informational: the inflater reads any window.
-    pub fn client_max_window_bits(&self) -> Option<u8> {
+    pub(crate) fn client_max_window_bits(&self) -> Option<u8> {
         self.client_max_window_bits
     }
 
     /// The `Sec-WebSocket-Extensions` value for the 101 response.
-    pub fn response_header(&self) -> String {
+    pub(crate) fn response_header(&self) -> String {
         self.to_string()
     }
 }
@@ -139,7 +141,7 @@ impl fmt::Display for Params {
 /// Picks the first acceptable `permessage-deflate` offer across all
 /// `Sec-WebSocket-Extensions` field values, in order. `None` when there is
 /// none: the connection then runs without the extension (never an error).
-pub fn negotiate<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> Option<Params> {
+pub(crate) fn negotiate<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> Option<Params> {
     header_values
         .into_iter()
         .flat_map(|value| split_unquoted(value, LIST_SEPARATOR))

@@ -27,7 +27,7 @@ const END_OF_BLOCK: u16 = 256;
 
 /// What a whole stream decoded to.
 #[derive(Debug)]
-pub struct Decoded {
+pub(super) struct Decoded {
     pub data: Vec<u8>,
     /// The largest distance of any back-reference (0 if none).
     pub max_distance: usize,
@@ -35,7 +35,7 @@ pub struct Decoded {
 
 /// Decodes a raw DEFLATE stream that ends at a block boundary (as a
 /// permessage-deflate payload does once `00 00 ff ff` is appended).
-pub fn decode(input: &[u8]) -> Result<Decoded, &'static str> {
+pub(super) fn decode(input: &[u8]) -> Result<Decoded, &'static str> {
     let mut bits = Bits {
         input,
         at: 0,
