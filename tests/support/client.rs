@@ -153,7 +153,7 @@ pub fn fresh_key() -> String {
 
 /// `Sec-WebSocket-Accept` for `key`, computed independently of the server
 /// (SHA-1 from `sha1_smol`, base64 from `base64`).
-pub fn expected_accept(key: &str) -> String {
+fn expected_accept(key: &str) -> String {
     use base64::Engine as _;
     let mut sha1 = sha1_smol::Sha1::new();
     sha1.update(key.as_bytes());
@@ -599,7 +599,7 @@ pub fn reset(stream: TcpStream) {
 }
 
 /// Byte-string search.
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 

@@ -20,7 +20,7 @@ use rustix::process::{Pid, Signal, kill_process};
 pub const BIN: &str = env!("CARGO_BIN_EXE_wshub");
 
 /// How long a daemon may take to log something it is expected to log.
-pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 use super::tempdir::TempDir;
 

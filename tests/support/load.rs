@@ -1,10 +1,12 @@
 //! Load and measurement helpers for the tests that push the server hard:
 //! sockets bound to chosen loopback source addresses, this process's
 //! open-file limit, the daemon's memory, CPU time and descriptors read from
-//! `/proc`, and latency percentiles.
+//! `/proc`, latency percentiles, and a free port for tools that must be
+//! told one up front.
 //!
 //! Everything stays on loopback: clients connect from 127.0.0.x. Only the
-//! tests that run one at a time (`tests/serial`) use these.
+//! tests that run one at a time (`tests/serial`) use these; a test that
+//! runs beside others must not.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};

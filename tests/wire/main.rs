@@ -2,8 +2,11 @@
 //! support code and the dependencies are compiled and linked once. Tests
 //! here run in parallel threads of one process: none of them may change
 //! process-wide state (resource limits, environment, signal handlers,
-//! working directory, descriptor flags) or need the machine to itself.
-//! Those live in `tests/serial`.
+//! working directory, descriptor flags), need the machine to itself, or
+//! hold more than a few thousand descriptors (the heaviest, a thousand
+//! broadcast subscribers, holds about 2,000 with the server's side, far
+//! below the 20,000 a process may hold even beside many others). Tests
+//! that cannot keep to that live in `tests/serial`.
 
 /// Helpers shared with `tests/serial`, one file per topic. This binary uses
 /// every helper of the files it declares, so the compiler reports any that
