@@ -47,8 +47,8 @@ pub mod code {
 /// A fresh, non-zero masking key per frame, so that tests never depend on
 /// one particular key.
 pub fn next_mask() -> [u8; 4] {
-    // Each call scrambles its own step of a shared counter, so threads
-    // never hand out the same sequence.
+    // Each call scrambles the next step of a shared counter with the one
+    // generator: keys vary from frame to frame, whatever the thread.
     static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
     let seed = COUNTER.fetch_add(0x6D2B_79F5, Ordering::Relaxed);
     let [a, b, c, d, ..] = XorShift::new(seed).next_u64().to_be_bytes();
