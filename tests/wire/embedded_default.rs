@@ -1,0 +1,33 @@
+//! The embedded default config (what `cargo run --release` serves) does the
+//! main job out of the box: subscribe on `/live/<channel>`, publish from
+//! loopback without a token, exactly as the README's "Set up" shows.
+
+use wshub::config::Config;
+
+use crate::support::client::{RawClient, op};
+use crate::support::http::{assert_published, publish_request};
+use crate::support::server::TestServer;
+
+#[test]
+fn curl_data_publish_reaches_a_live_subscriber() {
+    let mut config = Config::embedded();
+    config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::with_config(config);
+    let mut subscriber = RawClient::open(server.addr, "/live/news");
+    let mut publisher = RawClient::connect(server.addr);
+    // `curl --data hi URL` sends a form content type, so the message is
+    // delivered as a binary frame (the README says so).
+    publisher.send(&publish_request(
+        "news",
+        Some("application/x-www-form-urlencoded"),
+        b"hi",
+    ));
+    let response = publisher.read_http_response();
+    assert_eq!(assert_published(&response, "news"), 1);
+    assert_eq!(subscriber.expect_message(op::BINARY), b"hi");
+    // With a text type it is a text frame.
+    publisher.send(&publish_request("news", Some("text/plain"), b"hi"));
+    let response = publisher.read_http_response();
+    assert_eq!(assert_published(&response, "news"), 1);
+    assert_eq!(subscriber.expect_text(), "hi");
+}
