@@ -1296,6 +1296,24 @@ impl Config {
     }
 }
 
+/// The rule every publish token follows, wherever it comes from (the
+/// config's `publish_token`, `wshub publish --token` or its environment
+/// variable): non-empty visible ASCII, so it travels verbatim in an HTTP
+/// header and compares byte for byte. The message never quotes the token.
+pub fn check_publish_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("the publish token must not be empty".to_owned());
+    }
+    if !token.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(
+            "the publish token must consist of visible ASCII characters only \
+             (no spaces, control or non-ASCII characters)"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
