@@ -1,5 +1,5 @@
-//! The `wshub` binary: command-line parsing, logging setup, and handing a
-//! loaded config to the server; plus the `publish` operator command
+//! The `wshub` binary: command-line parsing (clap), logging setup, and
+//! handing a loaded config to the server; plus the `publish` operator command
 //! ([`cli_publish`]). When run as a service it also raises the open-file
 //! limit, takes sockets passed by the service manager, and lets the server
 //! handle signals and notify the manager (see [`wshub::daemon`]).
@@ -13,23 +13,21 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 use wshub::config::{Config, ConfigError};
 use wshub::daemon::{listenfd, logging, notify::Notifier, rlimit};
 use wshub::server::{Server, ServerError, load_listener_tls};
 
 mod cli_publish;
 
-const USAGE: &str = "\
-Usage:
-  wshub                        run with the built-in config
-  wshub -c, --config FILE      run with the config in FILE
-  wshub --check-config FILE    validate FILE and exit
-  wshub publish [OPTIONS] CHANNEL [MESSAGE]
-                               publish MESSAGE (default: all of stdin) to
-                               CHANNEL through a running server
-  wshub -h, --help             show this help
-  wshub -V, --version          show the version
+/// Exit status of a usage error or an invalid config (`--check-config`).
+const EXIT_USAGE: u8 = 2;
+/// Exit status of a runtime failure.
+const EXIT_FAILURE: u8 = 1;
 
+/// Shown after `--help`: what the flags do not say.
+const AFTER_HELP: &str = "\
 The built-in config listens on 127.0.0.1:8080 and serves a broadcast hub
 at /live (publish from loopback with POST /publish/CHANNEL) and an echo
 route at /echo. Log verbosity follows RUST_LOG (default: info) and the
@@ -44,99 +42,79 @@ Under systemd, sockets passed by socket activation (LISTEN_FDS) are served
 instead of [[listener]], and readiness, status and watchdog pings go to
 NOTIFY_SOCKET.
 
-Publish options:
-  --url URL        the server, http://HOST[:PORT][/PREFIX]
-                   (default: http://127.0.0.1:8080); a path in URL replaces
-                   the default /publish prefix. https:// is not supported.
-  --token TOKEN    send `Authorization: Bearer TOKEN` (default: the
-                   WSHUB_PUBLISH_TOKEN environment variable, which is
-                   preferable: arguments are visible to other local users)
-  --text           send a text message (default; must be UTF-8)
-  --binary         send a binary message
-  --               end of options, for a MESSAGE starting with `-`
-
-Without publish_token in the server's config, only clients on the server
-host (loopback) may publish. On success the server's answer (JSON with the
-number of recipients) is printed.
-
 Exit status: 0 success, 1 runtime failure (publish: refused or
 unreachable), 2 usage error or invalid config (--check-config).";
 
+/// A WebSocket server daemon: many mostly idle clients on one event loop.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wshub",
+    version,
+    after_help = AFTER_HELP,
+    disable_help_subcommand = true,
+    // `publish` has options of its own; the daemon's flags do not mix with it.
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Run with the config in FILE (default: the built-in config)
+    #[arg(
+        short = 'c',
+        long,
+        value_name = "FILE",
+        conflicts_with = "check_config"
+    )]
+    config: Option<PathBuf>,
+
+    /// Validate FILE and the certificate files it names, then exit
+    /// (status 2 when invalid)
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Subcommands>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Subcommands {
+    Publish(cli_publish::PublishArgs),
+}
+
 /// What the command line asks for.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 enum Command {
     Run(Option<PathBuf>),
     Check(PathBuf),
-    Publish(cli_publish::Options),
-    Help,
-    Version,
+    Publish(cli_publish::PublishArgs),
 }
 
-/// Parses arguments (without the program name). Takes `OsString`s because
-/// `std::env::args` panics on non-UTF-8 input, and paths need not be UTF-8.
-fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
-    let mut args = args.into_iter().peekable();
-    // `publish` is a subcommand with its own options, so it must come first.
-    if args.peek().is_some_and(|first| first == "publish") {
-        args.next();
-        return Ok(match cli_publish::parse_args(args)? {
-            cli_publish::Parsed::Help => Command::Help,
-            cli_publish::Parsed::Publish(options) => Command::Publish(options),
-        });
-    }
-    let mut command: Option<Command> = None;
-    while let Some(arg) = args.next() {
-        let Some(flag) = arg.to_str() else {
-            return Err(format!("unexpected argument {arg:?}"));
-        };
-        // `--config=FILE` is accepted alongside `--config FILE` because unit
-        // files and shells make either form natural.
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name, Some(OsString::from(value))),
-            _ => (flag, None),
-        };
-        let next = match name {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "-c" | "--config" | "--check-config" => {
-                let file = match inline.or_else(|| args.next()) {
-                    Some(file) if !file.is_empty() => PathBuf::from(file),
-                    _ => return Err(format!("{name} needs a FILE argument")),
-                };
-                if name == "--check-config" {
-                    Command::Check(file)
-                } else {
-                    Command::Run(Some(file))
-                }
-            }
-            _ => return Err(format!("unexpected argument {flag:?}")),
-        };
-        if command.is_some() {
-            return Err("give at most one of --config / --check-config".to_owned());
-        }
-        command = Some(next);
-    }
-    Ok(command.unwrap_or(Command::Run(None)))
+/// Parses arguments (with the program name first). Takes `OsString`s
+/// because paths and `--binary` messages need not be UTF-8. `Err` carries
+/// clap's answer: help, version or a usage error.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::Error> {
+    let cli = Cli::try_parse_from(args)?;
+    Ok(match (cli.command, cli.check_config, cli.config) {
+        (Some(Subcommands::Publish(publish)), _, _) => Command::Publish(publish),
+        (None, Some(file), _) => Command::Check(file),
+        (None, None, config) => Command::Run(config),
+    })
 }
 
 fn main() -> ExitCode {
-    let command = match parse_args(std::env::args_os().skip(1)) {
+    let command = match parse_args(std::env::args_os()) {
         Ok(command) => command,
-        Err(message) => {
-            eprintln!("wshub: {message}\n\n{USAGE}");
-            return ExitCode::from(2);
+        Err(answer) => {
+            // Help and version go to stdout with status 0; usage errors to
+            // stderr with status 2.
+            let _ = answer.print();
+            return if answer.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match command {
-        Command::Help => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Command::Version => {
-            println!("wshub {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Command::Publish(options) => cli_publish::run(options),
+        Command::Publish(args) => cli_publish::run(args),
         Command::Check(path) => match Config::load(&path) {
             Ok(config) => match check_certificates(&config) {
                 Ok(()) => {
@@ -145,12 +123,12 @@ fn main() -> ExitCode {
                 }
                 Err(message) => {
                     eprintln!("{}: {message}", path.display());
-                    ExitCode::from(2)
+                    ExitCode::from(EXIT_USAGE)
                 }
             },
             Err(err) => {
                 eprintln!("{}", describe_config_error(&path, &err));
-                ExitCode::from(2)
+                ExitCode::from(EXIT_USAGE)
             }
         },
         Command::Run(path) => {
@@ -159,7 +137,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     fatal(&message);
-                    ExitCode::from(1)
+                    ExitCode::from(EXIT_FAILURE)
                 }
             }
         }
@@ -277,71 +255,132 @@ fn fatal(message: &str) {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Command, String> {
-        parse_args(args.iter().map(OsString::from))
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        parse_args(
+            std::iter::once("wshub")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+    }
+
+    fn run_path(args: &[&str]) -> Option<PathBuf> {
+        match parse(args) {
+            Ok(Command::Run(path)) => path,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn is_usage_error(args: &[&str]) -> bool {
+        parse(args).is_err_and(|e| e.use_stderr() && e.exit_code() == i32::from(EXIT_USAGE))
     }
 
     #[test]
     fn no_arguments_runs_built_in_config() {
-        assert_eq!(parse(&[]), Ok(Command::Run(None)));
+        assert_eq!(run_path(&[]), None);
     }
 
     #[test]
     fn config_flag_forms() {
-        let want = Ok(Command::Run(Some(PathBuf::from("a.toml"))));
-        assert_eq!(parse(&["--config", "a.toml"]), want);
-        assert_eq!(parse(&["-c", "a.toml"]), want);
-        assert_eq!(parse(&["--config=a.toml"]), want);
+        let want = Some(PathBuf::from("a.toml"));
+        assert_eq!(run_path(&["--config", "a.toml"]), want);
+        assert_eq!(run_path(&["-c", "a.toml"]), want);
+        assert_eq!(run_path(&["--config=a.toml"]), want);
     }
 
     #[test]
     fn check_config() {
-        let want = Ok(Command::Check(PathBuf::from("a.toml")));
-        assert_eq!(parse(&["--check-config", "a.toml"]), want);
-        assert_eq!(parse(&["--check-config=a.toml"]), want);
+        for args in [
+            &["--check-config", "a.toml"][..],
+            &["--check-config=a.toml"],
+        ] {
+            match parse(args) {
+                Ok(Command::Check(path)) => assert_eq!(path, PathBuf::from("a.toml")),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
-    fn help_and_version_win() {
-        assert_eq!(parse(&["-h"]), Ok(Command::Help));
-        assert_eq!(parse(&["--config", "a", "--help"]), Ok(Command::Help));
-        assert_eq!(parse(&["-V"]), Ok(Command::Version));
-        assert_eq!(parse(&["--version"]), Ok(Command::Version));
+    fn help_and_version_are_answers_not_errors() {
+        for args in [
+            &["-h"][..],
+            &["--help"],
+            &["-V"],
+            &["--version"],
+            &["publish", "--help"],
+        ] {
+            let answer = parse(args).unwrap_err();
+            assert!(!answer.use_stderr(), "{args:?}");
+            assert_eq!(answer.exit_code(), 0, "{args:?}");
+        }
+        let version = parse(&["--version"]).unwrap_err().to_string();
+        assert_eq!(
+            version.trim(),
+            format!("wshub {}", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]
     fn usage_errors() {
-        assert!(parse(&["--config"]).is_err());
-        assert!(parse(&["--config="]).is_err());
-        assert!(parse(&["--check-config"]).is_err());
-        assert!(parse(&["--bogus"]).is_err());
-        assert!(parse(&["file.toml"]).is_err());
-        assert!(parse(&["-c", "a", "--check-config", "b"]).is_err());
-        assert!(parse(&["-c=a"]).is_err());
+        for args in [
+            &["--config"][..],
+            &["--config="],
+            &["--check-config"],
+            &["--check-config="],
+            &["--bogus"],
+            &["file.toml"],
+            &["-c", "a", "--check-config", "b"],
+            &["-c", "a", "-c", "b"],
+            &["publish"],
+            &["publish", "bad name!"],
+            // `publish` comes first or not at all.
+            &["-c", "a.toml", "publish", "news"],
+        ] {
+            assert!(is_usage_error(args), "{args:?}");
+        }
     }
 
     #[test]
     fn publish_subcommand() {
         match parse(&["publish", "--binary", "news", "hi"]) {
-            Ok(Command::Publish(o)) => {
-                assert_eq!(o.channel, "news");
-                assert!(o.binary);
-                assert_eq!(o.message.as_deref(), Some(&b"hi"[..]));
+            Ok(Command::Publish(args)) => {
+                assert_eq!(args.channel, "news");
+                assert!(args.binary);
+                assert_eq!(args.message.as_deref(), Some("hi".as_ref()));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse(&["publish", "--help"]), Ok(Command::Help));
-        assert!(parse(&["publish"]).is_err());
-        assert!(parse(&["publish", "bad name!"]).is_err());
-        // Only as the first argument.
-        assert!(parse(&["-c", "a.toml", "publish", "news"]).is_err());
     }
 
     #[test]
-    fn usage_mentions_publish() {
-        assert!(USAGE.contains("wshub publish"));
-        assert!(USAGE.contains(cli_publish::TOKEN_ENV));
-        assert!(USAGE.contains(cli_publish::DEFAULT_URL));
+    fn help_mentions_publish_and_its_defaults() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let help = cli.render_long_help().to_string();
+        assert!(help.contains("publish"), "{help}");
+        assert!(help.contains("Exit status"), "{help}");
+        let publish = cli
+            .find_subcommand_mut("publish")
+            .expect("publish subcommand")
+            .render_long_help()
+            .to_string();
+        for needle in [
+            cli_publish::TOKEN_ENV,
+            cli_publish::DEFAULT_URL,
+            "--cacert",
+            "https://",
+        ] {
+            assert!(
+                publish.contains(needle),
+                "{needle} missing from:\n{publish}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[cfg(unix)]
@@ -349,10 +388,11 @@ mod tests {
     fn non_utf8_arguments_do_not_panic() {
         use std::os::unix::ffi::OsStringExt;
         let bad = OsString::from_vec(vec![0xff, 0xfe]);
-        assert!(parse_args([bad.clone()]).is_err());
-        assert_eq!(
-            parse_args([OsString::from("-c"), bad.clone()]),
-            Ok(Command::Run(Some(PathBuf::from(bad))))
-        );
+        let args = |rest: Vec<OsString>| std::iter::once(OsString::from("wshub")).chain(rest);
+        assert!(parse_args(args(vec![bad.clone()])).is_err());
+        match parse_args(args(vec![OsString::from("-c"), bad.clone()])) {
+            Ok(Command::Run(Some(path))) => assert_eq!(path, PathBuf::from(bad)),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wshub::protocol::message::{Event, Flow, Inflater, Limits, ProtocolError, Receiver};
+use wshub::fuzzing::message::{Event, Flow, Inflater, Limits, ProtocolError, Receiver};
 use wshub_fuzz::Input;
 
 /// `max_message_size` choices: edges of the 7-bit and 16-bit length forms

@@ -11,8 +11,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wshub::protocol::handshake;
-use wshub::protocol::http::{HeadError, HeadReader, MAX_HEAD_LEN, RequestHead};
+use wshub::fuzzing::handshake;
+use wshub::fuzzing::http::{HeadError, HeadReader, MAX_HEAD_LEN, RequestHead};
 use wshub_fuzz::{Input, check_response};
 
 /// Heads read from one payload before stopping; enough to cover a reader

@@ -21,7 +21,7 @@ use super::server::TestServer;
 use super::tempdir::TempDir;
 
 /// The name every test certificate is issued for.
-const SERVER_NAME: &str = "localhost";
+pub const SERVER_NAME: &str = "localhost";
 
 /// A self-signed certificate for `localhost` and its key, as PEM and DER.
 pub struct Identity {

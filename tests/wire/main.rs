@@ -24,6 +24,7 @@ mod support {
 
 mod binary;
 mod broadcast;
+mod cli_publish;
 mod close;
 mod deflate;
 mod echo_tungstenite;

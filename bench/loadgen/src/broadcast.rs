@@ -64,6 +64,22 @@ struct Tally {
 }
 
 impl Tally {
+    fn new(size: usize, pattern: Box<[u8]>, subscribers: usize, messages: u64) -> Tally {
+        Tally {
+            size,
+            pattern,
+            remaining: vec![subscribers as u32; messages as usize],
+            hist: Histogram::new(),
+            done: 0,
+            receipts: 0,
+            duplicates: 0,
+            reordered: 0,
+            warmed: 0,
+            last_progress_ns: 0,
+            last_done_ns: 0,
+        }
+    }
+
     fn receive(&mut self, sub: &mut Sub, opcode: u8, payload: &[u8], now: u64) -> Result<()> {
         if opcode != wire::OP_BINARY {
             return Err(Fail::run(format!(
@@ -188,242 +204,384 @@ struct PubStats {
     own_messages: u64,
 }
 
+/// The whole run's state: the poller, every connection, and what they have
+/// seen. One poll step touches all of it.
+struct Fanout {
+    poll: Poll,
+    events: Events,
+    rng: Rng,
+    subs_io: Vec<WsConn>,
+    subs: Vec<Sub>,
+    publisher: Publisher,
+    pub_token: usize,
+    pub_stats: PubStats,
+    tally: Tally,
+    scratch: Vec<u8>,
+    size: usize,
+    /// Time zero of the run's nanosecond timestamps.
+    clock: Instant,
+}
+
+/// How long setting up took.
+struct Setup {
+    dial_time: Duration,
+    warm_time: Duration,
+    warm_sent: u64,
+}
+
+/// What the subscribers saw, for the summary, the checks and the JSON line.
+struct Outcome {
+    tally: Tally,
+    pub_stats: PubStats,
+    losses: u64,
+    compressed: u64,
+    elapsed: f64,
+}
+
+/// What the measured phase came to.
+struct Measured {
+    server_us: Option<f64>,
+    own_us: f64,
+    elapsed: f64,
+    stalled: bool,
+}
+
 pub fn run(opts: &BroadcastOpts) -> Result<()> {
     let deadline = Deadline::after(opts.common.timeout);
-    let n = opts.subscribers;
-    conn::raise_fd_limit(n + 1)?;
+    conn::raise_fd_limit(opts.subscribers + 1)?;
     report::check_pid(opts.common.server_pid.as_deref())?;
-    let mut poll = Poll::new().map_err(|e| Fail::run(format!("epoll: {e}")))?;
-    let mut events = Events::with_capacity(EVENTS);
-    let mut rng = Rng::seeded();
-    let sizing = Sizing {
-        max_payload: opts.size,
-        out_capacity: 0,
-        deflate: opts.deflate,
-    };
-    let mut scratch = sizing.scratch();
-
     let dial_start = Instant::now();
-    let mut sources = SourceAddrs::new(
-        opts.common.url.addr,
-        opts.common.source_base,
-        opts.common.per_source,
-    );
-    let plan = DialPlan {
-        target: &opts.common.url,
-        count: n,
-        token_base: 0,
-        sizing,
-        max_dialing: opts.common.max_dialing,
-    };
-    let mut subs_io = conn::dial_all(
-        &mut poll,
-        &mut events,
-        &plan,
-        &mut sources,
-        &mut rng,
-        &deadline,
-    )?;
+    let mut fanout = Fanout::connect(opts, &deadline)?;
     let dial_time = dial_start.elapsed();
-    let pub_token = n;
-    let mut publisher = match opts.publisher {
-        PublisherKind::Http => Publisher::Http(HttpPublisher::connect(
-            &opts.publish_url,
-            opts.size,
-            opts.window,
-            poll.registry(),
-            Token(pub_token),
-        )?),
-        PublisherKind::Ws => {
-            let plan = DialPlan {
-                target: &opts.common.url,
-                count: 1,
-                token_base: pub_token,
-                sizing: Sizing {
-                    max_payload: opts.size,
-                    out_capacity: opts.window * (opts.size + wire::MAX_CLIENT_HEADER),
-                    deflate: opts.deflate,
-                },
-                max_dialing: 1,
-            };
-            let mut one = conn::dial_all(
-                &mut poll,
-                &mut events,
-                &plan,
-                &mut sources,
-                &mut rng,
-                &deadline,
-            )
-            .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
-            Publisher::Ws(one.remove(0))
-        }
+    fanout.sweep()?;
+    let warm_start = Instant::now();
+    let warm_sent = fanout.warm_up(opts, &deadline)?;
+    let setup = Setup {
+        dial_time,
+        warm_time: warm_start.elapsed(),
+        warm_sent,
     };
-    let mut subs: Vec<Sub> = (0..n)
-        .map(|_| Sub {
-            next: 0,
-            missing: 0,
-            warmed: false,
-        })
-        .collect();
-    let mut tally = Tally {
-        size: opts.size,
-        pattern: if opts.json {
+    let measured = fanout.measure(opts, &deadline)?;
+    fanout.drain()?;
+    fanout.report(opts, &setup, &measured)
+}
+
+impl Fanout {
+    /// Dials every subscriber, then the publisher.
+    fn connect(opts: &BroadcastOpts, deadline: &Deadline) -> Result<Fanout> {
+        let n = opts.subscribers;
+        let dial = &opts.common.dial;
+        let mut poll = Poll::new().map_err(|e| Fail::run(format!("epoll: {e}")))?;
+        let mut events = Events::with_capacity(EVENTS);
+        let mut rng = Rng::seeded();
+        let sizing = Sizing {
+            max_payload: opts.size,
+            out_capacity: 0,
+            deflate: opts.deflate,
+        };
+        let mut sources = SourceAddrs::new(dial.url.addr, dial.source_base, dial.per_source);
+        let plan = DialPlan {
+            target: &dial.url,
+            count: n,
+            token_base: 0,
+            sizing,
+            max_dialing: dial.max_dialing,
+        };
+        let subs_io = conn::dial_all(
+            &mut poll,
+            &mut events,
+            &plan,
+            &mut sources,
+            &mut rng,
+            deadline,
+        )?;
+        let pub_token = n;
+        let publisher = match opts.publisher {
+            PublisherKind::Http => Publisher::Http(HttpPublisher::connect(
+                &opts.publish_url,
+                opts.size,
+                opts.window,
+                poll.registry(),
+                Token(pub_token),
+            )?),
+            PublisherKind::Ws => {
+                let plan = DialPlan {
+                    target: &dial.url,
+                    count: 1,
+                    token_base: pub_token,
+                    sizing: Sizing {
+                        max_payload: opts.size,
+                        out_capacity: opts.window * (opts.size + wire::MAX_CLIENT_HEADER),
+                        deflate: opts.deflate,
+                    },
+                    max_dialing: 1,
+                };
+                let mut one = conn::dial_all(
+                    &mut poll,
+                    &mut events,
+                    &plan,
+                    &mut sources,
+                    &mut rng,
+                    deadline,
+                )
+                .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
+                Publisher::Ws(one.remove(0))
+            }
+        };
+        let subs = (0..n)
+            .map(|_| Sub {
+                next: 0,
+                missing: 0,
+                warmed: false,
+            })
+            .collect();
+        let pattern = if opts.json {
             json_pattern(opts.size)
         } else {
             (0..opts.size)
                 .map(|j| (j.wrapping_mul(7) ^ 0x5a) as u8)
                 .collect()
-        },
-        remaining: vec![n as u32; opts.messages as usize],
-        hist: Histogram::new(),
-        done: 0,
-        receipts: 0,
-        duplicates: 0,
-        reordered: 0,
-        warmed: 0,
-        last_progress_ns: 0,
-        last_done_ns: 0,
-    };
-    let mut pub_stats = PubStats::default();
-    let clock = Instant::now();
-    let ns = |t: Instant| t.duration_since(clock).as_nanos() as u64;
-
-    // Events for subscribers may have been dropped while the publisher
-    // dialed; one read each makes sure nothing is left unseen.
-    for (i, (conn, sub)) in subs_io.iter_mut().zip(subs.iter_mut()).enumerate() {
-        conn.read(&mut scratch, opts.size, false, |_, op, p| {
-            tally.receive(sub, op, p, 0)
+        };
+        Ok(Fanout {
+            poll,
+            events,
+            rng,
+            subs_io,
+            subs,
+            publisher,
+            pub_token,
+            pub_stats: PubStats::default(),
+            tally: Tally::new(opts.size, pattern, n, opts.messages),
+            scratch: sizing.scratch(),
+            size: opts.size,
+            clock: Instant::now(),
         })
-        .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
     }
 
-    // Warm-up: until all N subscribers have seen a message.
-    let warm_start = Instant::now();
-    let mut warm_sent = 0u64;
-    let mut last_warm: Option<Instant> = None;
-    while tally.warmed < n {
-        let now = Instant::now();
-        deadline.check(
-            now,
-            &format!(
-                "waiting for all subscribers ({} of {n} confirmed)",
-                tally.warmed
-            ),
-        )?;
-        if last_warm.is_none_or(|t| now - t >= WARM_EVERY) && publisher.can_send(opts.window) {
-            publisher.publish(WARM | warm_sent, ns(now), &tally.pattern, &mut rng);
-            warm_sent += 1;
-            last_warm = Some(now);
+    /// Nanoseconds since the run's clock started.
+    fn ns(&self, t: Instant) -> u64 {
+        t.duration_since(self.clock).as_nanos() as u64
+    }
+
+    /// Events for subscribers may have been dropped while the publisher
+    /// dialed; one read each makes sure nothing is left unseen.
+    fn sweep(&mut self) -> Result<()> {
+        let Fanout {
+            subs_io,
+            subs,
+            tally,
+            scratch,
+            size,
+            ..
+        } = self;
+        for (i, (conn, sub)) in subs_io.iter_mut().zip(subs.iter_mut()).enumerate() {
+            conn.read(scratch, *size, false, |_, op, p| {
+                tally.receive(sub, op, p, 0)
+            })
+            .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
         }
-        publisher.flush()?;
-        step(
-            &mut poll,
-            &mut events,
-            deadline.poll_timeout(now, POLL_CAP),
-            &mut subs_io,
-            &mut subs,
-            &mut publisher,
-            &mut pub_stats,
-            &mut tally,
-            &mut scratch,
-            opts.size,
-            clock,
+        Ok(())
+    }
+
+    /// Publishes warm-up messages until every subscriber has seen one;
+    /// returns how many were sent.
+    fn warm_up(&mut self, opts: &BroadcastOpts, deadline: &Deadline) -> Result<u64> {
+        let n = opts.subscribers;
+        let mut warm_sent = 0u64;
+        let mut last_warm: Option<Instant> = None;
+        while self.tally.warmed < n {
+            let now = Instant::now();
+            deadline.check(
+                now,
+                &format!(
+                    "waiting for all subscribers ({} of {n} confirmed)",
+                    self.tally.warmed
+                ),
+            )?;
+            if last_warm.is_none_or(|t| now - t >= WARM_EVERY)
+                && self.publisher.can_send(opts.window)
+            {
+                self.publish(WARM | warm_sent, now);
+                warm_sent += 1;
+                last_warm = Some(now);
+            }
+            self.publisher.flush()?;
+            self.step(deadline.poll_timeout(now, POLL_CAP))?;
+        }
+        Ok(warm_sent)
+    }
+
+    /// Publishes the measured messages, at most a window of them not yet
+    /// done, until all are done or nothing arrives for `--stall`.
+    fn measure(&mut self, opts: &BroadcastOpts, deadline: &Deadline) -> Result<Measured> {
+        let start = Instant::now();
+        let (server_cpu, own_cpu) = report::start_cpu(opts.common.server_pid.as_deref())?;
+        self.tally.last_progress_ns = self.ns(start);
+        let mut sent = 0u64;
+        let mut stalled = false;
+        loop {
+            let now = Instant::now();
+            deadline.check(
+                now,
+                &format!(
+                    "broadcasting ({} of {} messages done)",
+                    self.tally.done, opts.messages
+                ),
+            )?;
+            while sent < opts.messages
+                && sent - self.tally.done < opts.window as u64
+                && self.publisher.can_send(opts.window)
+            {
+                self.publish(sent, Instant::now());
+                sent += 1;
+            }
+            self.publisher.flush()?;
+            if self.tally.done == opts.messages {
+                break;
+            }
+            if self.ns(now).saturating_sub(self.tally.last_progress_ns)
+                > opts.stall.as_nanos() as u64
+            {
+                stalled = true;
+                break;
+            }
+            self.step(deadline.poll_timeout(now, POLL_CAP))?;
+        }
+        let (server_us, own_us) = report::stop_cpu(server_cpu, &own_cpu)?;
+        let end_ns = if stalled {
+            self.ns(Instant::now())
+        } else {
+            self.tally.last_done_ns
+        };
+        Ok(Measured {
+            server_us,
+            own_us,
+            elapsed: (end_ns.saturating_sub(self.ns(start))) as f64 / 1e9,
+            stalled,
+        })
+    }
+
+    /// Keeps listening a little, so late duplicates show up.
+    fn drain(&mut self) -> Result<()> {
+        let drain_until = Instant::now() + DRAIN;
+        loop {
+            let now = Instant::now();
+            if now >= drain_until {
+                return Ok(());
+            }
+            self.step(drain_until - now)?;
+        }
+    }
+
+    fn publish(&mut self, seq: u64, at: Instant) {
+        let now = self.ns(at);
+        self.publisher
+            .publish(seq, now, &self.tally.pattern, &mut self.rng);
+    }
+
+    /// One poll and the handling of its events.
+    fn step(&mut self, timeout: Duration) -> Result<()> {
+        conn::poll_once(&mut self.poll, &mut self.events, timeout)?;
+        let Fanout {
+            events,
+            subs_io,
+            subs,
+            publisher,
             pub_token,
-        )?;
-    }
-    let warm_time = warm_start.elapsed();
-
-    // Measurement.
-    let start = Instant::now();
-    let (server_cpu, own_cpu) = report::start_cpu(opts.common.server_pid.as_deref())?;
-    tally.last_progress_ns = ns(start);
-    let mut sent = 0u64;
-    let mut stalled = false;
-    loop {
-        let now = Instant::now();
-        deadline.check(
-            now,
-            &format!(
-                "broadcasting ({} of {} messages done)",
-                tally.done, opts.messages
-            ),
-        )?;
-        while sent < opts.messages
-            && sent - tally.done < opts.window as u64
-            && publisher.can_send(opts.window)
-        {
-            publisher.publish(sent, ns(Instant::now()), &tally.pattern, &mut rng);
-            sent += 1;
-        }
-        publisher.flush()?;
-        if tally.done == opts.messages {
-            break;
-        }
-        if ns(now).saturating_sub(tally.last_progress_ns) > opts.stall.as_nanos() as u64 {
-            stalled = true;
-            break;
-        }
-        step(
-            &mut poll,
-            &mut events,
-            deadline.poll_timeout(now, POLL_CAP),
-            &mut subs_io,
-            &mut subs,
-            &mut publisher,
-            &mut pub_stats,
-            &mut tally,
-            &mut scratch,
-            opts.size,
+            pub_stats,
+            tally,
+            scratch,
+            size,
             clock,
-            pub_token,
-        )?;
-    }
-    let (server_us, own_us) = report::stop_cpu(server_cpu, &own_cpu)?;
-    let end_ns = if stalled {
-        ns(Instant::now())
-    } else {
-        tally.last_done_ns
-    };
-    let elapsed = (end_ns.saturating_sub(ns(start))) as f64 / 1e9;
-
-    // Late duplicates would show up now.
-    let drain_until = Instant::now() + DRAIN;
-    loop {
-        let now = Instant::now();
-        if now >= drain_until {
-            break;
+            ..
+        } = self;
+        for event in events.iter() {
+            let i = event.token().0;
+            let hung_up = event.is_read_closed() || event.is_error();
+            if i == *pub_token {
+                publisher_event(publisher, pub_stats, event, hung_up, scratch, *size)
+                    .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
+                continue;
+            }
+            let (Some(conn), Some(sub)) = (subs_io.get_mut(i), subs.get_mut(i)) else {
+                continue;
+            };
+            if event.is_readable() || hung_up {
+                let now = clock.elapsed().as_nanos() as u64;
+                conn.read(scratch, *size, hung_up, |_, op, p| {
+                    tally.receive(sub, op, p, now)
+                })
+                .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
+            }
+            // Only pongs are ever written here.
+            if conn.wants_flush() {
+                conn.flush()?;
+            }
         }
-        step(
-            &mut poll,
-            &mut events,
-            drain_until - now,
-            &mut subs_io,
-            &mut subs,
-            &mut publisher,
-            &mut pub_stats,
-            &mut tally,
-            &mut scratch,
-            opts.size,
-            clock,
-            pub_token,
-        )?;
+        Ok(())
     }
-    drop(subs_io);
-    drop(publisher);
 
-    let losses: u64 = subs
-        .iter()
-        .map(|s| s.missing + opts.messages.saturating_sub(s.next))
-        .sum();
+    /// Closes every connection, prints the summary and the JSON line, and
+    /// fails the run on any loss, duplicate, reordering or stall.
+    fn report(self, opts: &BroadcastOpts, setup: &Setup, measured: &Measured) -> Result<()> {
+        let Fanout {
+            subs_io,
+            subs,
+            publisher,
+            pub_stats,
+            tally,
+            ..
+        } = self;
+        drop(subs_io);
+        drop(publisher);
+        let losses: u64 = subs
+            .iter()
+            .map(|s| s.missing + opts.messages.saturating_sub(s.next))
+            .sum();
+        let elapsed = measured.elapsed;
+        let figures = Figures {
+            server_us: measured.server_us,
+            own_us: measured.own_us,
+            elapsed,
+            work: tally.receipts,
+        };
+        let outcome = Outcome {
+            tally,
+            pub_stats,
+            losses,
+            compressed: conn::compressed_received(),
+            elapsed,
+        };
+        print_summary(opts, setup, &outcome);
+        figures.print("delivery");
+        let problems = problems(opts, measured, &outcome);
+        let json = figures.add_json(summary_json(opts, setup, &outcome), "delivery");
+        if problems.is_empty() {
+            println!("{}", json.str("status", "ok").finish());
+            Ok(())
+        } else {
+            let message = problems.join("; ");
+            println!(
+                "{}",
+                json.str("status", "failed").str("error", &message).finish()
+            );
+            Err(Fail::run(message))
+        }
+    }
+}
+
+/// The human summary, before the CPU figures.
+fn print_summary(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) {
+    let &Outcome {
+        ref tally,
+        ref pub_stats,
+        losses,
+        compressed,
+        elapsed,
+    } = outcome;
+    let n = opts.subscribers;
     let deliveries = tally.receipts;
     let rate = deliveries as f64 / elapsed;
-    let h = &tally.hist;
-    let figures = Figures {
-        server_us,
-        own_us,
-        elapsed,
-        work: deliveries,
-    };
     let publisher_name = match opts.publisher {
         PublisherKind::Http => "http (pipelined on one keep-alive connection)",
         PublisherKind::Ws => "ws (relayed by the server, sender excluded)",
@@ -433,10 +591,11 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
         opts.messages, opts.size, opts.window
     );
     println!(
-        "  setup:       connect {:.2} s, all subscribers confirmed after {:.2} s ({warm_sent} \
+        "  setup:       connect {:.2} s, all subscribers confirmed after {:.2} s ({} \
          warm-up messages)",
-        dial_time.as_secs_f64(),
-        warm_time.as_secs_f64()
+        setup.dial_time.as_secs_f64(),
+        setup.warm_time.as_secs_f64(),
+        setup.warm_sent
     );
     println!(
         "  deliveries:  {deliveries} in {elapsed:.3} s = {rate:.0} deliveries/s ({:.0} messages/s)",
@@ -444,13 +603,12 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
     );
     println!(
         "  latency:     publish to last receipt: {}",
-        report::latency_line(h, &[0.5, 0.99])
+        report::latency_line(&tally.hist, &[0.5, 0.99])
     );
     println!(
         "  checks:      losses {losses}, duplicates {}, reordered {}",
         tally.duplicates, tally.reordered
     );
-    let compressed = conn::compressed_received();
     if opts.deflate {
         println!(
             "  deflate:     {compressed} messages (warm-up included) arrived compressed (RSV1) \
@@ -466,10 +624,19 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
         };
         println!("  recipients:  server reported {lo}..{hi}{note}");
     }
-    figures.print("delivery");
+}
 
+/// Everything that fails the run.
+fn problems(opts: &BroadcastOpts, measured: &Measured, outcome: &Outcome) -> Vec<String> {
+    let &Outcome {
+        ref tally,
+        ref pub_stats,
+        losses,
+        compressed,
+        ..
+    } = outcome;
     let mut problems = Vec::new();
-    if stalled {
+    if measured.stalled {
         problems.push(format!(
             "stalled: nothing arrived for {:.1} s with {} of {} messages done",
             opts.stall.as_secs_f64(),
@@ -495,12 +662,24 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
             pub_stats.own_messages
         ));
     }
-    let json = Json::new()
+    problems
+}
+
+/// The JSON line's scenario fields (the CPU figures and status follow).
+fn summary_json(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) -> Json {
+    let &Outcome {
+        ref tally,
+        ref pub_stats,
+        losses,
+        compressed,
+        elapsed,
+    } = outcome;
+    let url = &opts.common.dial.url;
+    let deliveries = tally.receipts;
+    let h = &tally.hist;
+    Json::new()
         .str("scenario", "broadcast")
-        .str(
-            "url",
-            &format!("ws://{}{}", opts.common.url.host, opts.common.url.path),
-        )
+        .str("url", &format!("ws://{}{}", url.host, url.path))
         .str(
             "publisher",
             match opts.publisher {
@@ -508,18 +687,18 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
                 PublisherKind::Ws => "ws",
             },
         )
-        .int("subscribers", n as u64)
+        .int("subscribers", opts.subscribers as u64)
         .int("messages", opts.messages)
         .int("window", opts.window as u64)
         .int("size", opts.size as u64)
         .str("deflate", if opts.deflate { "on" } else { "off" })
         .str("payload", if opts.json { "json" } else { "pattern" })
         .int("compressed_receipts", compressed)
-        .num("connect_s", dial_time.as_secs_f64(), 3)
-        .num("warmup_s", warm_time.as_secs_f64(), 3)
+        .num("connect_s", setup.dial_time.as_secs_f64(), 3)
+        .num("warmup_s", setup.warm_time.as_secs_f64(), 3)
         .num("seconds", elapsed, 3)
         .int("deliveries", deliveries)
-        .num("deliveries_per_s", rate, 1)
+        .num("deliveries_per_s", deliveries as f64 / elapsed, 1)
         .num("msgs_per_s", tally.done as f64 / elapsed, 1)
         .num("p50_us", h.quantile(0.5) as f64 / 1e3, 1)
         .num("p99_us", h.quantile(0.99) as f64 / 1e3, 1)
@@ -536,62 +715,7 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
             "recipients_max",
             pub_stats.recipients_max.map(|v| v as f64),
             0,
-        );
-    let json = figures.add_json(json, "delivery");
-    if problems.is_empty() {
-        println!("{}", json.str("status", "ok").finish());
-        Ok(())
-    } else {
-        let message = problems.join("; ");
-        println!(
-            "{}",
-            json.str("status", "failed").str("error", &message).finish()
-        );
-        Err(Fail::run(message))
-    }
-}
-
-/// One poll and the handling of its events.
-#[allow(clippy::too_many_arguments)]
-fn step(
-    poll: &mut Poll,
-    events: &mut Events,
-    timeout: Duration,
-    subs_io: &mut [WsConn],
-    subs: &mut [Sub],
-    publisher: &mut Publisher,
-    pub_stats: &mut PubStats,
-    tally: &mut Tally,
-    scratch: &mut [u8],
-    size: usize,
-    clock: Instant,
-    pub_token: usize,
-) -> Result<()> {
-    conn::poll_once(poll, events, timeout)?;
-    for event in events.iter() {
-        let i = event.token().0;
-        let hung_up = event.is_read_closed() || event.is_error();
-        if i == pub_token {
-            publisher_event(publisher, pub_stats, event, hung_up, scratch, size)
-                .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
-            continue;
-        }
-        let (Some(conn), Some(sub)) = (subs_io.get_mut(i), subs.get_mut(i)) else {
-            continue;
-        };
-        if event.is_readable() || hung_up {
-            let now = clock.elapsed().as_nanos() as u64;
-            conn.read(scratch, size, hung_up, |_, op, p| {
-                tally.receive(sub, op, p, now)
-            })
-            .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
-        }
-        // Only pongs are ever written here.
-        if conn.wants_flush() {
-            conn.flush()?;
-        }
-    }
-    Ok(())
+        )
 }
 
 fn publisher_event(
@@ -630,20 +754,13 @@ fn publisher_event(
 mod tests {
     use super::*;
 
-    fn tally(subscribers: u32, messages: usize) -> Tally {
-        Tally {
-            size: 24,
-            pattern: (0..24).map(|j| j as u8).collect(),
-            remaining: vec![subscribers; messages],
-            hist: Histogram::new(),
-            done: 0,
-            receipts: 0,
-            duplicates: 0,
-            reordered: 0,
-            warmed: 0,
-            last_progress_ns: 0,
-            last_done_ns: 0,
-        }
+    fn tally(subscribers: usize, messages: u64) -> Tally {
+        Tally::new(
+            24,
+            (0..24).map(|j| j as u8).collect(),
+            subscribers,
+            messages,
+        )
     }
 
     fn payload(t: &Tally, seq: u64, sent: u64) -> Vec<u8> {

@@ -1,59 +1,191 @@
-//! Command-line parsing: `loadgen <scenario> --option value …`.
+//! Command-line parsing: `loadgen <scenario> --option value …`, on clap.
 //!
-//! Hand-written: three subcommands with a dozen numeric options do not
-//! justify a parser dependency. Options take `--name value` or
-//! `--name=value`.
+//! Owns: the options of each scenario, their defaults and ranges, and the
+//! checks that involve several options (a wss:// URL needs `--ca`, …).
+//! Must never: accept a target off this machine (see [`crate::target`]).
+//! Usage errors exit with status 2, like clap's own.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::conn::DialOptions;
 use crate::error::{Fail, Result};
-use crate::target::{self, Target};
+use crate::target::{self, Target, TlsClient};
 
-pub const USAGE: &str = "\
-Usage:
-  loadgen echo      --url ws[s]://127.0.0.1:PORT/echo [--conns 100] [--depth 16]
-                    [--size 64] [--seconds 10] [--warmup 1]
-  loadgen broadcast --url ws://127.0.0.1:PORT/live/CHANNEL [--subscribers 1000]
-                    [--messages 1000] [--window 1] [--size 64]
-                    [--publisher http|ws] [--publish-url http://127.0.0.1:PORT/publish/CHANNEL]
-                    [--stall 10] [--deflate] [--payload pattern|json]
-  loadgen idle      --url ws://127.0.0.1:PORT/live/CHANNEL --conns N --server-pid PID
-                    [--settle 2] [--size 16] [--publish-url URL] [--no-publish]
-                    [--deflate]
+/// Default for handshakes in flight at once while dialing. Rust's standard
+/// library (and so mio and tokio) listens with a backlog of 128, so more
+/// than that in flight can overflow the accept queue of a busy server.
+const DEFAULT_DIALING: usize = 100;
 
+/// Payload limits: messages carry an 8- or 16-byte header, and one frame
+/// must fit the read buffers comfortably.
+const MAX_SIZE: usize = 1 << 20;
+
+const AFTER_HELP: &str = "\
 --deflate offers permessage-deflate and fails unless the server accepts it
 (route setting compression = \"on\"); compressed messages are inflated and
-checked like plain ones. --payload json fills broadcast messages with
-compressible JSON-like text instead of the default byte pattern.
-
-Options for every scenario:
-  --ca FILE               PEM certificate to trust for a wss:// --url (e.g. the
-                          benchmark's self-signed one); wss:// needs it. The
-                          publisher stays plain HTTP: give --publish-url then
-  --server-pid PID        also report the server's CPU time (and, for idle, its RSS)
-  --timeout SECONDS       give up (exit 1) after this long in all (default 120)
-  --conns-per-source N    client sockets per source address 127.0.0.2, .3, ... (default 5000)
-  --source-base IP        first client source address (default 127.0.0.2); a fresh range
-                          per run avoids ports still in TIME_WAIT from the last run
-  --dialing N             handshakes in flight while connecting (default 100; keep it
-                          below the server's listen backlog, 128 for Rust servers)
+checked like plain ones.
 
 Only loopback targets (127.0.0.0/8, ::1, localhost) are accepted.
 Sizes are payload bytes; times are seconds (fractions allowed).
 Output: a human summary, then one JSON object on the last line.
 Exit status: 0 ok, 1 run failure or failed check, 2 usage error.";
 
+/// Load generator of wshub's benchmarks: echo, broadcast and idle-memory
+/// scenarios over loopback.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Request/response throughput and per-message latency
+    Echo(EchoArgs),
+    /// Fan-out to many subscribers, with loss, duplicate and order checks
+    Broadcast(BroadcastArgs),
+    /// Server memory per idle connection, then one fan-out
+    Idle(IdleArgs),
+}
+
+/// Options for every scenario.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// ws:// or wss:// URL of the server's route
+    #[arg(long, value_name = "URL")]
+    url: String,
+
+    /// PEM certificate to trust for a wss:// --url (e.g. the benchmark's
+    /// self-signed one); wss:// needs it. The publisher stays plain HTTP:
+    /// give --publish-url then
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+
+    /// Also report the server's CPU time (and, for idle, its RSS)
+    #[arg(long, value_name = "PID", value_parser = pid)]
+    server_pid: Option<String>,
+
+    /// Give up (exit 1) after this long in all
+    #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = positive_seconds)]
+    timeout: Duration,
+
+    /// Client sockets per source address 127.0.0.2, .3, ...
+    #[arg(long, value_name = "N", default_value_t = 5000, value_parser = count::<28_000>)]
+    conns_per_source: usize,
+
+    /// First client source address; a fresh range per run avoids ports
+    /// still in TIME_WAIT from the last run
+    #[arg(long, value_name = "IP", default_value = "127.0.0.2", value_parser = loopback_v4)]
+    source_base: Ipv4Addr,
+
+    /// Handshakes in flight while connecting (keep it below the server's
+    /// listen backlog, 128 for Rust servers)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_DIALING, value_parser = count::<100_000>)]
+    dialing: usize,
+}
+
+#[derive(Debug, Args)]
+struct EchoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Connections
+    #[arg(long, default_value_t = 100, value_parser = count::<1_000_000>)]
+    conns: usize,
+    /// Messages in flight per connection
+    #[arg(long, default_value_t = 16, value_parser = count::<65_536>)]
+    depth: usize,
+    /// Payload bytes (at least 8)
+    #[arg(long, default_value_t = 64, value_parser = size::<8>)]
+    size: usize,
+    /// Measured seconds
+    #[arg(long, default_value = "10", value_parser = positive_seconds)]
+    seconds: Duration,
+    /// Seconds before measuring
+    #[arg(long, default_value = "1", value_parser = seconds)]
+    warmup: Duration,
+}
+
+#[derive(Debug, Args)]
+struct BroadcastArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Subscribers on the channel
+    #[arg(long, default_value_t = 1000, value_parser = count::<1_000_000>)]
+    subscribers: usize,
+    /// Measured messages (each costs 4 bytes of bookkeeping)
+    #[arg(long, default_value_t = 1000, value_parser = count::<100_000_000>)]
+    messages: usize,
+    /// Messages not yet received by every subscriber, at most
+    #[arg(long, default_value_t = 1, value_parser = count::<65_536>)]
+    window: usize,
+    /// Payload bytes (at least 16)
+    #[arg(long, default_value_t = 64, value_parser = size::<16>)]
+    size: usize,
+    /// Publish through HTTP or as one more WebSocket client
+    #[arg(long, value_enum, default_value_t = PublisherKind::Http)]
+    publisher: PublisherKind,
+    /// http:// URL to POST to [default: /publish/CHANNEL on the --url server]
+    #[arg(long, value_name = "URL")]
+    publish_url: Option<String>,
+    /// Fail when nothing arrives for this long
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    stall: Duration,
+    /// Offer permessage-deflate and require it
+    #[arg(long)]
+    deflate: bool,
+    /// Byte pattern, or compressible JSON-like text
+    #[arg(long, value_enum, default_value_t = Payload::Pattern)]
+    payload: Payload,
+}
+
+#[derive(Debug, Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Idle connections
+    #[arg(long, default_value_t = 1000, value_parser = count::<1_000_000>)]
+    conns: usize,
+    /// Seconds to wait before reading the server's memory
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = seconds)]
+    settle: Duration,
+    /// Payload bytes of the fan-out message (at least 16)
+    #[arg(long, default_value_t = 16, value_parser = size::<16>)]
+    size: usize,
+    /// http:// URL to POST the fan-out to [default: /publish/CHANNEL on the
+    /// --url server]
+    #[arg(long, value_name = "URL", conflicts_with = "no_publish")]
+    publish_url: Option<String>,
+    /// Skip the fan-out
+    #[arg(long)]
+    no_publish: bool,
+    /// Offer permessage-deflate and require it
+    #[arg(long)]
+    deflate: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PublisherKind {
+    Http,
+    Ws,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Payload {
+    Pattern,
+    Json,
+}
+
 /// Settings shared by all scenarios.
 #[derive(Debug, PartialEq)]
 pub struct Common {
-    pub url: Target,
+    pub dial: DialOptions,
     pub server_pid: Option<String>,
     pub timeout: Duration,
-    pub per_source: usize,
-    pub source_base: Ipv4Addr,
-    pub max_dialing: usize,
 }
 
 #[derive(Debug, PartialEq)]
@@ -64,12 +196,6 @@ pub struct EchoOpts {
     pub size: usize,
     pub seconds: Duration,
     pub warmup: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PublisherKind {
-    Http,
-    Ws,
 }
 
 #[derive(Debug, PartialEq)]
@@ -100,284 +226,206 @@ pub struct IdleOpts {
 
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Help,
     Echo(EchoOpts),
     Broadcast(BroadcastOpts),
     Idle(IdleOpts),
 }
 
-/// Payload limits: messages carry an 8- or 16-byte header, and one frame
-/// must fit the read buffers comfortably.
-const MAX_SIZE: usize = 1 << 20;
-
-/// Option values as given, before each scenario picks what it accepts.
-struct Raw {
-    pairs: Vec<(String, Option<String>)>,
+/// What parsing the command line came to: a scenario to run, or clap's
+/// answer (help, or a usage error) to print.
+pub enum Parsed {
+    Run(Box<Command>),
+    Answer(clap::Error),
 }
 
-impl Raw {
-    fn take(&mut self, name: &str) -> Option<Option<String>> {
-        let i = self.pairs.iter().position(|(n, _)| n == name)?;
-        Some(self.pairs.remove(i).1)
-    }
+/// Parses the whole command line, program name first.
+pub fn parse<I, T>(args: I) -> Result<Parsed>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(answer) => return Ok(Parsed::Answer(answer)),
+    };
+    Ok(Parsed::Run(Box::new(match cli.scenario {
+        Scenario::Echo(args) => Command::Echo(echo(args)?),
+        Scenario::Broadcast(args) => Command::Broadcast(broadcast(args)?),
+        Scenario::Idle(args) => Command::Idle(idle(args)?),
+    })))
+}
 
-    fn value(&mut self, name: &str) -> Result<Option<String>> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(Some(v)) => Ok(Some(v)),
-            Some(None) => Err(Fail::usage(format!("--{name} needs a value"))),
+fn common(args: CommonArgs) -> Result<Common> {
+    let mut url = target::parse_ws(&args.url)?;
+    match (url.wss, args.ca) {
+        (true, Some(ca)) => url.tls = Some(TlsClient::load(&ca, &url.server_name)?),
+        (true, None) => {
+            return Err(Fail::usage(
+                "a wss:// --url needs --ca FILE: the PEM certificate to trust",
+            ));
         }
+        (false, Some(_)) => return Err(Fail::usage("--ca only applies to a wss:// --url")),
+        (false, None) => {}
     }
-
-    fn flag(&mut self, name: &str) -> Result<bool> {
-        match self.take(name) {
-            None => Ok(false),
-            Some(None) => Ok(true),
-            Some(Some(_)) => Err(Fail::usage(format!("--{name} takes no value"))),
-        }
-    }
-
-    fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T> {
-        match self.value(name)? {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| Fail::usage(format!("--{name}: {v:?} is not a valid number"))),
-        }
-    }
-
-    fn count(&mut self, name: &str, default: usize, max: usize) -> Result<usize> {
-        let n = self.number(name, default)?;
-        if n == 0 || n > max {
-            return Err(Fail::usage(format!("--{name} must be between 1 and {max}")));
-        }
-        Ok(n)
-    }
-
-    fn seconds(&mut self, name: &str, default: f64) -> Result<Duration> {
-        let s: f64 = self.number(name, default)?;
-        Duration::try_from_secs_f64(s)
-            .map_err(|_| Fail::usage(format!("--{name} must be a non-negative number of seconds")))
-    }
-
-    fn size(&mut self, default: usize, min: usize) -> Result<usize> {
-        let n = self.number("size", default)?;
-        if !(min..=MAX_SIZE).contains(&n) {
-            return Err(Fail::usage(format!(
-                "--size must be between {min} and {MAX_SIZE} bytes (messages carry a \
-                 {min}-byte header)"
-            )));
-        }
-        Ok(n)
-    }
-
-    fn common(&mut self) -> Result<Common> {
-        let url = self
-            .value("url")?
-            .ok_or_else(|| Fail::usage("--url is required"))?;
-        let server_pid = self.value("server-pid")?;
-        if let Some(pid) = &server_pid
-            && (pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(Fail::usage(format!(
-                "--server-pid {pid:?} is not a process id"
-            )));
-        }
-        let timeout = self.seconds("timeout", 120.0)?;
-        if timeout.is_zero() {
-            return Err(Fail::usage("--timeout must be positive"));
-        }
-        let mut url = target::parse_ws(&url)?;
-        match (url.wss, self.value("ca")?) {
-            (true, Some(ca)) => {
-                url.tls = Some(target::TlsClient::load(Path::new(&ca), &url.host)?);
-            }
-            (true, None) => {
-                return Err(Fail::usage(
-                    "a wss:// --url needs --ca FILE: the PEM certificate to trust",
-                ));
-            }
-            (false, Some(_)) => return Err(Fail::usage("--ca only applies to a wss:// --url")),
-            (false, None) => {}
-        }
-        Ok(Common {
+    Ok(Common {
+        dial: DialOptions {
             url,
-            server_pid,
-            timeout,
-            per_source: self.count("conns-per-source", 5000, 28_000)?,
-            source_base: self.source_base()?,
-            max_dialing: self.count("dialing", crate::conn::DEFAULT_DIALING, 100_000)?,
-        })
-    }
+            per_source: args.conns_per_source,
+            source_base: args.source_base,
+            max_dialing: args.dialing,
+        },
+        server_pid: args.server_pid,
+        timeout: args.timeout,
+    })
+}
 
-    fn source_base(&mut self) -> Result<Ipv4Addr> {
-        let Some(text) = self.value("source-base")? else {
-            return Ok(Ipv4Addr::new(127, 0, 0, 2));
-        };
-        match text.parse::<Ipv4Addr>() {
-            Ok(ip) if ip.is_loopback() => Ok(ip),
-            _ => Err(Fail::usage(format!(
-                "--source-base {text:?} must be an address in 127.0.0.0/8"
-            ))),
-        }
+fn echo(args: EchoArgs) -> Result<EchoOpts> {
+    let opts = EchoOpts {
+        common: common(args.common)?,
+        conns: args.conns,
+        depth: args.depth,
+        size: args.size,
+        seconds: args.seconds,
+        warmup: args.warmup,
+    };
+    if opts.seconds + opts.warmup >= opts.common.timeout {
+        return Err(Fail::usage(
+            "--timeout must be longer than --warmup plus --seconds",
+        ));
     }
+    Ok(opts)
+}
 
-    fn finish(self) -> Result<()> {
-        match self.pairs.first() {
-            None => Ok(()),
-            Some((name, _)) => Err(Fail::usage(format!(
-                "unknown option --{name} for this scenario"
-            ))),
+fn broadcast(args: BroadcastArgs) -> Result<BroadcastOpts> {
+    let common = common(args.common)?;
+    let publish_url = match args.publish_url {
+        Some(url) => target::parse_http(&url)?,
+        None if common.dial.url.wss && args.publisher == PublisherKind::Http => {
+            return Err(Fail::usage(
+                "with a wss:// --url, the HTTP publisher needs --publish-url \
+                 (a plain http:// listener of the same server)",
+            ));
         }
+        None => target::publish_url_for(&common.dial.url),
+    };
+    Ok(BroadcastOpts {
+        common,
+        subscribers: args.subscribers,
+        messages: args.messages as u64,
+        window: args.window,
+        size: args.size,
+        publisher: args.publisher,
+        publish_url,
+        stall: args.stall,
+        deflate: args.deflate,
+        json: args.payload == Payload::Json,
+    })
+}
+
+fn idle(args: IdleArgs) -> Result<IdleOpts> {
+    let common = common(args.common)?;
+    if common.server_pid.is_none() {
+        return Err(Fail::usage(
+            "idle needs --server-pid to read the server's RSS",
+        ));
+    }
+    let publish_url = match (args.no_publish, args.publish_url) {
+        (true, _) => None,
+        (false, Some(url)) => Some(target::parse_http(&url)?),
+        (false, None) if common.dial.url.wss => {
+            return Err(Fail::usage(
+                "with a wss:// --url, give --publish-url (a plain http:// listener) \
+                 or --no-publish",
+            ));
+        }
+        (false, None) => Some(target::publish_url_for(&common.dial.url)),
+    };
+    Ok(IdleOpts {
+        common,
+        conns: args.conns,
+        settle: args.settle,
+        size: args.size,
+        publish_url,
+        deflate: args.deflate,
+    })
+}
+
+/// A count between 1 and `MAX`.
+fn count<const MAX: usize>(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number between 1 and {MAX}")),
     }
 }
 
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command> {
-    let mut args = args.into_iter();
-    let scenario = match args.next() {
-        None => return Err(Fail::usage("name a scenario: echo, broadcast or idle")),
-        Some(s) if s == "-h" || s == "--help" || s == "help" => return Ok(Command::Help),
-        Some(s) => s,
-    };
-    let mut pairs = Vec::new();
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(Command::Help);
-        }
-        let Some(name) = arg.strip_prefix("--") else {
-            return Err(Fail::usage(format!("unexpected argument {arg:?}")));
-        };
-        let (name, value) = match name.split_once('=') {
-            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-            None => {
-                let value = args.next_if(|next| !next.starts_with("--"));
-                (name.to_owned(), value)
-            }
-        };
-        if pairs.iter().any(|(n, _)| *n == name) {
-            return Err(Fail::usage(format!("--{name} given twice")));
-        }
-        pairs.push((name, value));
+/// A payload size; messages carry a `MIN`-byte header.
+fn size<const MIN: usize>(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (MIN..=MAX_SIZE).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected between {MIN} and {MAX_SIZE} bytes (messages carry a {MIN}-byte header)"
+        )),
     }
-    let mut raw = Raw { pairs };
-    let command = match scenario.as_str() {
-        "echo" => {
-            let common = raw.common()?;
-            let opts = EchoOpts {
-                conns: raw.count("conns", 100, 1_000_000)?,
-                depth: raw.count("depth", 16, 65_536)?,
-                size: raw.size(64, 8)?,
-                seconds: raw.seconds("seconds", 10.0)?,
-                warmup: raw.seconds("warmup", 1.0)?,
-                common,
-            };
-            if opts.seconds.is_zero() {
-                return Err(Fail::usage("--seconds must be positive"));
-            }
-            if opts.seconds + opts.warmup >= opts.common.timeout {
-                return Err(Fail::usage(
-                    "--timeout must be longer than --warmup plus --seconds",
-                ));
-            }
-            Command::Echo(opts)
-        }
-        "broadcast" => {
-            let common = raw.common()?;
-            let publisher = match raw.value("publisher")?.as_deref() {
-                None | Some("http") => PublisherKind::Http,
-                Some("ws") => PublisherKind::Ws,
-                Some(other) => {
-                    return Err(Fail::usage(format!(
-                        "--publisher {other:?}: expected http or ws"
-                    )));
-                }
-            };
-            let publish_url = match raw.value("publish-url")? {
-                Some(url) => target::parse_http(&url)?,
-                None if common.url.wss && publisher == PublisherKind::Http => {
-                    return Err(Fail::usage(
-                        "with a wss:// --url, the HTTP publisher needs --publish-url \
-                         (a plain http:// listener of the same server)",
-                    ));
-                }
-                None => target::publish_url_for(&common.url),
-            };
-            // Each message costs 4 bytes of bookkeeping for the whole run.
-            let messages = raw.count("messages", 1000, 100_000_000)? as u64;
-            Command::Broadcast(BroadcastOpts {
-                subscribers: raw.count("subscribers", 1000, 1_000_000)?,
-                messages,
-                window: raw.count("window", 1, 65_536)?,
-                size: raw.size(64, 16)?,
-                publisher,
-                publish_url,
-                stall: raw.seconds("stall", 10.0)?,
-                deflate: raw.flag("deflate")?,
-                json: match raw.value("payload")?.as_deref() {
-                    None | Some("pattern") => false,
-                    Some("json") => true,
-                    Some(other) => {
-                        return Err(Fail::usage(format!(
-                            "--payload {other:?}: expected pattern or json"
-                        )));
-                    }
-                },
-                common,
-            })
-        }
-        "idle" => {
-            let common = raw.common()?;
-            if common.server_pid.is_none() {
-                return Err(Fail::usage(
-                    "idle needs --server-pid to read the server's RSS",
-                ));
-            }
-            let publish_url = match (raw.flag("no-publish")?, raw.value("publish-url")?) {
-                (true, Some(_)) => {
-                    return Err(Fail::usage("give either --no-publish or --publish-url"));
-                }
-                (true, None) => None,
-                (false, Some(url)) => Some(target::parse_http(&url)?),
-                (false, None) if common.url.wss => {
-                    return Err(Fail::usage(
-                        "with a wss:// --url, give --publish-url (a plain http:// listener) \
-                         or --no-publish",
-                    ));
-                }
-                (false, None) => Some(target::publish_url_for(&common.url)),
-            };
-            Command::Idle(IdleOpts {
-                conns: raw.count("conns", 1000, 1_000_000)?,
-                settle: raw.seconds("settle", 2.0)?,
-                size: raw.size(16, 16)?,
-                publish_url,
-                deflate: raw.flag("deflate")?,
-                common,
-            })
-        }
-        other => {
-            return Err(Fail::usage(format!(
-                "unknown scenario {other:?}: expected echo, broadcast or idle"
-            )));
-        }
-    };
-    raw.finish()?;
-    Ok(command)
+}
+
+/// A non-negative number of seconds, fractions allowed.
+fn seconds(text: &str) -> std::result::Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| "expected a non-negative number of seconds".to_owned())
+}
+
+fn positive_seconds(text: &str) -> std::result::Result<Duration, String> {
+    match seconds(text)? {
+        d if d.is_zero() => Err("must be positive".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn pid(text: &str) -> std::result::Result<String, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_owned())
+    } else {
+        Err("not a process id".to_owned())
+    }
+}
+
+fn loopback_v4(text: &str) -> std::result::Result<Ipv4Addr, String> {
+    match text.parse::<Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() => Ok(ip),
+        _ => Err("must be an address in 127.0.0.0/8".to_owned()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(args: &str) -> Result<Command> {
-        parse(args.split_whitespace().map(str::to_owned))
+    fn run(args: &str) -> Result<Parsed> {
+        parse(std::iter::once("loadgen").chain(args.split_whitespace()))
+    }
+
+    fn command(args: &str) -> Command {
+        match run(args) {
+            Ok(Parsed::Run(command)) => *command,
+            Ok(Parsed::Answer(answer)) => panic!("{args}: {answer}"),
+            Err(fail) => panic!("{args}: {fail}"),
+        }
+    }
+
+    /// The exit status the command line ends with, if it does not run.
+    fn exit_status(args: &str) -> Option<i32> {
+        match run(args) {
+            Ok(Parsed::Run(_)) => None,
+            Ok(Parsed::Answer(answer)) => Some(answer.exit_code()),
+            Err(fail) => Some(i32::from(fail.code)),
+        }
     }
 
     #[test]
     fn echo_defaults_and_overrides() {
-        let Command::Echo(o) =
-            run("echo --url ws://127.0.0.1:9/echo --depth=4 --seconds 0.5").unwrap()
+        let Command::Echo(o) = command("echo --url ws://127.0.0.1:9/echo --depth=4 --seconds 0.5")
         else {
             panic!("not echo");
         };
@@ -386,13 +434,15 @@ mod tests {
         assert_eq!(o.size, 64);
         assert_eq!(o.seconds, Duration::from_millis(500));
         assert_eq!(o.common.timeout, Duration::from_secs(120));
-        assert_eq!(o.common.per_source, 5000);
+        assert_eq!(o.common.dial.per_source, 5000);
+        assert_eq!(o.common.dial.max_dialing, DEFAULT_DIALING);
+        assert_eq!(o.common.dial.source_base, Ipv4Addr::new(127, 0, 0, 2));
     }
 
     #[test]
     fn broadcast_derives_publish_url() {
         let Command::Broadcast(o) =
-            run("broadcast --url ws://127.0.0.1:9/live/bench --publisher ws --window 16").unwrap()
+            command("broadcast --url ws://127.0.0.1:9/live/bench --publisher ws --window 16")
         else {
             panic!("not broadcast");
         };
@@ -401,27 +451,42 @@ mod tests {
         assert_eq!(o.window, 16);
         assert!(!o.deflate && !o.json);
         let Command::Broadcast(o) =
-            run("broadcast --url ws://127.0.0.1:9/live/b --deflate --payload json").unwrap()
+            command("broadcast --url ws://127.0.0.1:9/live/b --deflate --payload json")
         else {
             panic!("not broadcast");
         };
         assert!(o.deflate && o.json);
-        assert!(run("broadcast --url ws://127.0.0.1:9/live/b --payload xml").is_err());
+        assert_eq!(
+            exit_status("broadcast --url ws://127.0.0.1:9/live/b --payload xml"),
+            Some(2)
+        );
     }
 
     #[test]
     fn idle_needs_pid_and_takes_flags() {
-        assert_eq!(
-            run("idle --url ws://127.0.0.1:9/live/i").unwrap_err().code,
-            2
-        );
+        assert_eq!(exit_status("idle --url ws://127.0.0.1:9/live/i"), Some(2));
         let Command::Idle(o) =
-            run("idle --url ws://127.0.0.1:9/echo --server-pid 42 --no-publish").unwrap()
+            command("idle --url ws://127.0.0.1:9/echo --server-pid 42 --no-publish")
         else {
             panic!("not idle");
         };
         assert_eq!(o.publish_url, None);
         assert_eq!(o.common.server_pid.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn the_benchmark_script_command_lines_parse() {
+        let tail = "--server-pid 1 --source-base 127.0.7.2 --timeout 120";
+        for line in [
+            "echo --url ws://127.0.0.1:1/echo --conns 100 --depth 16 --size 64 --seconds 10",
+            "broadcast --url ws://127.0.0.1:1/live/bench --subscribers 10000 --messages 20000 \
+             --window 16 --size 1024 --payload json --publisher http",
+            "broadcast --url ws://127.0.0.1:1/deflate/bench --deflate --subscribers 10 \
+             --messages 10 --window 16 --size 1024 --payload json --publisher http",
+            "idle --url ws://127.0.0.1:1/live/idle --conns 10000 --deflate",
+        ] {
+            command(&format!("{line} {tail}"));
+        }
     }
 
     #[test]
@@ -437,14 +502,24 @@ mod tests {
             "echo --url ws://127.0.0.1:1/echo --size 4",
             "echo --url ws://127.0.0.1:1/echo --conns 1 --conns 2",
             "echo --url ws://127.0.0.1:1/echo --seconds 200",
+            "echo --url wss://127.0.0.1:1/echo",
+            "echo --url ws://127.0.0.1:1/echo --ca ca.pem",
             "broadcast --url ws://127.0.0.1:1/live/a --publisher smoke",
             "broadcast --url ws://127.0.0.1:1/live/a --publish-url http://1.2.3.4/publish/a",
             "idle --url ws://127.0.0.1:1/live/a --server-pid x1",
+            "idle --url ws://127.0.0.1:1/live/a --server-pid 1 --no-publish \
+             --publish-url http://127.0.0.1:1/p",
             "echo --url ws://127.0.0.1:1/echo --source-base 10.0.0.2",
         ] {
-            let err = run(bad).unwrap_err();
-            assert_eq!(err.code, 2, "{bad}: {}", err.message);
+            assert_eq!(exit_status(bad), Some(2), "{bad}");
         }
-        assert_eq!(run("--help").unwrap(), Command::Help);
+        assert_eq!(exit_status("--help"), Some(0));
+        assert_eq!(exit_status("broadcast --help"), Some(0));
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -37,10 +37,6 @@ use crate::stats::Rng;
 use crate::target::{Target, TlsClient};
 use crate::wire::{self, OutBuf};
 
-/// Default for handshakes in flight at once while dialing. Rust's standard
-/// library (and so mio and tokio) listens with a backlog of 128, so more
-/// than that in flight can overflow the accept queue of a busy server.
-pub const DEFAULT_DIALING: usize = 100;
 /// Descriptors kept free for stdio, the poller, /proc reads and publishers.
 const FD_RESERVE: u64 = 32;
 /// Longest poll sleep, so deadlines and phase changes are noticed promptly.
@@ -589,24 +585,36 @@ pub struct DialPlan<'a> {
     pub max_dialing: usize,
 }
 
+/// Where a scenario connects and how it spreads its sockets.
+#[derive(Debug, PartialEq)]
+pub struct DialOptions {
+    pub url: Target,
+    /// Client sockets per source address.
+    pub per_source: usize,
+    /// First source address (127.0.0.2 by default).
+    pub source_base: Ipv4Addr,
+    /// Handshakes in flight at once.
+    pub max_dialing: usize,
+}
+
 /// Dials `count` connections to the scenario's URL, spread over source
-/// addresses as the common options say: how every scenario connects.
+/// addresses as the options say: how every scenario connects.
 pub fn dial_scenario(
     poll: &mut Poll,
     events: &mut Events,
-    common: &crate::cli::Common,
+    dial: &DialOptions,
     count: usize,
     sizing: Sizing,
     rng: &mut Rng,
     deadline: &Deadline,
 ) -> Result<Vec<WsConn>> {
-    let mut sources = SourceAddrs::new(common.url.addr, common.source_base, common.per_source);
+    let mut sources = SourceAddrs::new(dial.url.addr, dial.source_base, dial.per_source);
     let plan = DialPlan {
-        target: &common.url,
+        target: &dial.url,
         count,
         token_base: 0,
         sizing,
-        max_dialing: common.max_dialing,
+        max_dialing: dial.max_dialing,
     };
     dial_all(poll, events, &plan, &mut sources, rng, deadline)
 }

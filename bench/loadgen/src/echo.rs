@@ -69,7 +69,7 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
     let mut conns = conn::dial_scenario(
         &mut poll,
         &mut events,
-        &opts.common,
+        &opts.common.dial,
         opts.conns,
         sizing,
         &mut tally.rng,
@@ -168,7 +168,10 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
         .str("scenario", "echo")
         .str(
             "url",
-            &format!("ws://{}{}", opts.common.url.host, opts.common.url.path),
+            &format!(
+                "ws://{}{}",
+                opts.common.dial.url.host, opts.common.dial.url.path
+            ),
         )
         .int("conns", opts.conns as u64)
         .int("depth", opts.depth as u64)

@@ -134,50 +134,96 @@ impl HttpPublisher {
     }
 }
 
+/// Most header lines read from a response head.
+const MAX_HEADERS: usize = 32;
+
+/// A complete response head, parsed with httparse: loadgen's one response
+/// parser, for publish answers and WebSocket handshakes alike. It borrows
+/// the buffer and allocates nothing.
+pub struct ResponseHead<'b> {
+    pub code: u16,
+    pub reason: &'b str,
+    /// Bytes the head takes at the start of the buffer.
+    pub len: usize,
+    headers: [httparse::Header<'b>; MAX_HEADERS],
+    count: usize,
+}
+
+impl<'b> ResponseHead<'b> {
+    /// Parses the head at the start of `buf`; `None` until it is complete.
+    pub fn parse(buf: &'b [u8]) -> std::result::Result<Option<ResponseHead<'b>>, httparse::Error> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let len = match response.parse(buf)? {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => return Ok(None),
+        };
+        let code = response.code.unwrap_or(0);
+        let reason = response.reason.unwrap_or("");
+        let count = response.headers.len();
+        Ok(Some(ResponseHead {
+            code,
+            reason,
+            len,
+            headers,
+            count,
+        }))
+    }
+
+    /// The header lines, in order.
+    pub fn headers(&self) -> &[httparse::Header<'b>] {
+        &self.headers[..self.count]
+    }
+
+    /// The value of the first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&'b [u8]> {
+        self.headers()
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
 /// Parses one complete response at the start of `buf`: its total length and
 /// the `recipients` figure. `None` if it is not all there yet.
 fn parse_response(buf: &[u8], path: &str) -> Result<Option<(usize, Option<u64>)>> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+    let head = match ResponseHead::parse(buf) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
         Err(e) => {
             return Err(Fail::run(format!(
                 "POST {path}: malformed HTTP response: {e}"
             )));
         }
     };
-    let mut body_len = None;
-    for h in response.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            body_len = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok());
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Fail::run(format!(
-                "POST {path}: chunked responses are not supported; send Content-Length"
-            )));
-        }
+    if head.header("transfer-encoding").is_some() {
+        return Err(Fail::run(format!(
+            "POST {path}: chunked responses are not supported; send Content-Length"
+        )));
     }
-    let body_len = body_len.ok_or_else(|| {
-        Fail::run(format!(
-            "POST {path}: response has no Content-Length (needed for keep-alive)"
-        ))
-    })?;
-    if buf.len() < head_len + body_len {
+    let body_len = head
+        .header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| {
+            Fail::run(format!(
+                "POST {path}: response has no Content-Length (needed for keep-alive)"
+            ))
+        })?;
+    let end = head.len + body_len;
+    if buf.len() < end {
         return Ok(None);
     }
-    let body = &buf[head_len..head_len + body_len];
-    let code = response.code.unwrap_or(0);
-    if code != 200 {
+    let body = &buf[head.len..end];
+    if head.code != 200 {
         return Err(Fail::run(format!(
-            "POST {path}: server answered {code} {}: {}",
-            response.reason.unwrap_or(""),
+            "POST {path}: server answered {} {}: {}",
+            head.code,
+            head.reason,
             String::from_utf8_lossy(body).trim()
         )));
     }
-    Ok(Some((head_len + body_len, recipients(body))))
+    Ok(Some((end, recipients(body))))
 }
 
 /// The number after `"recipients":` in a JSON body.

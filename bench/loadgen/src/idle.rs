@@ -47,7 +47,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     let mut conns = conn::dial_scenario(
         &mut poll,
         &mut events,
-        &opts.common,
+        &opts.common.dial,
         n,
         sizing,
         &mut rng,
@@ -166,7 +166,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
 
     println!(
         "idle: {n} connections to {}{} (connect: {:.2} s, settle: {:.1} s)",
-        opts.common.url.path,
+        opts.common.dial.url.path,
         if opts.deflate {
             ", permessage-deflate negotiated"
         } else {
@@ -196,7 +196,10 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         .str("scenario", "idle")
         .str(
             "url",
-            &format!("ws://{}{}", opts.common.url.host, opts.common.url.path),
+            &format!(
+                "ws://{}{}",
+                opts.common.dial.url.host, opts.common.dial.url.path
+            ),
         )
         .int("conns", n as u64)
         .str("deflate", if opts.deflate { "negotiated" } else { "off" })

@@ -7,7 +7,7 @@
 //! server, not loadgen, to run out of CPU first when each is pinned to its
 //! own core; every report includes loadgen's own CPU share to show it.
 //!
-//! Scenarios (see `cli::USAGE` and bench/README.md):
+//! Scenarios (see `loadgen --help` and bench/README.md):
 //! - `echo`: request/response throughput and per-message latency;
 //! - `broadcast`: fan-out to many subscribers, with loss/duplicate/order
 //!   checks;
@@ -30,20 +30,27 @@ mod wire;
 
 use std::process::ExitCode;
 
-use cli::Command;
+use cli::{Command, Parsed};
 
 fn main() -> ExitCode {
-    let result = cli::parse(std::env::args().skip(1)).and_then(|command| match command {
-        Command::Help => {
-            println!("{}", cli::USAGE);
-            Ok(())
+    let result = cli::parse(std::env::args_os()).and_then(|parsed| match parsed {
+        Parsed::Answer(answer) => {
+            // Help goes to stdout with status 0, usage errors to stderr with 2.
+            let _ = answer.print();
+            Err(error::Fail {
+                code: u8::try_from(answer.exit_code()).unwrap_or(2),
+                message: String::new(),
+            })
         }
-        Command::Echo(opts) => echo::run(&opts),
-        Command::Broadcast(opts) => broadcast::run(&opts),
-        Command::Idle(opts) => idle::run(&opts),
+        Parsed::Run(command) => match *command {
+            Command::Echo(opts) => echo::run(&opts),
+            Command::Broadcast(opts) => broadcast::run(&opts),
+            Command::Idle(opts) => idle::run(&opts),
+        },
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(fail) if fail.message.is_empty() => ExitCode::from(fail.code),
         Err(fail) => {
             eprintln!("loadgen: {fail}");
             if fail.code == 2 {

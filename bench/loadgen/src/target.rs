@@ -13,14 +13,19 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
+use url::{Host, Url};
+
 use crate::error::{Fail, Result};
 
 /// A parsed URL of one of the two supported schemes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub addr: SocketAddr,
-    /// The `Host` header value, as written in the URL.
+    /// The `Host` header value: the URL's host and port.
     pub host: String,
+    /// The host alone (an IPv6 address without brackets): the name a TLS
+    /// server's certificate must carry.
+    pub server_name: String,
     /// Path (with query, if any), always starting with `/`.
     pub path: String,
     /// The URL was `wss://`: connections run over TLS.
@@ -53,8 +58,8 @@ impl std::fmt::Debug for TlsClient {
 
 impl TlsClient {
     /// Trusts exactly the certificates in the PEM file `ca` (the
-    /// benchmark's self-signed one) for a server reached as `host`.
-    pub fn load(ca: &Path, host: &str) -> Result<TlsClient> {
+    /// benchmark's self-signed one) for a server named `server_name`.
+    pub fn load(ca: &Path, server_name: &str) -> Result<TlsClient> {
         let pem =
             std::fs::read(ca).map_err(|e| Fail::usage(format!("--ca {}: {e}", ca.display())))?;
         let mut roots = RootCertStore::empty();
@@ -77,17 +82,8 @@ impl TlsClient {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|h| h.split_once(']').map(|(h, _)| h))
-            .or_else(|| {
-                host.rsplit_once(':')
-                    .map(|(h, _)| h)
-                    .filter(|h| !h.contains(':'))
-            })
-            .unwrap_or(host);
-        let name = ServerName::try_from(bare.to_owned())
-            .map_err(|e| Fail::usage(format!("{bare:?} is not a TLS server name: {e}")))?;
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| Fail::usage(format!("{server_name:?} is not a TLS server name: {e}")))?;
         Ok(TlsClient {
             config: Arc::new(config),
             name,
@@ -98,72 +94,65 @@ impl TlsClient {
 /// Parses `ws://HOST[:PORT]/PATH` or `wss://HOST[:PORT]/PATH` (the TLS
 /// settings are added by the caller, see [`TlsClient::load`]).
 pub fn parse_ws(url: &str) -> Result<Target> {
-    if url.starts_with("wss://") {
-        let mut target = parse(url, "wss")?;
-        target.wss = true;
-        return Ok(target);
-    }
-    parse(url, "ws")
+    parse(url, &["ws", "wss"])
 }
 
 /// Parses `http://HOST[:PORT]/PATH`.
 pub fn parse_http(url: &str) -> Result<Target> {
-    parse(url, "http")
+    parse(url, &["http"])
 }
 
-fn parse(url: &str, scheme: &str) -> Result<Target> {
-    let rest = url
-        .strip_prefix(scheme)
-        .and_then(|r| r.strip_prefix("://"))
-        .ok_or_else(|| Fail::usage(format!("{url:?}: expected a {scheme}:// URL")))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
+/// Parses with the `url` crate, then applies the loopback rule.
+fn parse(text: &str, schemes: &[&str]) -> Result<Target> {
+    let expected = || format!("expected a {}:// URL", schemes.join(":// or "));
+    let url =
+        Url::parse(text).map_err(|e| Fail::usage(format!("{text:?}: {e}; {}", expected())))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(Fail::usage(format!("{text:?}: {}", expected())));
+    }
+    let off_machine = |what: String| {
+        Fail::usage(format!(
+            "{text:?}: {what}; loadgen never sends traffic off this machine"
+        ))
     };
-    let (host, port) = split_host_port(authority)
-        .ok_or_else(|| Fail::usage(format!("{url:?}: cannot read host and port")))?;
-    let ip = if host.eq_ignore_ascii_case("localhost") {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        host.parse::<IpAddr>().map_err(|_| {
-            Fail::usage(format!(
-                "{url:?}: host {host:?} must be a loopback IP address (127.0.0.0/8 or ::1) \
-                 or localhost; loadgen never sends traffic off this machine"
-            ))
-        })?
+    let ip = match url.host() {
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+        Some(Host::Domain(name)) if name.eq_ignore_ascii_case("localhost") => {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        }
+        Some(Host::Domain(name)) => {
+            return Err(off_machine(format!(
+                "host {name:?} must be a loopback IP address (127.0.0.0/8 or ::1) or localhost"
+            )));
+        }
+        None => return Err(Fail::usage(format!("{text:?}: no host"))),
     };
     if !ip.is_loopback() {
-        return Err(Fail::usage(format!(
-            "{url:?}: {ip} is not a loopback address (127.0.0.0/8 or ::1); loadgen never \
-             sends traffic off this machine"
+        return Err(off_machine(format!(
+            "{ip} is not a loopback address (127.0.0.0/8 or ::1)"
         )));
     }
+    let host = url.host_str().unwrap_or_default();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
     Ok(Target {
         addr: SocketAddr::new(ip, port),
-        host: authority.to_owned(),
-        path: path.to_owned(),
-        wss: false,
+        host: match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        },
+        server_name: match url.host() {
+            Some(Host::Ipv6(ip)) => ip.to_string(),
+            _ => host.to_owned(),
+        },
+        path,
+        wss: url.scheme() == "wss",
         tls: None,
     })
-}
-
-/// Splits `host:port`, `[v6]:port`, `host` or `[v6]`; the port defaults to 80.
-fn split_host_port(authority: &str) -> Option<(&str, u16)> {
-    if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after {
-            "" => 80,
-            p => p.strip_prefix(':')?.parse().ok()?,
-        };
-        return Some((host, port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host, port.parse().ok()?)),
-        // More than one colon without brackets: a bare IPv6 address.
-        Some(_) => Some((authority, 80)),
-        None => Some((authority, 80)),
-    }
-    .filter(|(host, _)| !host.is_empty())
 }
 
 /// The publish URL that goes with a subscription URL: same server,
@@ -173,6 +162,7 @@ pub fn publish_url_for(ws: &Target) -> Target {
     Target {
         addr: ws.addr,
         host: ws.host.clone(),
+        server_name: ws.server_name.clone(),
         path: format!("/publish/{channel}"),
         wss: false,
         tls: None,
@@ -197,6 +187,12 @@ mod tests {
         let t = parse_ws("ws://localhost:1").unwrap();
         assert_eq!(t.addr, "127.0.0.1:1".parse().unwrap());
         assert_eq!(t.path, "/");
+        let t = parse_ws("wss://[::1]:8443/live?channel=a").unwrap();
+        assert_eq!(t.host, "[::1]:8443");
+        assert_eq!(t.server_name, "::1");
+        assert_eq!(t.path, "/live?channel=a");
+        assert!(t.wss);
+        assert_eq!(parse_ws("ws://127.0.0.1/").unwrap().host, "127.0.0.1");
     }
 
     #[test]
@@ -223,6 +219,9 @@ mod tests {
         assert!(parse_http("ws://127.0.0.1/").is_err());
         assert!(parse_ws("ws://127.0.0.1:notaport/").is_err());
         assert!(parse_ws("ws://:80/").is_err());
+        // A bare IPv6 address is not split at a guessed port colon.
+        assert!(parse_ws("ws://::1:80/").is_err());
+        assert!(parse_ws("ws://127.0.0.1:65536/").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::error::{Fail, Result};
+use crate::http::ResponseHead;
 
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
@@ -295,40 +296,33 @@ pub fn check_handshake_response(
     path: &str,
     deflate: bool,
 ) -> Result<Option<usize>> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+    let head = match ResponseHead::parse(buf) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
         Err(e) => {
             return Err(Fail::run(format!(
                 "handshake on {path}: malformed HTTP response: {e}"
             )));
         }
     };
-    let code = response.code.unwrap_or(0);
-    if code != 101 {
-        let body = String::from_utf8_lossy(&buf[head_len..]);
+    if head.code != 101 {
+        let body = String::from_utf8_lossy(&buf[head.len..]);
         let body = body.trim();
         return Err(Fail::run(format!(
-            "handshake on {path}: server answered {code} {}{}{}",
-            response.reason.unwrap_or(""),
+            "handshake on {path}: server answered {} {}{}{}",
+            head.code,
+            head.reason,
             if body.is_empty() { "" } else { ": " },
             body.chars().take(200).collect::<String>()
         )));
     }
-    let got = response
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
-        .map(|h| h.value);
-    if got != Some(accept.as_bytes()) {
+    if head.header("sec-websocket-accept") != Some(accept.as_bytes()) {
         return Err(Fail::run(format!(
             "handshake on {path}: wrong or missing Sec-WebSocket-Accept"
         )));
     }
     if deflate {
-        let accepted = response.headers.iter().any(|h| {
+        let accepted = head.headers().iter().any(|h| {
             h.name.eq_ignore_ascii_case("sec-websocket-extensions")
                 && std::str::from_utf8(h.value)
                     .is_ok_and(|v| v.trim_start().starts_with(DEFLATE_TOKEN))
@@ -340,7 +334,7 @@ pub fn check_handshake_response(
             )));
         }
     }
-    Ok(Some(head_len))
+    Ok(Some(head.len))
 }
 
 /// A close frame's code and reason, for error messages.
