@@ -270,28 +270,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A sink that takes at most `room` bytes, then reports `WouldBlock`.
-    struct Limited {
-        taken: Vec<u8>,
-        room: usize,
-    }
-
-    impl Sink for Limited {
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let mut n = 0;
-            for buf in bufs {
-                let take = buf.len().min(self.room - n);
-                self.taken.extend_from_slice(&buf[..take]);
-                n += take;
-            }
-            self.room -= n;
-            Ok(n)
-        }
-    }
+    use crate::server::harness::Wire;
 
     #[test]
     fn flushes_in_order_across_a_full_sink_and_frees_when_empty() {
@@ -299,16 +278,16 @@ mod tests {
         queue.push_frame(OpCode::Text, b"ab");
         queue.push_shared(Rc::from(vec![7u8; 5]));
         queue.push_frame(OpCode::Pong, b"");
-        let mut sink = Limited {
-            taken: Vec::new(),
+        let mut sink = Wire {
             room: 3,
+            ..Wire::default()
         };
         assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Blocked);
         assert_eq!(queue.len(), 4 + 5 + 2 - 3);
         sink.room = 100;
         assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Done);
         assert_eq!(
-            sink.taken,
+            sink.bytes,
             [0x81, 2, b'a', b'b', 7, 7, 7, 7, 7, 0x8A, 0].to_vec()
         );
         assert!(queue.inner.is_none(), "an empty queue holds no buffer");
@@ -321,9 +300,9 @@ mod tests {
         let b: Rc<[u8]> = Rc::from(vec![2u8; 10]);
         queue.push_shared(Rc::clone(&a));
         queue.push_shared(Rc::clone(&b));
-        let mut sink = Limited {
-            taken: Vec::new(),
+        let mut sink = Wire {
             room: 4,
+            ..Wire::default()
         };
         assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Blocked);
         queue.push_frame(OpCode::Pong, b"");
@@ -333,7 +312,7 @@ mod tests {
         assert_eq!(queue.flush(&mut sink).unwrap(), Flush::Done);
         let mut expected = vec![1u8; 10];
         expected.extend_from_slice(&[0x8A, 0]);
-        assert_eq!(sink.taken, expected);
+        assert_eq!(sink.bytes, expected);
         assert!(queue.is_empty());
     }
 
