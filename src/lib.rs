@@ -15,6 +15,7 @@
 // everything else is crate-private, so the compiler reports dead code.
 #![warn(unreachable_pub)]
 
+mod bus;
 pub mod config;
 pub mod daemon;
 mod hub;
@@ -31,6 +32,8 @@ pub use hub::names::is_valid_channel_name;
 /// Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::bus::Envelope;
+    pub use crate::config::RedisUrl;
     pub use crate::hub::names::parse_subscription;
     pub use crate::hub::publish;
     pub use crate::protocol::{handshake, http, message};

@@ -1,0 +1,758 @@
+//! The Redis bus of a cluster node, sans-IO: two links to Redis (commands,
+//! subscriptions), what is published through one and read from the other,
+//! and which channels this node is subscribed to in Redis.
+//!
+//! Owns: the meaning of every command and reply (login, the publish script,
+//! the clock offset to Redis, liveness checks, SUBSCRIBE/UNSUBSCRIBE
+//! batches), the answer to each publish (accepted, or refused with a reason
+//! no earlier than it is safe to say so), the node's health and counters.
+//! Must never: touch a socket, a poller, a timer wheel or a clock (the
+//! server's `bus` module does; bytes, events and `now` come in), block, or
+//! answer a publish "refused" while Redis could still accept it.
+//!
+//! # Why a 503 is never a lie
+//!
+//! A publish runs in Redis as a small Lua script ([`PUBLISH_SCRIPT`]) that
+//! refuses to publish once Redis's own clock (`TIME`) has passed a deadline
+//! the node computed: its send time plus `command_timeout`, moved into
+//! Redis's clock with an offset measured by `TIME` round trips (each check
+//! of the command link is one). With `u` the measurement's uncertainty
+//! (half a round trip), the script can only accept it before local time
+//! `send + command_timeout + u`; the node answers 503 when no reply came by
+//! `send + command_timeout + u + REPLY_MARGIN_MS`. A publish stuck in a
+//! paused Redis's socket is thus refused by Redis itself after SIGCONT. The
+//! one window left: Redis runs the script just before the deadline and its
+//! reply is delayed past the margin; such a late acceptance is counted
+//! (`wshub_cluster_publishes_late_total`) and logged.
+
+mod envelope;
+pub(crate) mod link;
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use log::{info, warn};
+use redis_protocol::resp2::types::OwnedFrame;
+
+pub use envelope::Envelope;
+use link::{Backoff, Link, State};
+
+use crate::config::ClusterConfig;
+
+/// The publish script: `ARGV[1]` the deadline in Redis's clock
+/// (milliseconds since the epoch), `ARGV[2]` the channel, `ARGV[3]` the
+/// envelope. Returns the number of Redis subscribers (nodes) it reached, or
+/// -1 when the deadline has passed and nothing was published. Issue #13
+/// extends it: a position per channel and a history, in the same script.
+pub(crate) const PUBLISH_SCRIPT: &str = "\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[1]) then return -1 end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
+";
+
+/// How long after the script's deadline (plus the clock uncertainty) a
+/// publish without a reply is answered 503: room for the reply to travel.
+pub(crate) const REPLY_MARGIN_MS: u64 = 250;
+
+/// Channels per SUBSCRIBE or UNSUBSCRIBE command.
+const CHANNELS_PER_COMMAND: usize = 1_000;
+
+/// Which of the two links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Publishes and clock checks.
+    Commands,
+    /// SUBSCRIBE/UNSUBSCRIBE and the messages; checked with PING.
+    Subscriptions,
+}
+
+/// What the bus hands back to the server.
+#[derive(Debug)]
+pub(crate) enum Event<W> {
+    /// A message came from Redis on `channel` (prefix removed).
+    Message { channel: String, envelope: Vec<u8> },
+    /// The answer to a publish: Redis subscribers (nodes) reached, or why
+    /// it was refused.
+    Answer {
+        waiter: W,
+        outcome: Result<u64, &'static str>,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub publishes_confirmed: u64,
+    pub publishes_refused: u64,
+    pub publishes_late: u64,
+    pub relays_dropped: u64,
+    pub messages_received: u64,
+    pub messages_undecodable: u64,
+    pub reconnects: u64,
+}
+
+/// A publish sent to Redis and not yet answered.
+#[derive(Debug)]
+struct Pending<W> {
+    /// Whom to answer; `None` for a relay, or once answered 503.
+    waiter: Option<W>,
+    /// Answered 503 before its reply came.
+    timed_out: bool,
+    /// When to answer 503 without a reply.
+    answer_by: u64,
+}
+
+/// A reply the command link waits for, in order.
+#[derive(Debug)]
+enum Expect<W> {
+    /// `+OK` (AUTH, SELECT, CLIENT SETNAME): anything else drops the link.
+    Ok(&'static str),
+    ScriptLoad,
+    Time {
+        sent: u64,
+    },
+    Publish(Pending<W>),
+}
+
+/// The bus's settings, in loop milliseconds.
+#[derive(Clone, Debug)]
+struct Settings {
+    prefix: String,
+    node_name: String,
+    username: Option<String>,
+    password: Option<String>,
+    db: u32,
+    connect_timeout: u64,
+    command_timeout: u64,
+    ping_interval: u64,
+    ping_timeout: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Settings {
+    fn from(config: &ClusterConfig) -> Settings {
+        let url = &config.redis_url;
+        Settings {
+            prefix: config.key_prefix.clone(),
+            node_name: config.node_name.clone(),
+            username: url.username.clone(),
+            password: url.password.as_deref().map(str::to_owned),
+            db: url.db,
+            connect_timeout: ms(config.connect_timeout),
+            command_timeout: ms(config.command_timeout),
+            ping_interval: ms(config.ping_interval),
+            ping_timeout: ms(config.ping_timeout),
+        }
+    }
+}
+
+/// Redis's clock minus the loop's, as last measured.
+#[derive(Clone, Copy, Debug)]
+struct Offset {
+    /// Redis milliseconds since the epoch minus loop milliseconds.
+    offset: i64,
+    /// Half the round trip of the measurement, rounded up, plus 1 ms for
+    /// the clocks' millisecond resolution.
+    uncertainty: u64,
+}
+
+/// The bus: both links and what flows through them.
+#[derive(Debug)]
+pub(crate) struct Bus<W> {
+    settings: Settings,
+    pub cmd: Link,
+    pub sub: Link,
+    expect: VecDeque<Expect<W>>,
+    /// Publishes whose link went down before their reply: answered 503 at
+    /// their deadline, not before (Redis may still run them until then).
+    limbo: VecDeque<Pending<W>>,
+    offset: Option<Offset>,
+    script_sha: String,
+    /// Channels (without prefix) SUBSCRIBE was sent for on the current
+    /// subscription link, and not UNSUBSCRIBE since.
+    subscribed: HashSet<String>,
+    /// Channels whose first subscriber came or last one left this turn.
+    dirty: Vec<String>,
+    /// This process's id in envelopes: random per start.
+    pub node_id: u64,
+    pub stats: Stats,
+    /// Why the node is degraded, if it is: what `/healthz` says.
+    health: Option<String>,
+    /// The scratch buffer for one prefixed channel name.
+    scratch: Vec<u8>,
+}
+
+impl<W> Bus<W> {
+    pub(crate) fn new(config: &ClusterConfig, seed: u64) -> Bus<W> {
+        let settings = Settings::from(config);
+        let backoff = |salt: u64| {
+            Backoff::new(
+                ms(config.reconnect_min),
+                ms(config.reconnect_max),
+                seed ^ salt,
+            )
+        };
+        let mut bus = Bus {
+            settings,
+            cmd: Link::new(backoff(0x9e37_79b9_7f4a_7c15)),
+            sub: Link::new(backoff(0xc2b2_ae3d_27d4_eb4f)),
+            expect: VecDeque::new(),
+            limbo: VecDeque::new(),
+            offset: None,
+            script_sha: sha1_smol::Sha1::from(PUBLISH_SCRIPT).digest().to_string(),
+            subscribed: HashSet::new(),
+            dirty: Vec::new(),
+            node_id: seed,
+            stats: Stats::default(),
+            health: None,
+            scratch: Vec::new(),
+        };
+        bus.refresh_health();
+        bus
+    }
+
+    /// Applies reloaded settings: timeouts, backoff bounds and the login
+    /// take effect from the next command or connection; a new key prefix
+    /// or node name needs the links to be made again (the caller decides).
+    pub(crate) fn reconfigure(&mut self, config: &ClusterConfig) {
+        self.settings = Settings::from(config);
+        for link in [&mut self.cmd, &mut self.sub] {
+            link.backoff.min = ms(config.reconnect_min).max(1);
+            link.backoff.max = ms(config.reconnect_max).max(link.backoff.min);
+        }
+    }
+
+    pub(crate) fn link(&self, role: Role) -> &Link {
+        match role {
+            Role::Commands => &self.cmd,
+            Role::Subscriptions => &self.sub,
+        }
+    }
+
+    pub(crate) fn link_mut(&mut self, role: Role) -> &mut Link {
+        match role {
+            Role::Commands => &mut self.cmd,
+            Role::Subscriptions => &mut self.sub,
+        }
+    }
+
+    /// Why the node is degraded (a link is not up), or `None` when healthy.
+    pub(crate) fn health(&self) -> Option<&str> {
+        self.health.as_deref()
+    }
+
+    fn refresh_health(&mut self) {
+        let describe = |what: &str, link: &Link| match link.state {
+            State::Up => None,
+            State::Down { .. } => Some(format!("redis {what} link down: {}", link.last_error)),
+            State::Connecting { .. } | State::LoggingIn { .. } => Some(format!(
+                "redis {what} link connecting (last error: {})",
+                link.last_error
+            )),
+        };
+        let health = describe("publish", &self.cmd).or_else(|| describe("subscription", &self.sub));
+        if health != self.health {
+            match &health {
+                Some(why) if self.health.is_none() => warn!("cluster degraded: {why}"),
+                None => info!("cluster link to redis up"),
+                _ => {}
+            }
+            self.health = health;
+        }
+    }
+
+    /// The link should start connecting now: it is down and its wait is over.
+    pub(crate) fn due_to_connect(&self, role: Role, now: u64) -> bool {
+        matches!(self.link(role).state, State::Down { retry_at } if now >= retry_at)
+    }
+
+    /// The server started a TCP connection for `role`.
+    pub(crate) fn on_connecting(&mut self, role: Role, now: u64) {
+        self.link_mut(role).state = State::Connecting { since: now };
+        self.refresh_health();
+    }
+
+    /// The TCP (and TLS) connection is made: log in and set up. The
+    /// subscription link subscribes to every channel in `wanted` and is up
+    /// once Redis has answered the PING sent after them.
+    pub(crate) fn on_connected<'a>(
+        &mut self,
+        role: Role,
+        now: u64,
+        wanted: impl Iterator<Item = &'a str>,
+    ) {
+        let name = format!("wshub-{}", self.settings.node_name);
+        let settings = self.settings.clone();
+        let link = self.link_mut(role);
+        link.state = State::LoggingIn { since: now };
+        match (&settings.username, &settings.password) {
+            (Some(user), Some(pass)) => {
+                link.command(&[b"AUTH", user.as_bytes(), pass.as_bytes()]);
+            }
+            (None, Some(pass)) => link.command(&[b"AUTH", pass.as_bytes()]),
+            _ => {}
+        }
+        let authenticated = settings.password.is_some();
+        link.command(&[b"CLIENT", b"SETNAME", name.as_bytes()]);
+        match role {
+            Role::Commands => {
+                if authenticated {
+                    self.expect.push_back(Expect::Ok("AUTH"));
+                }
+                self.expect.push_back(Expect::Ok("CLIENT SETNAME"));
+                if settings.db != 0 {
+                    let db = settings.db.to_string();
+                    self.cmd.command(&[b"SELECT", db.as_bytes()]);
+                    self.expect.push_back(Expect::Ok("SELECT"));
+                }
+                self.cmd
+                    .command(&[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
+                self.expect.push_back(Expect::ScriptLoad);
+                self.send_time(now);
+            }
+            Role::Subscriptions => {
+                self.subscribed.clear();
+                self.dirty.clear();
+                let names: Vec<&str> = wanted.collect();
+                self.subscribe_batch(true, &names);
+                self.sub.command(&[b"PING"]);
+                self.sub.check_sent = Some(now);
+            }
+        }
+        self.refresh_health();
+    }
+
+    fn send_time(&mut self, now: u64) {
+        self.cmd.command(&[b"TIME"]);
+        self.expect.push_back(Expect::Time { sent: now });
+        self.cmd.check_sent = Some(now);
+    }
+
+    /// The socket of `role` failed or closed (or the bus gave up on it).
+    pub(crate) fn on_closed(&mut self, role: Role, now: u64, reason: String) {
+        if !self.link(role).is_connected() {
+            return;
+        }
+        warn!("cluster: redis {role:?} link lost: {reason}");
+        self.link_mut(role).down(now, reason);
+        match role {
+            Role::Commands => {
+                self.offset = None;
+                for expect in self.expect.drain(..) {
+                    if let Expect::Publish(p) = expect
+                        && p.waiter.is_some()
+                    {
+                        self.limbo.push_back(p);
+                    }
+                }
+            }
+            Role::Subscriptions => {
+                self.subscribed.clear();
+                self.dirty.clear();
+            }
+        }
+        self.refresh_health();
+    }
+
+    /// Publishes `envelope` to `channel` with the script; the answer comes
+    /// as an [`Event::Answer`] for `waiter` (none for a relay). Refused at
+    /// once, with nothing sent, while the command link is not up.
+    pub(crate) fn publish(
+        &mut self,
+        channel: &str,
+        envelope: &[u8],
+        waiter: Option<W>,
+        now: u64,
+    ) -> Result<(), &'static str> {
+        let Some(offset) = self.offset.filter(|_| self.cmd.is_up()) else {
+            if waiter.is_some() {
+                self.stats.publishes_refused += 1;
+            } else {
+                self.stats.relays_dropped += 1;
+            }
+            return Err("redis is unreachable");
+        };
+        let timeout = self.settings.command_timeout;
+        let deadline = now
+            .saturating_add(timeout)
+            .saturating_add_signed(offset.offset);
+        let deadline = deadline.to_string();
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(self.settings.prefix.as_bytes());
+        self.scratch.extend_from_slice(channel.as_bytes());
+        self.cmd.command(&[
+            b"EVALSHA",
+            self.script_sha.as_bytes(),
+            b"0",
+            deadline.as_bytes(),
+            &self.scratch,
+            envelope,
+        ]);
+        self.expect.push_back(Expect::Publish(Pending {
+            waiter,
+            timed_out: false,
+            answer_by: now
+                .saturating_add(timeout)
+                .saturating_add(offset.uncertainty)
+                .saturating_add(REPLY_MARGIN_MS),
+        }));
+        Ok(())
+    }
+
+    /// Bytes read from the `role` socket: replies are matched and turned
+    /// into events. A reply that makes no sense drops the link.
+    pub(crate) fn on_input(
+        &mut self,
+        role: Role,
+        input: &[u8],
+        now: u64,
+        events: &mut Vec<Event<W>>,
+    ) {
+        let mut frames = Vec::new();
+        let result = self.link_mut(role).decode(input, |f| frames.push(f));
+        let mut failure = result.err();
+        for frame in frames {
+            if failure.is_some() {
+                break;
+            }
+            failure = match role {
+                Role::Commands => self.on_command_reply(frame, now, events),
+                Role::Subscriptions => self.on_subscription_frame(frame, now, events),
+            }
+            .err();
+        }
+        if let Some(reason) = failure {
+            self.on_closed(role, now, reason);
+        }
+        self.refresh_health();
+    }
+
+    fn on_command_reply(
+        &mut self,
+        frame: OwnedFrame,
+        now: u64,
+        events: &mut Vec<Event<W>>,
+    ) -> Result<(), String> {
+        let Some(expect) = self.expect.pop_front() else {
+            return Err("redis sent a reply nobody asked for".to_owned());
+        };
+        match (expect, frame) {
+            (Expect::Ok(_), OwnedFrame::SimpleString(_)) => {}
+            (Expect::Ok(what), OwnedFrame::Error(e)) => return Err(format!("{what}: {e}")),
+            (Expect::Ok(what), other) => return Err(format!("{what} answered {other:?}")),
+            (Expect::ScriptLoad, OwnedFrame::BulkString(sha))
+                if sha == self.script_sha.as_bytes() => {}
+            (Expect::ScriptLoad, other) => {
+                return Err(format!("SCRIPT LOAD answered {other:?}"));
+            }
+            (Expect::Time { sent }, OwnedFrame::Array(parts)) => {
+                let redis_ms = time_reply_ms(&parts).ok_or("TIME answered nonsense")?;
+                let rtt = now.saturating_sub(sent);
+                let sample = Offset {
+                    offset: i64::try_from(redis_ms)
+                        .unwrap_or(i64::MAX)
+                        .saturating_sub(i64::try_from(sent + rtt / 2).unwrap_or(i64::MAX)),
+                    uncertainty: rtt.div_ceil(2) + 1,
+                };
+                // A slow round trip measures badly: keep the better sample
+                // unless the new one is good enough.
+                let keep_old = self
+                    .offset
+                    .is_some_and(|o| sample.uncertainty > 2 * o.uncertainty + 5);
+                if !keep_old {
+                    self.offset = Some(sample);
+                }
+                self.cmd.check_sent = None;
+                self.cmd.next_check = now.saturating_add(self.settings.ping_interval);
+                if !self.cmd.is_up() {
+                    self.cmd.state = State::Up;
+                    self.cmd.backoff.reset();
+                    info!("cluster: redis publish link up");
+                }
+            }
+            (Expect::Time { .. }, other) => return Err(format!("TIME answered {other:?}")),
+            (Expect::Publish(mut p), reply) => {
+                let outcome = match reply {
+                    OwnedFrame::Integer(n) if n >= 0 => Ok(n as u64),
+                    OwnedFrame::Integer(_) => Err("redis got the publish after its deadline"),
+                    OwnedFrame::Error(e) if e.starts_with("NOSCRIPT") => {
+                        // Flushed by an operator: load it again; the
+                        // publisher retries.
+                        self.cmd
+                            .command(&[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
+                        self.expect.push_back(Expect::ScriptLoad);
+                        Err("the publish script was missing in redis")
+                    }
+                    OwnedFrame::Error(e) => {
+                        warn!("cluster: publish failed in redis: {e}");
+                        Err("redis refused the publish")
+                    }
+                    other => return Err(format!("publish answered {other:?}")),
+                };
+                match (p.waiter.take(), outcome) {
+                    (Some(waiter), outcome) => {
+                        if outcome.is_ok() {
+                            self.stats.publishes_confirmed += 1;
+                        } else {
+                            self.stats.publishes_refused += 1;
+                        }
+                        events.push(Event::Answer { waiter, outcome });
+                    }
+                    (None, Ok(_)) if p.timed_out => {
+                        self.stats.publishes_late += 1;
+                        warn!(
+                            "cluster: redis accepted a publish already answered 503 (its reply came too late)"
+                        );
+                    }
+                    (None, Err(_)) if !p.timed_out => self.stats.relays_dropped += 1,
+                    (None, _) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscription_frame(
+        &mut self,
+        frame: OwnedFrame,
+        now: u64,
+        events: &mut Vec<Event<W>>,
+    ) -> Result<(), String> {
+        match frame {
+            OwnedFrame::Array(mut parts) => {
+                let kind = match parts.first() {
+                    Some(OwnedFrame::BulkString(k)) => k.as_slice(),
+                    _ => return Err("unexpected push from redis".to_owned()),
+                };
+                match kind {
+                    b"message" if parts.len() == 3 => {
+                        let (
+                            Some(OwnedFrame::BulkString(envelope)),
+                            Some(OwnedFrame::BulkString(channel)),
+                        ) = (parts.pop(), parts.pop())
+                        else {
+                            return Err("malformed message push".to_owned());
+                        };
+                        let Some(name) = channel
+                            .strip_prefix(self.settings.prefix.as_bytes())
+                            .and_then(|c| std::str::from_utf8(c).ok())
+                        else {
+                            self.stats.messages_undecodable += 1;
+                            return Ok(());
+                        };
+                        self.stats.messages_received += 1;
+                        events.push(Event::Message {
+                            channel: name.to_owned(),
+                            envelope,
+                        });
+                    }
+                    b"pong" => self.on_pong(now),
+                    b"subscribe" | b"unsubscribe" => {}
+                    _ => return Err("unexpected push from redis".to_owned()),
+                }
+            }
+            OwnedFrame::SimpleString(s) if s == b"PONG" => self.on_pong(now),
+            OwnedFrame::SimpleString(_) => {}
+            OwnedFrame::Error(e) => return Err(format!("redis refused: {e}")),
+            other => return Err(format!("unexpected reply {other:?}")),
+        }
+        Ok(())
+    }
+
+    fn on_pong(&mut self, now: u64) {
+        self.sub.check_sent = None;
+        self.sub.next_check = now.saturating_add(self.settings.ping_interval);
+        if !self.sub.is_up() {
+            self.sub.state = State::Up;
+            self.sub.backoff.reset();
+            self.stats.reconnects += 1;
+            info!("cluster: redis subscription link up");
+        }
+    }
+
+    /// `channel` got its first local subscriber or lost its last one; the
+    /// change goes to Redis with the others of this turn.
+    pub(crate) fn channel_changed(&mut self, channel: &str) {
+        self.dirty.push(channel.to_owned());
+    }
+
+    /// Sends this turn's subscription changes: SUBSCRIBE for channels that
+    /// have local subscribers and are not subscribed in Redis, UNSUBSCRIBE
+    /// for the reverse. While the link is not connected nothing is sent:
+    /// connecting subscribes every wanted channel.
+    pub(crate) fn flush_subscriptions(&mut self, wanted: impl Fn(&str) -> bool) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        if !self.sub.is_connected() || matches!(self.sub.state, State::Connecting { .. }) {
+            return;
+        }
+        let mut add: Vec<&str> = Vec::new();
+        let mut remove: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        for name in &dirty {
+            if !seen.insert(name.as_str()) {
+                continue;
+            }
+            let want = wanted(name);
+            let have = self.subscribed.contains(name.as_str());
+            if want && !have {
+                add.push(name);
+            } else if !want && have {
+                remove.push(name);
+            }
+        }
+        self.subscribe_batch(true, &add);
+        self.subscribe_batch(false, &remove);
+    }
+
+    fn subscribe_batch(&mut self, subscribe: bool, names: &[&str]) {
+        let verb: &[u8] = if subscribe {
+            b"SUBSCRIBE"
+        } else {
+            b"UNSUBSCRIBE"
+        };
+        for chunk in names.chunks(CHANNELS_PER_COMMAND) {
+            let prefixed: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|n| [self.settings.prefix.as_bytes(), n.as_bytes()].concat())
+                .collect();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+            args.push(verb);
+            args.extend(prefixed.iter().map(Vec::as_slice));
+            self.sub.command(&args);
+            for name in chunk {
+                if subscribe {
+                    self.subscribed.insert((*name).to_owned());
+                } else {
+                    self.subscribed.remove(*name);
+                }
+            }
+        }
+    }
+
+    /// Channels subscribed in Redis on the current link.
+    pub(crate) fn subscribed_count(&self) -> usize {
+        self.subscribed.len()
+    }
+
+    /// The earliest time [`Bus::on_timer`] has work.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut at = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for link in [&self.cmd, &self.sub] {
+            match link.state {
+                State::Down { retry_at } => at(retry_at),
+                State::Connecting { since } | State::LoggingIn { since } => {
+                    at(since.saturating_add(self.settings.connect_timeout));
+                }
+                State::Up => match link.check_sent {
+                    Some(sent) => at(sent.saturating_add(self.settings.ping_timeout)),
+                    None => at(link.next_check),
+                },
+            }
+        }
+        if let Some(p) = self.limbo.front() {
+            at(p.answer_by);
+        }
+        if let Some(p) = self.first_unanswered() {
+            at(p.answer_by);
+        }
+        next
+    }
+
+    fn first_unanswered(&self) -> Option<&Pending<W>> {
+        self.expect.iter().find_map(|e| match e {
+            Expect::Publish(p) if p.waiter.is_some() => Some(p),
+            _ => None,
+        })
+    }
+
+    /// Acts on whatever is due at `now`: publishes to answer 503, links
+    /// whose check or login went unanswered (dropped: the server closes
+    /// their sockets), checks to send.
+    pub(crate) fn on_timer(&mut self, now: u64, events: &mut Vec<Event<W>>) {
+        while self.limbo.front().is_some_and(|p| now >= p.answer_by) {
+            if let Some(waiter) = self.limbo.pop_front().and_then(|p| p.waiter) {
+                self.stats.publishes_refused += 1;
+                events.push(Event::Answer {
+                    waiter,
+                    outcome: Err("redis did not accept it in time"),
+                });
+            }
+        }
+        for expect in &mut self.expect {
+            if let Expect::Publish(p) = expect {
+                if p.waiter.is_some() && now >= p.answer_by {
+                    if let Some(waiter) = p.waiter.take() {
+                        p.timed_out = true;
+                        self.stats.publishes_refused += 1;
+                        events.push(Event::Answer {
+                            waiter,
+                            outcome: Err("redis did not accept it in time"),
+                        });
+                    }
+                } else if p.waiter.is_some() {
+                    break;
+                }
+            }
+        }
+        for role in [Role::Commands, Role::Subscriptions] {
+            let s = &self.settings;
+            let link = self.link(role);
+            let failure = match link.state {
+                State::Connecting { since } | State::LoggingIn { since }
+                    if now >= since.saturating_add(s.connect_timeout) =>
+                {
+                    Some(format!(
+                        "no connection and login within connect_timeout ({} ms)",
+                        s.connect_timeout
+                    ))
+                }
+                State::Up
+                    if link
+                        .check_sent
+                        .is_some_and(|t| now >= t.saturating_add(s.ping_timeout)) =>
+                {
+                    Some(format!(
+                        "no answer within ping_timeout ({} ms)",
+                        s.ping_timeout
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(reason) = failure {
+                self.on_closed(role, now, reason);
+                continue;
+            }
+            if self.link(role).is_up()
+                && self.link(role).check_sent.is_none()
+                && now >= self.link(role).next_check
+            {
+                match role {
+                    Role::Commands => self.send_time(now),
+                    Role::Subscriptions => {
+                        self.sub.command(&[b"PING"]);
+                        self.sub.check_sent = Some(now);
+                    }
+                }
+            }
+        }
+        self.refresh_health();
+    }
+}
+
+/// Milliseconds since the epoch from a `TIME` reply (`[seconds, micros]`).
+fn time_reply_ms(parts: &[OwnedFrame]) -> Option<u64> {
+    let field = |i: usize| match parts.get(i) {
+        Some(OwnedFrame::BulkString(b)) => std::str::from_utf8(b).ok()?.parse::<u64>().ok(),
+        _ => None,
+    };
+    Some(field(0)?.checked_mul(1000)? + field(1)? / 1000)
+}

@@ -1,0 +1,369 @@
+//! Cluster nodes on a real Redis: each test starts its own `redis-server`
+//! on a free loopback port (persistence off) and in-process nodes
+//! (`TestServer`s) that share it, then kills, pauses and restarts Redis or
+//! a node. The tests run one at a time (`alone()`): they measure detection
+//! times and echo latency, which a crowd of parallel tests would blur.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Helpers shared with the other test binaries; this one uses a part of
+/// each, so it allows dead code in those. `redis` is used here alone.
+#[path = "../support"]
+mod support {
+    #[allow(dead_code)]
+    pub mod client;
+    #[allow(dead_code)]
+    pub mod data;
+    #[allow(dead_code)]
+    pub mod http;
+    pub mod redis;
+    #[allow(dead_code)]
+    pub mod server;
+}
+
+use support::client::{RawClient, op};
+use support::data::eventually;
+use support::http::metric;
+use support::redis::Redis;
+use support::server::{LIVE_PATH, TestServer, broadcast_config};
+use wshub::config::{ClientMessages, ClusterConfig, Config, RedisUrl};
+
+/// The detection settings of every node here: a dead or paused Redis is
+/// noticed within `PING_INTERVAL + PING_TIMEOUT`.
+const PING_INTERVAL: Duration = Duration::from_millis(200);
+const PING_TIMEOUT: Duration = Duration::from_millis(400);
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(300);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
+/// Slack on top of a configured bound for a loaded CI machine.
+const SLACK: Duration = Duration::from_millis(700);
+
+fn alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn node_config(redis: &Redis) -> Config {
+    let mut config = broadcast_config(ClientMessages::Broadcast, false);
+    config.cluster = Some(ClusterConfig {
+        redis_url: RedisUrl::parse(&redis.url()).unwrap(),
+        ping_interval: PING_INTERVAL,
+        ping_timeout: PING_TIMEOUT,
+        command_timeout: COMMAND_TIMEOUT,
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: RECONNECT_MAX,
+        ..ClusterConfig::default()
+    });
+    config
+}
+
+/// `GET /healthz` on a connection of its own: status and body.
+fn health(node: &TestServer) -> (u16, String) {
+    let mut client = RawClient::connect(node.addr);
+    let response = client.get("/healthz");
+    (response.status, response.body_text().to_owned())
+}
+
+fn wait_healthy(node: &TestServer, within: Duration) {
+    assert!(
+        eventually(within, || health(node).0 == 200),
+        "node never became healthy: {:?}",
+        health(node)
+    );
+}
+
+fn start_node(redis: &Redis) -> TestServer {
+    let node = TestServer::with_config(node_config(redis));
+    wait_healthy(&node, Duration::from_secs(5));
+    node
+}
+
+fn subscribe(node: &TestServer, channel: &str) -> RawClient {
+    RawClient::open(node.addr, &format!("{LIVE_PATH}/{channel}"))
+}
+
+/// Waits until `nodes` nodes are subscribed to `channel` in Redis.
+fn wait_numsub(redis: &Redis, channel: &str, nodes: usize) {
+    let key = format!("wshub:{channel}");
+    assert!(
+        eventually(Duration::from_secs(5), || redis.numsub(&key) == nodes),
+        "{key}: {} subscribers in redis, want {nodes}",
+        redis.numsub(&key)
+    );
+}
+
+/// Publishes over HTTP on a fresh connection; returns status and body.
+fn publish(node: &TestServer, channel: &str, body: &str) -> (u16, String) {
+    let mut client = RawClient::connect(node.addr);
+    let response = client.publish(channel, Some("text/plain"), body.as_bytes());
+    (response.status, response.body_text().to_owned())
+}
+
+/// An echo round trip on `client`: how long it took.
+fn echo_rtt(client: &mut RawClient) -> Duration {
+    let start = Instant::now();
+    client.send_text("ping?");
+    assert_eq!(client.expect_text(), "ping?");
+    start.elapsed()
+}
+
+#[test]
+fn three_nodes_deliver_every_message_once_in_one_order() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let nodes: Vec<TestServer> = (0..3).map(|_| start_node(&redis)).collect();
+    let mut news: Vec<RawClient> = Vec::new();
+    let mut chat_senders: Vec<RawClient> = Vec::new();
+    let mut chat_readers: Vec<RawClient> = Vec::new();
+    for node in &nodes {
+        news.push(subscribe(node, "news"));
+        news.push(subscribe(node, "news"));
+        chat_senders.push(subscribe(node, "chat"));
+        chat_readers.push(subscribe(node, "chat"));
+    }
+    wait_numsub(&redis, "news", 3);
+    wait_numsub(&redis, "chat", 3);
+
+    // HTTP publishes from every node at once: Redis picks the order.
+    const PER_NODE: usize = 20;
+    std::thread::scope(|s| {
+        for (n, addr) in nodes.iter().map(|node| node.addr).enumerate() {
+            s.spawn(move || {
+                let mut client = RawClient::connect(addr);
+                for i in 0..PER_NODE {
+                    let body = format!("n{n}-{i}");
+                    let response = client.publish("news", Some("text/plain"), body.as_bytes());
+                    assert_eq!(response.status, 200, "{}", response.body_text());
+                    // Three nodes are subscribed in Redis.
+                    assert_eq!(
+                        response.body_text(),
+                        "{\"channel\":\"news\",\"recipients\":3}\n"
+                    );
+                }
+            });
+        }
+    });
+    let orders: Vec<Vec<String>> = news
+        .iter_mut()
+        .map(|c| (0..3 * PER_NODE).map(|_| c.expect_text()).collect())
+        .collect();
+    for order in &orders {
+        assert_eq!(order, &orders[0], "every subscriber sees one order");
+        let mut sorted = order.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 3 * PER_NODE, "each message exactly once");
+        // Each node's own publishes keep their order.
+        for n in 0..3 {
+            let mine: Vec<&String> = order
+                .iter()
+                .filter(|m| m.starts_with(&format!("n{n}-")))
+                .collect();
+            let want: Vec<String> = (0..PER_NODE).map(|i| format!("n{n}-{i}")).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+        }
+    }
+
+    // Chat relays from a subscriber on each node.
+    const RELAYS: usize = 10;
+    for i in 0..RELAYS {
+        for (n, sender) in chat_senders.iter_mut().enumerate() {
+            sender.send_text(&format!("c{n}-{i}"));
+        }
+    }
+    let total = RELAYS * chat_senders.len();
+    let reference: Vec<String> = (0..total).map(|_| chat_readers[0].expect_text()).collect();
+    for reader in &mut chat_readers[1..] {
+        let got: Vec<String> = (0..total).map(|_| reader.expect_text()).collect();
+        assert_eq!(got, reference, "readers on every node agree");
+    }
+    for (n, sender) in chat_senders.iter_mut().enumerate() {
+        let want: Vec<&String> = reference
+            .iter()
+            .filter(|m| !m.starts_with(&format!("c{n}-")))
+            .collect();
+        let got: Vec<String> = (0..want.len()).map(|_| sender.expect_text()).collect();
+        assert_eq!(
+            got.iter().collect::<Vec<_>>(),
+            want,
+            "a sender gets all but its own"
+        );
+    }
+    for client in news
+        .iter_mut()
+        .chain(&mut chat_readers)
+        .chain(&mut chat_senders)
+    {
+        client.expect_silence(Duration::from_millis(200));
+    }
+    assert_eq!(
+        metric(nodes[0].addr, "wshub_cluster_publishes_confirmed_total"),
+        PER_NODE as u64
+    );
+}
+
+#[test]
+fn redis_killed_then_restarted() {
+    let _alone = alone();
+    let mut redis = Redis::start();
+    let node = start_node(&redis);
+    let mut sub = subscribe(&node, "feed");
+    let mut echo = node.client();
+    wait_numsub(&redis, "feed", 1);
+    assert_eq!(publish(&node, "feed", "before").0, 200);
+    assert_eq!(sub.expect_text(), "before");
+
+    redis.kill();
+    let killed = Instant::now();
+    assert!(
+        eventually(PING_INTERVAL + PING_TIMEOUT + SLACK, || health(&node).0
+            == 503),
+        "healthz still {:?}",
+        health(&node)
+    );
+    let detected = killed.elapsed();
+    let (status, body) = health(&node);
+    assert_eq!(status, 503);
+    assert!(body.starts_with("degraded: redis"), "{body}");
+    let (status, body) = publish(&node, "feed", "while down");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not published"), "{body}");
+    for _ in 0..20 {
+        assert!(echo_rtt(&mut echo) < Duration::from_millis(100));
+    }
+    assert_eq!(
+        metric(node.addr, "wshub_cluster_link_up{link=\"subscription\"}"),
+        0
+    );
+    sub.expect_silence(Duration::from_millis(300));
+
+    redis.restart();
+    let restarted = Instant::now();
+    // Back within the longest backoff plus a connection and login.
+    let bound = RECONNECT_MAX + PING_INTERVAL + SLACK;
+    wait_healthy(&node, bound);
+    wait_numsub(&redis, "feed", 1);
+    eprintln!(
+        "kill detected in {detected:?}; healthy again {:?} after restart",
+        restarted.elapsed()
+    );
+    assert_eq!(publish(&node, "feed", "after").0, 200);
+    assert_eq!(
+        sub.expect_text(),
+        "after",
+        "the subscriber stayed and gets no duplicate"
+    );
+    sub.expect_silence(Duration::from_millis(300));
+    assert!(metric(node.addr, "wshub_cluster_reconnects_total") >= 2);
+    assert!(metric(node.addr, "wshub_cluster_publishes_refused_total") >= 1);
+}
+
+#[test]
+fn redis_paused_is_detected_and_nothing_refused_is_delivered() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let node = start_node(&redis);
+    let mut sub = subscribe(&node, "feed");
+    let mut echo = node.client();
+    wait_numsub(&redis, "feed", 1);
+
+    redis.pause();
+    let paused = Instant::now();
+    // A publish sent into the paused Redis: answered 503 after the
+    // command timeout, and never delivered, not even after SIGCONT.
+    let (status, body) = publish(&node, "feed", "during pause");
+    let answered = paused.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        answered < COMMAND_TIMEOUT + SLACK,
+        "answered after {answered:?}"
+    );
+    let mut worst = Duration::ZERO;
+    let detected = loop {
+        worst = worst.max(echo_rtt(&mut echo));
+        if health(&node).0 == 503 {
+            break paused.elapsed();
+        }
+        assert!(
+            paused.elapsed() < PING_INTERVAL + PING_TIMEOUT + SLACK,
+            "pause not detected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        worst < Duration::from_millis(100),
+        "echo stalled {worst:?} during the pause"
+    );
+    // Keep Redis paused a little longer, then let it run again.
+    std::thread::sleep(Duration::from_millis(300));
+    redis.resume();
+    wait_healthy(&node, RECONNECT_MAX + PING_INTERVAL + SLACK);
+    eprintln!("pause detected in {detected:?}; 503 after {answered:?}; worst echo {worst:?}");
+    assert_eq!(publish(&node, "feed", "after").0, 200);
+    assert_eq!(
+        sub.expect_text(),
+        "after",
+        "the publish answered 503 never arrives"
+    );
+    sub.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn a_killed_node_leaves_the_others_unaffected() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let a = start_node(&redis);
+    let b = start_node(&redis);
+    let doomed = start_node(&redis);
+    let mut on_a = subscribe(&a, "feed");
+    let mut on_b = subscribe(&b, "feed");
+    let _on_doomed = subscribe(&doomed, "feed");
+    wait_numsub(&redis, "feed", 3);
+    drop(doomed);
+    wait_numsub(&redis, "feed", 2);
+    for i in 0..5 {
+        let (status, body) = publish(&b, "feed", &format!("m{i}"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(on_a.expect_text(), format!("m{i}"));
+        assert_eq!(on_b.expect_text(), format!("m{i}"));
+    }
+    assert_eq!(health(&a).0, 200);
+}
+
+#[test]
+fn ten_thousand_channels_subscribed_and_unsubscribed_in_batches() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let mut config = node_config(&redis);
+    config.max_channels_per_connection = 400;
+    let node = TestServer::with_config(config);
+    wait_healthy(&node, Duration::from_secs(5));
+    let per_connection = 400;
+    let connections = 25;
+    let mut clients = Vec::new();
+    for c in 0..connections {
+        let query: Vec<String> = (0..per_connection)
+            .map(|i| format!("channel=c{}", c * per_connection + i))
+            .collect();
+        clients.push(RawClient::open(
+            node.addr,
+            &format!("{LIVE_PATH}?{}", query.join("&")),
+        ));
+    }
+    let series = "wshub_cluster_channels_subscribed";
+    assert!(eventually(Duration::from_secs(10), || metric(
+        node.addr, series
+    ) == 10_000));
+    for probe in [0, 4_321, 9_999] {
+        wait_numsub(&redis, &format!("c{probe}"), 1);
+    }
+    assert_eq!(publish(&node, "c9999", "last").0, 200);
+    assert_eq!(clients[24].expect_message(op::TEXT), b"last");
+    drop(clients);
+    assert!(eventually(Duration::from_secs(10), || metric(
+        node.addr, series
+    ) == 0));
+    for probe in [0, 4_321, 9_999] {
+        wait_numsub(&redis, &format!("c{probe}"), 0);
+    }
+}
