@@ -54,7 +54,7 @@ pub enum EnvelopeError {
 
 impl<'a> Envelope<'a> {
     /// Appends the encoded envelope to `out`.
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+    pub fn write(&self, out: &mut Vec<u8>) {
         let mut flags = 0;
         if self.binary {
             flags |= FLAG_BINARY;

@@ -37,7 +37,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 pub use envelope::Envelope;
 use link::{Backoff, Link, State};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, Secret};
 
 /// The publish script: `ARGV[1]` the deadline in Redis's clock
 /// (milliseconds since the epoch), `ARGV[2]` the channel, `ARGV[3]` the
@@ -121,7 +121,7 @@ struct Settings {
     prefix: String,
     node_name: String,
     username: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
     db: u32,
     connect_timeout: u64,
     command_timeout: u64,
@@ -140,7 +140,7 @@ impl Settings {
             prefix: config.key_prefix.clone(),
             node_name: config.node_name.clone(),
             username: url.username.clone(),
-            password: url.password.as_deref().map(str::to_owned),
+            password: url.password.clone(),
             db: url.db,
             connect_timeout: ms(config.connect_timeout),
             command_timeout: ms(config.command_timeout),
@@ -755,4 +755,328 @@ fn time_reply_ms(parts: &[OwnedFrame]) -> Option<u64> {
         _ => None,
     };
     Some(field(0)?.checked_mul(1000)? + field(1)? / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The bus on a virtual clock, Redis played by byte strings: every test
+    //! moves time explicitly and checks the exact millisecond something
+    //! happens.
+
+    use super::*;
+
+    /// Redis's clock at the first `TIME` reply: 1,700,000,000 s.
+    const REDIS_EPOCH_MS: u64 = 1_700_000_000_000;
+
+    fn bus() -> Bus<u32> {
+        // Defaults: command_timeout 1 s, ping_interval 1 s, ping_timeout
+        // 2 s, connect_timeout 2 s.
+        Bus::new(&ClusterConfig::default(), 7)
+    }
+
+    fn time_reply(ms: u64) -> Vec<u8> {
+        let secs = (ms / 1000).to_string();
+        let micros = ((ms % 1000) * 1000).to_string();
+        format!(
+            "*2\r\n${}\r\n{secs}\r\n${}\r\n{micros}\r\n",
+            secs.len(),
+            micros.len()
+        )
+        .into_bytes()
+    }
+
+    fn take_output(bus: &mut Bus<u32>, role: Role) -> String {
+        let link = bus.link_mut(role);
+        let text = String::from_utf8_lossy(link.output()).into_owned();
+        let n = link.output().len();
+        link.consume(n);
+        text
+    }
+
+    /// The command link up at `t = 10`, its `TIME` sent at 0 and answered
+    /// with Redis's clock at `REDIS_EPOCH_MS`: offset `REDIS_EPOCH_MS - 5`,
+    /// uncertainty 6 ms.
+    fn command_link_up(bus: &mut Bus<u32>) {
+        bus.on_connecting(Role::Commands, 0);
+        bus.on_connected(Role::Commands, 0, std::iter::empty());
+        let sent = take_output(bus, Role::Commands);
+        assert!(sent.contains("SETNAME") && sent.contains("SCRIPT") && sent.contains("TIME"));
+        let mut reply = b"+OK\r\n".to_vec();
+        reply.extend(format!("$40\r\n{}\r\n", bus.script_sha).as_bytes());
+        reply.extend(time_reply(REDIS_EPOCH_MS));
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, &reply, 10, &mut events);
+        assert!(events.is_empty());
+        assert!(bus.cmd.is_up());
+    }
+
+    fn subscription_link_up(bus: &mut Bus<u32>, wanted: &[&str], now: u64) -> String {
+        bus.on_connecting(Role::Subscriptions, now);
+        bus.on_connected(Role::Subscriptions, now, wanted.iter().copied());
+        let sent = take_output(bus, Role::Subscriptions);
+        let mut events = Vec::new();
+        bus.on_input(
+            Role::Subscriptions,
+            b"+OK\r\n+PONG\r\n",
+            now + 1,
+            &mut events,
+        );
+        assert!(bus.sub.is_up());
+        sent
+    }
+
+    #[test]
+    fn a_publish_carries_a_deadline_in_redis_time_and_is_answered_from_the_reply() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"envelope", Some(1), 100).unwrap();
+        let sent = take_output(&mut bus, Role::Commands);
+        // 100 + 1000 ms timeout, in Redis's clock (offset EPOCH - 5).
+        let deadline = (REDIS_EPOCH_MS + 1095).to_string();
+        assert!(sent.contains("EVALSHA"), "{sent}");
+        assert!(sent.contains(&deadline), "{sent}");
+        assert!(sent.contains("wshub:news"), "{sent}");
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, b":3\r\n", 120, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 1,
+                outcome: Ok(3)
+            }]
+        ));
+        assert_eq!(bus.stats.publishes_confirmed, 1);
+    }
+
+    #[test]
+    fn a_publish_past_its_deadline_in_redis_is_refused() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, b":-1\r\n", 900, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                outcome: Err(_),
+                ..
+            }]
+        ));
+        assert_eq!(bus.stats.publishes_refused, 1);
+    }
+
+    #[test]
+    fn without_a_reply_503_comes_only_after_deadline_uncertainty_and_margin() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        // 100 + 1000 (timeout) + 6 (uncertainty) + 250 (margin).
+        let answer_by = 1356;
+        let mut events = Vec::new();
+        bus.on_timer(answer_by - 1, &mut events);
+        assert!(events.is_empty());
+        bus.on_timer(answer_by, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 1,
+                outcome: Err(_)
+            }]
+        ));
+        // Redis accepted it after all (its reply was late): counted, and
+        // no second answer.
+        events.clear();
+        bus.on_input(Role::Commands, b":1\r\n", answer_by + 5, &mut events);
+        assert!(events.is_empty());
+        assert_eq!(bus.stats.publishes_late, 1);
+    }
+
+    #[test]
+    fn a_lost_link_refuses_new_publishes_at_once_and_pending_ones_at_their_deadline() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        let mut events = Vec::new();
+        bus.on_closed(Role::Commands, 200, "reset".to_owned());
+        assert!(
+            bus.health().is_some_and(|h| h.contains("reset")),
+            "{:?}",
+            bus.health()
+        );
+        assert_eq!(
+            bus.publish("news", b"e", Some(2), 200),
+            Err("redis is unreachable")
+        );
+        // Redis may still run what it read before the reset: no answer
+        // until the deadline has passed.
+        bus.on_timer(1355, &mut events);
+        assert!(events.is_empty());
+        bus.on_timer(1356, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 1,
+                outcome: Err(_)
+            }]
+        ));
+        // Relays are dropped and counted while down.
+        assert!(bus.publish("chat", b"e", None, 300).is_err());
+        assert_eq!(bus.stats.relays_dropped, 1);
+    }
+
+    #[test]
+    fn a_missing_script_is_loaded_again_and_the_publish_refused() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        take_output(&mut bus, Role::Commands);
+        let mut events = Vec::new();
+        bus.on_input(
+            Role::Commands,
+            b"-NOSCRIPT No matching script.\r\n",
+            110,
+            &mut events,
+        );
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                outcome: Err(_),
+                ..
+            }]
+        ));
+        assert!(take_output(&mut bus, Role::Commands).contains("SCRIPT"));
+        let reply = format!("$40\r\n{}\r\n", bus.script_sha);
+        bus.on_input(Role::Commands, reply.as_bytes(), 120, &mut events);
+        assert!(bus.cmd.is_up());
+    }
+
+    #[test]
+    fn a_silent_link_is_down_within_ping_interval_plus_timeout() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        subscription_link_up(&mut bus, &[], 0);
+        assert_eq!(bus.health(), None);
+        let mut events = Vec::new();
+        // Checks go out at 1001 (subscriptions) and 1010 (commands) ...
+        bus.on_timer(1001, &mut events);
+        assert!(take_output(&mut bus, Role::Subscriptions).contains("PING"));
+        bus.on_timer(1010, &mut events);
+        assert!(take_output(&mut bus, Role::Commands).contains("TIME"));
+        // ... and are never answered (Redis paused).
+        bus.on_timer(3000, &mut events);
+        assert!(
+            bus.sub.is_up(),
+            "2 s after its ping the link is still given time"
+        );
+        bus.on_timer(3001, &mut events);
+        assert!(!bus.sub.is_connected());
+        assert!(bus.health().is_some());
+        bus.on_timer(3010, &mut events);
+        assert!(!bus.cmd.is_connected());
+        // Reconnection waits out the backoff (50-100 ms the first time).
+        assert!(!bus.due_to_connect(Role::Commands, 3010 + 49));
+        assert!(bus.due_to_connect(Role::Commands, 3010 + 100));
+    }
+
+    #[test]
+    fn an_answered_check_keeps_the_link_up() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &[], 0);
+        let mut events = Vec::new();
+        for round in 1..5u64 {
+            let now = round * 1001;
+            bus.on_timer(now, &mut events);
+            bus.on_input(
+                Role::Subscriptions,
+                b"*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+                now + 5,
+                &mut events,
+            );
+        }
+        assert!(bus.sub.is_up());
+    }
+
+    #[test]
+    fn subscription_changes_go_out_once_per_turn_in_batches() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &[], 0);
+        for name in ["a", "b", "a"] {
+            bus.channel_changed(name);
+        }
+        bus.flush_subscriptions(|_| true);
+        let sent = take_output(&mut bus, Role::Subscriptions);
+        assert_eq!(sent.matches("SUBSCRIBE").count(), 1, "{sent}");
+        assert!(sent.contains("wshub:a") && sent.contains("wshub:b"));
+        assert_eq!(bus.subscribed_count(), 2);
+        // "a" lost its last subscriber and "c" came and went in one turn.
+        bus.channel_changed("a");
+        bus.channel_changed("c");
+        bus.flush_subscriptions(|name| name == "b");
+        let sent = take_output(&mut bus, Role::Subscriptions);
+        assert!(
+            sent.contains("UNSUBSCRIBE") && sent.contains("wshub:a"),
+            "{sent}"
+        );
+        assert!(!sent.contains("wshub:c"), "{sent}");
+        assert_eq!(bus.subscribed_count(), 1);
+    }
+
+    #[test]
+    fn a_new_subscription_link_resubscribes_every_wanted_channel() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &["x"], 0);
+        bus.on_closed(Role::Subscriptions, 10, "reset".to_owned());
+        assert_eq!(bus.subscribed_count(), 0);
+        // Changes while down are not sent: connecting covers them.
+        bus.channel_changed("y");
+        bus.flush_subscriptions(|_| true);
+        assert!(bus.sub.output().is_empty());
+        let sent = subscription_link_up(&mut bus, &["x", "y"], 500);
+        let subscribe = sent.find("SUBSCRIBE").expect("subscribes");
+        let ping = sent.find("PING").expect("pings");
+        assert!(
+            subscribe < ping,
+            "up only once the subscriptions are in place"
+        );
+        assert!(sent.contains("wshub:x") && sent.contains("wshub:y"));
+        assert_eq!(bus.subscribed_count(), 2);
+    }
+
+    #[test]
+    fn messages_lose_their_prefix_and_foreign_ones_are_ignored() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &["news"], 0);
+        let mut events = Vec::new();
+        let push = b"*3\r\n$7\r\nmessage\r\n$10\r\nwshub:news\r\n$2\r\nhi\r\n*3\r\n$7\r\nmessage\r\n$5\r\nother\r\n$2\r\nhi\r\n";
+        bus.on_input(Role::Subscriptions, push, 5, &mut events);
+        assert_eq!(events.len(), 1);
+        let Event::Message { channel, envelope } = &events[0] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(
+            (channel.as_str(), envelope.as_slice()),
+            ("news", &b"hi"[..])
+        );
+        assert_eq!(bus.stats.messages_received, 1);
+        assert_eq!(bus.stats.messages_undecodable, 1);
+    }
+
+    #[test]
+    fn login_uses_the_url_credentials_and_a_refusal_drops_the_link() {
+        let mut config = ClusterConfig::default();
+        config.redis_url =
+            crate::config::RedisUrl::parse("redis://alice:s3cret@127.0.0.1/2").unwrap();
+        let mut bus: Bus<u32> = Bus::new(&config, 1);
+        bus.on_connecting(Role::Commands, 0);
+        bus.on_connected(Role::Commands, 0, std::iter::empty());
+        let sent = take_output(&mut bus, Role::Commands);
+        let auth = sent.find("AUTH").unwrap();
+        let select = sent.find("SELECT").unwrap();
+        assert!(auth < select && sent.contains("alice") && sent.contains("s3cret"));
+        assert!(!format!("{bus:?}").contains("s3cret"));
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, b"-WRONGPASS invalid\r\n", 3, &mut events);
+        assert!(!bus.cmd.is_connected());
+        assert!(bus.health().is_some_and(|h| h.contains("WRONGPASS")));
+    }
 }

@@ -369,6 +369,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_table_uncommented_gives_the_defaults() {
+        let example = include_str!("../../config/wshub.toml");
+        let start = example
+            .find("# [cluster]\n")
+            .expect("a commented [cluster] table");
+        let table: String = example[start..]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = crate::config::Config::from_toml_str(&table).unwrap();
+        assert_eq!(config.cluster, Some(ClusterConfig::default()));
+        // An empty table is a cluster node with every default.
+        let empty = crate::config::Config::from_toml_str("[cluster]\n").unwrap();
+        assert_eq!(empty.cluster, Some(ClusterConfig::default()));
+        let tls = crate::config::Config::from_toml_str("[cluster]\nredis_url = \"rediss://h\"\n");
+        assert!(tls.is_err());
+    }
+
+    #[test]
     fn settings_are_checked() {
         let ok = ClusterConfig::default();
         assert!(ok.validate().is_ok());

@@ -367,3 +367,41 @@ fn ten_thousand_channels_subscribed_and_unsubscribed_in_batches() {
         wait_numsub(&redis, &format!("c{probe}"), 0);
     }
 }
+
+#[test]
+fn requests_pipelined_behind_a_publish_wait_for_its_answer() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let node = start_node(&redis);
+    let mut sub = subscribe(&node, "feed");
+    wait_numsub(&redis, "feed", 1);
+    let mut client = RawClient::connect(node.addr);
+    let mut pipelined = support::http::publish_request("feed", Some("text/plain"), b"one");
+    pipelined.extend(support::http::get_request("/healthz"));
+    pipelined.extend(support::http::publish_request(
+        "feed",
+        Some("text/plain"),
+        b"two",
+    ));
+    client.send(&pipelined);
+    let first = client.read_http_response();
+    assert_eq!(
+        first.body_text(),
+        "{\"channel\":\"feed\",\"recipients\":1}\n"
+    );
+    let second = client.read_http_response();
+    assert_eq!((second.status, second.body_text()), (200, "ok\n"));
+    let third = client.read_http_response();
+    assert_eq!(third.status, 200);
+    assert_eq!(sub.expect_text(), "one");
+    assert_eq!(sub.expect_text(), "two");
+    // `Connection: close`: the answer comes, then the end.
+    let mut closing = RawClient::connect(node.addr);
+    closing.send(
+        b"POST /publish/feed HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nthree",
+    );
+    let answer = closing.read_http_response();
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    closing.expect_eof();
+    assert_eq!(sub.expect_text(), "three");
+}
