@@ -8,6 +8,7 @@
 //! (it is a [`Secret`]; [`RedisUrl`]'s `Display` masks it).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -216,6 +217,9 @@ pub struct ClusterConfig {
     /// The longest wait between reconnection attempts.
     #[serde(deserialize_with = "values::duration")]
     pub reconnect_max: Duration,
+    /// With `rediss://`: a PEM file of the certificate authorities to
+    /// trust; `None` trusts the Mozilla roots (`webpki-roots`).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -230,6 +234,7 @@ impl Default for ClusterConfig {
             ping_timeout: Duration::from_secs(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            tls_ca_file: None,
         }
     }
 }
@@ -248,10 +253,10 @@ impl ClusterConfig {
         if let Some((name, _)) = zero.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::invalid(&key(name), "must be greater than 0"));
         }
-        if self.redis_url.tls {
+        if self.tls_ca_file.is_some() && !self.redis_url.tls {
             return Err(ConfigError::invalid(
-                &key("redis_url"),
-                "rediss:// (TLS) is not supported yet; reach Redis over a private network or a TLS tunnel with redis://",
+                &key("tls_ca_file"),
+                "is only used with a rediss:// redis_url",
             ));
         }
         if self.reconnect_max < self.reconnect_min {
@@ -308,6 +313,12 @@ impl ClusterConfig {
             ("reconnect_min", self.reconnect_min, new.reconnect_min),
             ("reconnect_max", self.reconnect_max, new.reconnect_max),
         ];
+        if self.tls_ca_file != new.tls_ca_file {
+            out.push(format!(
+                "cluster.tls_ca_file: {:?} -> {:?}",
+                self.tls_ca_file, new.tls_ca_file
+            ));
+        }
         for (name, old, new) in durations {
             if old != new {
                 out.push(format!(
@@ -384,8 +395,13 @@ mod tests {
         // An empty table is a cluster node with every default.
         let empty = crate::config::Config::from_toml_str("[cluster]\n").unwrap();
         assert_eq!(empty.cluster, Some(ClusterConfig::default()));
-        let tls = crate::config::Config::from_toml_str("[cluster]\nredis_url = \"rediss://h\"\n");
-        assert!(tls.is_err());
+        let tls = crate::config::Config::from_toml_str(
+            "[cluster]\nredis_url = \"rediss://h\"\ntls_ca_file = \"/etc/ca.pem\"\n",
+        )
+        .unwrap();
+        assert!(tls.cluster.is_some_and(|c| c.redis_url.tls));
+        let plain_with_ca = "[cluster]\ntls_ca_file = \"/etc/ca.pem\"\n";
+        assert!(crate::config::Config::from_toml_str(plain_with_ca).is_err());
     }
 
     #[test]

@@ -12,6 +12,11 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use log::{debug, error, warn};
 use mio::net::TcpStream;
@@ -33,9 +38,68 @@ const READS_PER_TURN: usize = 256;
 #[derive(Debug)]
 struct Socket {
     stream: TcpStream,
+    /// `rediss://`: the TLS session over the stream (made once TCP is).
+    tls: Option<ClientConnection>,
     /// The TCP connection is made (the first writable event came).
     connected: bool,
     write_interest: bool,
+}
+
+/// What `rediss://` needs to start a session: the client config (trust
+/// roots) and the name the certificate must carry.
+#[derive(Debug)]
+struct TlsClient {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+/// The TLS client for a `rediss://` URL (none for `redis://`); the error
+/// names what is wrong (it keeps the links down and shows in `/healthz`).
+fn tls_client(config: &ClusterConfig) -> Result<Option<TlsClient>, String> {
+    if !config.redis_url.tls {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    match &config.tls_ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read tls_ca_file {}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "tls_ca_file {} holds no certificate",
+                    path.display()
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(config.redis_url.host.clone())
+        .map_err(|e| format!("{} is not a TLS server name: {e}", config.redis_url.host))?;
+    Ok(Some(TlsClient {
+        config: Arc::new(client),
+        name,
+    }))
+}
+
+/// The TLS client, or the reason there is none, logged.
+fn load_tls(config: &ClusterConfig) -> Result<Option<TlsClient>, String> {
+    let tls = tls_client(config);
+    if let Err(e) = &tls {
+        error!("cluster: {e}");
+    }
+    tls
 }
 
 /// Who waits for a publish's answer: the connection (by token, so a
@@ -61,6 +125,8 @@ pub(super) struct Cluster {
     pub again: bool,
     /// The envelope being written for a publish (kept for its capacity).
     scratch: Vec<u8>,
+    /// `rediss://`: how to start TLS sessions (or why it cannot).
+    tls: Result<Option<TlsClient>, String>,
 }
 
 /// The addresses of the Redis host, resolved now (start or reload).
@@ -101,6 +167,7 @@ impl Cluster {
             events: Vec::new(),
             again: false,
             scratch: Vec::new(),
+            tls: load_tls(config),
         }
     }
 
@@ -143,7 +210,11 @@ impl Server {
         let Some(cluster) = self.cluster.as_deref_mut() else {
             return;
         };
-        let Some(socket) = cluster.socket(role).as_mut() else {
+        let slot = match role {
+            Role::Commands => &mut cluster.command,
+            Role::Subscriptions => &mut cluster.subscription,
+        };
+        let Some(socket) = slot.as_mut() else {
             return;
         };
         if !socket.connected {
@@ -159,6 +230,21 @@ impl Server {
                 Ok(false) => return,
                 Ok(true) => {
                     socket.connected = true;
+                    if let Ok(Some(tls)) = &cluster.tls {
+                        match ClientConnection::new(Arc::clone(&tls.config), tls.name.clone()) {
+                            Ok(mut session) => {
+                                // Commands queue before the handshake ends;
+                                // the link's own limits bound them.
+                                session.set_buffer_limit(None);
+                                socket.tls = Some(session);
+                            }
+                            Err(e) => {
+                                cluster.bus.on_closed(role, now, format!("TLS: {e}"));
+                                self.bus_turn(now);
+                                return;
+                            }
+                        }
+                    }
                     let hub = &self.hub;
                     cluster.bus.on_connected(role, now, hub.names());
                 }
@@ -185,7 +271,11 @@ impl Server {
                 cluster.again = true;
                 break;
             }
-            match socket.stream.read(&mut self.recv_buf) {
+            let read = match &mut socket.tls {
+                None => socket.stream.read(&mut self.recv_buf),
+                Some(session) => read_tls(session, &mut socket.stream, &mut self.recv_buf),
+            };
+            match read {
                 Ok(0) => {
                     failure = Some("redis closed the connection".to_owned());
                     break;
@@ -375,7 +465,9 @@ impl Server {
                 };
                 cluster.bus.reconfigure(new);
                 cluster.addrs = resolve(new);
+                cluster.tls = load_tls(new);
                 if old.redis_url != new.redis_url
+                    || old.tls_ca_file != new.tls_ca_file
                     || old.key_prefix != new.key_prefix
                     || old.node_name != new.node_name
                 {
@@ -412,6 +504,11 @@ fn open_link(cluster: &mut Cluster, role: Role, now: u64, poll: &mio::Poll) {
     };
     cluster.next_addr = cluster.next_addr.wrapping_add(1);
     cluster.bus.on_connecting(role, now);
+    if let Err(e) = &cluster.tls {
+        let reason = e.clone();
+        cluster.bus.on_closed(role, now, reason);
+        return;
+    }
     let opened = TcpStream::connect(addr).and_then(|mut stream| {
         poll.registry().register(
             &mut stream,
@@ -424,6 +521,7 @@ fn open_link(cluster: &mut Cluster, role: Role, now: u64, poll: &mio::Poll) {
         Ok(stream) => {
             *cluster.socket(role) = Some(Socket {
                 stream,
+                tls: None,
                 connected: false,
                 write_interest: true,
             });
@@ -452,7 +550,24 @@ fn write_link(cluster: &mut Cluster, role: Role, now: u64, poll: &mio::Poll) {
     };
     let link = bus.link_mut(role);
     let mut failure = None;
-    while !link.output().is_empty() {
+    if let Some(session) = &mut socket.tls {
+        // rustls takes all of it (no buffer limit) and encrypts it as the
+        // handshake allows; what is left to send is its TLS records.
+        match session.writer().write(link.output()) {
+            Ok(n) => link.consume(n),
+            Err(e) => failure = Some(format!("TLS write: {e}")),
+        }
+        while failure.is_none() && session.wants_write() {
+            match session.write_tls(&mut socket.stream) {
+                Ok(0) => failure = Some("redis connection closed on write".to_owned()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => failure = Some(format!("write: {e}")),
+            }
+        }
+    }
+    while failure.is_none() && !link.output().is_empty() {
         match socket.stream.write(link.output()) {
             Ok(0) => {
                 failure = Some("redis connection closed on write".to_owned());
@@ -474,7 +589,10 @@ fn write_link(cluster: &mut Cluster, role: Role, now: u64, poll: &mio::Poll) {
         }
         return;
     }
-    let want_write = !link.output().is_empty();
+    let want_write = match &socket.tls {
+        Some(session) => session.wants_write(),
+        None => !link.output().is_empty(),
+    };
     if want_write != socket.write_interest {
         let interest = if want_write {
             Interest::READABLE | Interest::WRITABLE
@@ -488,5 +606,28 @@ fn write_link(cluster: &mut Cluster, role: Role, now: u64, poll: &mio::Poll) {
         {
             socket.write_interest = want_write;
         }
+    }
+}
+
+/// Reads TLS records from `stream` into `session` and hands out the
+/// plaintext they carry: `Ok(0)` at the end of the stream, `WouldBlock`
+/// when nothing more is there.
+fn read_tls(
+    session: &mut ClientConnection,
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        match session.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        if session.read_tls(stream)? == 0 {
+            return Ok(0);
+        }
+        session
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
 }

@@ -20,6 +20,10 @@ mod support {
     pub mod redis;
     #[allow(dead_code)]
     pub mod server;
+    #[allow(dead_code)]
+    pub mod tempdir;
+    #[allow(dead_code)]
+    pub mod tls;
 }
 
 use support::client::{RawClient, op};
@@ -404,4 +408,46 @@ fn requests_pipelined_behind_a_publish_wait_for_its_answer() {
     assert_eq!(answer.status, 200, "{}", answer.body_text());
     closing.expect_eof();
     assert_eq!(sub.expect_text(), "three");
+}
+
+#[test]
+fn rediss_nodes_share_channels_with_plain_ones() {
+    let _alone = alone();
+    let dir = support::tempdir::TempDir::new("rediss");
+    let identity = support::tls::Identity::new(b"\x01");
+    let (cert, key) = identity.write_to(&dir);
+    let redis = Redis::start_tls(&cert, &key);
+    let plain = start_node(&redis);
+    let mut tls_config = node_config(&redis);
+    if let Some(cluster) = &mut tls_config.cluster {
+        cluster.redis_url = RedisUrl::parse(&redis.tls_url()).unwrap();
+        cluster.tls_ca_file = Some(cert.clone());
+    }
+    let secure = TestServer::with_config(tls_config.clone());
+    wait_healthy(&secure, Duration::from_secs(5));
+    let mut on_plain = subscribe(&plain, "feed");
+    let mut on_secure = subscribe(&secure, "feed");
+    wait_numsub(&redis, "feed", 2);
+    assert_eq!(publish(&secure, "feed", "over tls").0, 200);
+    assert_eq!(publish(&plain, "feed", "in the clear").0, 200);
+    for sub in [&mut on_plain, &mut on_secure] {
+        assert_eq!(sub.expect_text(), "over tls");
+        assert_eq!(sub.expect_text(), "in the clear");
+    }
+
+    // Without the CA file the Mozilla roots do not vouch for the test
+    // certificate: the node stays degraded and says why.
+    if let Some(cluster) = &mut tls_config.cluster {
+        cluster.tls_ca_file = None;
+    }
+    let untrusting = TestServer::with_config(tls_config);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let (status, body) = health(&untrusting);
+            status == 503 && body.contains("ertificate")
+        }),
+        "{:?}",
+        health(&untrusting)
+    );
+    assert_eq!(publish(&untrusting, "feed", "refused").0, 503);
 }

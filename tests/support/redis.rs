@@ -7,6 +7,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Redis {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// A TLS port beside the plain one, and its certificate and key files.
+    tls: Option<(u16, PathBuf, PathBuf)>,
 }
 
 /// A port that was free a moment ago.
@@ -29,9 +32,32 @@ impl Redis {
     /// Starts a server on a free loopback port.
     pub fn start() -> Redis {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut redis = Redis { addr, child: None };
+        let mut redis = Redis {
+            addr,
+            child: None,
+            tls: None,
+        };
         redis.restart();
         redis
+    }
+
+    /// Starts a server that also serves TLS (`rediss://`) with `cert` and
+    /// `key` on a port of its own; clients need no certificate.
+    pub fn start_tls(cert: &Path, key: &Path) -> Redis {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut redis = Redis {
+            addr,
+            child: None,
+            tls: Some((free_port(), cert.to_owned(), key.to_owned())),
+        };
+        redis.restart();
+        redis
+    }
+
+    /// `rediss://localhost:PORT/0` for a server started with [`Redis::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let (port, _, _) = self.tls.as_ref().expect("started with TLS");
+        format!("rediss://localhost:{port}/0")
     }
 
     /// `redis://` URL of this server.
@@ -42,7 +68,20 @@ impl Redis {
     /// (Re)starts the server on its port and waits until it answers PING.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is still running");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some((port, cert, key)) = &self.tls {
+            command
+                .arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(cert)
+                .args(["--tls-auth-clients", "no"]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.addr.port().to_string())
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
