@@ -73,8 +73,8 @@ impl Backoff {
     }
 }
 
-/// One link's buffers and state.
-#[derive(Debug)]
+/// One link's buffers and state. `Debug` shows the buffers' sizes only:
+/// the output may hold an `AUTH` command.
 pub(crate) struct Link {
     pub state: State,
     /// Encoded commands not yet written to the socket.
@@ -88,6 +88,19 @@ pub(crate) struct Link {
     pub backoff: Backoff,
     /// Why the link last went down (for `/healthz` and logs).
     pub last_error: String,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("state", &self.state)
+            .field("out_bytes", &self.out.len())
+            .field("partial_bytes", &self.partial.len())
+            .field("check_sent", &self.check_sent)
+            .field("next_check", &self.next_check)
+            .field("last_error", &self.last_error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Link {

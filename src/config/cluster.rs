@@ -121,6 +121,9 @@ impl RedisUrl {
                     None => (info, None),
                 };
                 let user = percent_decode(user).map_err(|e| format!("user name: {e}"))?;
+                if user.contains(char::is_control) {
+                    return Err("the user name holds control characters".to_owned());
+                }
                 let pass = pass
                     .map(percent_decode)
                     .transpose()
@@ -374,6 +377,7 @@ mod tests {
             "redis://[::1",
             "redis://a b",
             "redis://u:%4@h",
+            "redis://a%00b:pw@h",
         ] {
             assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
@@ -402,6 +406,25 @@ mod tests {
         assert!(tls.cluster.is_some_and(|c| c.redis_url.tls));
         let plain_with_ca = "[cluster]\ntls_ca_file = \"/etc/ca.pem\"\n";
         assert!(crate::config::Config::from_toml_str(plain_with_ca).is_err());
+    }
+
+    #[test]
+    fn reload_changes_are_listed_without_the_password() {
+        let old = ClusterConfig::default();
+        let mut new = old.clone();
+        new.redis_url = RedisUrl::parse("redis://:hunter2@10.0.0.1:6380/1").unwrap();
+        new.ping_timeout = Duration::from_millis(1500);
+        new.key_prefix = "staging:".into();
+        let changes = old.changes(&new);
+        assert_eq!(
+            changes,
+            [
+                "cluster.redis_url: redis://127.0.0.1:6379/0 -> redis://:***@10.0.0.1:6380/1",
+                "cluster.key_prefix: \"wshub:\" -> \"staging:\"",
+                "cluster.ping_timeout: 2s -> 1s 500ms",
+            ]
+        );
+        assert!(old.changes(&old).is_empty());
     }
 
     #[test]
