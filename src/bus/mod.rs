@@ -55,6 +55,11 @@ return redis.call('PUBLISH', ARGV[2], ARGV[3])
 /// publish without a reply is answered 503: room for the reply to travel.
 pub(crate) const REPLY_MARGIN_MS: u64 = 250;
 
+/// Publish commands not yet written to a Redis that reads too slowly
+/// are capped here: past it, publishes get 503 and relays are dropped,
+/// rather than memory growing without bound.
+const MAX_UNSENT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1_000;
 
@@ -371,14 +376,20 @@ impl<W> Bus<W> {
         waiter: Option<W>,
         now: u64,
     ) -> Result<(), &'static str> {
-        let Some(offset) = self.offset.filter(|_| self.cmd.is_up()) else {
+        let refuse = |stats: &mut Stats, reason| {
             if waiter.is_some() {
-                self.stats.publishes_refused += 1;
+                stats.publishes_refused += 1;
             } else {
-                self.stats.relays_dropped += 1;
+                stats.relays_dropped += 1;
             }
-            return Err("redis is unreachable");
+            Err(reason)
         };
+        let Some(offset) = self.offset.filter(|_| self.cmd.is_up()) else {
+            return refuse(&mut self.stats, "redis is unreachable");
+        };
+        if self.cmd.output().len() > MAX_UNSENT_BYTES {
+            return refuse(&mut self.stats, "redis is not keeping up");
+        }
         let timeout = self.settings.command_timeout;
         let deadline = now
             .saturating_add(timeout)
@@ -929,6 +940,26 @@ mod tests {
         // Relays are dropped and counted while down.
         assert!(bus.publish("chat", b"e", None, 300).is_err());
         assert_eq!(bus.stats.relays_dropped, 1);
+    }
+
+    #[test]
+    fn publishes_are_refused_while_too_much_waits_unsent() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        let big = vec![0u8; MAX_UNSENT_BYTES];
+        bus.publish("news", &big, Some(1), 100).unwrap();
+        assert_eq!(
+            bus.publish("news", b"e", Some(2), 100),
+            Err("redis is not keeping up")
+        );
+        assert!(bus.publish("chat", b"e", None, 100).is_err());
+        assert_eq!(
+            (bus.stats.publishes_refused, bus.stats.relays_dropped),
+            (1, 1)
+        );
+        // Written out: publishing works again.
+        take_output(&mut bus, Role::Commands);
+        assert!(bus.publish("news", b"e", Some(3), 100).is_ok());
     }
 
     #[test]

@@ -196,6 +196,11 @@ impl Server {
             "{} connections, {open} open websockets, {} channels",
             self.metrics.connections, self.metrics.channels
         );
+        // A cluster node whose Redis link is down says so in `systemctl status`.
+        let line = match self.cluster.as_ref().and_then(|c| c.bus.health()) {
+            Some(why) => format!("{line}; degraded: {why}"),
+            None => line,
+        };
         if self.life.shutdown.is_some() {
             format!("shutting down: {line} left")
         } else {
