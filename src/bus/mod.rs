@@ -191,6 +191,10 @@ pub(crate) struct Bus<W> {
     scratch: Vec<u8>,
     /// Replies decoded from one read (kept for its capacity).
     frames: Vec<OwnedFrame>,
+    /// When to answer each publish in `expect` that still has a waiter,
+    /// oldest first (replies and refusals both come in that order), so the
+    /// next deadline is found without walking the queue.
+    waiting: VecDeque<u64>,
 }
 
 impl<W> Bus<W> {
@@ -218,6 +222,7 @@ impl<W> Bus<W> {
             health: None,
             scratch: Vec::new(),
             frames: Vec::new(),
+            waiting: VecDeque::new(),
         };
         bus.refresh_health();
         bus
@@ -350,6 +355,7 @@ impl<W> Bus<W> {
         match role {
             Role::Commands => {
                 self.offset = None;
+                self.waiting.clear();
                 for expect in self.expect.drain(..) {
                     if let Expect::Publish(p) = expect
                         && p.waiter.is_some()
@@ -407,13 +413,17 @@ impl<W> Bus<W> {
             &self.scratch,
             envelope,
         ]);
+        let answer_by = now
+            .saturating_add(timeout)
+            .saturating_add(offset.uncertainty)
+            .saturating_add(REPLY_MARGIN_MS);
+        if waiter.is_some() {
+            self.waiting.push_back(answer_by);
+        }
         self.expect.push_back(Expect::Publish(Pending {
             waiter,
             timed_out: false,
-            answer_by: now
-                .saturating_add(timeout)
-                .saturating_add(offset.uncertainty)
-                .saturating_add(REPLY_MARGIN_MS),
+            answer_by,
         }));
         Ok(())
     }
@@ -512,6 +522,7 @@ impl<W> Bus<W> {
                 };
                 match (p.waiter.take(), outcome) {
                     (Some(waiter), outcome) => {
+                        self.waiting.pop_front();
                         if outcome.is_ok() {
                             self.stats.publishes_confirmed += 1;
                         } else {
@@ -679,17 +690,10 @@ impl<W> Bus<W> {
         if let Some(p) = self.limbo.front() {
             at(p.answer_by);
         }
-        if let Some(p) = self.first_unanswered() {
-            at(p.answer_by);
+        if let Some(&answer_by) = self.waiting.front() {
+            at(answer_by);
         }
         next
-    }
-
-    fn first_unanswered(&self) -> Option<&Pending<W>> {
-        self.expect.iter().find_map(|e| match e {
-            Expect::Publish(p) if p.waiter.is_some() => Some(p),
-            _ => None,
-        })
     }
 
     /// Acts on whatever is due at `now`: publishes to answer 503, links
@@ -705,9 +709,15 @@ impl<W> Bus<W> {
                 });
             }
         }
+        let mut due = self.waiting.iter().take_while(|&&t| now >= t).count();
         for expect in &mut self.expect {
+            if due == 0 {
+                break;
+            }
             if let Expect::Publish(p) = expect {
                 if p.waiter.is_some() && now >= p.answer_by {
+                    due -= 1;
+                    self.waiting.pop_front();
                     if let Some(waiter) = p.waiter.take() {
                         p.timed_out = true;
                         self.stats.publishes_refused += 1;
@@ -940,6 +950,37 @@ mod tests {
         // Relays are dropped and counted while down.
         assert!(bus.publish("chat", b"e", None, 300).is_err());
         assert_eq!(bus.stats.relays_dropped, 1);
+    }
+
+    #[test]
+    fn relays_ahead_of_a_publish_neither_delay_nor_steal_its_answer() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        for _ in 0..3 {
+            bus.publish("chat", b"e", None, 100).unwrap();
+        }
+        bus.publish("news", b"e", Some(9), 200).unwrap();
+        assert_eq!(bus.waiting, [1456]);
+        let mut events = Vec::new();
+        // Two relays are answered; the publish is still out.
+        bus.on_input(Role::Commands, b":1\r\n:1\r\n", 300, &mut events);
+        bus.on_timer(1455, &mut events);
+        assert!(events.is_empty());
+        bus.on_timer(1456, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 9,
+                outcome: Err(_)
+            }]
+        ));
+        assert!(bus.waiting.is_empty());
+        events.clear();
+        bus.on_input(Role::Commands, b":-1\r\n:-1\r\n", 1500, &mut events);
+        assert!(events.is_empty());
+        // The third relay came too late (dropped); the publish was refused
+        // in Redis too, so nothing was accepted late.
+        assert_eq!((bus.stats.relays_dropped, bus.stats.publishes_late), (1, 0));
     }
 
     #[test]
