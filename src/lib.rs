@@ -7,6 +7,9 @@
 //! - [`server`]: the single-threaded mio event loop that moves bytes between
 //!   sockets and those machines, plus the [`timer`] wheel that drives its timeouts.
 //!
+//! `bus` is the sans-IO Redis bus of a cluster node (`[cluster]`); the
+//! server's loop drives its sockets.
+//!
 //! [`daemon`] holds what running as a systemd service needs from the process
 //! (notifications, inherited sockets, limits, journal logging); the loop
 //! decides when it is used.

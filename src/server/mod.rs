@@ -7,7 +7,8 @@
 //! deadlines, flush what fan-outs queued. Everything else lives beside it:
 //! accept and listeners (`listener`), one connection's turn (`drive`), hub
 //! work and the slow-consumer rule (`fanout`), signals, shutdown and reload
-//! (`lifecycle`), and the connection state machine itself (`conn`).
+//! (`lifecycle`), the Redis links of a cluster node (`bus`), and the
+//! connection state machine itself (`conn`).
 //! Must never: parse protocol bytes, decide policy, block, or let one
 //! connection's failure or flood reach another.
 
