@@ -7,6 +7,9 @@
 //! - [`server`]: the single-threaded mio event loop that moves bytes between
 //!   sockets and those machines, plus the [`timer`] wheel that drives its timeouts.
 //!
+//! `bus` is the sans-IO Redis bus of a cluster node (`[cluster]`); the
+//! server's loop drives its sockets.
+//!
 //! [`daemon`] holds what running as a systemd service needs from the process
 //! (notifications, inherited sockets, limits, journal logging); the loop
 //! decides when it is used.
@@ -15,6 +18,7 @@
 // everything else is crate-private, so the compiler reports dead code.
 #![warn(unreachable_pub)]
 
+mod bus;
 pub mod config;
 pub mod daemon;
 mod hub;
@@ -31,6 +35,8 @@ pub use hub::names::is_valid_channel_name;
 /// Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::bus::Envelope;
+    pub use crate::config::RedisUrl;
     pub use crate::hub::names::parse_subscription;
     pub use crate::hub::publish;
     pub use crate::protocol::{handshake, http, message};

@@ -100,6 +100,18 @@ pub(crate) struct Metrics {
     pub slow_consumer_closes: u64,
     pub channels: u64,
     pub subscriptions: u64,
+    /// The Redis bus, on a cluster node.
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// A cluster node's link states and bus counters (copied from the bus at
+/// the end of each of its turns).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClusterGauges {
+    pub publish_link_up: bool,
+    pub subscription_link_up: bool,
+    pub channels_subscribed: u64,
+    pub stats: crate::bus::Stats,
 }
 
 impl Metrics {
@@ -244,6 +256,81 @@ impl Metrics {
             "Channel subscriptions across all connections",
         )?;
         writeln!(out, "wshub_subscriptions {}", self.subscriptions)?;
+        if let Some(cluster) = &self.cluster {
+            cluster.render(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl ClusterGauges {
+    fn render(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        header(
+            out,
+            "wshub_cluster_link_up",
+            "gauge",
+            "Whether each link to Redis is up (1) or not (0)",
+        )?;
+        let links = [
+            ("publish", self.publish_link_up),
+            ("subscription", self.subscription_link_up),
+        ];
+        for (link, up) in links {
+            labelled(out, "wshub_cluster_link_up", "link", link, u64::from(up))?;
+        }
+        header(
+            out,
+            "wshub_cluster_channels_subscribed",
+            "gauge",
+            "Channels this node is subscribed to in Redis",
+        )?;
+        writeln!(
+            out,
+            "wshub_cluster_channels_subscribed {}",
+            self.channels_subscribed
+        )?;
+        let s = &self.stats;
+        let counters = [
+            (
+                "wshub_cluster_publishes_confirmed_total",
+                "Publishes Redis accepted (answered 200)",
+                s.publishes_confirmed,
+            ),
+            (
+                "wshub_cluster_publishes_refused_total",
+                "Publishes answered 503: Redis down, too slow or refusing",
+                s.publishes_refused,
+            ),
+            (
+                "wshub_cluster_publishes_late_total",
+                "Publishes answered 503 whose acceptance by Redis came too late to answer 200",
+                s.publishes_late,
+            ),
+            (
+                "wshub_cluster_relays_dropped_total",
+                "Chat relays dropped because Redis was down or refused them",
+                s.relays_dropped,
+            ),
+            (
+                "wshub_cluster_messages_received_total",
+                "Messages received from Redis",
+                s.messages_received,
+            ),
+            (
+                "wshub_cluster_messages_undecodable_total",
+                "Messages from Redis that were not a known envelope",
+                s.messages_undecodable,
+            ),
+            (
+                "wshub_cluster_reconnects_total",
+                "Times the subscription link came up (first connection included)",
+                s.reconnects,
+            ),
+        ];
+        for (name, help, value) in counters {
+            header(out, name, "counter", help)?;
+            writeln!(out, "{name} {value}")?;
+        }
         Ok(())
     }
 }

@@ -15,6 +15,7 @@
 //! - `validate`: the rules of the top-level settings;
 //! - `reload`: what changed between two configs, for the log.
 
+mod cluster;
 mod listener;
 mod reload;
 mod route;
@@ -31,6 +32,7 @@ use serde::Deserialize;
 
 use crate::protocol::close::CloseCode;
 
+pub use cluster::{ClusterConfig, RedisUrl};
 pub use listener::{ListenerConfig, ListenerTls};
 pub use route::{HEALTH_CHECK_PATH, METRICS_PATH, RouteConfig};
 pub use validate::check_publish_token;
@@ -141,6 +143,9 @@ pub struct Config {
     /// Connections one client IP address may hold at once; 0 disables the
     /// limit. Beyond it a new connection gets `429 Too Many Requests`.
     pub max_connections_per_ip: usize,
+    /// `[cluster]`: run as one node of several sharing channels over Redis;
+    /// `None` (no table) is a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -170,6 +175,7 @@ impl Default for Config {
             log_level: None,
             allowed_origins: Vec::new(),
             max_connections_per_ip: 0,
+            cluster: None,
         }
     }
 }

@@ -84,13 +84,19 @@ impl Config {
             publish_prefix, max_channels_per_connection, on_backlog, shutdown_timeout,
             shutdown_spread, shutdown_close_code, log_level, allowed_origins,
             max_connections_per_ip;
-            skip: listeners, routes, publish_token
+            skip: listeners, routes, publish_token, cluster
         } self, new, "");
         match (&self.publish_token, &new.publish_token) {
             (None, Some(_)) => changes.push("publish_token: set".to_owned()),
             (Some(_), None) => changes.push("publish_token: removed".to_owned()),
             (Some(a), Some(b)) if a != b => changes.push("publish_token: changed".to_owned()),
             _ => {}
+        }
+        match (&self.cluster, &new.cluster) {
+            (None, Some(_)) => changes.push("cluster: added".to_owned()),
+            (Some(_), None) => changes.push("cluster: removed".to_owned()),
+            (Some(a), Some(b)) => changes.extend(a.changes(b)),
+            (None, None) => {}
         }
         changes
     }

@@ -51,6 +51,7 @@ fn documented_defaults() -> Config {
         log_level: None,
         allowed_origins: Vec::new(),
         max_connections_per_ip: 0,
+        cluster: None,
     }
 }
 
@@ -167,6 +168,7 @@ fn example_file_documents_every_key() {
         keys_of::<Config>(),
         keys_of::<ListenerConfig>(),
         keys_of::<RouteConfig>(),
+        keys_of::<ClusterConfig>(),
     ];
     for keys in tables {
         assert!(keys.len() > 3, "{keys:?}");

@@ -70,6 +70,9 @@ impl Config {
             })?;
         }
         self.validate_shutdown()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if let Some(token) = &self.publish_token {
             check_publish_token(token).map_err(|why| {
                 let hint = if token.is_empty() {

@@ -121,31 +121,30 @@ impl<T: Copy> Hub<T> {
     }
 
     /// Removes that subscription; drops the channel (and its name) when its
-    /// last subscriber leaves. A stale membership is ignored (no panic).
-    pub(crate) fn unsubscribe(&mut self, membership: Membership) {
+    /// last subscriber leaves, and then returns the name (a cluster node
+    /// unsubscribes in Redis). A stale membership is ignored (no panic).
+    pub(crate) fn unsubscribe(&mut self, membership: Membership) -> Option<Arc<str>> {
         let key = membership.channel as usize;
-        let Some(channel) = self.channels.get_mut(key) else {
-            return;
-        };
-        if channel
-            .subscribers
-            .try_remove(membership.slot as usize)
-            .is_none()
-        {
-            return;
-        }
+        let channel = self.channels.get_mut(key)?;
+        channel.subscribers.try_remove(membership.slot as usize)?;
         self.subscriptions -= 1;
         if channel.subscribers.is_empty() {
             let channel = self.channels.remove(key);
             self.by_name.remove(&*channel.name);
+            return Some(channel.name);
         }
+        None
+    }
+
+    /// The names of every live channel (each has a subscriber).
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.channels.iter().map(|(_, c)| &*c.name)
     }
 
     pub(crate) fn lookup(&self, name: &str) -> Option<ChannelId> {
         self.by_name.get(name).map(|&key| ChannelId(key))
     }
 
-    #[cfg(test)]
     pub(crate) fn name(&self, channel: ChannelId) -> Option<&str> {
         self.channels.get(channel.0 as usize).map(|c| &*c.name)
     }

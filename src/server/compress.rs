@@ -108,6 +108,10 @@ impl Broadcast {
         }
     }
 
+    pub(super) fn opcode(&self) -> OpCode {
+        self.opcode
+    }
+
     pub(super) fn payload(&self) -> &[u8] {
         self.frame.get(self.header_len..).unwrap_or_default()
     }

@@ -71,6 +71,9 @@ pub(super) struct Ctx<'a> {
     pub inflater: &'a mut Inflater,
     /// Milliseconds on the loop's clock.
     pub now: u64,
+    /// Why this node is degraded (a cluster node whose Redis link is
+    /// down): `/healthz` answers 503 with it.
+    pub degraded: Option<&'a str>,
 }
 
 impl Ctx<'_> {
@@ -152,6 +155,9 @@ pub(super) struct Connection {
     /// The peer's address is a loopback one (captured at accept): without a
     /// publish token only such peers may publish.
     peer_loopback: bool,
+    /// A cluster publish is out at Redis: nothing more is read or answered
+    /// (pipelined requests wait) until the loop hands in its answer.
+    awaiting_answer: bool,
 }
 
 impl Connection {
@@ -172,6 +178,7 @@ impl Connection {
             upgraded: false,
             write_shut: false,
             peer_loopback: peer.ip().to_canonical().is_loopback(),
+            awaiting_answer: false,
         }
     }
 
@@ -192,6 +199,49 @@ impl Connection {
         });
     }
 
+    /// The publish just asked for went to Redis: its answer comes later.
+    pub(super) fn await_answer(&mut self) {
+        self.awaiting_answer = true;
+    }
+
+    /// Waiting for the answer to a cluster publish.
+    pub(super) fn awaiting_answer(&self) -> bool {
+        self.awaiting_answer
+    }
+
+    /// Queues the answer to a cluster publish: the Redis subscribers
+    /// (nodes) it reached, or 503 and why nothing was delivered.
+    pub(super) fn answer_bus_publish(
+        &mut self,
+        channel: &str,
+        keep_alive: bool,
+        outcome: Result<u64, &str>,
+    ) {
+        self.awaiting_answer = false;
+        match outcome {
+            Ok(nodes) => {
+                let nodes = usize::try_from(nodes).unwrap_or(usize::MAX);
+                self.answer_publish(channel, nodes, keep_alive);
+            }
+            Err(reason) => self.answer_unavailable(reason, keep_alive),
+        }
+    }
+
+    /// 503 with `reason`: the publish was not delivered; retry later.
+    pub(super) fn answer_unavailable(&mut self, reason: &str, keep_alive: bool) {
+        self.awaiting_answer = false;
+        let body = format!("not published: {reason}\n");
+        self.out.push_with(|buf| {
+            http::write_response(
+                503,
+                &[("Retry-After", "1")],
+                body.as_bytes(),
+                !keep_alive,
+                buf,
+            );
+        });
+    }
+
     /// Writes queued bytes into `sink` until it is full or they are all out.
     pub(super) fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
         self.out.flush(sink)
@@ -200,7 +250,11 @@ impl Connection {
     /// True once, when our last bytes are out and the write side should be
     /// shut (FIN) so the peer sees the end; reading goes on for its reply.
     pub(super) fn poll_shutdown_write(&mut self) -> bool {
-        if self.out.is_empty() && !self.write_shut && matches!(self.phase, Phase::Closing { .. }) {
+        if self.out.is_empty()
+            && !self.write_shut
+            && !self.awaiting_answer
+            && matches!(self.phase, Phase::Closing { .. })
+        {
             self.write_shut = true;
             return true;
         }
@@ -217,7 +271,7 @@ impl Connection {
 
     /// The loop should read from the socket (nothing held back, peer not done).
     pub(super) fn wants_read(&self) -> bool {
-        self.pending_in.is_none() && !self.peer_done()
+        self.pending_in.is_none() && !self.peer_done() && !self.awaiting_answer
     }
 
     fn peer_done(&self) -> bool {
@@ -269,7 +323,7 @@ impl Connection {
 
     /// Nothing more can happen on this connection: the loop removes it.
     pub(super) fn is_finished(&self) -> bool {
-        self.peer_done() && (self.write_shut || self.out.is_empty())
+        self.peer_done() && !self.awaiting_answer && (self.write_shut || self.out.is_empty())
     }
 
     /// Input is held back until the outbound queue drains or an action is done.
@@ -285,7 +339,9 @@ impl Connection {
 
     /// Processes input held back earlier. Returns true once none is left.
     pub(super) fn resume(&mut self, ctx: &mut Ctx<'_>) -> bool {
-        if self.pending_in.is_some() && self.out.len() > ctx.config.max_backlog_bytes {
+        if self.awaiting_answer
+            || (self.pending_in.is_some() && self.out.len() > ctx.config.max_backlog_bytes)
+        {
             return false;
         }
         let Some(mut held) = self.pending_in.take() else {
@@ -368,7 +424,13 @@ impl Connection {
             Target::Health | Target::Metrics if !matches!(publish::body_length(head), Ok(0)) => {
                 self.refuse(400, &[], "this request takes no body\n", ctx);
             }
-            Target::Health => self.respond(200, &[], b"ok\n", keep_alive),
+            Target::Health => match ctx.degraded {
+                None => self.respond(200, &[], b"ok\n", keep_alive),
+                Some(why) => {
+                    let body = format!("degraded: {why}\n");
+                    self.respond(503, &[], body.as_bytes(), keep_alive);
+                }
+            },
             Target::Metrics => {
                 if let Err(refusal) = publish::authorize(head, self.access(ctx.config)) {
                     self.refuse_with(refusal, ctx);

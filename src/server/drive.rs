@@ -49,7 +49,13 @@ impl Server {
                 codec: &mut self.codec,
                 inflater: &mut self.inflater,
                 now,
+                degraded: self.cluster.as_ref().and_then(|c| c.bus.health()),
             };
+            if slot.conn.awaiting_answer() {
+                // Resumed (and read) once the answer is in.
+                read = false;
+                break;
+            }
             if slot.conn.has_pending_input() {
                 if slot.conn.queued() > self.config.max_backlog_bytes {
                     // Resumed by the flush that drains the queue.
@@ -175,7 +181,11 @@ impl Server {
             let memberships = conn.memberships.take();
             if !memberships.is_empty() {
                 for membership in memberships.iter() {
-                    self.hub.unsubscribe(membership);
+                    if let Some(name) = self.hub.unsubscribe(membership)
+                        && let Some(cluster) = self.cluster.as_deref_mut()
+                    {
+                        cluster.bus.channel_changed(&name);
+                    }
                 }
                 self.update_hub_gauges();
             }

@@ -16,6 +16,7 @@ use log::debug;
 use slab::Slab;
 
 use super::Server;
+use super::bus::Waiter;
 use super::compress::{Broadcast, Codec, FrameCache};
 use super::conn::Action;
 use super::drive::ROUNDS_PER_TURN;
@@ -161,6 +162,11 @@ impl Server {
                         continue;
                     };
                     for name in &channels {
+                        if self.hub.lookup(name).is_none()
+                            && let Some(cluster) = self.cluster.as_deref_mut()
+                        {
+                            cluster.bus.channel_changed(name);
+                        }
                         let membership = self.hub.subscribe(name, who);
                         if let Some(slot) = self.conns.get_mut(key) {
                             slot.conn.memberships.push(membership);
@@ -174,6 +180,10 @@ impl Server {
                     keep_alive,
                 } => {
                     self.metrics.publishes += 1;
+                    if self.cluster.is_some() {
+                        self.publish_through_bus(key, channel, &message, keep_alive, now);
+                        continue;
+                    }
                     let stamp = self.fanout.next_stamp();
                     let mut cache = FrameCache::default();
                     let recipients = match self.hub.lookup(&channel) {
@@ -186,6 +196,10 @@ impl Server {
                 }
                 Action::Relay { message, to_sender } => {
                     self.metrics.publishes += 1;
+                    if self.cluster.is_some() {
+                        self.relay_through_bus(key, &message, to_sender, now);
+                        continue;
+                    }
                     let stamp = self.fanout.next_stamp();
                     let exclude = (!to_sender).then_some(key);
                     let mut cache = FrameCache::default();
@@ -211,7 +225,61 @@ impl Server {
         self.actions = actions;
     }
 
-    fn fan_out(
+    /// Cluster mode: the publish goes to Redis only; the connection is
+    /// answered when Redis has accepted it (or 503 when it cannot).
+    fn publish_through_bus(
+        &mut self,
+        key: usize,
+        channel: String,
+        message: &Broadcast,
+        keep_alive: bool,
+        now: u64,
+    ) {
+        let Some(token) = self.conns.get(key).map(|s| s.token(key)) else {
+            return;
+        };
+        let waiter = Waiter {
+            token,
+            channel,
+            keep_alive,
+        };
+        // The channel name is needed both in the waiter and in the command.
+        let name = waiter.channel.clone();
+        let result = self.bus_publish(&name, message, None, Some(waiter), now);
+        if let Some(slot) = self.conns.get_mut(key) {
+            match result {
+                Ok(()) => slot.conn.await_answer(),
+                Err(reason) => slot.conn.answer_unavailable(reason, keep_alive),
+            }
+        }
+    }
+
+    /// Cluster mode: a chat message goes to Redis once per channel of the
+    /// sender; every node delivers it from there (the sender's node leaves
+    /// the sender out unless the route echoes). Dropped and counted while
+    /// Redis is unreachable.
+    fn relay_through_bus(&mut self, key: usize, message: &Broadcast, to_sender: bool, now: u64) {
+        let Some(token) = self.conns.get(key).map(|s| s.token(key)) else {
+            return;
+        };
+        let exclude = (!to_sender).then_some(token);
+        let count = self.conns.get(key).map_or(0, |s| s.conn.memberships.len());
+        for i in 0..count {
+            let Some(name) = self
+                .conns
+                .get(key)
+                .and_then(|s| s.conn.memberships.iter().nth(i))
+                .and_then(|m| self.hub.name(m.channel()))
+                .map(str::to_owned)
+            else {
+                break;
+            };
+            // A refusal is counted by the bus; a relay has no one to answer.
+            let _ = self.bus_publish(&name, message, exclude, None, now);
+        }
+    }
+
+    pub(super) fn fan_out(
         &mut self,
         channel: ChannelId,
         message: &Broadcast,

@@ -98,6 +98,7 @@ impl Env {
             codec: &mut self.codec,
             inflater: &mut self.inflater,
             now: self.now,
+            degraded: None,
         }
     }
 }

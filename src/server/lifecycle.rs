@@ -19,7 +19,7 @@ use mio::{Interest, Token};
 use rustix::process::Signal;
 use signal_hook_mio::v1_0::Signals;
 
-use super::slot::{SHUTDOWN_TIMER, SIGNAL_TOKEN, STATUS_TIMER, WATCHDOG_TIMER};
+use super::slot::{BUS_TIMER, SHUTDOWN_TIMER, SIGNAL_TOKEN, STATUS_TIMER, WATCHDOG_TIMER};
 use super::{Server, ServerError};
 use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError};
 use crate::daemon::notify::Notifier;
@@ -196,6 +196,11 @@ impl Server {
             "{} connections, {open} open websockets, {} channels",
             self.metrics.connections, self.metrics.channels
         );
+        // A cluster node whose Redis link is down says so in `systemctl status`.
+        let line = match self.cluster.as_ref().and_then(|c| c.bus.health()) {
+            Some(why) => format!("{line}; degraded: {why}"),
+            None => line,
+        };
         if self.life.shutdown.is_some() {
             format!("shutting down: {line} left")
         } else {
@@ -220,6 +225,7 @@ impl Server {
                 self.timers
                     .insert(now.saturating_add(STATUS_INTERVAL_MS), STATUS_TIMER);
             }
+            BUS_TIMER => self.on_bus_timer(now),
             SHUTDOWN_TIMER => {
                 if let Some(shutdown) = &mut self.life.shutdown {
                     shutdown.timer = None;
@@ -444,6 +450,8 @@ impl Server {
                 self.sync_timer(key);
             }
         }
+        let now = self.now();
+        self.reload_cluster(old.cluster.as_ref(), now);
         for change in &changes {
             info!("reload: {change}");
         }

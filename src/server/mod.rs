@@ -7,10 +7,12 @@
 //! deadlines, flush what fan-outs queued. Everything else lives beside it:
 //! accept and listeners (`listener`), one connection's turn (`drive`), hub
 //! work and the slow-consumer rule (`fanout`), signals, shutdown and reload
-//! (`lifecycle`), and the connection state machine itself (`conn`).
+//! (`lifecycle`), the Redis links of a cluster node (`bus`), and the
+//! connection state machine itself (`conn`).
 //! Must never: parse protocol bytes, decide policy, block, or let one
 //! connection's failure or flood reach another.
 
+mod bus;
 mod compress;
 mod conn;
 mod drive;
@@ -120,6 +122,9 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
     life: Lifecycle,
+    /// The Redis bus, when `[cluster]` is configured (boxed: most servers
+    /// have none).
+    cluster: Option<Box<bus::Cluster>>,
 }
 
 impl Server {
@@ -159,6 +164,10 @@ impl Server {
             listener.register(poll.registry(), Token(index))?;
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let config_cluster = config
+            .cluster
+            .as_ref()
+            .map(|c| Box::new(bus::Cluster::new(c)));
         Ok(Server {
             poll,
             listeners: Listeners::new(listeners),
@@ -180,6 +189,7 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             waker,
             life: Lifecycle::new(inherited),
+            cluster: config_cluster,
         })
     }
 
@@ -215,6 +225,7 @@ impl Server {
     pub fn run(mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         self.start_service(self.now());
+        self.bus_turn(self.now());
         while !self.stop.load(Ordering::SeqCst) {
             let timeout = self.poll_timeout(self.now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -225,9 +236,23 @@ impl Server {
             }
             let now = self.now();
             let mut signalled = false;
+            // Redis disconnects a subscriber whose output it cannot send:
+            // its socket is drained before anything else.
+            self.bus_again(now);
+            for event in events.iter() {
+                if event.token() == slot::BUS_SUBSCRIPTION_TOKEN {
+                    self.on_bus_event(crate::bus::Role::Subscriptions, now);
+                }
+            }
             for event in events.iter() {
                 let token = event.token();
                 if token == WAKER_TOKEN {
+                    continue;
+                }
+                if let Some(role) = bus::role_of(token) {
+                    if role == crate::bus::Role::Commands {
+                        self.on_bus_event(role, now);
+                    }
                     continue;
                 }
                 if token == SIGNAL_TOKEN {
@@ -252,6 +277,7 @@ impl Server {
                 return Ok(());
             }
             self.fire_timers(now);
+            self.bus_turn(now);
             self.flush_dirty(now);
             self.resume_accepting(now);
             if self.shutdown_finished(now) {
@@ -266,7 +292,8 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: u64) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.fanout.dirty.is_empty() {
+        let bus_again = self.cluster.as_ref().is_some_and(|c| c.again);
+        if !self.ready.is_empty() || !self.fanout.dirty.is_empty() || bus_again {
             return Some(Duration::ZERO);
         }
         let next = match (self.timers.next_expiry(), self.listeners.paused_until()) {

@@ -81,6 +81,10 @@ pub(super) const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 pub(super) const WATCHDOG_TIMER: Token = Token(usize::MAX - 2);
 pub(super) const STATUS_TIMER: Token = Token(usize::MAX - 3);
 pub(super) const SHUTDOWN_TIMER: Token = Token(usize::MAX - 4);
+/// The cluster's two Redis sockets and its timer-wheel entry.
+pub(super) const BUS_COMMAND_TOKEN: Token = Token(usize::MAX - 5);
+pub(super) const BUS_SUBSCRIPTION_TOKEN: Token = Token(usize::MAX - 6);
+pub(super) const BUS_TIMER: Token = Token(usize::MAX - 7);
 /// Slab keys from here up are never given to connections, so no connection
 /// token can equal a reserved one, whatever its generation.
 pub(super) const FIRST_RESERVED_KEY: usize = KEY_MASK - 7;
@@ -118,6 +122,9 @@ mod tests {
             WATCHDOG_TIMER,
             STATUS_TIMER,
             SHUTDOWN_TIMER,
+            BUS_COMMAND_TOKEN,
+            BUS_SUBSCRIPTION_TOKEN,
+            BUS_TIMER,
         ];
         for token in reserved {
             assert!(split_token(token).0 >= FIRST_RESERVED_KEY, "{token:?}");

@@ -24,11 +24,14 @@ mod support {
     pub mod http;
     pub mod load;
     #[allow(dead_code)]
+    pub mod redis;
+    #[allow(dead_code)]
     pub mod server;
     #[allow(dead_code)]
     pub mod tempdir;
 }
 
+mod cluster_scale;
 mod hostile;
 mod hostile_burst;
 mod hostile_churn;

@@ -1,0 +1,1166 @@
+//! The Redis bus of a cluster node, sans-IO: two links to Redis (commands,
+//! subscriptions), what is published through one and read from the other,
+//! and which channels this node is subscribed to in Redis.
+//!
+//! Owns: the meaning of every command and reply (login, the publish script,
+//! the clock offset to Redis, liveness checks, SUBSCRIBE/UNSUBSCRIBE
+//! batches), the answer to each publish (accepted, or refused with a reason
+//! no earlier than it is safe to say so), the node's health and counters.
+//! Must never: touch a socket, a poller, a timer wheel or a clock (the
+//! server's `bus` module does; bytes, events and `now` come in), block, or
+//! answer a publish "refused" while Redis could still accept it.
+//!
+//! # Why a 503 is never a lie
+//!
+//! A publish runs in Redis as a small Lua script ([`PUBLISH_SCRIPT`]) that
+//! refuses to publish once Redis's own clock (`TIME`) has passed a deadline
+//! the node computed: its send time plus `command_timeout`, moved into
+//! Redis's clock with an offset measured by `TIME` round trips (each check
+//! of the command link is one). With `u` the measurement's uncertainty
+//! (half a round trip), the script can only accept it before local time
+//! `send + command_timeout + u`; the node answers 503 when no reply came by
+//! `send + command_timeout + u + REPLY_MARGIN_MS`. A publish stuck in a
+//! paused Redis's socket is thus refused by Redis itself after SIGCONT. The
+//! one window left: Redis runs the script just before the deadline and its
+//! reply is delayed past the margin; such a late acceptance is counted
+//! (`wshub_cluster_publishes_late_total`) and logged.
+
+mod envelope;
+pub(crate) mod link;
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use log::{info, warn};
+use redis_protocol::resp2::types::OwnedFrame;
+
+pub use envelope::Envelope;
+use link::{Backoff, Link, State};
+
+use crate::config::{ClusterConfig, Secret};
+
+/// The publish script: `ARGV[1]` the deadline in Redis's clock
+/// (milliseconds since the epoch), `ARGV[2]` the channel, `ARGV[3]` the
+/// envelope. Returns the number of Redis subscribers (nodes) it reached, or
+/// -1 when the deadline has passed and nothing was published. Issue #13
+/// extends it: a position per channel and a history, in the same script.
+pub(crate) const PUBLISH_SCRIPT: &str = "\
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now > tonumber(ARGV[1]) then return -1 end
+return redis.call('PUBLISH', ARGV[2], ARGV[3])
+";
+
+/// How long after the script's deadline (plus the clock uncertainty) a
+/// publish without a reply is answered 503: room for the reply to travel.
+pub(crate) const REPLY_MARGIN_MS: u64 = 250;
+
+/// Publish commands not yet written to a Redis that reads too slowly
+/// are capped here: past it, publishes get 503 and relays are dropped,
+/// rather than memory growing without bound.
+const MAX_UNSENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Channels per SUBSCRIBE or UNSUBSCRIBE command.
+const CHANNELS_PER_COMMAND: usize = 1_000;
+
+/// Which of the two links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Publishes and clock checks.
+    Commands,
+    /// SUBSCRIBE/UNSUBSCRIBE and the messages; checked with PING.
+    Subscriptions,
+}
+
+/// What the bus hands back to the server.
+#[derive(Debug)]
+pub(crate) enum Event<W> {
+    /// A message came from Redis on `channel` (prefix removed).
+    Message { channel: String, envelope: Vec<u8> },
+    /// The answer to a publish: Redis subscribers (nodes) reached, or why
+    /// it was refused.
+    Answer {
+        waiter: W,
+        outcome: Result<u64, &'static str>,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub publishes_confirmed: u64,
+    pub publishes_refused: u64,
+    pub publishes_late: u64,
+    pub relays_dropped: u64,
+    pub messages_received: u64,
+    pub messages_undecodable: u64,
+    pub reconnects: u64,
+}
+
+/// A publish sent to Redis and not yet answered.
+#[derive(Debug)]
+struct Pending<W> {
+    /// Whom to answer; `None` for a relay, or once answered 503.
+    waiter: Option<W>,
+    /// Answered 503 before its reply came.
+    timed_out: bool,
+    /// When to answer 503 without a reply.
+    answer_by: u64,
+}
+
+/// A reply the command link waits for, in order.
+#[derive(Debug)]
+enum Expect<W> {
+    /// `+OK` (AUTH, SELECT, CLIENT SETNAME): anything else drops the link.
+    Ok(&'static str),
+    ScriptLoad,
+    Time {
+        sent: u64,
+    },
+    Publish(Pending<W>),
+}
+
+/// The bus's settings, in loop milliseconds.
+#[derive(Clone, Debug)]
+struct Settings {
+    prefix: String,
+    node_name: String,
+    username: Option<String>,
+    password: Option<Secret>,
+    db: u32,
+    connect_timeout: u64,
+    command_timeout: u64,
+    ping_interval: u64,
+    ping_timeout: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Settings {
+    fn from(config: &ClusterConfig) -> Settings {
+        let url = &config.redis_url;
+        Settings {
+            prefix: config.key_prefix.clone(),
+            node_name: config.node_name.clone(),
+            username: url.username.clone(),
+            password: url.password.clone(),
+            db: url.db,
+            connect_timeout: ms(config.connect_timeout),
+            command_timeout: ms(config.command_timeout),
+            ping_interval: ms(config.ping_interval),
+            ping_timeout: ms(config.ping_timeout),
+        }
+    }
+}
+
+/// Redis's clock minus the loop's, as last measured.
+#[derive(Clone, Copy, Debug)]
+struct Offset {
+    /// Redis milliseconds since the epoch minus loop milliseconds.
+    offset: i64,
+    /// Half the round trip of the measurement, rounded up, plus 1 ms for
+    /// the clocks' millisecond resolution.
+    uncertainty: u64,
+}
+
+/// The bus: both links and what flows through them.
+#[derive(Debug)]
+pub(crate) struct Bus<W> {
+    settings: Settings,
+    pub cmd: Link,
+    pub sub: Link,
+    expect: VecDeque<Expect<W>>,
+    /// Publishes whose link went down before their reply: answered 503 at
+    /// their deadline, not before (Redis may still run them until then).
+    limbo: VecDeque<Pending<W>>,
+    offset: Option<Offset>,
+    script_sha: String,
+    /// Channels (without prefix) SUBSCRIBE was sent for on the current
+    /// subscription link, and not UNSUBSCRIBE since.
+    subscribed: HashSet<String>,
+    /// Channels whose first subscriber came or last one left this turn.
+    dirty: Vec<String>,
+    /// This process's id in envelopes: random per start.
+    pub node_id: u64,
+    pub stats: Stats,
+    /// Why the node is degraded, if it is: what `/healthz` says.
+    health: Option<String>,
+    /// The scratch buffer for one prefixed channel name.
+    scratch: Vec<u8>,
+    /// Replies decoded from one read (kept for its capacity).
+    frames: Vec<OwnedFrame>,
+    /// When to answer each publish in `expect` that still has a waiter,
+    /// oldest first (replies and refusals both come in that order), so the
+    /// next deadline is found without walking the queue.
+    waiting: VecDeque<u64>,
+}
+
+impl<W> Bus<W> {
+    pub(crate) fn new(config: &ClusterConfig, seed: u64) -> Bus<W> {
+        let settings = Settings::from(config);
+        let backoff = |salt: u64| {
+            Backoff::new(
+                ms(config.reconnect_min),
+                ms(config.reconnect_max),
+                seed ^ salt,
+            )
+        };
+        let mut bus = Bus {
+            settings,
+            cmd: Link::new(backoff(0x9e37_79b9_7f4a_7c15)),
+            sub: Link::new(backoff(0xc2b2_ae3d_27d4_eb4f)),
+            expect: VecDeque::new(),
+            limbo: VecDeque::new(),
+            offset: None,
+            script_sha: sha1_smol::Sha1::from(PUBLISH_SCRIPT).digest().to_string(),
+            subscribed: HashSet::new(),
+            dirty: Vec::new(),
+            node_id: seed,
+            stats: Stats::default(),
+            health: None,
+            scratch: Vec::new(),
+            frames: Vec::new(),
+            waiting: VecDeque::new(),
+        };
+        bus.refresh_health();
+        bus
+    }
+
+    /// Applies reloaded settings: timeouts, backoff bounds and the login
+    /// take effect from the next command or connection; a new key prefix
+    /// or node name needs the links to be made again (the caller decides).
+    pub(crate) fn reconfigure(&mut self, config: &ClusterConfig) {
+        self.settings = Settings::from(config);
+        for link in [&mut self.cmd, &mut self.sub] {
+            link.backoff.min = ms(config.reconnect_min).max(1);
+            link.backoff.max = ms(config.reconnect_max).max(link.backoff.min);
+        }
+    }
+
+    pub(crate) fn link(&self, role: Role) -> &Link {
+        match role {
+            Role::Commands => &self.cmd,
+            Role::Subscriptions => &self.sub,
+        }
+    }
+
+    pub(crate) fn link_mut(&mut self, role: Role) -> &mut Link {
+        match role {
+            Role::Commands => &mut self.cmd,
+            Role::Subscriptions => &mut self.sub,
+        }
+    }
+
+    /// Why the node is degraded (a link is not up), or `None` when healthy.
+    pub(crate) fn health(&self) -> Option<&str> {
+        self.health.as_deref()
+    }
+
+    fn refresh_health(&mut self) {
+        let describe = |what: &str, link: &Link| match link.state {
+            State::Up => None,
+            State::Down { .. } => Some(format!("redis {what} link down: {}", link.last_error)),
+            State::Connecting { .. } | State::LoggingIn { .. } => Some(format!(
+                "redis {what} link connecting (last error: {})",
+                link.last_error
+            )),
+        };
+        let health = describe("publish", &self.cmd).or_else(|| describe("subscription", &self.sub));
+        if health != self.health {
+            match &health {
+                Some(why) if self.health.is_none() => warn!("cluster degraded: {why}"),
+                None => info!("cluster link to redis up"),
+                _ => {}
+            }
+            self.health = health;
+        }
+    }
+
+    /// The link should start connecting now: it is down and its wait is over.
+    pub(crate) fn due_to_connect(&self, role: Role, now: u64) -> bool {
+        matches!(self.link(role).state, State::Down { retry_at } if now >= retry_at)
+    }
+
+    /// The server started a TCP connection for `role`.
+    pub(crate) fn on_connecting(&mut self, role: Role, now: u64) {
+        self.link_mut(role).state = State::Connecting { since: now };
+        self.refresh_health();
+    }
+
+    /// The TCP (and TLS) connection is made: log in and set up. The
+    /// subscription link subscribes to every channel in `wanted` and is up
+    /// once Redis has answered the PING sent after them.
+    pub(crate) fn on_connected<'a>(
+        &mut self,
+        role: Role,
+        now: u64,
+        wanted: impl Iterator<Item = &'a str>,
+    ) {
+        let name = format!("wshub-{}", self.settings.node_name);
+        let settings = self.settings.clone();
+        let link = self.link_mut(role);
+        link.state = State::LoggingIn { since: now };
+        match (&settings.username, &settings.password) {
+            (Some(user), Some(pass)) => {
+                link.command(&[b"AUTH", user.as_bytes(), pass.as_bytes()]);
+            }
+            (None, Some(pass)) => link.command(&[b"AUTH", pass.as_bytes()]),
+            _ => {}
+        }
+        let authenticated = settings.password.is_some();
+        link.command(&[b"CLIENT", b"SETNAME", name.as_bytes()]);
+        match role {
+            Role::Commands => {
+                if authenticated {
+                    self.expect.push_back(Expect::Ok("AUTH"));
+                }
+                self.expect.push_back(Expect::Ok("CLIENT SETNAME"));
+                if settings.db != 0 {
+                    let db = settings.db.to_string();
+                    self.cmd.command(&[b"SELECT", db.as_bytes()]);
+                    self.expect.push_back(Expect::Ok("SELECT"));
+                }
+                self.cmd
+                    .command(&[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
+                self.expect.push_back(Expect::ScriptLoad);
+                self.send_time(now);
+            }
+            Role::Subscriptions => {
+                self.subscribed.clear();
+                self.dirty.clear();
+                let names: Vec<&str> = wanted.collect();
+                self.subscribe_batch(true, &names);
+                self.sub.command(&[b"PING"]);
+                self.sub.check_sent = Some(now);
+            }
+        }
+        self.refresh_health();
+    }
+
+    fn send_time(&mut self, now: u64) {
+        self.cmd.command(&[b"TIME"]);
+        self.expect.push_back(Expect::Time { sent: now });
+        self.cmd.check_sent = Some(now);
+    }
+
+    /// The socket of `role` failed or closed (or the bus gave up on it).
+    pub(crate) fn on_closed(&mut self, role: Role, now: u64, reason: String) {
+        if !self.link(role).is_connected() {
+            return;
+        }
+        warn!("cluster: redis {role:?} link lost: {reason}");
+        self.link_mut(role).down(now, reason);
+        match role {
+            Role::Commands => {
+                self.offset = None;
+                self.waiting.clear();
+                for expect in self.expect.drain(..) {
+                    if let Expect::Publish(p) = expect
+                        && p.waiter.is_some()
+                    {
+                        self.limbo.push_back(p);
+                    }
+                }
+            }
+            Role::Subscriptions => {
+                self.subscribed.clear();
+                self.dirty.clear();
+            }
+        }
+        self.refresh_health();
+    }
+
+    /// Publishes `envelope` to `channel` with the script; the answer comes
+    /// as an [`Event::Answer`] for `waiter` (none for a relay). Refused at
+    /// once, with nothing sent, while the command link is not up.
+    pub(crate) fn publish(
+        &mut self,
+        channel: &str,
+        envelope: &[u8],
+        waiter: Option<W>,
+        now: u64,
+    ) -> Result<(), &'static str> {
+        let refuse = |stats: &mut Stats, reason| {
+            if waiter.is_some() {
+                stats.publishes_refused += 1;
+            } else {
+                stats.relays_dropped += 1;
+            }
+            Err(reason)
+        };
+        let Some(offset) = self.offset.filter(|_| self.cmd.is_up()) else {
+            return refuse(&mut self.stats, "redis is unreachable");
+        };
+        if self.cmd.output().len() > MAX_UNSENT_BYTES {
+            return refuse(&mut self.stats, "redis is not keeping up");
+        }
+        let timeout = self.settings.command_timeout;
+        let deadline = now
+            .saturating_add(timeout)
+            .saturating_add_signed(offset.offset);
+        let deadline = deadline.to_string();
+        self.scratch.clear();
+        self.scratch
+            .extend_from_slice(self.settings.prefix.as_bytes());
+        self.scratch.extend_from_slice(channel.as_bytes());
+        self.cmd.command(&[
+            b"EVALSHA",
+            self.script_sha.as_bytes(),
+            b"0",
+            deadline.as_bytes(),
+            &self.scratch,
+            envelope,
+        ]);
+        let answer_by = now
+            .saturating_add(timeout)
+            .saturating_add(offset.uncertainty)
+            .saturating_add(REPLY_MARGIN_MS);
+        if waiter.is_some() {
+            self.waiting.push_back(answer_by);
+        }
+        self.expect.push_back(Expect::Publish(Pending {
+            waiter,
+            timed_out: false,
+            answer_by,
+        }));
+        Ok(())
+    }
+
+    /// Bytes read from the `role` socket: replies are matched and turned
+    /// into events. A reply that makes no sense drops the link.
+    pub(crate) fn on_input(
+        &mut self,
+        role: Role,
+        input: &[u8],
+        now: u64,
+        events: &mut Vec<Event<W>>,
+    ) {
+        // Kept between calls for its capacity: no allocation per read.
+        let mut frames = std::mem::take(&mut self.frames);
+        let result = self.link_mut(role).decode(input, |f| frames.push(f));
+        let mut failure = result.err();
+        for frame in frames.drain(..) {
+            if failure.is_some() {
+                break;
+            }
+            failure = match role {
+                Role::Commands => self.on_command_reply(frame, now, events),
+                Role::Subscriptions => self.on_subscription_frame(frame, now, events),
+            }
+            .err();
+        }
+        self.frames = frames;
+        if let Some(reason) = failure {
+            self.on_closed(role, now, reason);
+        }
+        self.refresh_health();
+    }
+
+    fn on_command_reply(
+        &mut self,
+        frame: OwnedFrame,
+        now: u64,
+        events: &mut Vec<Event<W>>,
+    ) -> Result<(), String> {
+        let Some(expect) = self.expect.pop_front() else {
+            return Err("redis sent a reply nobody asked for".to_owned());
+        };
+        match (expect, frame) {
+            (Expect::Ok(_), OwnedFrame::SimpleString(_)) => {}
+            (Expect::Ok(what), OwnedFrame::Error(e)) => return Err(format!("{what}: {e}")),
+            (Expect::Ok(what), other) => return Err(format!("{what} answered {other:?}")),
+            (Expect::ScriptLoad, OwnedFrame::BulkString(sha))
+                if sha == self.script_sha.as_bytes() => {}
+            (Expect::ScriptLoad, other) => {
+                return Err(format!("SCRIPT LOAD answered {other:?}"));
+            }
+            (Expect::Time { sent }, OwnedFrame::Array(parts)) => {
+                let redis_ms = time_reply_ms(&parts).ok_or("TIME answered nonsense")?;
+                let rtt = now.saturating_sub(sent);
+                let sample = Offset {
+                    offset: i64::try_from(redis_ms)
+                        .unwrap_or(i64::MAX)
+                        .saturating_sub(i64::try_from(sent + rtt / 2).unwrap_or(i64::MAX)),
+                    uncertainty: rtt.div_ceil(2) + 1,
+                };
+                // A slow round trip measures badly: keep the better sample
+                // unless the new one is good enough.
+                let keep_old = self
+                    .offset
+                    .is_some_and(|o| sample.uncertainty > 2 * o.uncertainty + 5);
+                if !keep_old {
+                    self.offset = Some(sample);
+                }
+                self.cmd.check_sent = None;
+                self.cmd.next_check = now.saturating_add(self.settings.ping_interval);
+                if !self.cmd.is_up() {
+                    self.cmd.state = State::Up;
+                    self.cmd.backoff.reset();
+                    info!("cluster: redis publish link up");
+                }
+            }
+            (Expect::Time { .. }, other) => return Err(format!("TIME answered {other:?}")),
+            (Expect::Publish(mut p), reply) => {
+                let outcome = match reply {
+                    OwnedFrame::Integer(n) if n >= 0 => Ok(n as u64),
+                    OwnedFrame::Integer(_) => Err("redis got the publish after its deadline"),
+                    OwnedFrame::Error(e) if e.starts_with("NOSCRIPT") => {
+                        // Flushed by an operator: load it again; the
+                        // publisher retries.
+                        self.cmd
+                            .command(&[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
+                        self.expect.push_back(Expect::ScriptLoad);
+                        Err("the publish script was missing in redis")
+                    }
+                    OwnedFrame::Error(e) => {
+                        warn!("cluster: publish failed in redis: {e}");
+                        Err("redis refused the publish")
+                    }
+                    other => return Err(format!("publish answered {other:?}")),
+                };
+                match (p.waiter.take(), outcome) {
+                    (Some(waiter), outcome) => {
+                        self.waiting.pop_front();
+                        if outcome.is_ok() {
+                            self.stats.publishes_confirmed += 1;
+                        } else {
+                            self.stats.publishes_refused += 1;
+                        }
+                        events.push(Event::Answer { waiter, outcome });
+                    }
+                    (None, Ok(_)) if p.timed_out => {
+                        self.stats.publishes_late += 1;
+                        warn!(
+                            "cluster: redis accepted a publish already answered 503 (its reply came too late)"
+                        );
+                    }
+                    (None, Err(_)) if !p.timed_out => self.stats.relays_dropped += 1,
+                    (None, _) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscription_frame(
+        &mut self,
+        frame: OwnedFrame,
+        now: u64,
+        events: &mut Vec<Event<W>>,
+    ) -> Result<(), String> {
+        match frame {
+            OwnedFrame::Array(mut parts) => {
+                let kind = match parts.first() {
+                    Some(OwnedFrame::BulkString(k)) => k.as_slice(),
+                    _ => return Err("unexpected push from redis".to_owned()),
+                };
+                match kind {
+                    b"message" if parts.len() == 3 => {
+                        let (
+                            Some(OwnedFrame::BulkString(envelope)),
+                            Some(OwnedFrame::BulkString(channel)),
+                        ) = (parts.pop(), parts.pop())
+                        else {
+                            return Err("malformed message push".to_owned());
+                        };
+                        let prefix = self.settings.prefix.as_bytes();
+                        if !channel.starts_with(prefix) {
+                            self.stats.messages_undecodable += 1;
+                            return Ok(());
+                        }
+                        // The name reuses the reply's buffer.
+                        let mut channel = channel;
+                        channel.drain(..prefix.len());
+                        let Ok(channel) = String::from_utf8(channel) else {
+                            self.stats.messages_undecodable += 1;
+                            return Ok(());
+                        };
+                        self.stats.messages_received += 1;
+                        events.push(Event::Message { channel, envelope });
+                    }
+                    b"pong" => self.on_pong(now),
+                    b"subscribe" | b"unsubscribe" => {}
+                    _ => return Err("unexpected push from redis".to_owned()),
+                }
+            }
+            OwnedFrame::SimpleString(s) if s == b"PONG" => self.on_pong(now),
+            OwnedFrame::SimpleString(_) => {}
+            OwnedFrame::Error(e) => return Err(format!("redis refused: {e}")),
+            other => return Err(format!("unexpected reply {other:?}")),
+        }
+        Ok(())
+    }
+
+    fn on_pong(&mut self, now: u64) {
+        self.sub.check_sent = None;
+        self.sub.next_check = now.saturating_add(self.settings.ping_interval);
+        if !self.sub.is_up() {
+            self.sub.state = State::Up;
+            self.sub.backoff.reset();
+            self.stats.reconnects += 1;
+            info!("cluster: redis subscription link up");
+        }
+    }
+
+    /// `channel` got its first local subscriber or lost its last one; the
+    /// change goes to Redis with the others of this turn.
+    pub(crate) fn channel_changed(&mut self, channel: &str) {
+        self.dirty.push(channel.to_owned());
+    }
+
+    /// Sends this turn's subscription changes: SUBSCRIBE for channels that
+    /// have local subscribers and are not subscribed in Redis, UNSUBSCRIBE
+    /// for the reverse. While the link is not connected nothing is sent:
+    /// connecting subscribes every wanted channel.
+    pub(crate) fn flush_subscriptions(&mut self, wanted: impl Fn(&str) -> bool) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        if !self.sub.is_connected() || matches!(self.sub.state, State::Connecting { .. }) {
+            return;
+        }
+        let mut add: Vec<&str> = Vec::new();
+        let mut remove: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        for name in &dirty {
+            if !seen.insert(name.as_str()) {
+                continue;
+            }
+            let want = wanted(name);
+            let have = self.subscribed.contains(name.as_str());
+            if want && !have {
+                add.push(name);
+            } else if !want && have {
+                remove.push(name);
+            }
+        }
+        self.subscribe_batch(true, &add);
+        self.subscribe_batch(false, &remove);
+    }
+
+    fn subscribe_batch(&mut self, subscribe: bool, names: &[&str]) {
+        let verb: &[u8] = if subscribe {
+            b"SUBSCRIBE"
+        } else {
+            b"UNSUBSCRIBE"
+        };
+        for chunk in names.chunks(CHANNELS_PER_COMMAND) {
+            let prefixed: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|n| [self.settings.prefix.as_bytes(), n.as_bytes()].concat())
+                .collect();
+            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+            args.push(verb);
+            args.extend(prefixed.iter().map(Vec::as_slice));
+            self.sub.command(&args);
+            for name in chunk {
+                if subscribe {
+                    self.subscribed.insert((*name).to_owned());
+                } else {
+                    self.subscribed.remove(*name);
+                }
+            }
+        }
+    }
+
+    /// Channels subscribed in Redis on the current link.
+    pub(crate) fn subscribed_count(&self) -> usize {
+        self.subscribed.len()
+    }
+
+    /// The earliest time [`Bus::on_timer`] has work.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut at = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for link in [&self.cmd, &self.sub] {
+            match link.state {
+                State::Down { retry_at } => at(retry_at),
+                State::Connecting { since } | State::LoggingIn { since } => {
+                    at(since.saturating_add(self.settings.connect_timeout));
+                }
+                State::Up => match link.check_sent {
+                    Some(sent) => at(sent.saturating_add(self.settings.ping_timeout)),
+                    None => at(link.next_check),
+                },
+            }
+        }
+        if let Some(p) = self.limbo.front() {
+            at(p.answer_by);
+        }
+        if let Some(&answer_by) = self.waiting.front() {
+            at(answer_by);
+        }
+        next
+    }
+
+    /// Acts on whatever is due at `now`: publishes to answer 503, links
+    /// whose check or login went unanswered (dropped: the server closes
+    /// their sockets), checks to send.
+    pub(crate) fn on_timer(&mut self, now: u64, events: &mut Vec<Event<W>>) {
+        while self.limbo.front().is_some_and(|p| now >= p.answer_by) {
+            if let Some(waiter) = self.limbo.pop_front().and_then(|p| p.waiter) {
+                self.stats.publishes_refused += 1;
+                events.push(Event::Answer {
+                    waiter,
+                    outcome: Err("redis did not accept it in time"),
+                });
+            }
+        }
+        let mut due = self.waiting.iter().take_while(|&&t| now >= t).count();
+        for expect in &mut self.expect {
+            if due == 0 {
+                break;
+            }
+            if let Expect::Publish(p) = expect {
+                if p.waiter.is_some() && now >= p.answer_by {
+                    due -= 1;
+                    self.waiting.pop_front();
+                    if let Some(waiter) = p.waiter.take() {
+                        p.timed_out = true;
+                        self.stats.publishes_refused += 1;
+                        events.push(Event::Answer {
+                            waiter,
+                            outcome: Err("redis did not accept it in time"),
+                        });
+                    }
+                } else if p.waiter.is_some() {
+                    break;
+                }
+            }
+        }
+        for role in [Role::Commands, Role::Subscriptions] {
+            let s = &self.settings;
+            let link = self.link(role);
+            let failure = match link.state {
+                State::Connecting { since } | State::LoggingIn { since }
+                    if now >= since.saturating_add(s.connect_timeout) =>
+                {
+                    Some(format!(
+                        "no connection and login within connect_timeout ({} ms)",
+                        s.connect_timeout
+                    ))
+                }
+                State::Up
+                    if link
+                        .check_sent
+                        .is_some_and(|t| now >= t.saturating_add(s.ping_timeout)) =>
+                {
+                    Some(format!(
+                        "no answer within ping_timeout ({} ms)",
+                        s.ping_timeout
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(reason) = failure {
+                self.on_closed(role, now, reason);
+                continue;
+            }
+            if self.link(role).is_up()
+                && self.link(role).check_sent.is_none()
+                && now >= self.link(role).next_check
+            {
+                match role {
+                    Role::Commands => self.send_time(now),
+                    Role::Subscriptions => {
+                        self.sub.command(&[b"PING"]);
+                        self.sub.check_sent = Some(now);
+                    }
+                }
+            }
+        }
+        self.refresh_health();
+    }
+}
+
+/// Milliseconds since the epoch from a `TIME` reply (`[seconds, micros]`).
+fn time_reply_ms(parts: &[OwnedFrame]) -> Option<u64> {
+    let field = |i: usize| match parts.get(i) {
+        Some(OwnedFrame::BulkString(b)) => std::str::from_utf8(b).ok()?.parse::<u64>().ok(),
+        _ => None,
+    };
+    Some(field(0)?.checked_mul(1000)? + field(1)? / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The bus on a virtual clock, Redis played by byte strings: every test
+    //! moves time explicitly and checks the exact millisecond something
+    //! happens.
+
+    use super::*;
+
+    /// Redis's clock at the first `TIME` reply: 1,700,000,000 s.
+    const REDIS_EPOCH_MS: u64 = 1_700_000_000_000;
+
+    fn bus() -> Bus<u32> {
+        // Defaults: command_timeout 1 s, ping_interval 1 s, ping_timeout
+        // 2 s, connect_timeout 2 s.
+        Bus::new(&ClusterConfig::default(), 7)
+    }
+
+    fn time_reply(ms: u64) -> Vec<u8> {
+        let secs = (ms / 1000).to_string();
+        let micros = ((ms % 1000) * 1000).to_string();
+        format!(
+            "*2\r\n${}\r\n{secs}\r\n${}\r\n{micros}\r\n",
+            secs.len(),
+            micros.len()
+        )
+        .into_bytes()
+    }
+
+    fn take_output(bus: &mut Bus<u32>, role: Role) -> String {
+        let link = bus.link_mut(role);
+        let text = String::from_utf8_lossy(link.output()).into_owned();
+        let n = link.output().len();
+        link.consume(n);
+        text
+    }
+
+    /// The command link up at `t = 10`, its `TIME` sent at 0 and answered
+    /// with Redis's clock at `REDIS_EPOCH_MS`: offset `REDIS_EPOCH_MS - 5`,
+    /// uncertainty 6 ms.
+    fn command_link_up(bus: &mut Bus<u32>) {
+        bus.on_connecting(Role::Commands, 0);
+        bus.on_connected(Role::Commands, 0, std::iter::empty());
+        let sent = take_output(bus, Role::Commands);
+        assert!(sent.contains("SETNAME") && sent.contains("SCRIPT") && sent.contains("TIME"));
+        let mut reply = b"+OK\r\n".to_vec();
+        reply.extend(format!("$40\r\n{}\r\n", bus.script_sha).as_bytes());
+        reply.extend(time_reply(REDIS_EPOCH_MS));
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, &reply, 10, &mut events);
+        assert!(events.is_empty());
+        assert!(bus.cmd.is_up());
+    }
+
+    fn subscription_link_up(bus: &mut Bus<u32>, wanted: &[&str], now: u64) -> String {
+        bus.on_connecting(Role::Subscriptions, now);
+        bus.on_connected(Role::Subscriptions, now, wanted.iter().copied());
+        let sent = take_output(bus, Role::Subscriptions);
+        let mut events = Vec::new();
+        bus.on_input(
+            Role::Subscriptions,
+            b"+OK\r\n+PONG\r\n",
+            now + 1,
+            &mut events,
+        );
+        assert!(bus.sub.is_up());
+        sent
+    }
+
+    #[test]
+    fn a_publish_carries_a_deadline_in_redis_time_and_is_answered_from_the_reply() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"envelope", Some(1), 100).unwrap();
+        let sent = take_output(&mut bus, Role::Commands);
+        // 100 + 1000 ms timeout, in Redis's clock (offset EPOCH - 5).
+        let deadline = (REDIS_EPOCH_MS + 1095).to_string();
+        assert!(sent.contains("EVALSHA"), "{sent}");
+        assert!(sent.contains(&deadline), "{sent}");
+        assert!(sent.contains("wshub:news"), "{sent}");
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, b":3\r\n", 120, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 1,
+                outcome: Ok(3)
+            }]
+        ));
+        assert_eq!(bus.stats.publishes_confirmed, 1);
+    }
+
+    #[test]
+    fn a_publish_past_its_deadline_in_redis_is_refused() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, b":-1\r\n", 900, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                outcome: Err(_),
+                ..
+            }]
+        ));
+        assert_eq!(bus.stats.publishes_refused, 1);
+    }
+
+    #[test]
+    fn without_a_reply_503_comes_only_after_deadline_uncertainty_and_margin() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        // 100 + 1000 (timeout) + 6 (uncertainty) + 250 (margin).
+        let answer_by = 1356;
+        let mut events = Vec::new();
+        bus.on_timer(answer_by - 1, &mut events);
+        assert!(events.is_empty());
+        bus.on_timer(answer_by, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 1,
+                outcome: Err(_)
+            }]
+        ));
+        // Redis accepted it after all (its reply was late): counted, and
+        // no second answer.
+        events.clear();
+        bus.on_input(Role::Commands, b":1\r\n", answer_by + 5, &mut events);
+        assert!(events.is_empty());
+        assert_eq!(bus.stats.publishes_late, 1);
+    }
+
+    #[test]
+    fn a_lost_link_refuses_new_publishes_at_once_and_pending_ones_at_their_deadline() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        let mut events = Vec::new();
+        bus.on_closed(Role::Commands, 200, "reset".to_owned());
+        assert!(
+            bus.health().is_some_and(|h| h.contains("reset")),
+            "{:?}",
+            bus.health()
+        );
+        assert_eq!(
+            bus.publish("news", b"e", Some(2), 200),
+            Err("redis is unreachable")
+        );
+        // Redis may still run what it read before the reset: no answer
+        // until the deadline has passed.
+        bus.on_timer(1355, &mut events);
+        assert!(events.is_empty());
+        bus.on_timer(1356, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 1,
+                outcome: Err(_)
+            }]
+        ));
+        // Relays are dropped and counted while down.
+        assert!(bus.publish("chat", b"e", None, 300).is_err());
+        assert_eq!(bus.stats.relays_dropped, 1);
+    }
+
+    #[test]
+    fn relays_ahead_of_a_publish_neither_delay_nor_steal_its_answer() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        for _ in 0..3 {
+            bus.publish("chat", b"e", None, 100).unwrap();
+        }
+        bus.publish("news", b"e", Some(9), 200).unwrap();
+        assert_eq!(bus.waiting, [1456]);
+        let mut events = Vec::new();
+        // Two relays are answered; the publish is still out.
+        bus.on_input(Role::Commands, b":1\r\n:1\r\n", 300, &mut events);
+        bus.on_timer(1455, &mut events);
+        assert!(events.is_empty());
+        bus.on_timer(1456, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 9,
+                outcome: Err(_)
+            }]
+        ));
+        assert!(bus.waiting.is_empty());
+        events.clear();
+        bus.on_input(Role::Commands, b":-1\r\n:-1\r\n", 1500, &mut events);
+        assert!(events.is_empty());
+        // The third relay came too late (dropped); the publish was refused
+        // in Redis too, so nothing was accepted late.
+        assert_eq!((bus.stats.relays_dropped, bus.stats.publishes_late), (1, 0));
+    }
+
+    #[test]
+    fn publishes_are_refused_while_too_much_waits_unsent() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        let big = vec![0u8; MAX_UNSENT_BYTES];
+        bus.publish("news", &big, Some(1), 100).unwrap();
+        assert_eq!(
+            bus.publish("news", b"e", Some(2), 100),
+            Err("redis is not keeping up")
+        );
+        assert!(bus.publish("chat", b"e", None, 100).is_err());
+        assert_eq!(
+            (bus.stats.publishes_refused, bus.stats.relays_dropped),
+            (1, 1)
+        );
+        // Written out: publishing works again.
+        take_output(&mut bus, Role::Commands);
+        assert!(bus.publish("news", b"e", Some(3), 100).is_ok());
+    }
+
+    #[test]
+    fn a_missing_script_is_loaded_again_and_the_publish_refused() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"e", Some(1), 100).unwrap();
+        take_output(&mut bus, Role::Commands);
+        let mut events = Vec::new();
+        bus.on_input(
+            Role::Commands,
+            b"-NOSCRIPT No matching script.\r\n",
+            110,
+            &mut events,
+        );
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                outcome: Err(_),
+                ..
+            }]
+        ));
+        assert!(take_output(&mut bus, Role::Commands).contains("SCRIPT"));
+        let reply = format!("$40\r\n{}\r\n", bus.script_sha);
+        bus.on_input(Role::Commands, reply.as_bytes(), 120, &mut events);
+        assert!(bus.cmd.is_up());
+    }
+
+    #[test]
+    fn a_silent_link_is_down_within_ping_interval_plus_timeout() {
+        let mut bus = bus();
+        command_link_up(&mut bus);
+        subscription_link_up(&mut bus, &[], 0);
+        assert_eq!(bus.health(), None);
+        let mut events = Vec::new();
+        // Checks go out at 1001 (subscriptions) and 1010 (commands) ...
+        bus.on_timer(1001, &mut events);
+        assert!(take_output(&mut bus, Role::Subscriptions).contains("PING"));
+        bus.on_timer(1010, &mut events);
+        assert!(take_output(&mut bus, Role::Commands).contains("TIME"));
+        // ... and are never answered (Redis paused).
+        bus.on_timer(3000, &mut events);
+        assert!(
+            bus.sub.is_up(),
+            "2 s after its ping the link is still given time"
+        );
+        bus.on_timer(3001, &mut events);
+        assert!(!bus.sub.is_connected());
+        assert!(bus.health().is_some());
+        bus.on_timer(3010, &mut events);
+        assert!(!bus.cmd.is_connected());
+        // Reconnection waits out the backoff (50-100 ms the first time).
+        assert!(!bus.due_to_connect(Role::Commands, 3010 + 49));
+        assert!(bus.due_to_connect(Role::Commands, 3010 + 100));
+    }
+
+    #[test]
+    fn an_answered_check_keeps_the_link_up() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &[], 0);
+        let mut events = Vec::new();
+        for round in 1..5u64 {
+            let now = round * 1001;
+            bus.on_timer(now, &mut events);
+            bus.on_input(
+                Role::Subscriptions,
+                b"*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+                now + 5,
+                &mut events,
+            );
+        }
+        assert!(bus.sub.is_up());
+    }
+
+    #[test]
+    fn subscription_changes_go_out_once_per_turn_in_batches() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &[], 0);
+        for name in ["a", "b", "a"] {
+            bus.channel_changed(name);
+        }
+        bus.flush_subscriptions(|_| true);
+        let sent = take_output(&mut bus, Role::Subscriptions);
+        assert_eq!(sent.matches("SUBSCRIBE").count(), 1, "{sent}");
+        assert!(sent.contains("wshub:a") && sent.contains("wshub:b"));
+        assert_eq!(bus.subscribed_count(), 2);
+        // "a" lost its last subscriber and "c" came and went in one turn.
+        bus.channel_changed("a");
+        bus.channel_changed("c");
+        bus.flush_subscriptions(|name| name == "b");
+        let sent = take_output(&mut bus, Role::Subscriptions);
+        assert!(
+            sent.contains("UNSUBSCRIBE") && sent.contains("wshub:a"),
+            "{sent}"
+        );
+        assert!(!sent.contains("wshub:c"), "{sent}");
+        assert_eq!(bus.subscribed_count(), 1);
+    }
+
+    #[test]
+    fn a_new_subscription_link_resubscribes_every_wanted_channel() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &["x"], 0);
+        bus.on_closed(Role::Subscriptions, 10, "reset".to_owned());
+        assert_eq!(bus.subscribed_count(), 0);
+        // Changes while down are not sent: connecting covers them.
+        bus.channel_changed("y");
+        bus.flush_subscriptions(|_| true);
+        assert!(bus.sub.output().is_empty());
+        let sent = subscription_link_up(&mut bus, &["x", "y"], 500);
+        let subscribe = sent.find("SUBSCRIBE").expect("subscribes");
+        let ping = sent.find("PING").expect("pings");
+        assert!(
+            subscribe < ping,
+            "up only once the subscriptions are in place"
+        );
+        assert!(sent.contains("wshub:x") && sent.contains("wshub:y"));
+        assert_eq!(bus.subscribed_count(), 2);
+    }
+
+    #[test]
+    fn messages_lose_their_prefix_and_foreign_ones_are_ignored() {
+        let mut bus = bus();
+        subscription_link_up(&mut bus, &["news"], 0);
+        let mut events = Vec::new();
+        let push = b"*3\r\n$7\r\nmessage\r\n$10\r\nwshub:news\r\n$2\r\nhi\r\n*3\r\n$7\r\nmessage\r\n$5\r\nother\r\n$2\r\nhi\r\n";
+        bus.on_input(Role::Subscriptions, push, 5, &mut events);
+        assert_eq!(events.len(), 1);
+        let Event::Message { channel, envelope } = &events[0] else {
+            panic!("{events:?}");
+        };
+        assert_eq!(
+            (channel.as_str(), envelope.as_slice()),
+            ("news", &b"hi"[..])
+        );
+        assert_eq!(bus.stats.messages_received, 1);
+        assert_eq!(bus.stats.messages_undecodable, 1);
+    }
+
+    #[test]
+    fn login_uses_the_url_credentials_and_a_refusal_drops_the_link() {
+        let mut config = ClusterConfig::default();
+        config.redis_url =
+            crate::config::RedisUrl::parse("redis://alice:s3cret@127.0.0.1/2").unwrap();
+        let mut bus: Bus<u32> = Bus::new(&config, 1);
+        bus.on_connecting(Role::Commands, 0);
+        bus.on_connected(Role::Commands, 0, std::iter::empty());
+        let sent = take_output(&mut bus, Role::Commands);
+        let auth = sent.find("AUTH").unwrap();
+        let select = sent.find("SELECT").unwrap();
+        assert!(auth < select && sent.contains("alice") && sent.contains("s3cret"));
+        bus.cmd.command(&[b"AUTH", b"s3cret"]);
+        let shown = format!("{bus:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("115, 51, 99"),
+            "{shown}"
+        );
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, b"-WRONGPASS invalid\r\n", 3, &mut events);
+        assert!(!bus.cmd.is_connected());
+        assert!(bus.health().is_some_and(|h| h.contains("WRONGPASS")));
+    }
+}
