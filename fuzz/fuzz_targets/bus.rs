@@ -19,26 +19,31 @@ fuzz_target!(|data: &[u8]| {
         envelope.write(&mut out);
         assert_eq!(out, data);
     }
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(url) = RedisUrl::parse(text) {
-            assert!(!url.username.as_deref().unwrap_or_default().contains(char::is_control));
-            // An alphanumeric password cannot straddle the separators
-            // around the mask, so it shows only if it is leaked or is
-            // part of what the URL shows without it.
-            let mut without = url.clone();
-            without.password = None;
-            if let Some(password) = url
-                .password
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(url) = RedisUrl::parse(text)
+    {
+        assert!(
+            !url.username
                 .as_deref()
-                .filter(|p| p.len() >= 4 && p.chars().all(|c| c.is_ascii_alphanumeric()))
-            {
-                if !without.to_string().contains(password) {
-                    assert!(!url.to_string().contains(password));
-                }
-                let masked = "Some(<redacted>)";
-                if !format!("{without:?}").contains(password) && !masked.contains(password) {
-                    assert!(!format!("{url:?}").contains(password));
-                }
+                .unwrap_or_default()
+                .contains(char::is_control)
+        );
+        // An alphanumeric password cannot straddle the separators
+        // around the mask, so it shows only if it is leaked or is
+        // part of what the URL shows without it.
+        let mut without = url.clone();
+        without.password = None;
+        if let Some(password) = url
+            .password
+            .as_deref()
+            .filter(|p| p.len() >= 4 && p.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            if !without.to_string().contains(password) {
+                assert!(!url.to_string().contains(password));
+            }
+            let masked = "Some(<redacted>)";
+            if !format!("{without:?}").contains(password) && !masked.contains(password) {
+                assert!(!format!("{url:?}").contains(password));
             }
         }
     }
