@@ -38,6 +38,7 @@ mod metrics;
 mod notify;
 mod origin_protocols;
 mod publish_http;
+mod reuse_port;
 mod signals;
 mod tls;
 mod tls_reload;
