@@ -99,10 +99,7 @@ impl Listener {
     ) -> Result<Listener, ServerError> {
         socket.set_nonblocking(true)?;
         let address = socket.local_addr()?;
-        let wants_reuse_port = listeners
-            .iter()
-            .any(|l| l.reuse_port && l.address == address);
-        if wants_reuse_port && !rustix::net::sockopt::socket_reuseport(&socket).unwrap_or(false) {
+        if lacks_reuse_port(&socket, address, listeners) {
             warn!(
                 "listener {address}: reuse_port = true does not apply to a socket passed by the \
                  service manager; set ReusePort=yes in its socket unit, or give each process a \
@@ -182,6 +179,19 @@ impl Listener {
     pub(super) fn tls_config(&self) -> Option<&Arc<rustls::ServerConfig>> {
         self.tls.as_ref().map(|s| &s.config)
     }
+}
+
+/// Whether a passed socket at `address` stands for a `reuse_port = true`
+/// entry of `listeners` but was not given `SO_REUSEPORT` by whoever bound it.
+fn lacks_reuse_port(
+    socket: &impl std::os::fd::AsFd,
+    address: SocketAddr,
+    listeners: &[ListenerConfig],
+) -> bool {
+    listeners
+        .iter()
+        .any(|l| l.reuse_port && l.address == address)
+        && !rustix::net::sockopt::socket_reuseport(socket).unwrap_or(false)
 }
 
 /// The `tls = true` entry of `listeners` for a socket at `address`.
@@ -538,5 +548,36 @@ mod tests {
             ..ListenerConfig::plain(addr)
         };
         assert!(Listener::bind_all(&[shared]).is_err());
+    }
+
+    #[test]
+    fn a_passed_socket_without_so_reuseport_is_noticed_under_a_reuse_port_entry() {
+        let addr = free_port();
+        let plain = ListenerConfig::plain(addr);
+        let shared = ListenerConfig {
+            reuse_port: true,
+            ..plain.clone()
+        };
+        let without = std::net::TcpListener::bind(addr).unwrap();
+        assert!(lacks_reuse_port(
+            &without,
+            addr,
+            std::slice::from_ref(&shared)
+        ));
+        // Not asked for, or for another address: nothing to say.
+        assert!(!lacks_reuse_port(
+            &without,
+            addr,
+            std::slice::from_ref(&plain)
+        ));
+        let elsewhere = ListenerConfig {
+            address: free_port(),
+            ..shared.clone()
+        };
+        assert!(!lacks_reuse_port(&without, addr, &[elsewhere]));
+        drop(without);
+        // Bound with the option (as `ReusePort=yes` in a socket unit does).
+        let with = listen(addr, true).unwrap();
+        assert!(!lacks_reuse_port(&with, addr, &[shared]));
     }
 }
