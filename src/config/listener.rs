@@ -1,8 +1,9 @@
 //! `[[listener]]`: the sockets wshub accepts connections on.
 //!
 //! Owns: the listener types, turning a table as written into one (a TLS
-//! listener needs both files; a plain one may name none), and the rules
-//! across listeners.
+//! listener needs both files; a plain one may name none; `reuse_port` needs
+//! a fixed port), the rules across listeners, and what counts as the same
+//! socket when a config is reloaded.
 //! Must never: open a socket or read the certificate files (the server does,
 //! at start, at `--check-config` and on reload).
 
@@ -25,12 +26,42 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// `Some` for a wss:// (TLS) listener, `None` for plain ws://.
     pub tls: Option<ListenerTls>,
+    /// Bind with `SO_REUSEPORT`, so that several processes share the
+    /// address and the kernel spreads new connections among them.
+    pub reuse_port: bool,
 }
 
 impl ListenerConfig {
     /// A plain (ws://) listener.
     pub fn plain(address: SocketAddr) -> ListenerConfig {
-        ListenerConfig { address, tls: None }
+        ListenerConfig {
+            address,
+            tls: None,
+            reuse_port: false,
+        }
+    }
+
+    /// Whether `other` describes the same listening socket: the same
+    /// address, TLS or not, and the same socket options. Anything else
+    /// needs a new socket, which a reload does not make.
+    pub fn same_socket(&self, other: &ListenerConfig) -> bool {
+        self.address == other.address
+            && self.tls.is_some() == other.tls.is_some()
+            && self.reuse_port == other.reuse_port
+    }
+}
+
+/// The socket as a log line shows it: `127.0.0.1:8080`, followed by
+/// ` (tls, reuse_port)` for whichever of the two it has.
+impl std::fmt::Display for ListenerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.address)?;
+        match (self.tls.is_some(), self.reuse_port) {
+            (false, false) => Ok(()),
+            (true, false) => f.write_str(" (tls)"),
+            (false, true) => f.write_str(" (reuse_port)"),
+            (true, true) => f.write_str(" (tls, reuse_port)"),
+        }
     }
 }
 
@@ -57,6 +88,8 @@ struct ListenerTable {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     alpn: Option<bool>,
+    #[serde(default)]
+    reuse_port: bool,
 }
 
 impl TryFrom<ListenerTable> for ListenerConfig {
@@ -65,8 +98,20 @@ impl TryFrom<ListenerTable> for ListenerConfig {
     /// `cert` and `key` are required with `tls = true` and refused without
     /// it, as is `alpn`, so a half-configured TLS listener never serves
     /// plain ws:// by mistake.
+    ///
+    /// `reuse_port` needs a fixed port: with port 0 every process would be
+    /// given a port of its own, and nothing would be shared.
     fn try_from(table: ListenerTable) -> Result<ListenerConfig, ConfigError> {
         let address = table.address;
+        let reuse_port = table.reuse_port;
+        if reuse_port && address.port() == 0 {
+            return Err(ConfigError::invalid(
+                "listener.reuse_port",
+                format!(
+                    "needs a fixed port on listener {address}: with port 0 each process gets a port of its own"
+                ),
+            ));
+        }
         if !table.tls {
             let set = [
                 ("listener.cert", table.cert.is_some()),
@@ -79,7 +124,10 @@ impl TryFrom<ListenerTable> for ListenerConfig {
                     format!("is set on listener {address}, which does not have tls = true"),
                 ));
             }
-            return Ok(ListenerConfig::plain(address));
+            return Ok(ListenerConfig {
+                reuse_port,
+                ..ListenerConfig::plain(address)
+            });
         }
         let required = |value: Option<PathBuf>, key: &str| {
             value.filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| {
@@ -96,6 +144,7 @@ impl TryFrom<ListenerTable> for ListenerConfig {
                 key: required(table.key, "listener.key")?,
                 alpn: table.alpn.unwrap_or(true),
             }),
+            reuse_port,
         })
     }
 }
@@ -215,5 +264,76 @@ mod tests {
             assert!(msg.contains("127.0.0.1:8443"), "{msg}");
             assert!(msg.contains("line 1"), "{msg}");
         }
+    }
+
+    #[test]
+    fn reuse_port_is_off_unless_set() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:9000\"\n";
+        let c = Config::from_toml_str(base).unwrap();
+        assert!(!c.listeners[0].reuse_port);
+        let c = Config::from_toml_str(&format!("{base}reuse_port = true\n")).unwrap();
+        assert!(c.listeners[0].reuse_port);
+        assert_eq!(c.listeners[0].tls, None);
+        let tls =
+            format!("{base}reuse_port = true\ntls = true\ncert = \"c.pem\"\nkey = \"k.pem\"\n");
+        let c = Config::from_toml_str(&tls).unwrap();
+        assert!(c.listeners[0].reuse_port && c.listeners[0].tls.is_some());
+    }
+
+    #[test]
+    fn reuse_port_needs_a_fixed_port_and_a_boolean() {
+        let msg = parse_err("[[listener]]\naddress = \"127.0.0.1:0\"\nreuse_port = true\n");
+        assert!(msg.contains("`listener.reuse_port`"), "{msg}");
+        assert!(msg.contains("fixed port"), "{msg}");
+        // Port 0 without it stays fine.
+        let c =
+            Config::from_toml_str("[[listener]]\naddress = \"127.0.0.1:0\"\nreuse_port = false\n");
+        assert!(c.is_ok());
+        let msg = parse_err("[[listener]]\naddress = \"127.0.0.1:1\"\nreuse_port = \"yes\"\n");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn same_socket_compares_address_tls_and_reuse_port_only() {
+        let plain = ListenerConfig::plain("127.0.0.1:9000".parse().unwrap());
+        let tls = |cert: &str| ListenerConfig {
+            tls: Some(ListenerTls {
+                cert: cert.into(),
+                key: "k.pem".into(),
+                alpn: true,
+            }),
+            ..plain.clone()
+        };
+        assert!(plain.same_socket(&plain));
+        // New certificate files are the same socket (they reload live).
+        assert!(tls("a.pem").same_socket(&tls("b.pem")));
+        assert!(!plain.same_socket(&tls("a.pem")));
+        let shared = ListenerConfig {
+            reuse_port: true,
+            ..plain.clone()
+        };
+        assert!(!plain.same_socket(&shared));
+        let moved = ListenerConfig::plain("127.0.0.1:9001".parse().unwrap());
+        assert!(!plain.same_socket(&moved));
+    }
+
+    #[test]
+    fn listener_shows_address_and_options() {
+        let plain = ListenerConfig::plain("127.0.0.1:9000".parse().unwrap());
+        assert_eq!(plain.to_string(), "127.0.0.1:9000");
+        let shared = ListenerConfig {
+            reuse_port: true,
+            ..plain.clone()
+        };
+        assert_eq!(shared.to_string(), "127.0.0.1:9000 (reuse_port)");
+        let both = ListenerConfig {
+            tls: Some(ListenerTls {
+                cert: "c.pem".into(),
+                key: "k.pem".into(),
+                alpn: true,
+            }),
+            ..shared
+        };
+        assert_eq!(both.to_string(), "127.0.0.1:9000 (tls, reuse_port)");
     }
 }

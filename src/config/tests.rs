@@ -20,6 +20,7 @@ fn documented_defaults() -> Config {
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:8080".parse().unwrap(),
             tls: None,
+            reuse_port: false,
         }],
         routes: vec![RouteConfig {
             path: "/echo".into(),

@@ -396,7 +396,7 @@ impl Server {
                 .listeners
                 .iter()
                 .zip(&self.config.listeners)
-                .all(|(a, b)| a.address == b.address && a.tls.is_some() == b.tls.is_some());
+                .all(|(a, b)| a.same_socket(b));
         // The certificate paths come from the file as it is, even where the
         // rest of `[[listener]]` cannot apply: a listening socket (bound or
         // passed) takes those of the `tls = true` entry with its address.
@@ -405,7 +405,7 @@ impl Server {
             let show = |c: &Config| {
                 c.listeners
                     .iter()
-                    .map(|l| l.address.to_string())
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             };
@@ -416,7 +416,7 @@ impl Server {
                 );
             } else {
                 warn!(
-                    "reload: listener addresses cannot change while running, nor whether they use tls (in use: {}; in the file: {}); restart wshub to apply them",
+                    "reload: listener addresses cannot change while running, nor whether they use tls or reuse_port (in use: {}; in the file: {}); restart wshub to apply them",
                     show(&self.config),
                     show(&config)
                 );
@@ -521,6 +521,7 @@ mod tests {
                 key: key.to_path_buf(),
                 alpn: true,
             }),
+            reuse_port: false,
         }
     }
 

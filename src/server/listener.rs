@@ -3,7 +3,8 @@
 //! Owns: each listening socket together with the TLS config its new
 //! connections get and the certificate files that config came from
 //! ([`Listener`]); binding; the accept pause when the process is out of file
-//! descriptors; the admission checks (`max_connections`,
+//! descriptors (and `SO_REUSEPORT` for a `reuse_port` listener, which lets
+//! several processes share the address); the admission checks (`max_connections`,
 //! `max_connections_per_ip`) with their canned refusals; and turning an
 //! accepted socket into a slot in the slab.
 //! Must never: read from an admitted connection or write to it (beyond the
@@ -76,7 +77,10 @@ impl Listener {
         tls: Option<ListenerTlsState>,
     ) -> Result<Listener, ServerError> {
         let addr = config.address;
-        let socket = listen(addr).map_err(|source| ServerError::Bind { addr, source })?;
+        let socket = listen(addr, config.reuse_port).map_err(|source| ServerError::Bind {
+            addr,
+            source: explain_bind_error(source),
+        })?;
         Ok(Listener {
             socket,
             address: addr,
@@ -86,13 +90,22 @@ impl Listener {
 
     /// Wraps a socket passed by the service manager. It serves TLS when its
     /// address equals that of a `tls = true` entry of `listeners`, with that
-    /// entry's files.
+    /// entry's files. Its socket options are the service manager's: a
+    /// `reuse_port` entry for its address cannot add `SO_REUSEPORT`, so a
+    /// socket without it is reported.
     pub(super) fn passed(
         socket: std::net::TcpListener,
         listeners: &[ListenerConfig],
     ) -> Result<Listener, ServerError> {
         socket.set_nonblocking(true)?;
         let address = socket.local_addr()?;
+        if lacks_reuse_port(&socket, address, listeners) {
+            warn!(
+                "listener {address}: reuse_port = true does not apply to a socket passed by the \
+                 service manager; set ReusePort=yes in its socket unit, or give each process a \
+                 socket unit of its own"
+            );
+        }
         let tls = match tls_entry_for(address, listeners) {
             Some(entry) => load_tls_state(entry)?,
             None => None,
@@ -168,6 +181,19 @@ impl Listener {
     }
 }
 
+/// Whether a passed socket at `address` stands for a `reuse_port = true`
+/// entry of `listeners` but was not given `SO_REUSEPORT` by whoever bound it.
+fn lacks_reuse_port(
+    socket: &impl std::os::fd::AsFd,
+    address: SocketAddr,
+    listeners: &[ListenerConfig],
+) -> bool {
+    listeners
+        .iter()
+        .any(|l| l.reuse_port && l.address == address)
+        && !rustix::net::sockopt::socket_reuseport(socket).unwrap_or(false)
+}
+
 /// The `tls = true` entry of `listeners` for a socket at `address`.
 fn tls_entry_for(address: SocketAddr, listeners: &[ListenerConfig]) -> Option<&ListenerConfig> {
     listeners
@@ -205,8 +231,8 @@ pub fn load_listener_tls(
 }
 
 /// Binds a non-blocking listening socket with [`LISTEN_BACKLOG`] (mio's own
-/// `bind` uses 128).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// `bind` uses 128), with `SO_REUSEPORT` when `reuse_port`.
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
     let family = if addr.is_ipv4() {
         AddressFamily::INET
@@ -221,9 +247,30 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     )?;
     // Lets a restarted daemon bind while old connections sit in TIME_WAIT.
     sockopt::set_socket_reuseaddr(&socket, true)?;
+    // Lets other processes (of the same user) bind the same address as
+    // well, each with this option; the kernel then spreads new connections
+    // among the listening sockets by a hash of the client's address.
+    if reuse_port {
+        sockopt::set_socket_reuseport(&socket, true)?;
+    }
     rustix::net::bind(&socket, &addr)?;
     rustix::net::listen(&socket, LISTEN_BACKLOG)?;
     Ok(TcpListener::from_std(std::net::TcpListener::from(socket)))
+}
+
+/// Adds to "address in use" what the operator can do about it; other
+/// errors pass unchanged.
+fn explain_bind_error(source: io::Error) -> io::Error {
+    if source.kind() != io::ErrorKind::AddrInUse {
+        return source;
+    }
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "{source}: another socket listens there (several wshub processes share an \
+             address only when each of them sets reuse_port = true on it)"
+        ),
+    )
 }
 
 /// The listening sockets and the state of accepting.
@@ -448,5 +495,89 @@ mod tests {
         let (stream, peer) = accept_one(&server);
         server.admit(0, stream, peer, 0);
         assert_eq!(server.conns.len(), 1);
+    }
+
+    /// A free loopback port: bound once with port 0 and released.
+    fn free_port() -> SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    }
+
+    #[test]
+    fn reuse_port_listeners_share_an_address() {
+        let addr = free_port();
+        let shared = ListenerConfig {
+            reuse_port: true,
+            ..ListenerConfig::plain(addr)
+        };
+        let first = Listener::bind_all(std::slice::from_ref(&shared)).unwrap();
+        let second = Listener::bind_all(std::slice::from_ref(&shared)).unwrap();
+        assert_eq!(first[0].local_addr(), Some(addr));
+        assert_eq!(second[0].local_addr(), Some(addr));
+        for listener in first.iter().chain(&second) {
+            assert!(rustix::net::sockopt::socket_reuseport(&listener.socket).unwrap());
+            assert!(rustix::net::sockopt::socket_reuseaddr(&listener.socket).unwrap());
+        }
+        // A socket without the option is refused beside them.
+        let Err(err) = Listener::bind_all(&[ListenerConfig::plain(addr)]) else {
+            panic!("bound {addr} twice without reuse_port");
+        };
+        let message = err.to_string();
+        assert!(message.contains("in use"), "{message}");
+        assert!(message.contains("reuse_port = true"), "{message}");
+    }
+
+    #[test]
+    fn without_reuse_port_a_second_bind_is_address_in_use() {
+        let addr = free_port();
+        let plain = [ListenerConfig::plain(addr)];
+        let first = Listener::bind_all(&plain).unwrap();
+        assert!(!rustix::net::sockopt::socket_reuseport(&first[0].socket).unwrap());
+        let Err(ServerError::Bind {
+            addr: failed,
+            source,
+        }) = Listener::bind_all(&plain)
+        else {
+            panic!("bound {addr} twice");
+        };
+        assert_eq!(failed, addr);
+        assert_eq!(source.kind(), io::ErrorKind::AddrInUse);
+        // The second one asking for it does not get in either.
+        let shared = ListenerConfig {
+            reuse_port: true,
+            ..ListenerConfig::plain(addr)
+        };
+        assert!(Listener::bind_all(&[shared]).is_err());
+    }
+
+    #[test]
+    fn a_passed_socket_without_so_reuseport_is_noticed_under_a_reuse_port_entry() {
+        let addr = free_port();
+        let plain = ListenerConfig::plain(addr);
+        let shared = ListenerConfig {
+            reuse_port: true,
+            ..plain.clone()
+        };
+        let without = std::net::TcpListener::bind(addr).unwrap();
+        assert!(lacks_reuse_port(
+            &without,
+            addr,
+            std::slice::from_ref(&shared)
+        ));
+        // Not asked for, or for another address: nothing to say.
+        assert!(!lacks_reuse_port(
+            &without,
+            addr,
+            std::slice::from_ref(&plain)
+        ));
+        let elsewhere = ListenerConfig {
+            address: free_port(),
+            ..shared.clone()
+        };
+        assert!(!lacks_reuse_port(&without, addr, &[elsewhere]));
+        drop(without);
+        // Bound with the option (as `ReusePort=yes` in a socket unit does).
+        let with = listen(addr, true).unwrap();
+        assert!(!lacks_reuse_port(&with, addr, &[shared]));
     }
 }

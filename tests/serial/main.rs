@@ -37,6 +37,7 @@ mod hostile_burst;
 mod hostile_churn;
 mod hostile_emfile;
 mod hostile_frames;
+mod reuse_port_activation;
 mod socket_activation;
 
 /// Held for the whole of each test in this binary: one test at a time.

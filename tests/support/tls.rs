@@ -165,6 +165,7 @@ impl DualServer {
                     key,
                     alpn: true,
                 }),
+                reuse_port: false,
             },
         ];
         let server = TestServer::with_config(config);

@@ -39,6 +39,7 @@ mod metrics;
 mod notify;
 mod origin_protocols;
 mod publish_http;
+mod reuse_port;
 mod signals;
 mod tls;
 mod tls_reload;

@@ -1,5 +1,7 @@
 //! The systemd unit files in `systemd/`: `systemd-analyze verify` accepts
-//! both, and they carry the settings the daemon relies on.
+//! each, and they carry the settings the daemon relies on; the template for
+//! several processes on one port differs from the service only where its
+//! instances must.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,6 +14,8 @@ use crate::support::tempdir::TempDir;
 
 /// Where the unit expects the binary; the test points it at the one built.
 const INSTALLED_BIN: &str = "/usr/local/bin/wshub";
+/// The template unit whose instances share one port.
+const TEMPLATE: &str = "wshub@.service";
 
 fn unit(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,14 +24,22 @@ fn unit(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The values of `key=` lines in the unit (comments skipped).
-fn values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+/// The `key=value` lines of a unit, in order (comments and sections skipped).
+fn settings(text: &str) -> Vec<(&str, &str)> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.starts_with('#') && !l.starts_with(';'))
         .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| k.trim() == key)
-        .map(|(_, v)| v.trim())
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect()
+}
+
+/// The values of `key=` lines in the unit.
+fn values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    settings(text)
+        .into_iter()
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| v)
         .collect()
 }
 
@@ -39,29 +51,33 @@ fn value<'a>(text: &'a str, key: &str) -> &'a str {
 }
 
 #[test]
-fn systemd_analyze_verify_accepts_both_units() {
+fn systemd_analyze_verify_accepts_every_unit() {
     let analyze = require_tool("systemd-analyze");
-    let service = unit("wshub.service");
-    assert!(
-        service.contains(&format!("ExecStart={INSTALLED_BIN} ")),
-        "ExecStart must name {INSTALLED_BIN}"
-    );
-    // verify checks that ExecStart= is executable, so the copy points at the
-    // binary under test.
     let dir = TempDir::new("units");
-    dir.write(
-        "wshub.service",
-        &service.replace(
-            &format!("ExecStart={INSTALLED_BIN}"),
-            &format!("ExecStart={BIN}"),
-        ),
-    );
+    for name in ["wshub.service", TEMPLATE] {
+        let service = unit(name);
+        assert!(
+            service.contains(&format!("ExecStart={INSTALLED_BIN} ")),
+            "{name}: ExecStart must name {INSTALLED_BIN}"
+        );
+        // verify checks that ExecStart= is executable, so the copy points at
+        // the binary under test.
+        dir.write(
+            name,
+            &service.replace(
+                &format!("ExecStart={INSTALLED_BIN}"),
+                &format!("ExecStart={BIN}"),
+            ),
+        );
+    }
     dir.write("wshub.socket", &unit("wshub.socket"));
+    // An instance is loaded from the template beside it, with %i expanded.
     let output = Command::new(analyze)
         .arg("verify")
         .arg("--man=no")
         .arg(dir.path().join("wshub.service"))
         .arg(dir.path().join("wshub.socket"))
+        .arg(dir.path().join("wshub@1.service"))
         .env("SYSTEMD_LOG_COLOR", "0")
         .output()
         .expect("run systemd-analyze");
@@ -131,4 +147,31 @@ fn socket_listens_on_loopback_only_by_default() {
     assert!(!values(&socket, "ListenStream").is_empty());
     // One listening socket handed to one daemon, not a process per client.
     assert!(values(&socket, "Accept").iter().all(|v| *v == "no"));
+}
+
+#[test]
+fn template_instances_run_like_the_service_and_share_one_user() {
+    let service = unit("wshub.service");
+    let template = unit(TEMPLATE);
+    // What the instances need on top of the service's settings: one dynamic
+    // user for all (SO_REUSEPORT shares an address among sockets of one
+    // user only; an unset User= would be derived from each instance's name)
+    // and log lines that say which instance wrote them.
+    assert_eq!(value(&template, "User"), "wshub");
+    assert!(values(&service, "User").is_empty());
+    assert_eq!(value(&template, "SyslogIdentifier"), "wshub@%i");
+    assert!(value(&template, "Description").contains("%i"));
+    // Everything else is the service's, line for line: the same binary and
+    // config file, notify type, watchdog, limits and sandbox.
+    let own = ["User", "SyslogIdentifier", "Description"];
+    let shared = |text| {
+        settings(text)
+            .into_iter()
+            .filter(|(k, _)| !own.contains(k))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shared(&template), shared(&service));
+    assert_eq!(value(&template, "WantedBy"), "multi-user.target");
+    // The README's install line names the template as it is spelled here.
+    assert!(template.contains("systemctl enable --now wshub@{1..8}"));
 }
