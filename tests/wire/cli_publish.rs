@@ -225,6 +225,7 @@ fn tls_server(dir: &TempDir) -> (TestServer, Identity) {
                 key,
                 alpn: true,
             }),
+            reuse_port: false,
         }];
     });
     (server, identity)
