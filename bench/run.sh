@@ -14,7 +14,7 @@
 #                     messages per broadcast run (see the defaults below)
 #   CLUSTER=0         skip the cluster scenarios (cl-*: wshub nodes on a
 #                     redis-server that this script starts and stops)
-#   CL_M_W1, CL_M_W16, CL_M_HOP   messages per cluster broadcast run
+#   CL_M_W1, CL_M_W16, CL_M_WS, CL_M_HOP   messages per cluster broadcast run
 #
 # Everything stays on loopback: servers listen on 127.0.0.1, and loadgen
 # refuses any other target.
@@ -41,7 +41,7 @@ if [[ $QUICK == 1 ]]; then
     M_W1_A=${BC_M_W1_10K:-50} M_W16_A=${BC_M_W16_10K:-300}
     M_W1_B=${BC_M_W1_19K:-30} M_W16_B=${BC_M_W16_19K:-200}
     SUBS_C=1500 HOP_SUBS=100
-    M_CW1=${CL_M_W1:-30} M_CW16=${CL_M_W16:-200} M_HOP=${CL_M_HOP:-300}
+    M_CW1=${CL_M_W1:-30} M_CW16=${CL_M_W16:-100} M_CWS=${CL_M_WS:-200} M_HOP=${CL_M_HOP:-300}
 else
     ECHO_SECS=10
     SUBS_A=10000 SUBS_B=19000
@@ -51,9 +51,11 @@ else
     M_W1_A=${BC_M_W1_10K:-60} M_W16_A=${BC_M_W16_10K:-1000}
     M_W1_B=${BC_M_W1_19K:-40} M_W16_B=${BC_M_W16_19K:-600}
     # Cluster rows: 18,000 subscribers (6,000 on each of three nodes), so
-    # loadgen stays under 20,000 open files; the Redis hop at 100.
+    # loadgen stays under 20,000 open files; the Redis hop at 100. Sized
+    # like the rows above: a cluster run with the HTTP publisher at window
+    # 16 takes ~15 s (one publish per Redis round trip, see README).
     SUBS_C=18000 HOP_SUBS=100
-    M_CW1=${CL_M_W1:-50} M_CW16=${CL_M_W16:-600} M_HOP=${CL_M_HOP:-2000}
+    M_CW1=${CL_M_W1:-50} M_CW16=${CL_M_W16:-200} M_CWS=${CL_M_WS:-600} M_HOP=${CL_M_HOP:-2000}
 fi
 CLUSTER=${CLUSTER:-1}
 
@@ -73,7 +75,7 @@ ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d)
 SERVER_PID=
-NODE_PIDS=() NODE_PORTS=() REDIS_PID= REDIS_PORT= REUSE=0
+NODE_PIDS=() NODE_PORTS=() NODE_HEALTH=() REDIS_PID= REDIS_PORT= REUSE=0
 cleanup() {
     stop_server
     stop_cluster
@@ -286,6 +288,7 @@ start_node() {
     RUST_LOG=warn "${PIN_SERVER[@]}" "$WSHUB_BIN" --config "$config" > "$WORK/node$k.log" 2>&1 &
     NODE_PIDS+=("$!")
     NODE_PORTS+=("$port")
+    NODE_HEALTH+=("$health")
     local code
     for _ in $(seq 1 100); do
         if ! kill -0 "${NODE_PIDS[-1]}" 2>/dev/null; then
@@ -305,7 +308,7 @@ start_node() {
 start_cluster() {
     local setup=$1 nodes shared=
     START_ERROR=
-    NODE_PIDS=() NODE_PORTS=() REDIS_PID= REDIS_PORT= REUSE=0
+    NODE_PIDS=() NODE_PORTS=() NODE_HEALTH=() REDIS_PID= REDIS_PORT= REUSE=0
     case $setup in
         solo) nodes=1 ;;
         bus1) nodes=1 ;;
@@ -375,11 +378,13 @@ SCENARIOS=(
 CLUSTER_GROUPS=(
     "w1|Broadcast: 64 B to $SUBS_C subscribers, window 1, HTTP publisher, $M_CW1 messages"
     "w16|Broadcast: 64 B to $SUBS_C subscribers, window 16, HTTP publisher, $M_CW16 messages"
+    "w16-ws|Broadcast: 64 B to $SUBS_C subscribers, window 16, WebSocket publisher (relayed) on the first node, $M_CWS messages"
     "hop|The Redis hop: 64 B to $HOP_SUBS subscribers, window 1, HTTP publisher, $M_HOP messages"
-    "reuse-bc|reuse_port: 64 B to $SUBS_C subscribers on one port, window 16, both processes on Redis, $M_CW16 messages"
+    "reuse-bc|reuse_port: 64 B to $SUBS_C subscribers on one port, window 16, WebSocket publisher (relayed), every process on Redis, $M_CWS messages"
     "reuse-echo|reuse_port: echo 64 B, 100 connections, depth 16, ${ECHO_SECS} s, on one port"
 )
 CL_BC="broadcast --window @W@ --size 64 --publisher http"
+CL_WS="broadcast --window 16 --size 64 --publisher ws"
 CL_URL1="--url ws://127.0.0.1:@PORT@/live/bench"
 CL_URL3="$CL_URL1 --url ws://127.0.0.1:@PORT2@/live/bench --url ws://127.0.0.1:@PORT3@/live/bench"
 # name | group | column | setup | kind | loadgen arguments (@PORT@, @PORT2@,
@@ -391,11 +396,14 @@ CLUSTER_SCENARIOS=(
     "cl-solo-$SUBS_C-w16|w16|single node, no cluster|solo|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
     "cl-bus1-$SUBS_C-w16|w16|one node on Redis|bus1|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
     "cl-bus3-$SUBS_C-w16|w16|three nodes on Redis|bus3|broadcast|${CL_BC/@W@/16} $CL_URL3 --subscribers $SUBS_C --messages $M_CW16"
+    "cl-solo-$SUBS_C-w16-ws|w16-ws|single node, no cluster|solo|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-bus1-$SUBS_C-w16-ws|w16-ws|one node on Redis|bus1|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-bus3-$SUBS_C-w16-ws|w16-ws|three nodes on Redis|bus3|broadcast|$CL_WS $CL_URL3 --subscribers $SUBS_C --messages $M_CWS"
     "cl-solo-$HOP_SUBS-hop|hop|single node, no cluster|solo|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $HOP_SUBS --messages $M_HOP"
     "cl-bus1-$HOP_SUBS-hop|hop|one node on Redis|bus1|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $HOP_SUBS --messages $M_HOP"
     "cl-bus3-$HOP_SUBS-hop|hop|three nodes on Redis|bus3|broadcast|${CL_BC/@W@/1} $CL_URL3 --subscribers $HOP_SUBS --messages $M_HOP"
-    "cl-reuse1-$SUBS_C-w16|reuse-bc|one process|reuse1|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
-    "cl-reuse2-$SUBS_C-w16|reuse-bc|two processes, one port|reuse2|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
+    "cl-reuse1-$SUBS_C-w16-ws|reuse-bc|one process|reuse1|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-reuse2-$SUBS_C-w16-ws|reuse-bc|two processes, one port|reuse2|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
     "cl-reuse1-echo-d16|reuse-echo|one process|reuse1|echo|echo --url ws://127.0.0.1:@PORT@/echo --conns 100 --depth 16 --size 64 --seconds $ECHO_SECS"
     "cl-reuse2-echo-d16|reuse-echo|two processes, one port|reuse2|echo|echo --url ws://127.0.0.1:@PORT@/echo --conns 100 --depth 16 --size 64 --seconds $ECHO_SECS"
 )
@@ -539,6 +547,13 @@ run_cluster_scenario() { # index
             "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "${argv[@]}" "${pids[@]}" \
             --source-base "127.0.$SOURCE_SLOT.2" \
             --timeout "$LOADGEN_TIMEOUT" > "$out" 2> "$WORK/stderr.txt" || rc=$?
+        # How the work was shared: each node's deliveries (its /metrics).
+        local h shares=()
+        for h in "${NODE_HEALTH[@]}"; do
+            shares+=("$(curl -s "http://127.0.0.1:$h/metrics" \
+                | sed -n 's/^wshub_deliveries_total //p' | head -n 1)")
+        done
+        (IFS=/; echo "${shares[*]}") > "$WORK/wshub.$name.shares"
         stop_cluster
         sed 's/^/    /' "$out" >&2
         if (( rc != 0 )); then
@@ -702,6 +717,12 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
                 done
                 echo "$row"
             done < <(cluster_metrics_for "$gkind")
+            row="| deliveries per node, last run (warm-up included) |"
+            for i in "${cols[@]}"; do
+                IFS='|' read -r name _ <<< "${CLUSTER_SCENARIOS[$i]}"
+                row="$row $(cat "$WORK/wshub.$name.shares" 2>/dev/null || echo –) |"
+            done
+            echo "$row"
             for i in "${cols[@]}"; do
                 IFS='|' read -r name _ <<< "${CLUSTER_SCENARIOS[$i]}"
                 if [[ -s $WORK/wshub.$name.err ]]; then
