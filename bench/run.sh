@@ -547,11 +547,12 @@ run_cluster_scenario() { # index
             "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "${argv[@]}" "${pids[@]}" \
             --source-base "127.0.$SOURCE_SLOT.2" \
             --timeout "$LOADGEN_TIMEOUT" > "$out" 2> "$WORK/stderr.txt" || rc=$?
-        # How the work was shared: each node's deliveries (its /metrics).
+        # How the clients were shared: each node's accepted WebSocket
+        # handshakes (its /metrics; the WebSocket publisher included).
         local h shares=()
         for h in "${NODE_HEALTH[@]}"; do
             shares+=("$(curl -s "http://127.0.0.1:$h/metrics" \
-                | sed -n 's/^wshub_deliveries_total //p' | head -n 1)")
+                | sed -n 's/^wshub_handshakes_accepted_total //p' | head -n 1)")
         done
         (IFS=/; echo "${shares[*]}") > "$WORK/wshub.$name.shares"
         stop_cluster
@@ -717,7 +718,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
                 done
                 echo "$row"
             done < <(cluster_metrics_for "$gkind")
-            row="| deliveries per node, last run (warm-up included) |"
+            row="| WebSocket clients per node, last run |"
             for i in "${cols[@]}"; do
                 IFS='|' read -r name _ <<< "${CLUSTER_SCENARIOS[$i]}"
                 row="$row $(cat "$WORK/wshub.$name.shares" 2>/dev/null || echo –) |"
