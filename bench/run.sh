@@ -613,6 +613,8 @@ ratio() { # name key
 # --- Run -------------------------------------------------------------------------
 
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
+# Before the results file is opened, which would count as a change.
+REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$( [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]] && echo ' (with uncommitted changes)')"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for i in "${!SCENARIOS[@]}"; do
     IFS='|' read -r name _ <<< "${SCENARIOS[$i]}"
@@ -640,7 +642,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "- Date: $START$( [[ $QUICK == 1 ]] && echo ' (QUICK=1 smoke run: small sizes, not for comparison)')"
     echo "- Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), kernel $(uname -r)"
     echo "- Load average before/after: $LOAD_BEFORE / $LOAD_AFTER (other work on the machine skews results)"
-    echo "- wshub: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$( [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]] && echo ' (with uncommitted changes)'); peer: fastwebsockets on tokio current_thread (bench/peer)"
+    echo "- wshub: $REVISION; peer: fastwebsockets on tokio current_thread (bench/peer)"
     echo "- Pinning: $PINNING; $RUNS run(s) per scenario, each against a freshly started server"
     echo "- Cells: median [min–max] over the runs; ratio = wshub median / peer median"
     if [[ $WSHUB_FULL_OK == 0 ]]; then
