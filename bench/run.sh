@@ -614,7 +614,10 @@ ratio() { # name key
 
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
 # Before the results file is opened, which would count as a change.
-REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$( [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]] && echo ' (with uncommitted changes)')"
+REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]]; then
+    REVISION="$REVISION (with uncommitted changes)"
+fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for i in "${!SCENARIOS[@]}"; do
     IFS='|' read -r name _ <<< "${SCENARIOS[$i]}"
