@@ -12,6 +12,9 @@
 #   RESULTS=FILE      where to write the Markdown (default bench/results.md)
 #   BC_M_W1_10K, BC_M_W16_10K, BC_M_W1_19K, BC_M_W16_19K
 #                     messages per broadcast run (see the defaults below)
+#   CLUSTER=0         skip the cluster scenarios (cl-*: wshub nodes on a
+#                     redis-server that this script starts and stops)
+#   CL_M_W1, CL_M_W16, CL_M_WS, CL_M_HOP   messages per cluster broadcast run
 #
 # Everything stays on loopback: servers listen on 127.0.0.1, and loadgen
 # refuses any other target.
@@ -37,6 +40,8 @@ if [[ $QUICK == 1 ]]; then
     SUBS_A=1000 SUBS_B=2000
     M_W1_A=${BC_M_W1_10K:-50} M_W16_A=${BC_M_W16_10K:-300}
     M_W1_B=${BC_M_W1_19K:-30} M_W16_B=${BC_M_W16_19K:-200}
+    SUBS_C=1500 HOP_SUBS=100
+    M_CW1=${CL_M_W1:-30} M_CW16=${CL_M_W16:-100} M_CWS=${CL_M_WS:-200} M_HOP=${CL_M_HOP:-300}
 else
     ECHO_SECS=10
     SUBS_A=10000 SUBS_B=19000
@@ -45,7 +50,14 @@ else
     # for more latency samples.
     M_W1_A=${BC_M_W1_10K:-60} M_W16_A=${BC_M_W16_10K:-1000}
     M_W1_B=${BC_M_W1_19K:-40} M_W16_B=${BC_M_W16_19K:-600}
+    # Cluster rows: 18,000 subscribers (6,000 on each of three nodes), so
+    # loadgen stays under 20,000 open files; the Redis hop at 100. Sized
+    # like the rows above: a cluster run with the HTTP publisher at window
+    # 16 takes ~15 s (one publish per Redis round trip, see README).
+    SUBS_C=18000 HOP_SUBS=100
+    M_CW1=${CL_M_W1:-50} M_CW16=${CL_M_W16:-200} M_CWS=${CL_M_WS:-600} M_HOP=${CL_M_HOP:-2000}
 fi
+CLUSTER=${CLUSTER:-1}
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -63,8 +75,10 @@ ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d)
 SERVER_PID=
+NODE_PIDS=() NODE_PORTS=() NODE_HEALTH=() REDIS_PID= REDIS_PORT= REUSE=0
 cleanup() {
     stop_server
+    stop_cluster
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -209,6 +223,133 @@ stop_server() {
     SERVER_PID=
 }
 
+# --- Cluster setups (wshub only) ---------------------------------------------
+#
+# A setup is one of:
+#   solo    one wshub, no [cluster]: the single-node baseline
+#   bus1    one wshub node on Redis
+#   bus3    three wshub nodes on one Redis, each on its own port
+#   reuse1  one node on Redis whose listener has reuse_port = true
+#   reuse2  two nodes on Redis sharing one port (reuse_port = true): the
+#           kernel spreads connections between them
+# Redis (redis-server, persistence off, on a free loopback port) and every
+# node are pinned like the single server (SERVER_CPU), loadgen to
+# LOADGEN_CPU: on 2 cores that is the only split that keeps loadgen's core
+# to itself, and the solo row runs the same way, so the comparison is fair.
+# Each node also listens on a private port of its own, where run.sh asks
+# its /healthz: a node answers 200 only once both its Redis links are up.
+
+redis_cli() { # port command...: a one-line answer, without redis-cli
+    local port=$1 reply
+    shift
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+    printf '%s\r\n' "$*" >&3
+    IFS= read -r -t 2 reply <&3 || true
+    exec 3>&-
+    printf '%s' "${reply%$'\r'}"
+}
+
+start_redis() {
+    command -v redis-server >/dev/null \
+        || { START_ERROR="redis-server is not installed"; return 1; }
+    REDIS_PORT=$(free_port) || { START_ERROR="no free port found"; return 1; }
+    "${PIN_SERVER[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+        --save '' --appendonly no --protected-mode no --loglevel warning \
+        > "$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        [[ $(redis_cli "$REDIS_PORT" PING 2>/dev/null) == +PONG ]] && return 0
+        sleep 0.1
+    done
+    START_ERROR="redis-server did not answer PING on 127.0.0.1:$REDIS_PORT: $(tail -c 300 "$WORK/redis.log" | tr '\n' ' ')"
+    return 1
+}
+
+# start_node K SHARED_PORT: node K (1, 2, ...) listening on SHARED_PORT
+# (with reuse_port = true when REUSE=1, else on a port of its own when
+# SHARED_PORT is empty) plus a private health port; on Redis unless
+# REDIS_PORT is empty.
+start_node() {
+    local k=$1 port=$2 health config=$WORK/node$1.toml
+    health=$(free_port) || { START_ERROR="no free port found"; return 1; }
+    if [[ -z $port ]]; then
+        port=$health
+        write_config bench/wshub-bench.toml "$port" "$config"
+    else
+        write_config bench/wshub-bench.toml "$port" "$config"
+        [[ $REUSE == 1 ]] && sed -i '/^address = /a reuse_port = true' "$config"
+        printf '\n[[listener]]\naddress = "127.0.0.1:%s"\n' "$health" >> "$config"
+    fi
+    if [[ -n $REDIS_PORT ]]; then
+        printf '\n[cluster]\nredis_url = "redis://127.0.0.1:%s/0"\nnode_name = "bench-%s"\n' \
+            "$REDIS_PORT" "$k" >> "$config"
+    fi
+    RUST_LOG=warn "${PIN_SERVER[@]}" "$WSHUB_BIN" --config "$config" > "$WORK/node$k.log" 2>&1 &
+    NODE_PIDS+=("$!")
+    NODE_PORTS+=("$port")
+    NODE_HEALTH+=("$health")
+    local code
+    for _ in $(seq 1 100); do
+        if ! kill -0 "${NODE_PIDS[-1]}" 2>/dev/null; then
+            START_ERROR="node $k exited at start: $(tail -c 300 "$WORK/node$k.log" | tr '\n' ' ')"
+            return 1
+        fi
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$health/healthz" || true)
+        [[ $code == 200 ]] && return 0
+        sleep 0.1
+    done
+    START_ERROR="node $k not healthy on 127.0.0.1:$health within 10 s (last answer: ${code:-none})"
+    return 1
+}
+
+# start_cluster SETUP: sets NODE_PIDS, NODE_PORTS (@PORT@, @PORT2@, ...)
+# and, on Redis, REDIS_PID; on failure START_ERROR and returns 1.
+start_cluster() {
+    local setup=$1 nodes shared=
+    START_ERROR=
+    NODE_PIDS=() NODE_PORTS=() NODE_HEALTH=() REDIS_PID= REDIS_PORT= REUSE=0
+    case $setup in
+        solo) nodes=1 ;;
+        bus1) nodes=1 ;;
+        bus3) nodes=3 ;;
+        reuse1) nodes=1 REUSE=1 ;;
+        reuse2) nodes=2 REUSE=1 ;;
+        *) START_ERROR="unknown setup $setup"; return 1 ;;
+    esac
+    if [[ $setup != solo ]]; then
+        start_redis || return 1
+    fi
+    if [[ $REUSE == 1 ]]; then
+        shared=$(free_port) || { START_ERROR="no free port found"; return 1; }
+    fi
+    for k in $(seq 1 "$nodes"); do
+        start_node "$k" "$shared" || return 1
+    done
+}
+
+stop_pid() {
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 1 30); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+stop_cluster() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    NODE_PIDS=()
+    if [[ -n ${REDIS_PID:-} ]]; then
+        stop_pid "$REDIS_PID"
+        REDIS_PID=
+    fi
+}
+
 # --- Scenarios -------------------------------------------------------------
 
 # name | kind (echo, broadcast, idle) | title | loadgen arguments (@PORT@
@@ -229,6 +370,42 @@ SCENARIOS=(
     "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
     "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
     "idle-$SUBS_A-deflate|idle|Idle: $SUBS_A subscribers with permessage-deflate negotiated, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/deflate/idle --conns $SUBS_A --deflate"
+)
+
+# Cluster scenarios (wshub only; see "Cluster setups" above). Each group is
+# one table in the report, its scenarios are the columns.
+# group id | title
+CLUSTER_GROUPS=(
+    "w1|Broadcast: 64 B to $SUBS_C subscribers, window 1, HTTP publisher, $M_CW1 messages"
+    "w16|Broadcast: 64 B to $SUBS_C subscribers, window 16, HTTP publisher, $M_CW16 messages"
+    "w16-ws|Broadcast: 64 B to $SUBS_C subscribers, window 16, WebSocket publisher (relayed) on the first node, $M_CWS messages"
+    "hop|The Redis hop: 64 B to $HOP_SUBS subscribers, window 1, HTTP publisher, $M_HOP messages"
+    "reuse-bc|reuse_port: 64 B to $SUBS_C subscribers on one port, window 16, WebSocket publisher (relayed), every process on Redis, $M_CWS messages"
+    "reuse-echo|reuse_port: echo 64 B, 100 connections, depth 16, ${ECHO_SECS} s, on one port"
+)
+CL_BC="broadcast --window @W@ --size 64 --publisher http"
+CL_WS="broadcast --window 16 --size 64 --publisher ws"
+CL_URL1="--url ws://127.0.0.1:@PORT@/live/bench"
+CL_URL3="$CL_URL1 --url ws://127.0.0.1:@PORT2@/live/bench --url ws://127.0.0.1:@PORT3@/live/bench"
+# name | group | column | setup | kind | loadgen arguments (@PORT@, @PORT2@,
+# @PORT3@: the nodes' ports)
+CLUSTER_SCENARIOS=(
+    "cl-solo-$SUBS_C-w1|w1|single node, no cluster|solo|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $SUBS_C --messages $M_CW1"
+    "cl-bus1-$SUBS_C-w1|w1|one node on Redis|bus1|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $SUBS_C --messages $M_CW1"
+    "cl-bus3-$SUBS_C-w1|w1|three nodes on Redis|bus3|broadcast|${CL_BC/@W@/1} $CL_URL3 --subscribers $SUBS_C --messages $M_CW1"
+    "cl-solo-$SUBS_C-w16|w16|single node, no cluster|solo|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
+    "cl-bus1-$SUBS_C-w16|w16|one node on Redis|bus1|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
+    "cl-bus3-$SUBS_C-w16|w16|three nodes on Redis|bus3|broadcast|${CL_BC/@W@/16} $CL_URL3 --subscribers $SUBS_C --messages $M_CW16"
+    "cl-solo-$SUBS_C-w16-ws|w16-ws|single node, no cluster|solo|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-bus1-$SUBS_C-w16-ws|w16-ws|one node on Redis|bus1|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-bus3-$SUBS_C-w16-ws|w16-ws|three nodes on Redis|bus3|broadcast|$CL_WS $CL_URL3 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-solo-$HOP_SUBS-hop|hop|single node, no cluster|solo|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $HOP_SUBS --messages $M_HOP"
+    "cl-bus1-$HOP_SUBS-hop|hop|one node on Redis|bus1|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $HOP_SUBS --messages $M_HOP"
+    "cl-bus3-$HOP_SUBS-hop|hop|three nodes on Redis|bus3|broadcast|${CL_BC/@W@/1} $CL_URL3 --subscribers $HOP_SUBS --messages $M_HOP"
+    "cl-reuse1-$SUBS_C-w16-ws|reuse-bc|one process|reuse1|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-reuse2-$SUBS_C-w16-ws|reuse-bc|two processes, one port|reuse2|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
+    "cl-reuse1-echo-d16|reuse-echo|one process|reuse1|echo|echo --url ws://127.0.0.1:@PORT@/echo --conns 100 --depth 16 --size 64 --seconds $ECHO_SECS"
+    "cl-reuse2-echo-d16|reuse-echo|two processes, one port|reuse2|echo|echo --url ws://127.0.0.1:@PORT@/echo --conns 100 --depth 16 --size 64 --seconds $ECHO_SECS"
 )
 
 # Metrics per kind: json_key|label|decimals|better (higher/lower).
@@ -254,6 +431,32 @@ metrics_for() {
         idle) printf '%s\n' \
             "bytes_per_conn|server RSS per connection (bytes)|0|lower" \
             "fanout_ms|one message to all (ms)|2|lower" ;;
+    esac
+}
+
+# Metrics of the cluster tables: the server's CPU is summed over its nodes;
+# the bus is redis-server.
+cluster_metrics_for() {
+    case $1 in
+        echo) printf '%s\n' \
+            "msgs_per_s|messages/s|0|higher" \
+            "p50_us|latency p50 (us)|1|lower" \
+            "p99_us|latency p99 (us)|1|lower" \
+            "server_cpu_us_per_message|server CPU per message, all processes (us)|3|lower" \
+            "server_cpu_pct|server CPU, all processes (% of a core)|0|-" \
+            "loadgen_cpu_pct|loadgen CPU (% of a core)|0|-" ;;
+        broadcast) printf '%s\n' \
+            "deliveries_per_s|deliveries/s|0|higher" \
+            "p50_us|publish to last receipt p50 (us)|0|lower" \
+            "p99_us|publish to last receipt p99 (us)|0|lower" \
+            "first_p50_us|publish to first receipt p50 (us)|0|lower" \
+            "first_p99_us|publish to first receipt p99 (us)|0|lower" \
+            "server_cpu_us_per_delivery|server CPU per delivery, all nodes (us)|3|lower" \
+            "bus_cpu_us_per_delivery|redis-server CPU per delivery (us)|4|lower" \
+            "server_cpu_pct|server CPU, all nodes (% of a core)|0|-" \
+            "bus_cpu_pct|redis-server CPU (% of a core)|0|-" \
+            "loadgen_cpu_pct|loadgen CPU (% of a core)|0|-" \
+            "recipients_max|publish answer's recipients|0|-" ;;
     esac
 }
 
@@ -314,6 +517,57 @@ run_scenario() { # server index
     done
 }
 
+run_cluster_scenario() { # index
+    local name group column setup kind args
+    IFS='|' read -r name group column setup kind args <<< "${CLUSTER_SCENARIOS[$1]}"
+    local jsonl=$WORK/wshub.$name.jsonl err=$WORK/wshub.$name.err
+    : > "$jsonl"
+    for run in $(seq 1 "$RUNS"); do
+        log "[wshub $setup] $name run $run/$RUNS"
+        if ! start_cluster "$setup"; then
+            stop_cluster
+            echo "$START_ERROR" > "$err"
+            log "  n/a: $START_ERROR"
+            return
+        fi
+        local argv expanded=$args k pids=()
+        for k in "${!NODE_PORTS[@]}"; do
+            if (( k == 0 )); then
+                expanded=${expanded//@PORT@/${NODE_PORTS[0]}}
+            else
+                expanded=${expanded//@PORT$((k + 1))@/${NODE_PORTS[$k]}}
+            fi
+        done
+        for k in "${NODE_PIDS[@]}"; do pids+=(--server-pid "$k"); done
+        [[ -n $REDIS_PID ]] && pids+=(--bus-pid "$REDIS_PID")
+        read -r -a argv <<< "$expanded"
+        local out=$WORK/out.txt rc=0
+        SOURCE_SLOT=$(( SOURCE_SLOT % 250 + 1 ))
+        timeout --kill-after=5 $(( LOADGEN_TIMEOUT + 60 )) \
+            "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "${argv[@]}" "${pids[@]}" \
+            --source-base "127.0.$SOURCE_SLOT.2" \
+            --timeout "$LOADGEN_TIMEOUT" > "$out" 2> "$WORK/stderr.txt" || rc=$?
+        # How the clients were shared: each node's accepted WebSocket
+        # handshakes (its /metrics; the WebSocket publisher included).
+        local h shares=()
+        for h in "${NODE_HEALTH[@]}"; do
+            shares+=("$(curl -s "http://127.0.0.1:$h/metrics" \
+                | sed -n 's/^wshub_handshakes_accepted_total //p' | head -n 1)")
+        done
+        (IFS=/; echo "${shares[*]}") > "$WORK/wshub.$name.shares"
+        stop_cluster
+        sed 's/^/    /' "$out" >&2
+        if (( rc != 0 )); then
+            local msg
+            msg=$(grep -v '^$' "$WORK/stderr.txt" | head -n 1 | sed 's/^loadgen: //' | cut -c1-300)
+            echo "${msg:-loadgen exited with status $rc}" > "$err"
+            log "  failed: $(cat "$err")"
+            return
+        fi
+        tail -n 1 "$out" >> "$jsonl"
+    done
+}
+
 # --- Tables ------------------------------------------------------------------
 
 json_field() { # key < jsonl: one value per line
@@ -359,6 +613,11 @@ ratio() { # name key
 # --- Run -------------------------------------------------------------------------
 
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
+# Before the results file is opened, which would count as a change.
+REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]]; then
+    REVISION="$REVISION (with uncommitted changes)"
+fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for i in "${!SCENARIOS[@]}"; do
     IFS='|' read -r name _ <<< "${SCENARIOS[$i]}"
@@ -367,6 +626,15 @@ for i in "${!SCENARIOS[@]}"; do
         run_scenario "$server" "$i"
     done
 done
+CLUSTER_RAN=0
+if [[ $CLUSTER == 1 && " $SERVERS " == *" wshub "* && $WSHUB_FULL_OK == 1 ]]; then
+    for i in "${!CLUSTER_SCENARIOS[@]}"; do
+        IFS='|' read -r name _ <<< "${CLUSTER_SCENARIOS[$i]}"
+        [[ -z $ONLY || $name =~ $ONLY ]] || continue
+        CLUSTER_RAN=1
+        run_cluster_scenario "$i"
+    done
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- Report ------------------------------------------------------------------
@@ -377,7 +645,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "- Date: $START$( [[ $QUICK == 1 ]] && echo ' (QUICK=1 smoke run: small sizes, not for comparison)')"
     echo "- Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), kernel $(uname -r)"
     echo "- Load average before/after: $LOAD_BEFORE / $LOAD_AFTER (other work on the machine skews results)"
-    echo "- wshub: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$( [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]] && echo ' (with uncommitted changes)'); peer: fastwebsockets on tokio current_thread (bench/peer)"
+    echo "- wshub: $REVISION; peer: fastwebsockets on tokio current_thread (bench/peer)"
     echo "- Pinning: $PINNING; $RUNS run(s) per scenario, each against a freshly started server"
     echo "- Cells: median [min–max] over the runs; ratio = wshub median / peer median"
     if [[ $WSHUB_FULL_OK == 0 ]]; then
@@ -409,6 +677,68 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         done
         echo
     done
+    if [[ $CLUSTER_RAN == 1 ]]; then
+        echo "## Cluster: wshub nodes on one Redis (wshub only)"
+        echo
+        echo "Every node and redis-server (persistence off, its own loopback port, started"
+        echo "and killed per run) share the server's core, loadgen has the other: $PINNING."
+        echo "The single node runs the same way. Subscribers are spread evenly over the nodes"
+        echo "(\`--url\` once per node), the publisher posts to the first; with reuse_port the"
+        echo "kernel spreads them over the processes sharing the port. Server CPU is summed"
+        echo "over the nodes; redis-server's is reported apart. A cluster node's publish"
+        echo "answer counts the nodes subscribed in Redis, not WebSocket clients."
+        echo
+        for g in "${CLUSTER_GROUPS[@]}"; do
+            IFS='|' read -r gid gtitle <<< "$g"
+            cols=()
+            for i in "${!CLUSTER_SCENARIOS[@]}"; do
+                IFS='|' read -r name group _ <<< "${CLUSTER_SCENARIOS[$i]}"
+                [[ $group == "$gid" && ( -z $ONLY || $name =~ $ONLY ) ]] && cols+=("$i")
+            done
+            (( ${#cols[@]} )) || continue
+            echo "### $gtitle"
+            echo
+            header="| metric |" rule="| --- |"
+            for i in "${cols[@]}"; do
+                IFS='|' read -r name group column setup gkind args <<< "${CLUSTER_SCENARIOS[$i]}"
+                header="$header $column (\`$name\`) |" rule="$rule --- |"
+            done
+            for i in "${cols[@]}"; do
+                IFS='|' read -r name group column setup gkind args <<< "${CLUSTER_SCENARIOS[$i]}"
+                shown=${args//@PORT@/PORT1}
+                shown=${shown//@PORT2@/PORT2}
+                echo "- $column: \`loadgen ${shown//@PORT3@/PORT3} --server-pid PID...\`"
+            done
+            echo
+            echo "$header"
+            echo "$rule"
+            while IFS='|' read -r key label decimals better; do
+                local_label=$label
+                [[ $better == higher ]] && local_label="$label ↑"
+                [[ $better == lower ]] && local_label="$label ↓"
+                row="| $local_label |"
+                for i in "${cols[@]}"; do
+                    IFS='|' read -r name _ <<< "${CLUSTER_SCENARIOS[$i]}"
+                    row="$row $(cell wshub "$name" "$key" "$decimals") |"
+                done
+                echo "$row"
+            done < <(cluster_metrics_for "$gkind")
+            row="| WebSocket clients per node, last run |"
+            for i in "${cols[@]}"; do
+                IFS='|' read -r name _ <<< "${CLUSTER_SCENARIOS[$i]}"
+                row="$row $(cat "$WORK/wshub.$name.shares" 2>/dev/null || echo –) |"
+            done
+            echo "$row"
+            for i in "${cols[@]}"; do
+                IFS='|' read -r name _ <<< "${CLUSTER_SCENARIOS[$i]}"
+                if [[ -s $WORK/wshub.$name.err ]]; then
+                    echo
+                    echo "$name n/a: $(sed 's/|/\\|/g' "$WORK/wshub.$name.err")"
+                fi
+            done
+            echo
+        done
+    fi
     echo "↑ higher is better, ↓ lower is better. Every echo is checked (order, length,"
     echo "content) and every broadcast run checks losses, duplicates and ordering; any"
     echo "failure makes that server's cells n/a, with the reason below the table."

@@ -15,6 +15,12 @@
 //! gaps remain at the end, plus messages a subscriber never got to, are
 //! losses. Any loss, duplicate or reordering fails the run (exit 1).
 //!
+//! With `--url` given several times (the nodes of a cluster), subscribers
+//! are spread evenly over the servers (each gets N / servers of them),
+//! and the publisher talks to the first. Besides publish to LAST receipt,
+//! publish to FIRST receipt is recorded per message: at a small subscriber
+//! count it shows what a hop between servers (a cluster bus) adds.
+//!
 //! Publisher `http`: `POST /publish/<channel>` pipelined on one keep-alive
 //! connection, at most W requests outstanding. Publisher `ws`: one more
 //! WebSocket client on the channel whose messages the server relays to the
@@ -30,6 +36,7 @@ use crate::error::{Deadline, Fail, Result};
 use crate::http::HttpPublisher;
 use crate::report::{self, Figures};
 use crate::stats::{Histogram, Json, Rng};
+use crate::target::Target;
 use crate::wire;
 
 const EVENTS: usize = 1024;
@@ -51,9 +58,13 @@ struct Sub {
 struct Tally {
     size: usize,
     pattern: Box<[u8]>,
+    subscribers: u32,
     /// Receipts still awaited per message.
     remaining: Vec<u32>,
+    /// Publish to the last subscriber's receipt.
     hist: Histogram,
+    /// Publish to the first subscriber's receipt.
+    first: Histogram,
     done: u64,
     receipts: u64,
     duplicates: u64,
@@ -68,8 +79,10 @@ impl Tally {
         Tally {
             size,
             pattern,
+            subscribers: subscribers as u32,
             remaining: vec![subscribers as u32; messages as usize],
             hist: Histogram::new(),
+            first: Histogram::new(),
             done: 0,
             receipts: 0,
             duplicates: 0,
@@ -123,12 +136,15 @@ impl Tally {
         self.receipts += 1;
         self.last_progress_ns = now;
         if *left > 0 {
+            let latency = now.saturating_sub(read_u64(&payload[8..16]));
+            if *left == self.subscribers {
+                self.first.record(latency);
+            }
             *left -= 1;
             if *left == 0 {
                 self.done += 1;
                 self.last_done_ns = now;
-                self.hist
-                    .record(now.saturating_sub(read_u64(&payload[8..16])));
+                self.hist.record(latency);
             }
         }
         Ok(())
@@ -154,6 +170,12 @@ fn json_pattern(size: usize) -> Box<[u8]> {
         i += 1;
     }
     text.into_bytes()[..size].into()
+}
+
+/// Subscribers of `n` that server `k` of `servers` gets: as many as
+/// dealing them out in turn would give it.
+fn share(n: usize, servers: usize, k: usize) -> usize {
+    n / servers + usize::from(k < n % servers)
 }
 
 fn read_u64(bytes: &[u8]) -> u64 {
@@ -240,8 +262,7 @@ struct Outcome {
 
 /// What the measured phase came to.
 struct Measured {
-    server_us: Option<f64>,
-    own_us: f64,
+    used: report::Used,
     elapsed: f64,
     stalled: bool,
 }
@@ -249,7 +270,7 @@ struct Measured {
 pub fn run(opts: &BroadcastOpts) -> Result<()> {
     let deadline = Deadline::after(opts.common.timeout);
     conn::raise_fd_limit(opts.subscribers + 1)?;
-    report::check_pid(opts.common.server_pid.as_deref())?;
+    report::check_pids(&opts.common)?;
     let dial_start = Instant::now();
     let mut fanout = Fanout::connect(opts, &deadline)?;
     let dial_time = dial_start.elapsed();
@@ -263,11 +284,12 @@ pub fn run(opts: &BroadcastOpts) -> Result<()> {
     };
     let measured = fanout.measure(opts, &deadline)?;
     fanout.drain()?;
-    fanout.report(opts, &setup, &measured)
+    fanout.report(opts, &setup, measured)
 }
 
 impl Fanout {
-    /// Dials every subscriber, then the publisher.
+    /// Dials every subscriber (an even share on each server), then the
+    /// publisher.
     fn connect(opts: &BroadcastOpts, deadline: &Deadline) -> Result<Fanout> {
         let n = opts.subscribers;
         let dial = &opts.common.dial;
@@ -280,21 +302,29 @@ impl Fanout {
             deflate: opts.deflate,
         };
         let mut sources = SourceAddrs::new(dial.url.addr, dial.source_base, dial.per_source);
-        let plan = DialPlan {
-            target: &dial.url,
-            count: n,
-            token_base: 0,
-            sizing,
-            max_dialing: dial.max_dialing,
-        };
-        let subs_io = conn::dial_all(
-            &mut poll,
-            &mut events,
-            &plan,
-            &mut sources,
-            &mut rng,
-            deadline,
-        )?;
+        let servers: Vec<&Target> = std::iter::once(&dial.url).chain(&dial.more_urls).collect();
+        let mut subs_io = Vec::with_capacity(n);
+        for (k, target) in servers.iter().enumerate() {
+            let plan = DialPlan {
+                target,
+                count: share(n, servers.len(), k),
+                token_base: subs_io.len(),
+                sizing,
+                max_dialing: dial.max_dialing,
+            };
+            if plan.count == 0 {
+                continue;
+            }
+            let some = conn::dial_all(
+                &mut poll,
+                &mut events,
+                &plan,
+                &mut sources,
+                &mut rng,
+                deadline,
+            )?;
+            subs_io.extend(some);
+        }
         let pub_token = n;
         let publisher = match opts.publisher {
             PublisherKind::Http => Publisher::Http(HttpPublisher::connect(
@@ -415,7 +445,7 @@ impl Fanout {
     /// done, until all are done or nothing arrives for `--stall`.
     fn measure(&mut self, opts: &BroadcastOpts, deadline: &Deadline) -> Result<Measured> {
         let start = Instant::now();
-        let (server_cpu, own_cpu) = report::start_cpu(opts.common.server_pid.as_deref())?;
+        let meters = report::start_cpu(&opts.common)?;
         self.tally.last_progress_ns = self.ns(start);
         let mut sent = 0u64;
         let mut stalled = false;
@@ -447,15 +477,14 @@ impl Fanout {
             }
             self.step(deadline.poll_timeout(now, POLL_CAP))?;
         }
-        let (server_us, own_us) = report::stop_cpu(server_cpu, &own_cpu)?;
+        let used = report::stop_cpu(&meters)?;
         let end_ns = if stalled {
             self.ns(Instant::now())
         } else {
             self.tally.last_done_ns
         };
         Ok(Measured {
-            server_us,
-            own_us,
+            used,
             elapsed: (end_ns.saturating_sub(self.ns(start))) as f64 / 1e9,
             stalled,
         })
@@ -523,7 +552,7 @@ impl Fanout {
 
     /// Closes every connection, prints the summary and the JSON line, and
     /// fails the run on any loss, duplicate, reordering or stall.
-    fn report(self, opts: &BroadcastOpts, setup: &Setup, measured: &Measured) -> Result<()> {
+    fn report(self, opts: &BroadcastOpts, setup: &Setup, measured: Measured) -> Result<()> {
         let Fanout {
             subs_io,
             subs,
@@ -539,9 +568,9 @@ impl Fanout {
             .map(|s| s.missing + opts.messages.saturating_sub(s.next))
             .sum();
         let elapsed = measured.elapsed;
+        let stalled = measured.stalled;
         let figures = Figures {
-            server_us: measured.server_us,
-            own_us: measured.own_us,
+            used: measured.used,
             elapsed,
             work: tally.receipts,
         };
@@ -554,7 +583,7 @@ impl Fanout {
         };
         print_summary(opts, setup, &outcome);
         figures.print("delivery");
-        let problems = problems(opts, measured, &outcome);
+        let problems = problems(opts, stalled, &outcome);
         let json = figures.add_json(summary_json(opts, setup, &outcome), "delivery");
         if problems.is_empty() {
             println!("{}", json.str("status", "ok").finish());
@@ -590,6 +619,13 @@ fn print_summary(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) {
         "broadcast: {n} subscribers, {} messages of {} B, window {}, publisher {publisher_name}",
         opts.messages, opts.size, opts.window
     );
+    let servers = 1 + opts.common.dial.more_urls.len();
+    if servers > 1 {
+        println!(
+            "  servers:     {servers}, subscribers spread evenly, publishing to the first \
+             (--publish-url aside)"
+        );
+    }
     println!(
         "  setup:       connect {:.2} s, all subscribers confirmed after {:.2} s ({} \
          warm-up messages)",
@@ -606,6 +642,10 @@ fn print_summary(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) {
         report::latency_line(&tally.hist, &[0.5, 0.99])
     );
     println!(
+        "               publish to first receipt: {}",
+        report::latency_line(&tally.first, &[0.5, 0.99])
+    );
+    println!(
         "  checks:      losses {losses}, duplicates {}, reordered {}",
         tally.duplicates, tally.reordered
     );
@@ -620,14 +660,14 @@ fn print_summary(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) {
         let note = if lo == n as u64 && hi == n as u64 {
             ""
         } else {
-            " (expected every one to be the subscriber count)"
+            " (not the subscriber count: a cluster node counts the nodes it reached)"
         };
         println!("  recipients:  server reported {lo}..{hi}{note}");
     }
 }
 
 /// Everything that fails the run.
-fn problems(opts: &BroadcastOpts, measured: &Measured, outcome: &Outcome) -> Vec<String> {
+fn problems(opts: &BroadcastOpts, stalled: bool, outcome: &Outcome) -> Vec<String> {
     let &Outcome {
         ref tally,
         ref pub_stats,
@@ -636,7 +676,7 @@ fn problems(opts: &BroadcastOpts, measured: &Measured, outcome: &Outcome) -> Vec
         ..
     } = outcome;
     let mut problems = Vec::new();
-    if measured.stalled {
+    if stalled {
         problems.push(format!(
             "stalled: nothing arrived for {:.1} s with {} of {} messages done",
             opts.stall.as_secs_f64(),
@@ -687,6 +727,7 @@ fn summary_json(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) -> Json 
                 PublisherKind::Ws => "ws",
             },
         )
+        .int("servers", 1 + opts.common.dial.more_urls.len() as u64)
         .int("subscribers", opts.subscribers as u64)
         .int("messages", opts.messages)
         .int("window", opts.window as u64)
@@ -703,6 +744,8 @@ fn summary_json(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) -> Json 
         .num("p50_us", h.quantile(0.5) as f64 / 1e3, 1)
         .num("p99_us", h.quantile(0.99) as f64 / 1e3, 1)
         .num("max_us", h.max() as f64 / 1e3, 1)
+        .num("first_p50_us", tally.first.quantile(0.5) as f64 / 1e3, 1)
+        .num("first_p99_us", tally.first.quantile(0.99) as f64 / 1e3, 1)
         .int("losses", losses)
         .int("duplicates", tally.duplicates)
         .int("reordered", tally.reordered)
@@ -807,7 +850,16 @@ mod tests {
         t.receive(&mut b, wire::OP_BINARY, &p, 9_000).unwrap();
         assert_eq!(t.done, 1);
         assert_eq!(t.hist.max(), 8_000, "publish to last receipt");
+        assert_eq!(t.first.max(), 4_000, "publish to first receipt");
+        assert_eq!(t.first.count(), 1);
         assert_eq!(t.last_done_ns, 9_000);
+    }
+
+    #[test]
+    fn subscribers_are_dealt_out_evenly() {
+        assert_eq!((0..3).map(|k| share(18_000, 3, k)).sum::<usize>(), 18_000);
+        assert_eq!([share(7, 3, 0), share(7, 3, 1), share(7, 3, 2)], [3, 2, 2]);
+        assert_eq!(share(1, 2, 1), 0);
     }
 
     #[test]

@@ -56,9 +56,11 @@ enum Scenario {
 /// Options for every scenario.
 #[derive(Debug, Args)]
 struct CommonArgs {
-    /// ws:// or wss:// URL of the server's route
-    #[arg(long, value_name = "URL")]
-    url: String,
+    /// ws:// or wss:// URL of the server's route. broadcast takes it
+    /// several times (servers of one cluster): subscribers are spread evenly
+    /// over them, and the HTTP publisher posts to the first
+    #[arg(long, value_name = "URL", required = true)]
+    url: Vec<String>,
 
     /// PEM certificate to trust for a wss:// --url (e.g. the benchmark's
     /// self-signed one); wss:// needs it. The publisher stays plain HTTP:
@@ -66,9 +68,16 @@ struct CommonArgs {
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
 
-    /// Also report the server's CPU time (and, for idle, its RSS)
+    /// Also report the server's CPU time (and, for idle, its RSS). Give it
+    /// once per process of a server that runs as several (their CPU is
+    /// summed); idle takes one
     #[arg(long, value_name = "PID", value_parser = pid)]
-    server_pid: Option<String>,
+    server_pid: Vec<String>,
+
+    /// A process the server depends on (e.g. its Redis): its CPU time over
+    /// the same stretch is reported beside the server's
+    #[arg(long, value_name = "PID", value_parser = pid)]
+    bus_pid: Option<String>,
 
     /// Give up (exit 1) after this long in all
     #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = positive_seconds)]
@@ -184,7 +193,9 @@ enum Payload {
 #[derive(Debug, PartialEq)]
 pub struct Common {
     pub dial: DialOptions,
-    pub server_pid: Option<String>,
+    /// The server's processes (none: its CPU is not measured).
+    pub server_pids: Vec<String>,
+    pub bus_pid: Option<String>,
     pub timeout: Duration,
 }
 
@@ -256,32 +267,57 @@ where
 }
 
 fn common(args: CommonArgs) -> Result<Common> {
-    let mut url = target::parse_ws(&args.url)?;
-    match (url.wss, args.ca) {
-        (true, Some(ca)) => url.tls = Some(TlsClient::load(&ca, &url.server_name)?),
-        (true, None) => {
-            return Err(Fail::usage(
-                "a wss:// --url needs --ca FILE: the PEM certificate to trust",
-            ));
+    let mut urls = Vec::with_capacity(args.url.len());
+    for text in &args.url {
+        let mut url = target::parse_ws(text)?;
+        match (url.wss, &args.ca) {
+            (true, Some(ca)) => url.tls = Some(TlsClient::load(ca, &url.server_name)?),
+            (true, None) => {
+                return Err(Fail::usage(
+                    "a wss:// --url needs --ca FILE: the PEM certificate to trust",
+                ));
+            }
+            (false, _) => {}
         }
-        (false, Some(_)) => return Err(Fail::usage("--ca only applies to a wss:// --url")),
-        (false, None) => {}
+        urls.push(url);
     }
+    if args.ca.is_some() && !urls.iter().any(|u| u.wss) {
+        return Err(Fail::usage("--ca only applies to a wss:// --url"));
+    }
+    let mut urls = urls.into_iter();
+    let url = urls
+        .next()
+        .ok_or_else(|| Fail::usage("--url is required"))?;
     Ok(Common {
         dial: DialOptions {
             url,
+            more_urls: urls.collect(),
             per_source: args.conns_per_source,
             source_base: args.source_base,
             max_dialing: args.dialing,
         },
-        server_pid: args.server_pid,
+        server_pids: args.server_pid,
+        bus_pid: args.bus_pid,
         timeout: args.timeout,
     })
 }
 
+/// echo and idle talk to one server.
+fn one_url(common: &Common, scenario: &str) -> Result<()> {
+    if common.dial.more_urls.is_empty() {
+        Ok(())
+    } else {
+        Err(Fail::usage(format!(
+            "{scenario} takes one --url (only broadcast spreads over several)"
+        )))
+    }
+}
+
 fn echo(args: EchoArgs) -> Result<EchoOpts> {
+    let common = common(args.common)?;
+    one_url(&common, "echo")?;
     let opts = EchoOpts {
-        common: common(args.common)?,
+        common,
         conns: args.conns,
         depth: args.depth,
         size: args.size,
@@ -324,9 +360,10 @@ fn broadcast(args: BroadcastArgs) -> Result<BroadcastOpts> {
 
 fn idle(args: IdleArgs) -> Result<IdleOpts> {
     let common = common(args.common)?;
-    if common.server_pid.is_none() {
+    one_url(&common, "idle")?;
+    if common.server_pids.len() != 1 {
         return Err(Fail::usage(
-            "idle needs --server-pid to read the server's RSS",
+            "idle needs one --server-pid to read the server's RSS",
         ));
     }
     let publish_url = match (args.no_publish, args.publish_url) {
@@ -463,6 +500,30 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_spreads_over_several_urls() {
+        let Command::Broadcast(o) = command(
+            "broadcast --url ws://127.0.0.1:9/live/b --url ws://127.0.0.1:10/live/b \
+             --server-pid 1 --server-pid 2 --bus-pid 3",
+        ) else {
+            panic!("not broadcast");
+        };
+        assert_eq!(o.common.dial.url.addr.port(), 9);
+        assert_eq!(o.common.dial.more_urls.len(), 1);
+        assert_eq!(o.common.dial.more_urls[0].addr.port(), 10);
+        assert_eq!(o.publish_url.addr.port(), 9, "publishes to the first");
+        assert_eq!(o.common.server_pids, ["1", "2"]);
+        assert_eq!(o.common.bus_pid.as_deref(), Some("3"));
+        for one_server in [
+            "echo --url ws://127.0.0.1:9/echo --url ws://127.0.0.1:10/echo",
+            "idle --url ws://127.0.0.1:9/live/i --url ws://127.0.0.1:10/live/i --server-pid 1",
+            "idle --url ws://127.0.0.1:9/live/i --server-pid 1 --server-pid 2",
+            "broadcast --url ws://127.0.0.1:9/live/b --url ws://10.0.0.1:10/live/b",
+        ] {
+            assert_eq!(exit_status(one_server), Some(2), "{one_server}");
+        }
+    }
+
+    #[test]
     fn idle_needs_pid_and_takes_flags() {
         assert_eq!(exit_status("idle --url ws://127.0.0.1:9/live/i"), Some(2));
         let Command::Idle(o) =
@@ -471,7 +532,7 @@ mod tests {
             panic!("not idle");
         };
         assert_eq!(o.publish_url, None);
-        assert_eq!(o.common.server_pid.as_deref(), Some("42"));
+        assert_eq!(o.common.server_pids, ["42"]);
     }
 
     #[test]

@@ -589,6 +589,9 @@ pub struct DialPlan<'a> {
 #[derive(Debug, PartialEq)]
 pub struct DialOptions {
     pub url: Target,
+    /// Further servers (broadcast only: the nodes of a cluster), each
+    /// given an even share of the subscribers.
+    pub more_urls: Vec<Target>,
     /// Client sockets per source address.
     pub per_source: usize,
     /// First source address (127.0.0.2 by default).

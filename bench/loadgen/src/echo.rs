@@ -18,7 +18,7 @@ use crate::cli::EchoOpts;
 use crate::conn::{self, POLL_CAP, Sizing, WsConn};
 use crate::error::{Deadline, Fail, Result};
 use crate::report::{self, Figures};
-use crate::stats::{CpuMeter, Histogram, Json, Rng};
+use crate::stats::{Histogram, Json, Rng};
 use crate::wire::{self, OutBuf};
 
 const EVENTS: usize = 1024;
@@ -63,7 +63,7 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
     };
     let mut scratch = sizing.scratch();
     // Fail before dialing if the pid is wrong, not after the run.
-    report::check_pid(opts.common.server_pid.as_deref())?;
+    report::check_pids(&opts.common)?;
 
     let dial_start = Instant::now();
     let mut conns = conn::dial_scenario(
@@ -96,7 +96,7 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
     }
     let measure_from = clock + opts.warmup;
     let measure_until = measure_from + opts.seconds;
-    let mut started: Option<(Instant, Option<CpuMeter>, CpuMeter)> = None;
+    let mut started: Option<(Instant, report::Meters)> = None;
 
     loop {
         let now = Instant::now();
@@ -105,8 +105,7 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
             tally.hist.clear();
             tally.echoes = 0;
             tally.measuring = true;
-            let (server, own) = report::start_cpu(opts.common.server_pid.as_deref())?;
-            started = Some((now, server, own));
+            started = Some((now, report::start_cpu(&opts.common)?));
         }
         if now >= measure_until {
             break;
@@ -130,11 +129,11 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
     let end = Instant::now();
     tally.measuring = false;
     tally.draining = true;
-    let Some((start, server_cpu, own_cpu)) = started else {
+    let Some((start, meters)) = started else {
         return Err(Fail::run("the run ended before measuring started"));
     };
     let elapsed = end.duration_since(start).as_secs_f64();
-    let (server_us, own_us) = report::stop_cpu(server_cpu, &own_cpu)?;
+    let used = report::stop_cpu(&meters)?;
     drop(conns);
 
     let echoes = tally.echoes;
@@ -142,8 +141,7 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
     let mb = rate * opts.size as f64 / 1e6;
     let h = &tally.hist;
     let figures = Figures {
-        server_us,
-        own_us,
+        used,
         elapsed,
         work: echoes,
     };

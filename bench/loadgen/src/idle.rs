@@ -26,8 +26,8 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     let n = opts.conns;
     let pid = opts
         .common
-        .server_pid
-        .as_deref()
+        .server_pids
+        .first()
         .ok_or_else(|| Fail::usage("idle needs --server-pid"))?;
     conn::raise_fd_limit(n + 1)?;
     let rss =

@@ -10,7 +10,7 @@
 //! Scenarios (see `loadgen --help` and bench/README.md):
 //! - `echo`: request/response throughput and per-message latency;
 //! - `broadcast`: fan-out to many subscribers, with loss/duplicate/order
-//!   checks;
+//!   checks, on one server or spread over several (a cluster's nodes);
 //! - `idle`: server memory per idle connection and one fan-out.
 //!
 //! Only loopback targets are accepted. Every loop is bounded by a global
