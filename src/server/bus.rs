@@ -107,6 +107,8 @@ fn load_tls(config: &ClusterConfig) -> Result<Option<TlsClient>, String> {
 #[derive(Debug)]
 pub(super) struct Waiter {
     pub token: Token,
+    /// The publish's place among its connection's responses.
+    pub seq: u32,
     pub channel: String,
     pub keep_alive: bool,
 }
@@ -334,8 +336,12 @@ impl Server {
                         continue;
                     };
                     if let Some(slot) = self.conns.get_mut(key) {
-                        slot.conn
-                            .answer_bus_publish(&waiter.channel, waiter.keep_alive, outcome);
+                        slot.conn.answer_bus_publish(
+                            waiter.seq,
+                            &waiter.channel,
+                            waiter.keep_alive,
+                            outcome,
+                        );
                     }
                     // Input may have arrived while the answer was awaited.
                     self.drive(key, true, true, now);

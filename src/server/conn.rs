@@ -3,7 +3,11 @@
 //!
 //! While awaiting a handshake the connection speaks HTTP/1.1: health checks,
 //! metrics and publishes are answered (keep-alive, pipelined, with bodies)
-//! until a request upgrades it to WebSocket.
+//! until a request upgrades it to WebSocket. On a cluster node several
+//! publishes may be out at Redis at once (at most [`MAX_QUEUED_RESPONSES`]
+//! responses queued); every response, a `100 Continue` or a refusal
+//! included, still leaves in request order, and an upgrade waits until the
+//! answers before it are out.
 //!
 //! Sans-IO, in the manner of quinn-proto's `Connection`: bytes and `now` go
 //! in ([`Connection::on_input`], [`Connection::on_eof`],
@@ -20,6 +24,7 @@
 //! nothing in flight — bytes are handed in from the loop's shared receive
 //! buffer and only a leftover fragment is ever copied.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -43,6 +48,11 @@ use crate::route::{RouteId, Routes, Target};
 
 /// The reason in the close frame of an evicted slow consumer.
 pub(super) const SLOW_CONSUMER_REASON: &str = "slow consumer";
+
+/// HTTP responses a connection may have queued behind cluster publishes
+/// still out at Redis (those publishes included). Past it, input is held
+/// until answers come back: backpressure on a pipelining publisher.
+pub(super) const MAX_QUEUED_RESPONSES: usize = 64;
 
 /// Work a connection asks of the loop because it concerns other connections.
 #[derive(Debug)]
@@ -110,6 +120,26 @@ struct HttpState {
     /// A request was answered: a keep-alive connection idle after it that
     /// runs into the handshake timeout had no request refused.
     served: bool,
+    /// Responses in request order while cluster publishes are out at Redis:
+    /// empty (no allocation) otherwise. The front entry is always
+    /// [`Response::Pending`]; whatever is ready behind it goes out as soon
+    /// as it is answered.
+    responses: VecDeque<Response>,
+    /// The sequence number of the next cluster publish.
+    next_seq: u32,
+    /// An upgrade request that came while publishes were out: it is served
+    /// once they are all answered (its 101 must follow their answers, and
+    /// broadcast frames the 101).
+    deferred: Option<RequestHead>,
+}
+
+/// One HTTP response in a pipelined connection's queue.
+#[derive(Debug)]
+enum Response {
+    /// The answer to cluster publish number `.0`, still out at Redis.
+    Pending(u32),
+    /// A response produced while publishes ahead of it were out.
+    Ready(Vec<u8>),
 }
 
 impl HttpState {
@@ -155,9 +185,9 @@ pub(super) struct Connection {
     /// The peer's address is a loopback one (captured at accept): without a
     /// publish token only such peers may publish.
     peer_loopback: bool,
-    /// A cluster publish is out at Redis: nothing more is read or answered
-    /// (pipelined requests wait) until the loop hands in its answer.
-    awaiting_answer: bool,
+    /// Cluster publishes out at Redis (at most [`MAX_QUEUED_RESPONSES`]):
+    /// responses to requests after them wait in the HTTP state's queue.
+    outstanding: u8,
 }
 
 impl Connection {
@@ -178,7 +208,7 @@ impl Connection {
             upgraded: false,
             write_shut: false,
             peer_loopback: peer.ip().to_canonical().is_loopback(),
-            awaiting_answer: false,
+            outstanding: 0,
         }
     }
 
@@ -199,47 +229,107 @@ impl Connection {
         });
     }
 
-    /// The publish just asked for went to Redis: its answer comes later.
-    pub(super) fn await_answer(&mut self) {
-        self.awaiting_answer = true;
+    /// The publish just asked for goes to Redis: its answer comes later,
+    /// with the sequence number returned here. Its place among the
+    /// connection's responses is kept, so requests after it go on.
+    pub(super) fn await_answer(&mut self) -> u32 {
+        self.outstanding = self.outstanding.saturating_add(1);
+        match self.http.as_deref_mut() {
+            Some(state) => {
+                let seq = state.next_seq;
+                state.next_seq = seq.wrapping_add(1);
+                state.responses.push_back(Response::Pending(seq));
+                seq
+            }
+            // The publish was the connection's last request (it closes):
+            // nothing can follow its answer.
+            None => 0,
+        }
     }
 
-    /// Waiting for the answer to a cluster publish.
-    pub(super) fn awaiting_answer(&self) -> bool {
-        self.awaiting_answer
+    /// Input waits for answers from Redis: the response queue is full, an
+    /// upgrade waits for the publishes before it, or the last request's
+    /// answer is out.
+    pub(super) fn waits_for_answers(&self) -> bool {
+        if self.outstanding == 0 {
+            return false;
+        }
+        self.http
+            .as_deref()
+            .is_none_or(|s| s.responses.len() >= MAX_QUEUED_RESPONSES || s.deferred.is_some())
     }
 
-    /// Queues the answer to a cluster publish: the Redis subscribers
-    /// (nodes) it reached, or 503 and why nothing was delivered.
+    /// Queues the answer to cluster publish `seq` (from
+    /// [`Connection::await_answer`]): the Redis subscribers (nodes) it
+    /// reached, or 503 and why nothing was delivered. Answers may come in
+    /// any order; responses still leave in request order.
     pub(super) fn answer_bus_publish(
         &mut self,
+        seq: u32,
         channel: &str,
         keep_alive: bool,
         outcome: Result<u64, &str>,
     ) {
-        self.awaiting_answer = false;
-        match outcome {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let write = |buf: &mut Vec<u8>| match outcome {
             Ok(nodes) => {
                 let nodes = usize::try_from(nodes).unwrap_or(usize::MAX);
-                self.answer_publish(channel, nodes, keep_alive);
+                publish::write_published(channel, nodes, keep_alive, buf);
             }
-            Err(reason) => self.answer_unavailable(reason, keep_alive),
+            Err(reason) => write_unavailable(reason, keep_alive, buf),
+        };
+        let Some(state) = self.http.as_deref_mut() else {
+            self.out.push_with(write);
+            return;
+        };
+        let at = state
+            .responses
+            .iter()
+            .position(|r| matches!(r, Response::Pending(s) if *s == seq));
+        match at {
+            Some(0) => {
+                state.responses.pop_front();
+                self.out.push_with(write);
+                while let Some(Response::Ready(_)) = state.responses.front() {
+                    if let Some(Response::Ready(bytes)) = state.responses.pop_front() {
+                        self.out
+                            .push_sized(bytes.len(), |buf| buf.extend_from_slice(&bytes));
+                    }
+                }
+            }
+            Some(i) => {
+                let mut bytes = Vec::new();
+                write(&mut bytes);
+                if let Some(entry) = state.responses.get_mut(i) {
+                    *entry = Response::Ready(bytes);
+                }
+            }
+            None => self.out.push_with(write),
+        }
+        self.release_http_state();
+    }
+
+    /// Queues an HTTP response: straight out, or behind the answers still
+    /// awaited from Redis.
+    fn push_response(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        match self.http.as_deref_mut() {
+            Some(state) if !state.responses.is_empty() => {
+                let mut bytes = Vec::new();
+                write(&mut bytes);
+                state.responses.push_back(Response::Ready(bytes));
+            }
+            _ => self.out.push_with(write),
         }
     }
 
-    /// 503 with `reason`: the publish was not delivered; retry later.
-    pub(super) fn answer_unavailable(&mut self, reason: &str, keep_alive: bool) {
-        self.awaiting_answer = false;
-        let body = format!("not published: {reason}\n");
-        self.out.push_with(|buf| {
-            http::write_response(
-                503,
-                &[("Retry-After", "1")],
-                body.as_bytes(),
-                !keep_alive,
-                buf,
-            );
-        });
+    /// A closing connection keeps its HTTP state only for the responses
+    /// still queued in it.
+    fn release_http_state(&mut self) {
+        if !matches!(self.phase, Phase::AwaitingHandshake)
+            && self.http.as_ref().is_some_and(|s| s.responses.is_empty())
+        {
+            self.http = None;
+        }
     }
 
     /// Writes queued bytes into `sink` until it is full or they are all out.
@@ -252,7 +342,7 @@ impl Connection {
     pub(super) fn poll_shutdown_write(&mut self) -> bool {
         if self.out.is_empty()
             && !self.write_shut
-            && !self.awaiting_answer
+            && self.outstanding == 0
             && matches!(self.phase, Phase::Closing { .. })
         {
             self.write_shut = true;
@@ -261,17 +351,23 @@ impl Connection {
         false
     }
 
-    /// Moves to `phase`; the HTTP parser state goes once the phase is left.
+    /// Moves to `phase`; the HTTP parser state goes once the phase is left
+    /// (its response queue stays until the answers ahead are out).
     fn set_phase(&mut self, phase: Phase) {
-        if !matches!(phase, Phase::AwaitingHandshake) {
-            self.http = None;
-        }
         self.phase = phase;
+        if let Some(state) = self.http.as_deref_mut()
+            && !matches!(phase, Phase::AwaitingHandshake)
+        {
+            state.head = HeadReader::default();
+            state.body = None;
+            state.deferred = None;
+            self.release_http_state();
+        }
     }
 
     /// The loop should read from the socket (nothing held back, peer not done).
     pub(super) fn wants_read(&self) -> bool {
-        self.pending_in.is_none() && !self.peer_done() && !self.awaiting_answer
+        self.pending_in.is_none() && !self.peer_done() && !self.waits_for_answers()
     }
 
     fn peer_done(&self) -> bool {
@@ -323,12 +419,13 @@ impl Connection {
 
     /// Nothing more can happen on this connection: the loop removes it.
     pub(super) fn is_finished(&self) -> bool {
-        self.peer_done() && !self.awaiting_answer && (self.write_shut || self.out.is_empty())
+        self.peer_done() && self.outstanding == 0 && (self.write_shut || self.out.is_empty())
     }
 
-    /// Input is held back until the outbound queue drains or an action is done.
+    /// Input is held back until the outbound queue drains, an action is
+    /// done or the answers an upgrade waits for are in.
     pub(super) fn has_pending_input(&self) -> bool {
-        self.pending_in.is_some()
+        self.pending_in.is_some() || self.http.as_ref().is_some_and(|s| s.deferred.is_some())
     }
 
     /// Processes bytes just read from the socket.
@@ -339,16 +436,19 @@ impl Connection {
 
     /// Processes input held back earlier. Returns true once none is left.
     pub(super) fn resume(&mut self, ctx: &mut Ctx<'_>) -> bool {
-        if self.awaiting_answer
+        if self.waits_for_answers()
             || (self.pending_in.is_some() && self.out.len() > ctx.config.max_backlog_bytes)
         {
             return false;
         }
-        let Some(mut held) = self.pending_in.take() else {
+        if !self.has_pending_input() {
             return true;
-        };
-        self.process(&mut held, ctx);
-        self.pending_in.is_none()
+        }
+        match self.pending_in.take() {
+            Some(mut held) => self.process(&mut held, ctx),
+            None => self.process(&mut [], ctx),
+        }
+        !self.has_pending_input()
     }
 
     fn hold(&mut self, rest: &[u8]) {
@@ -360,8 +460,21 @@ impl Connection {
     }
 
     fn process(&mut self, mut input: &mut [u8], ctx: &mut Ctx<'_>) {
-        while let Some(state) = self.http.as_deref_mut() {
+        if self.outstanding == 0
+            && let Some(head) = self.http.as_deref_mut().and_then(|s| s.deferred.take())
+        {
+            // An upgrade (never an action to wait for) whose turn has come.
+            self.on_request(&head, ctx);
+        }
+        while matches!(self.phase, Phase::AwaitingHandshake)
+            && let Some(state) = self.http.as_deref_mut()
+        {
             if input.is_empty() {
+                return;
+            }
+            if state.deferred.is_some() || state.responses.len() >= MAX_QUEUED_RESPONSES {
+                // Resumed as answers come back.
+                self.hold(input);
                 return;
             }
             if let Some(body) = &mut state.body {
@@ -443,6 +556,12 @@ impl Connection {
                 }
             }
             Target::Publish { channel } => return self.on_publish(head, channel, ctx),
+            Target::Route { .. } if self.outstanding > 0 => {
+                if let Some(state) = &mut self.http {
+                    state.deferred = Some(head.clone());
+                }
+                return true;
+            }
             Target::Route { id, rest } => self.on_upgrade(head, id, rest, ctx),
             Target::NotFound => {
                 debug!("no route for {}", head.path);
@@ -478,8 +597,10 @@ impl Connection {
             return true;
         }
         if body.publish.expect_continue {
-            self.out
-                .push_with(|buf| buf.extend_from_slice(publish::CONTINUE));
+            // Interim responses keep request order too: behind publishes
+            // still out, the client gets its 100 once they are answered
+            // (or sends the body after its own wait, as RFC 9110 allows).
+            self.push_response(|buf| buf.extend_from_slice(publish::CONTINUE));
         }
         if let Some(state) = &mut self.http {
             state.body = Some(body);
@@ -515,7 +636,7 @@ impl Connection {
             Err(rejection) => {
                 debug!("handshake refused on {}: {rejection}", head.path);
                 ctx.metrics.refuse(Refused::from_status(rejection.status));
-                self.out.push_with(|buf| rejection.write_response(buf));
+                self.push_response(|buf| rejection.write_response(buf));
                 self.enter_closing(false, ctx.now);
                 return;
             }
@@ -571,8 +692,7 @@ impl Connection {
     }
 
     fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], keep_alive: bool) {
-        self.out
-            .push_with(|buf| http::write_response(status, headers, body, !keep_alive, buf));
+        self.push_response(|buf| http::write_response(status, headers, body, !keep_alive, buf));
         if !keep_alive {
             self.enter_closing(false, self.since);
         }
@@ -582,14 +702,13 @@ impl Connection {
     /// not read, so the connection cannot carry another request safely.
     fn refuse(&mut self, status: u16, headers: &[(&str, &str)], body: &str, ctx: &mut Ctx<'_>) {
         ctx.metrics.refuse(Refused::from_status(status));
-        self.out
-            .push_with(|buf| http::write_response(status, headers, body.as_bytes(), true, buf));
+        self.push_response(|buf| http::write_response(status, headers, body.as_bytes(), true, buf));
         self.enter_closing(false, ctx.now);
     }
 
     fn refuse_with(&mut self, refusal: Refusal, ctx: &mut Ctx<'_>) {
         ctx.metrics.refuse(Refused::from_status(refusal.status));
-        self.out.push_with(|buf| refusal.write_response(buf));
+        self.push_response(|buf| refusal.write_response(buf));
         if refusal.close {
             self.enter_closing(false, ctx.now);
         }
@@ -824,6 +943,18 @@ impl Connection {
         }
         true
     }
+}
+
+/// A 503 with `reason`: the publish was not delivered; retry later.
+fn write_unavailable(reason: &str, keep_alive: bool, buf: &mut Vec<u8>) {
+    let body = format!("not published: {reason}\n");
+    http::write_response(
+        503,
+        &[("Retry-After", "1")],
+        body.as_bytes(),
+        !keep_alive,
+        buf,
+    );
 }
 
 /// `start` plus a configured duration, saturating rather than overflowing on
@@ -1081,5 +1212,280 @@ mod tests {
         c.advance_to(450);
         c.eof();
         assert_eq!(c.dropped, Some(450));
+    }
+
+    /// A cluster node's loop around one connection, on the virtual clock:
+    /// publishes go to "Redis" (recorded in `sent`) and the test answers
+    /// them, in any order, with [`ClusterLoop::answer`].
+    struct ClusterLoop {
+        c: Driven,
+        /// (sequence number, channel, keep-alive) of each publish sent.
+        sent: Vec<(u32, String, bool)>,
+    }
+
+    impl ClusterLoop {
+        fn new(config: Config) -> ClusterLoop {
+            ClusterLoop {
+                c: Driven::accepted(config),
+                sent: Vec::new(),
+            }
+        }
+
+        fn send(&mut self, bytes: &[u8]) {
+            let mut input = bytes.to_vec();
+            let mut ctx = self.c.env.ctx();
+            self.c.conn.on_input(&mut input, &mut ctx);
+            self.pump();
+        }
+
+        /// What `drive` does: carry out actions, resume held input, within
+        /// the same bounded number of rounds.
+        fn pump(&mut self) {
+            for _ in 0..crate::server::drive::ROUNDS_PER_TURN {
+                for action in std::mem::take(&mut self.c.env.actions) {
+                    if let Action::Publish {
+                        channel,
+                        keep_alive,
+                        ..
+                    } = action
+                    {
+                        let seq = self.c.conn.await_answer();
+                        self.sent.push((seq, channel, keep_alive));
+                    }
+                }
+                if self.c.conn.waits_for_answers() || !self.c.conn.has_pending_input() {
+                    break;
+                }
+                let mut ctx = self.c.env.ctx();
+                self.c.conn.resume(&mut ctx);
+            }
+            self.c.settle();
+        }
+
+        fn answer(&mut self, i: usize, outcome: Result<u64, &str>) {
+            let (seq, channel, keep_alive) = self.sent[i].clone();
+            self.c
+                .conn
+                .answer_bus_publish(seq, &channel, keep_alive, outcome);
+            self.pump();
+        }
+
+        fn channels_sent(&self) -> Vec<&str> {
+            self.sent.iter().map(|(_, ch, _)| ch.as_str()).collect()
+        }
+
+        /// Status and body of each whole response written so far (taken).
+        fn responses(&mut self) -> Vec<(u16, String)> {
+            let bytes = self.c.take();
+            let text = String::from_utf8(bytes).expect("HTTP answers are text here");
+            let mut rest = text.as_str();
+            let mut out = Vec::new();
+            while !rest.is_empty() {
+                let (head, after) = rest.split_once("\r\n\r\n").expect("a whole head");
+                let status = head[9..12].parse().expect("a status");
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .map_or(0, |v| v.parse().expect("a length"));
+                out.push((status, after[..len].to_owned()));
+                rest = &after[len..];
+            }
+            out
+        }
+    }
+
+    fn publish_request(channel: &str) -> Vec<u8> {
+        format!("POST /publish/{channel} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+            .into_bytes()
+    }
+
+    fn publishes(channels: &[&str]) -> Vec<u8> {
+        channels.iter().flat_map(|ch| publish_request(ch)).collect()
+    }
+
+    fn published(channel: &str, nodes: u64) -> (u16, String) {
+        (
+            200,
+            format!("{{\"channel\":\"{channel}\",\"recipients\":{nodes}}}\n"),
+        )
+    }
+
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[test]
+    fn pipelined_publishes_all_go_to_the_bus_before_any_answer() {
+        let mut n = ClusterLoop::new(config(|_| {}));
+        n.send(&publishes(&["a", "b", "c"]));
+        assert_eq!(n.channels_sent(), ["a", "b", "c"]);
+        assert!(n.c.take().is_empty(), "nothing answered before Redis");
+        assert!(n.c.conn.wants_read(), "more requests may come");
+        n.answer(0, Ok(1));
+        n.answer(1, Ok(2));
+        n.answer(2, Ok(3));
+        assert_eq!(
+            n.responses(),
+            [published("a", 1), published("b", 2), published("c", 3)]
+        );
+        assert!(!n.c.conn.waits_for_answers());
+    }
+
+    #[test]
+    fn answers_coming_out_of_order_leave_in_request_order() {
+        let mut n = ClusterLoop::new(config(|_| {}));
+        n.send(&publishes(&["a", "b", "c"]));
+        n.answer(2, Ok(3));
+        n.answer(1, Ok(2));
+        assert!(n.responses().is_empty(), "the first is still out");
+        n.answer(0, Ok(1));
+        assert_eq!(
+            n.responses(),
+            [published("a", 1), published("b", 2), published("c", 3)]
+        );
+    }
+
+    #[test]
+    fn a_health_check_between_two_publishes_is_answered_between_their_answers() {
+        let mut n = ClusterLoop::new(config(|_| {}));
+        let mut input = publish_request("a");
+        input.extend_from_slice(HEALTHZ);
+        input.extend(publish_request("b"));
+        n.send(&input);
+        assert_eq!(n.channels_sent(), ["a", "b"]);
+        assert!(n.c.take().is_empty());
+        n.answer(0, Ok(1));
+        assert_eq!(n.responses(), [published("a", 1), (200, "ok\n".to_owned())]);
+        n.answer(1, Ok(1));
+        assert_eq!(n.responses(), [published("b", 1)]);
+    }
+
+    #[test]
+    fn a_503_outcome_in_the_middle_takes_its_place() {
+        let mut n = ClusterLoop::new(config(|_| {}));
+        n.send(&publishes(&["a", "b", "c"]));
+        n.answer(1, Err("redis did not accept it in time"));
+        n.answer(0, Ok(1));
+        n.answer(2, Ok(1));
+        let answers = n.responses();
+        assert_eq!(answers.len(), 3);
+        assert_eq!(answers[0], published("a", 1));
+        assert_eq!(
+            answers[1],
+            (
+                503,
+                "not published: redis did not accept it in time\n".to_owned()
+            )
+        );
+        assert_eq!(answers[2], published("c", 1));
+        assert!(!n.c.wire.write_shut, "a 503 keeps the connection");
+    }
+
+    #[test]
+    fn a_404_after_outstanding_publishes_closes_only_after_their_answers() {
+        let mut n = ClusterLoop::new(config(|c| c.close_timeout = ms(60_000)));
+        let mut input = publishes(&["a", "b"]);
+        input.extend_from_slice(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+        input.extend(publish_request("c"));
+        n.send(&input);
+        assert_eq!(n.channels_sent(), ["a", "b"], "nothing after the refusal");
+        assert!(n.c.take().is_empty());
+        assert!(!n.c.wire.write_shut);
+        n.answer(0, Ok(1));
+        assert_eq!(n.responses(), [published("a", 1)]);
+        assert!(!n.c.wire.write_shut, "an answer is still out");
+        n.answer(1, Ok(1));
+        let answers = n.responses();
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers[0], published("b", 1));
+        assert_eq!(answers[1].0, 404);
+        assert!(n.c.wire.write_shut, "closed after everything ahead");
+    }
+
+    #[test]
+    fn a_401_in_the_middle_follows_the_answers_ahead_and_closes() {
+        let token = "s3cret";
+        let mut n = ClusterLoop::new(config(|c| c.publish_token = Some(token.into())));
+        let authorized = |ch: &str| {
+            format!(
+                "POST /publish/{ch} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Length: 2\r\n\r\nhi"
+            )
+            .into_bytes()
+        };
+        let mut input = authorized("a");
+        input.extend(publish_request("b"));
+        input.extend(authorized("c"));
+        n.send(&input);
+        assert_eq!(n.channels_sent(), ["a"]);
+        assert!(n.c.take().is_empty(), "the 401 waits for the answer ahead");
+        n.answer(0, Ok(1));
+        let answers = n.responses();
+        assert_eq!(answers.len(), 2);
+        assert_eq!(answers[0], published("a", 1));
+        assert_eq!(answers[1].0, 401);
+        assert!(n.c.wire.write_shut);
+    }
+
+    #[test]
+    fn the_response_bound_holds_input_until_answers_come() {
+        let mut n = ClusterLoop::new(config(|_| {}));
+        let names: Vec<String> = (0..MAX_QUEUED_RESPONSES + 6)
+            .map(|i| format!("c{i}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        n.send(&publishes(&names));
+        assert_eq!(n.sent.len(), MAX_QUEUED_RESPONSES);
+        assert!(n.c.conn.waits_for_answers());
+        assert!(!n.c.conn.wants_read(), "backpressure");
+        n.answer(0, Ok(1));
+        assert_eq!(
+            n.sent.len(),
+            MAX_QUEUED_RESPONSES + 1,
+            "one answer, one more out"
+        );
+        let mut i = 1;
+        while i < n.sent.len() {
+            n.answer(i, Ok(1));
+            i += 1;
+        }
+        assert_eq!(n.channels_sent(), names);
+        let answers = n.responses();
+        let expected: Vec<_> = names.iter().map(|ch| published(ch, 1)).collect();
+        assert_eq!(answers, expected);
+        assert!(n.c.conn.wants_read());
+    }
+
+    #[test]
+    fn an_upgrade_after_outstanding_publishes_waits_for_their_answers() {
+        let mut n = ClusterLoop::new(config(|_| {}));
+        let mut input = publish_request("a");
+        input.extend(crate::server::harness::upgrade_request("/echo"));
+        n.send(&input);
+        assert!(!n.c.conn.is_open(), "not upgraded while the answer is out");
+        assert!(n.c.take().is_empty());
+        n.answer(0, Ok(1));
+        assert!(n.c.conn.is_open());
+        let bytes = n.c.take();
+        let text = String::from_utf8_lossy(&bytes);
+        let at_200 = text.find("HTTP/1.1 200").expect("the publish answer");
+        let at_101 = text.find("HTTP/1.1 101").expect("the upgrade");
+        assert!(at_200 < at_101, "{text}");
+    }
+
+    #[test]
+    fn a_continue_behind_outstanding_publishes_waits_its_turn() {
+        let mut n = ClusterLoop::new(config(|_| {}));
+        let mut input = publish_request("a");
+        input.extend_from_slice(
+            b"POST /publish/b HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        );
+        n.send(&input);
+        assert!(n.c.take().is_empty(), "no 100 before the answer ahead");
+        n.answer(0, Ok(1));
+        let text = String::from_utf8(n.c.take()).expect("text");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with(std::str::from_utf8(publish::CONTINUE).expect("text")));
+        n.send(b"hi");
+        n.answer(1, Ok(1));
+        assert_eq!(n.responses(), [published("b", 1)]);
     }
 }

@@ -51,8 +51,8 @@ impl Server {
                 now,
                 degraded: self.cluster.as_ref().and_then(|c| c.bus.health()),
             };
-            if slot.conn.awaiting_answer() {
-                // Resumed (and read) once the answer is in.
+            if slot.conn.waits_for_answers() {
+                // Resumed (and read) once an answer is in.
                 read = false;
                 break;
             }
@@ -115,7 +115,11 @@ impl Server {
             self.remove(key);
             return;
         }
-        if read || (conn.has_pending_input() && conn.queued() <= self.config.max_backlog_bytes) {
+        if read
+            || (conn.has_pending_input()
+                && conn.queued() <= self.config.max_backlog_bytes
+                && !conn.waits_for_answers())
+        {
             again = true;
         }
         let want_write = conn.queued() > 0 || io.wants_write();

@@ -235,22 +235,27 @@ impl Server {
         keep_alive: bool,
         now: u64,
     ) {
-        let Some(token) = self.conns.get(key).map(|s| s.token(key)) else {
+        let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
+        let token = slot.token(key);
+        // Its place among the connection's responses, kept whatever the
+        // outcome.
+        let seq = slot.conn.await_answer();
         let waiter = Waiter {
             token,
+            seq,
             channel,
             keep_alive,
         };
         // The channel name is needed both in the waiter and in the command.
         let name = waiter.channel.clone();
         let result = self.bus_publish(&name, message, None, Some(waiter), now);
-        if let Some(slot) = self.conns.get_mut(key) {
-            match result {
-                Ok(()) => slot.conn.await_answer(),
-                Err(reason) => slot.conn.answer_unavailable(reason, keep_alive),
-            }
+        if let Err(reason) = result
+            && let Some(slot) = self.conns.get_mut(key)
+        {
+            slot.conn
+                .answer_bus_publish(seq, &name, keep_alive, Err(reason));
         }
     }
 

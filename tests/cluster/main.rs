@@ -432,6 +432,54 @@ fn requests_pipelined_behind_a_publish_wait_for_its_answer() {
     assert_eq!(sub.expect_text(), "three");
 }
 
+/// Issue #12: a pipelining HTTP publisher keeps many publishes out at
+/// Redis at once, and still gets its answers in request order.
+#[test]
+fn two_hundred_pipelined_publishes_arrive_everywhere_and_are_answered_in_order() {
+    const COUNT: usize = 200;
+    const CHANNELS: [&str; 4] = ["pipe0", "pipe1", "pipe2", "pipe3"];
+    let _alone = alone();
+    let redis = Redis::start();
+    let first = start_node(&redis);
+    let second = start_node(&redis);
+    let query: Vec<String> = CHANNELS.iter().map(|c| format!("channel={c}")).collect();
+    let path = format!("{LIVE_PATH}?{}", query.join("&"));
+    let mut subs = [
+        RawClient::open(first.addr, &path),
+        RawClient::open(second.addr, &path),
+    ];
+    for channel in CHANNELS {
+        wait_numsub(&redis, channel, 2);
+    }
+    let channel_of = |i: usize| CHANNELS[i % CHANNELS.len()];
+    let mut pipelined = Vec::new();
+    for i in 0..COUNT {
+        pipelined.extend(support::http::publish_request(
+            channel_of(i),
+            Some("text/plain"),
+            format!("m{i}").as_bytes(),
+        ));
+    }
+    let mut publisher = RawClient::connect(first.addr);
+    publisher.send(&pipelined);
+    for i in 0..COUNT {
+        let answer = publisher.read_http_response();
+        assert_eq!(
+            (answer.status, answer.body_text()),
+            (
+                200,
+                format!("{{\"channel\":\"{}\",\"recipients\":2}}\n", channel_of(i)).as_str()
+            ),
+            "answer {i}"
+        );
+    }
+    for sub in &mut subs {
+        for i in 0..COUNT {
+            assert_eq!(sub.expect_text(), format!("m{i}"));
+        }
+    }
+}
+
 #[test]
 fn rediss_nodes_share_channels_with_plain_ones() {
     let _alone = alone();
