@@ -52,10 +52,9 @@ else
     M_W1_B=${BC_M_W1_19K:-40} M_W16_B=${BC_M_W16_19K:-600}
     # Cluster rows: 18,000 subscribers (6,000 on each of three nodes), so
     # loadgen stays under 20,000 open files; the Redis hop at 100. Sized
-    # like the rows above: a cluster run with the HTTP publisher at window
-    # 16 takes ~15 s (one publish per Redis round trip, see README).
+    # like the rows above: a few seconds per run.
     SUBS_C=18000 HOP_SUBS=100
-    M_CW1=${CL_M_W1:-50} M_CW16=${CL_M_W16:-200} M_CWS=${CL_M_WS:-600} M_HOP=${CL_M_HOP:-2000}
+    M_CW1=${CL_M_W1:-50} M_CW16=${CL_M_W16:-600} M_CWS=${CL_M_WS:-600} M_HOP=${CL_M_HOP:-2000}
 fi
 CLUSTER=${CLUSTER:-1}
 
