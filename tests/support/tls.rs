@@ -139,6 +139,21 @@ pub fn peer_cert<S: Read + Write>(stream: &TlsStream<S>) -> CertificateDer<'stat
         .into_owned()
 }
 
+/// A loopback TLS listener on a free port serving `identity`, whose files
+/// are written to `dir`.
+pub fn tls_listener(identity: &Identity, dir: &TempDir) -> ListenerConfig {
+    let (cert, key) = identity.write_to(dir);
+    ListenerConfig {
+        address: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(ListenerTls {
+            cert,
+            key,
+            alpn: true,
+        }),
+        reuse_port: false,
+    }
+}
+
 /// An in-process server with a plain listener and a TLS one, serving a
 /// certificate of its own; stopped on drop like any `TestServer`.
 pub struct DualServer {
@@ -155,18 +170,9 @@ impl DualServer {
     pub fn start(mut config: Config) -> DualServer {
         let dir = TempDir::new("server");
         let identity = Identity::new(&[0x01, 0x23]);
-        let (cert, key) = identity.write_to(&dir);
         config.listeners = vec![
             ListenerConfig::plain("127.0.0.1:0".parse().unwrap()),
-            ListenerConfig {
-                address: "127.0.0.1:0".parse().unwrap(),
-                tls: Some(ListenerTls {
-                    cert,
-                    key,
-                    alpn: true,
-                }),
-                reuse_port: false,
-            },
+            tls_listener(&identity, &dir),
         ];
         let server = TestServer::with_config(config);
         let endpoints = &server.endpoints;

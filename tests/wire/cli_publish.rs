@@ -9,13 +9,13 @@ use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 
 use tungstenite::Message;
-use wshub::config::{ClientMessages, Config, ListenerConfig, ListenerTls};
+use wshub::config::{ClientMessages, Config};
 
 use crate::support::client::{RawClient, connect_tcp, op};
 use crate::support::http::published_json;
 use crate::support::server::{TestServer, broadcast_config};
 use crate::support::tempdir::TempDir;
-use crate::support::tls::{Identity, SERVER_NAME, client_config, wss_connect};
+use crate::support::tls::{Identity, SERVER_NAME, client_config, tls_listener, wss_connect};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wshub");
 const TOKEN_ENV: &str = "WSHUB_PUBLISH_TOKEN";
@@ -216,18 +216,7 @@ fn usage_errors_exit_2_and_help_exits_0() {
 /// certificate for `localhost`, written to `dir`.
 fn tls_server(dir: &TempDir) -> (TestServer, Identity) {
     let identity = Identity::new(&[0x0c, 0x11]);
-    let (cert, key) = identity.write_to(dir);
-    let server = server(|config| {
-        config.listeners = vec![ListenerConfig {
-            address: "127.0.0.1:0".parse().unwrap(),
-            tls: Some(ListenerTls {
-                cert,
-                key,
-                alpn: true,
-            }),
-            reuse_port: false,
-        }];
-    });
+    let server = server(|config| config.listeners = vec![tls_listener(&identity, dir)]);
     (server, identity)
 }
 
