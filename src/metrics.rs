@@ -233,10 +233,7 @@ impl Metrics {
                 self.slow_consumer_closes,
             ),
         ];
-        for (name, help, value) in counters {
-            header(out, name, "counter", help)?;
-            writeln!(out, "{name} {value}")?;
-        }
+        write_counters(out, &counters)?;
         header(
             out,
             "wshub_requests_refused_total",
@@ -327,10 +324,7 @@ impl ClusterGauges {
                 s.reconnects,
             ),
         ];
-        for (name, help, value) in counters {
-            header(out, name, "counter", help)?;
-            writeln!(out, "{name} {value}")?;
-        }
+        write_counters(out, &counters)?;
         Ok(())
     }
 }
@@ -366,6 +360,15 @@ fn escape_label_value(value: &str, out: &mut Vec<u8>) {
         plain = at + 1;
     }
     out.extend_from_slice(&bytes[plain..]);
+}
+
+/// Unlabelled counters: `(name, help, value)` each, with their headers.
+fn write_counters(out: &mut Vec<u8>, counters: &[(&str, &str, u64)]) -> std::io::Result<()> {
+    for &(name, help, value) in counters {
+        header(out, name, "counter", help)?;
+        writeln!(out, "{name} {value}")?;
+    }
+    Ok(())
 }
 
 fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) -> std::io::Result<()> {
