@@ -464,6 +464,35 @@ cluster_metrics_for() {
 # TIME_WAIT. (Set in this shell, not in a $(...) subshell, so it advances.)
 SOURCE_SLOT=0
 
+# run_loadgen OUT ARG...: one loadgen run, pinned, under a deadline, from
+# the next source address range; its stdout goes to OUT and its stderr to
+# $WORK/stderr.txt. Returns loadgen's exit status. (Call it directly, not in
+# $(...), so SOURCE_SLOT advances.)
+run_loadgen() {
+    local out=$1
+    shift
+    SOURCE_SLOT=$(( SOURCE_SLOT % 250 + 1 ))
+    timeout --kill-after=5 $(( LOADGEN_TIMEOUT + 60 )) \
+        "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "$@" \
+        --source-base "127.0.$SOURCE_SLOT.2" \
+        --timeout "$LOADGEN_TIMEOUT" > "$out" 2> "$WORK/stderr.txt"
+}
+
+# keep_run RC OUT ERR JSONL: shows a run's output; a failed run (RC not 0)
+# leaves its reason in ERR and returns 1, a good one adds its JSON line.
+keep_run() {
+    local rc=$1 out=$2 err=$3 jsonl=$4
+    sed 's/^/    /' "$out" >&2
+    if (( rc != 0 )); then
+        local msg
+        msg=$(grep -v '^$' "$WORK/stderr.txt" | head -n 1 | sed 's/^loadgen: //' | cut -c1-300)
+        echo "${msg:-loadgen exited with status $rc}" > "$err"
+        log "  failed: $(cat "$err")"
+        return 1
+    fi
+    tail -n 1 "$out" >> "$jsonl"
+}
+
 run_scenario() { # server index
     local server=$1 i=$2 name kind title args
     IFS='|' read -r name kind title args <<< "${SCENARIOS[$i]}"
@@ -498,21 +527,9 @@ run_scenario() { # server index
         expanded=${expanded//@TLSPORT@/$TLS_PORT}
         read -r -a argv <<< "${expanded//@CA@/$TLS_CERT}"
         local out=$WORK/out.txt rc=0
-        SOURCE_SLOT=$(( SOURCE_SLOT % 250 + 1 ))
-        timeout --kill-after=5 $(( LOADGEN_TIMEOUT + 60 )) \
-            "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "${argv[@]}" \
-            --server-pid "$SERVER_PID" --source-base "127.0.$SOURCE_SLOT.2" \
-            --timeout "$LOADGEN_TIMEOUT" > "$out" 2> "$WORK/stderr.txt" || rc=$?
+        run_loadgen "$out" "${argv[@]}" --server-pid "$SERVER_PID" || rc=$?
         stop_server
-        sed 's/^/    /' "$out" >&2
-        if (( rc != 0 )); then
-            local msg
-            msg=$(grep -v '^$' "$WORK/stderr.txt" | head -n 1 | sed 's/^loadgen: //' | cut -c1-300)
-            echo "${msg:-loadgen exited with status $rc}" > "$err"
-            log "  failed: $(cat "$err")"
-            return
-        fi
-        tail -n 1 "$out" >> "$jsonl"
+        keep_run "$rc" "$out" "$err" "$jsonl" || return 0
     done
 }
 
@@ -541,11 +558,7 @@ run_cluster_scenario() { # index
         [[ -n $REDIS_PID ]] && pids+=(--bus-pid "$REDIS_PID")
         read -r -a argv <<< "$expanded"
         local out=$WORK/out.txt rc=0
-        SOURCE_SLOT=$(( SOURCE_SLOT % 250 + 1 ))
-        timeout --kill-after=5 $(( LOADGEN_TIMEOUT + 60 )) \
-            "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "${argv[@]}" "${pids[@]}" \
-            --source-base "127.0.$SOURCE_SLOT.2" \
-            --timeout "$LOADGEN_TIMEOUT" > "$out" 2> "$WORK/stderr.txt" || rc=$?
+        run_loadgen "$out" "${argv[@]}" "${pids[@]}" || rc=$?
         # How the clients were shared: each node's accepted WebSocket
         # handshakes (its /metrics; the WebSocket publisher included).
         local h shares=()
@@ -555,15 +568,7 @@ run_cluster_scenario() { # index
         done
         (IFS=/; echo "${shares[*]}") > "$WORK/wshub.$name.shares"
         stop_cluster
-        sed 's/^/    /' "$out" >&2
-        if (( rc != 0 )); then
-            local msg
-            msg=$(grep -v '^$' "$WORK/stderr.txt" | head -n 1 | sed 's/^loadgen: //' | cut -c1-300)
-            echo "${msg:-loadgen exited with status $rc}" > "$err"
-            log "  failed: $(cat "$err")"
-            return
-        fi
-        tail -n 1 "$out" >> "$jsonl"
+        keep_run "$rc" "$out" "$err" "$jsonl" || return 0
     done
 }
 
