@@ -38,6 +38,7 @@ pub mod fuzzing {
     pub use crate::bus::Envelope;
     pub use crate::config::RedisUrl;
     pub use crate::hub::names::parse_subscription;
+    pub use crate::hub::position::{Epoch, Position};
     pub use crate::hub::publish;
     pub use crate::protocol::{handshake, http, message};
     pub use crate::route::{Routes, Target};

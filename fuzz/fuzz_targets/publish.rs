@@ -77,7 +77,7 @@ fn check_head(head: &RequestHead, routes: &Routes, param: u8) -> Option<(Publish
             assert!(is_valid_channel_name(&accepted.channel));
             assert_eq!(accepted.channel, channel);
             assert!(accepted.body_len as u64 <= max_message_size);
-            publish::write_published(&accepted.channel, 7, accepted.keep_alive, &mut out);
+            publish::write_published(&accepted.channel, 7, None, accepted.keep_alive, &mut out);
             check_response(&out, 200);
             Some((
                 PublishBody::new(accepted, max_message_size),

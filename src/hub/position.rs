@@ -15,22 +15,22 @@ use std::fmt;
 
 /// One unbroken history of a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Epoch(u64);
+pub struct Epoch(u64);
 
 /// Characters in an epoch's text form.
 pub(crate) const EPOCH_LEN: usize = 16;
 
 impl Epoch {
-    pub(crate) fn new(value: u64) -> Epoch {
+    pub fn new(value: u64) -> Epoch {
         Epoch(value)
     }
 
-    pub(crate) fn get(self) -> u64 {
+    pub fn get(self) -> u64 {
         self.0
     }
 
     /// Parses the text form: exactly 16 lowercase hex digits.
-    pub(crate) fn parse(text: &str) -> Option<Epoch> {
+    pub fn parse(text: &str) -> Option<Epoch> {
         let ok =
             text.len() == EPOCH_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         ok.then(|| u64::from_str_radix(text, 16).ok().map(Epoch))
@@ -47,9 +47,9 @@ impl fmt::Display for Epoch {
 /// A message's place: its offset within an epoch. The first message of an
 /// epoch has offset 1; offset 0 means "before any message".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Position {
-    pub(crate) epoch: Epoch,
-    pub(crate) offset: u64,
+pub struct Position {
+    pub epoch: Epoch,
+    pub offset: u64,
 }
 
 #[cfg(test)]

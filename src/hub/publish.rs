@@ -13,6 +13,7 @@ use std::io::Write as _;
 use subtle::ConstantTimeEq;
 
 use super::names::is_valid_channel_name;
+use super::position::Position;
 use crate::protocol::body::{self, BodyError, BodyReader, Framing};
 use crate::protocol::http::{self, RequestHead};
 
@@ -250,15 +251,26 @@ pub const NOT_UTF8: Refusal = Refusal {
     close: false,
 };
 
-/// Appends the `200` answer to a publish: `{"channel":"…","recipients":N}`.
-/// Channel names never need JSON escaping (their alphabet has no quotes or
-/// backslashes).
-pub fn write_published(channel: &str, recipients: usize, keep_alive: bool, out: &mut Vec<u8>) {
-    let mut body = Vec::with_capacity(channel.len() + 40);
-    let _ = writeln!(
+/// Appends the `200` answer to a publish:
+/// `{"channel":"…","recipients":N}`, plus `"epoch":"…","offset":N` when the
+/// message got a position. Channel names and epochs never need JSON escaping
+/// (their alphabets have no quotes or backslashes).
+pub fn write_published(
+    channel: &str,
+    recipients: usize,
+    position: Option<Position>,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    let mut body = Vec::with_capacity(channel.len() + 80);
+    let _ = write!(
         body,
-        "{{\"channel\":\"{channel}\",\"recipients\":{recipients}}}"
+        "{{\"channel\":\"{channel}\",\"recipients\":{recipients}"
     );
+    if let Some(Position { epoch, offset }) = position {
+        let _ = write!(body, ",\"epoch\":\"{epoch}\",\"offset\":{offset}");
+    }
+    body.extend_from_slice(b"}\n");
     http::write_response(
         200,
         &[("Content-Type", "application/json")],
@@ -505,12 +517,23 @@ mod tests {
     #[test]
     fn published_answer_is_json() {
         let mut out = Vec::new();
-        write_published("news", 3, true, &mut out);
+        write_published("news", 3, None, true, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(text.contains("Content-Type: application/json\r\n"));
         assert!(!text.contains("Connection: close"));
         assert!(text.ends_with("\r\n\r\n{\"channel\":\"news\",\"recipients\":3}\n"));
+
+        let mut out = Vec::new();
+        let position = Position {
+            epoch: super::super::position::Epoch::new(0xab),
+            offset: 17,
+        };
+        write_published("news", 3, Some(position), false, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with(
+            "{\"channel\":\"news\",\"recipients\":3,\"epoch\":\"00000000000000ab\",\"offset\":17}\n"
+        ));
     }
 
     #[test]

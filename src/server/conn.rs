@@ -225,7 +225,7 @@ impl Connection {
     /// Queues the answer to this connection's publish request.
     pub(super) fn answer_publish(&mut self, channel: &str, recipients: usize, keep_alive: bool) {
         self.out.push_with(|buf| {
-            publish::write_published(channel, recipients, keep_alive, buf);
+            publish::write_published(channel, recipients, None, keep_alive, buf);
         });
     }
 
@@ -274,7 +274,7 @@ impl Connection {
         let write = |buf: &mut Vec<u8>| match outcome {
             Ok(nodes) => {
                 let nodes = usize::try_from(nodes).unwrap_or(usize::MAX);
-                publish::write_published(channel, nodes, keep_alive, buf);
+                publish::write_published(channel, nodes, None, keep_alive, buf);
             }
             Err(reason) => write_unavailable(reason, keep_alive, buf),
         };
