@@ -34,7 +34,7 @@ use crate::protocol::close::CloseCode;
 
 pub use cluster::{ClusterConfig, RedisUrl};
 pub use listener::{ListenerConfig, ListenerTls};
-pub use route::{HEALTH_CHECK_PATH, METRICS_PATH, RouteConfig};
+pub use route::{HEALTH_CHECK_PATH, HistoryPolicy, METRICS_PATH, RouteConfig};
 pub use validate::check_publish_token;
 pub use values::{ClientMessages, Compression, OnBacklog, RouteKind, Secret};
 
@@ -143,6 +143,9 @@ pub struct Config {
     /// Connections one client IP address may hold at once; 0 disables the
     /// limit. Beyond it a new connection gets `429 Too Many Requests`.
     pub max_connections_per_ip: usize,
+    /// The most bytes all channels' history may hold together; the oldest
+    /// messages are evicted first beyond it. Above 0.
+    pub history_max_bytes: usize,
     /// `[cluster]`: run as one node of several sharing channels over Redis;
     /// `None` (no table) is a single node.
     pub cluster: Option<ClusterConfig>,
@@ -175,6 +178,7 @@ impl Default for Config {
             log_level: None,
             allowed_origins: Vec::new(),
             max_connections_per_ip: 0,
+            history_max_bytes: 64 * 1024 * 1024,
             cluster: None,
         }
     }
@@ -207,6 +211,11 @@ impl ConfigError {
 }
 
 impl Config {
+    /// What the channels' history keeps, `None` when no route keeps any.
+    pub fn history(&self) -> Option<HistoryPolicy> {
+        route::history_of(&self.routes)
+    }
+
     /// The config `wshub` runs with when given no file:
     /// [`DEFAULT_CONFIG_TOML`].
     pub fn embedded() -> Config {

@@ -83,7 +83,7 @@ impl Config {
             handshake_timeout, ping_interval, pong_timeout, close_timeout, idle_timeout,
             publish_prefix, max_channels_per_connection, on_backlog, shutdown_timeout,
             shutdown_spread, shutdown_close_code, log_level, allowed_origins,
-            max_connections_per_ip;
+            max_connections_per_ip, history_max_bytes;
             skip: listeners, routes, publish_token, cluster
         } self, new, "");
         match (&self.publish_token, &new.publish_token) {
@@ -110,7 +110,8 @@ impl RouteConfig {
     pub fn changed_options(&self, new: &RouteConfig) -> Vec<String> {
         let prefix = format!("route {:?}: ", self.path);
         let mut changes = diff!(RouteConfig {
-            client_messages, echo_to_sender, subprotocols, require_subprotocol;
+            client_messages, echo_to_sender, subprotocols, require_subprotocol, history_size,
+            history_ttl, max_replay;
             skip: path, kind, compression, compression_level, compression_min_size
         } self, new, &prefix);
         let (old_deflate, new_deflate) = (self.deflate(), new.deflate());

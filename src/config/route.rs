@@ -8,10 +8,11 @@
 //! through that cannot be matched or that would break the `/metrics` text.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ClientMessages, Compression, ConfigError, RouteKind};
+use super::{ClientMessages, Compression, ConfigError, RouteKind, values};
 use crate::protocol::deflate::DeflateConfig;
 
 /// Request path answered by the server itself, so no route may claim it.
@@ -58,6 +59,16 @@ pub struct RouteConfig {
     pub compression_level: u32,
     /// Messages shorter than this many bytes are sent uncompressed.
     pub compression_min_size: usize,
+    /// Broadcast only: keep the last this many messages of each channel so
+    /// that reconnecting clients can recover what they missed; 0 keeps no
+    /// history. Channels are shared by every broadcast route, so every
+    /// route that keeps history keeps the same (see [`Config::history`]).
+    pub history_size: usize,
+    /// Broadcast only: how long a message stays in history; above 0.
+    pub history_ttl: Duration,
+    /// Broadcast only: the most messages one client may recover per channel
+    /// on connecting; a client that missed more is told it cannot recover.
+    pub max_replay: usize,
 }
 
 impl RouteConfig {
@@ -74,6 +85,9 @@ impl RouteConfig {
             compression: Compression::default(),
             compression_level: DeflateConfig::DEFAULT.level,
             compression_min_size: DeflateConfig::DEFAULT.min_size,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            max_replay: 1000,
         }
     }
 
@@ -101,6 +115,10 @@ struct RouteTable {
     compression: Option<Compression>,
     compression_level: Option<u32>,
     compression_min_size: Option<usize>,
+    history_size: Option<usize>,
+    #[serde(default, deserialize_with = "values::optional_duration")]
+    history_ttl: Option<Duration>,
+    max_replay: Option<usize>,
 }
 
 impl TryFrom<RouteTable> for RouteConfig {
@@ -112,6 +130,9 @@ impl TryFrom<RouteTable> for RouteConfig {
             let set = [
                 ("route.client_messages", t.client_messages.is_some()),
                 ("route.echo_to_sender", t.echo_to_sender.is_some()),
+                ("route.history_size", t.history_size.is_some()),
+                ("route.history_ttl", t.history_ttl.is_some()),
+                ("route.max_replay", t.max_replay.is_some()),
             ];
             if let Some((key, _)) = set.iter().find(|(_, given)| *given) {
                 return Err(ConfigError::invalid(
@@ -133,8 +154,62 @@ impl TryFrom<RouteTable> for RouteConfig {
             compression: t.compression.unwrap_or(d.compression),
             compression_level: t.compression_level.unwrap_or(d.compression_level),
             compression_min_size: t.compression_min_size.unwrap_or(d.compression_min_size),
+            history_size: t.history_size.unwrap_or(d.history_size),
+            history_ttl: t.history_ttl.unwrap_or(d.history_ttl),
+            max_replay: t.max_replay.unwrap_or(d.max_replay),
             ..d
         })
+    }
+}
+
+/// What the channels' history keeps: the same for every broadcast route that
+/// keeps history, because channels are shared by all broadcast routes and the
+/// publish API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Messages kept per channel; above 0.
+    pub size: usize,
+    /// How long each is kept; above 0.
+    pub ttl: Duration,
+}
+
+impl RouteConfig {
+    /// This route's history, `None` when it keeps none.
+    pub fn history(&self) -> Option<HistoryPolicy> {
+        (self.kind == RouteKind::Broadcast && self.history_size > 0).then_some(HistoryPolicy {
+            size: self.history_size,
+            ttl: self.history_ttl,
+        })
+    }
+}
+
+/// The history every route that keeps one agrees on, `None` when none does.
+/// `check_routes` has made sure they agree.
+pub(super) fn history_of(routes: &[RouteConfig]) -> Option<HistoryPolicy> {
+    routes.iter().find_map(RouteConfig::history)
+}
+
+/// Broadcast routes that keep history keep the same: a channel is one
+/// channel whichever route its subscribers came through.
+fn check_history_agrees(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    let mut with_history = routes.iter().filter_map(|r| r.history().map(|h| (r, h)));
+    let Some((first, policy)) = with_history.next() else {
+        return Ok(());
+    };
+    match with_history.find(|(_, h)| *h != policy) {
+        None => Ok(()),
+        Some((other, h)) => Err(ConfigError::invalid(
+            "route.history_size",
+            format!(
+                "route {:?} keeps {} messages for {} but route {:?} keeps {} for {}; channels are shared by every broadcast route, so every route that keeps history must keep the same (history_size and history_ttl)",
+                first.path,
+                policy.size,
+                humantime::format_duration(policy.ttl),
+                other.path,
+                h.size,
+                humantime::format_duration(h.ttl),
+            ),
+        )),
     }
 }
 
@@ -161,6 +236,7 @@ pub(super) fn check_routes(routes: &[RouteConfig]) -> Result<(), ConfigError> {
             ));
         }
     }
+    check_history_agrees(routes)?;
     // A broadcast route serves every path below its own, so it must not
     // share that space with any other route; two echo routes only ever
     // match exactly and cannot overlap once they differ.
@@ -226,6 +302,9 @@ fn check_route_options(r: &RouteConfig) -> Result<(), ConfigError> {
                 r.client_messages != d.client_messages,
             ),
             ("route.echo_to_sender", r.echo_to_sender != d.echo_to_sender),
+            ("route.history_size", r.history_size != d.history_size),
+            ("route.history_ttl", r.history_ttl != d.history_ttl),
+            ("route.max_replay", r.max_replay != d.max_replay),
         ] {
             if differs {
                 return Err(ConfigError::invalid(
@@ -233,6 +312,17 @@ fn check_route_options(r: &RouteConfig) -> Result<(), ConfigError> {
                     on_route("only applies to kind \"broadcast\"".to_owned()),
                 ));
             }
+        }
+    }
+    for (key, zero) in [
+        ("route.history_ttl", r.history_ttl.is_zero()),
+        ("route.max_replay", r.max_replay == 0),
+    ] {
+        if zero {
+            return Err(ConfigError::invalid(
+                key,
+                on_route("must be greater than 0".to_owned()),
+            ));
         }
     }
     // Echoing only means something for messages that are relayed at all;
@@ -464,6 +554,9 @@ mod tests {
                 compression: Compression::Off,
                 compression_level: 6,
                 compression_min_size: 128,
+                history_size: 0,
+                history_ttl: Duration::from_secs(300),
+                max_replay: 1000,
             }]
         );
         assert_eq!(c.routes[0], RouteConfig::new("/live", RouteKind::Broadcast));
@@ -505,6 +598,9 @@ mod tests {
             ("client_messages = \"ignore\"", "route.client_messages"),
             ("echo_to_sender = true", "route.echo_to_sender"),
             ("echo_to_sender = false", "route.echo_to_sender"),
+            ("history_size = 10", "route.history_size"),
+            ("history_ttl = \"1m\"", "route.history_ttl"),
+            ("max_replay = 5", "route.max_replay"),
         ] {
             let text = format!("[[route]]\npath = \"/e\"\nkind = \"echo\"\n{option}\n");
             // Reported while parsing, so the message also has the line.
@@ -657,5 +753,56 @@ mod tests {
             invalid_key(&route("require_subprotocol = true")),
             "route.require_subprotocol"
         );
+    }
+
+    #[test]
+    fn history_is_off_by_default_and_set_per_broadcast_route() {
+        let c = Config::from_toml_str(&broadcast_route("")).unwrap();
+        assert_eq!(c.history(), None);
+        let c = Config::from_toml_str(&broadcast_route(
+            "history_size = 100\nhistory_ttl = \"10m\"\nmax_replay = 50",
+        ))
+        .unwrap();
+        let policy = HistoryPolicy {
+            size: 100,
+            ttl: Duration::from_secs(600),
+        };
+        assert_eq!(c.history(), Some(policy));
+        assert_eq!(c.routes[0].max_replay, 50);
+        for bad in ["history_ttl = \"0s\"", "max_replay = 0"] {
+            let key = invalid_key(&broadcast_route(&format!("history_size = 1\n{bad}")));
+            assert!(
+                bad.starts_with(key.trim_start_matches("route.")),
+                "{bad}: {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_that_keep_history_must_agree() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[route]]\npath = \"/a\"\nkind = \"broadcast\"\n{a}\n\
+                 [[route]]\npath = \"/b\"\nkind = \"broadcast\"\n{b}\n"
+            )
+        };
+        // One with history and one without: fine, the channels keep it.
+        let c = Config::from_toml_str(&two("history_size = 5", "")).unwrap();
+        assert_eq!(c.history().map(|h| h.size), Some(5));
+        // The same on both: fine; max_replay may differ.
+        let same = two(
+            "history_size = 5\nmax_replay = 3",
+            "history_size = 5\nmax_replay = 4",
+        );
+        assert!(Config::from_toml_str(&same).is_ok());
+        for (a, b) in [
+            ("history_size = 5", "history_size = 6"),
+            ("history_size = 5", "history_size = 5\nhistory_ttl = \"1s\""),
+        ] {
+            let text = two(a, b);
+            assert_eq!(invalid_key(&text), "route.history_size", "{a} / {b}");
+            let msg = Config::from_toml_str(&text).unwrap_err().to_string();
+            assert!(msg.contains("\"/a\"") && msg.contains("\"/b\""), "{msg}");
+        }
     }
 }

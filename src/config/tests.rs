@@ -32,6 +32,9 @@ fn documented_defaults() -> Config {
             compression: Compression::Off,
             compression_level: 6,
             compression_min_size: 128,
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            max_replay: 1000,
         }],
         max_connections: 100_000,
         max_message_size: 16_777_216,
@@ -52,6 +55,7 @@ fn documented_defaults() -> Config {
         log_level: None,
         allowed_origins: Vec::new(),
         max_connections_per_ip: 0,
+        history_max_bytes: 67_108_864,
         cluster: None,
     }
 }
@@ -225,6 +229,7 @@ fn every_setting_can_be_overridden() {
         shutdown_spread = "20s"
         shutdown_close_code = 1012
         log_level = "debug"
+        history_max_bytes = 1000000
 
         [[listener]]
         address = "127.0.0.1:9000"
@@ -245,6 +250,9 @@ fn every_setting_can_be_overridden() {
         kind = "broadcast"
         client_messages = "broadcast"
         echo_to_sender = true
+        history_size = 50
+        history_ttl = "1h"
+        max_replay = 20
     "#;
     let c = Config::from_toml_str(text).unwrap();
     assert_eq!(c.max_connections, 10);
@@ -266,6 +274,7 @@ fn every_setting_can_be_overridden() {
     assert_eq!(c.shutdown_spread, Duration::from_secs(20));
     assert_eq!(c.shutdown_close_code, CLOSE_SERVICE_RESTART);
     assert_eq!(c.log_level, Some(LevelFilter::Debug));
+    assert_eq!(c.history_max_bytes, 1_000_000);
     let paths: Vec<&str> = c.routes.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["/a", "/b/c", "/live"]);
     assert_eq!(
@@ -280,6 +289,9 @@ fn every_setting_can_be_overridden() {
             compression: Compression::Off,
             compression_level: 6,
             compression_min_size: 128,
+            history_size: 50,
+            history_ttl: Duration::from_secs(3600),
+            max_replay: 20,
         }
     );
 }

@@ -43,6 +43,7 @@ impl Config {
                 self.max_channels_per_connection == 0,
             ),
             ("shutdown_timeout", self.shutdown_timeout.is_zero()),
+            ("history_max_bytes", self.history_max_bytes == 0),
         ];
         if let Some((key, _)) = zero.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError::invalid(key, "must be greater than 0"));

@@ -198,6 +198,14 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
     d.deserialize_str(Visitor)
 }
 
+/// [`duration`] for a setting that may be left out (`None`); use with
+/// `#[serde(default)]`.
+pub(super) fn optional_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
