@@ -323,6 +323,41 @@ impl ClusterGauges {
                 "Times the subscription link came up (first connection included)",
                 s.reconnects,
             ),
+            (
+                "wshub_cluster_messages_repeated_total",
+                "Messages from Redis dropped because their offset was already delivered",
+                s.sequence.repeats,
+            ),
+            (
+                "wshub_cluster_messages_filled_total",
+                "Messages missing from the live feed delivered from the channel's stream",
+                s.sequence.filled,
+            ),
+            (
+                "wshub_cluster_messages_lost_total",
+                "Offsets missing from the live feed that the stream no longer held",
+                s.sequence.lost,
+            ),
+            (
+                "wshub_cluster_gap_reads_total",
+                "Reads of a channel's stream to fill a gap in the live feed",
+                s.gap_reads,
+            ),
+            (
+                "wshub_cluster_recovery_requests_total",
+                "Recoveries asked of Redis",
+                s.recovery_requests,
+            ),
+            (
+                "wshub_cluster_recovery_reads_total",
+                "Reads of Redis that served recoveries (identical ones coalesced)",
+                s.recovery_reads,
+            ),
+            (
+                "wshub_cluster_recoveries_unavailable_total",
+                "Recoveries answered unavailable: Redis was not asked or did not answer in time",
+                s.recoveries_unavailable,
+            ),
         ];
         write_counters(out, &counters)?;
         Ok(())

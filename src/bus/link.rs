@@ -127,7 +127,7 @@ impl Link {
 
     /// Appends one command (an array of bulk strings) to the output.
     pub(crate) fn command(&mut self, args: &[&[u8]]) {
-        const INLINE: usize = 8;
+        const INLINE: usize = 12;
         if args.len() <= INLINE {
             let frames: [BorrowedFrame<'_>; INLINE] = std::array::from_fn(|i| match args.get(i) {
                 Some(arg) => BorrowedFrame::BulkString(arg),

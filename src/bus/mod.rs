@@ -26,24 +26,34 @@
 //! (`wshub_cluster_publishes_late_total`) and logged.
 
 mod envelope;
+pub(crate) mod history;
 pub(crate) mod link;
+pub(crate) mod sequence;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::{info, warn};
 use redis_protocol::resp2::types::OwnedFrame;
 
 pub use envelope::Envelope;
+pub(crate) use history::{Ask, Entry, Reason, Recovery};
+use history::{
+    Coalescer, PUBLISH_HISTORY_SCRIPT, PublishReply, READ_SCRIPT, ReadReply, Want,
+    parse_publish_reply, parse_read_reply,
+};
 use link::{Backoff, Link, State};
+use sequence::{Counts, Sequencer, Step};
 
-use crate::config::{ClusterConfig, Secret};
+use crate::config::{ClusterConfig, HistoryPolicy, Secret};
+use crate::hub::position::{Epoch, Position};
 
 /// The publish script: `ARGV[1]` the deadline in Redis's clock
 /// (milliseconds since the epoch), `ARGV[2]` the channel, `ARGV[3]` the
 /// envelope. Returns the number of Redis subscribers (nodes) it reached, or
-/// -1 when the deadline has passed and nothing was published. Issue #13
-/// extends it: a position per channel and a history, in the same script.
+/// -1 when the deadline has passed and nothing was published. With history
+/// on, [`PUBLISH_HISTORY_SCRIPT`] runs instead.
 pub(crate) const PUBLISH_SCRIPT: &str = "\
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -63,6 +73,35 @@ const MAX_UNSENT_BYTES: usize = 64 * 1024 * 1024;
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command.
 const CHANNELS_PER_COMMAND: usize = 1_000;
 
+/// Entries one gap read asks for at most; a longer gap is read in parts.
+const MAX_GAP_READ: u64 = 1_000;
+
+/// The scripts the command link loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Script {
+    Publish,
+    PublishHistory,
+    Read,
+}
+
+impl Script {
+    const ALL: [Script; 3] = [Script::Publish, Script::PublishHistory, Script::Read];
+
+    /// Its SHA1 among `shas` (kept in `ALL` order).
+    fn sha(self, shas: &[String; 3]) -> &str {
+        let i = Script::ALL.iter().position(|&s| s == self).unwrap_or(0);
+        shas.get(i).map_or("", String::as_str)
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Script::Publish => PUBLISH_SCRIPT,
+            Script::PublishHistory => PUBLISH_HISTORY_SCRIPT,
+            Script::Read => READ_SCRIPT,
+        }
+    }
+}
+
 /// Which of the two links.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -72,17 +111,31 @@ pub(crate) enum Role {
     Subscriptions,
 }
 
+/// A publish Redis accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// Redis subscribers (nodes) it reached.
+    pub nodes: u64,
+    /// Its position, when the channel keeps history.
+    pub position: Option<Position>,
+}
+
 /// What the bus hands back to the server.
 #[derive(Debug)]
-pub(crate) enum Event<W> {
-    /// A message came from Redis on `channel` (prefix removed).
+pub(crate) enum Event<W, R = u64> {
+    /// A message to deliver on `channel` (prefix removed). Messages with a
+    /// position come in offset order, each once (see [`sequence`]).
     Message { channel: String, envelope: Vec<u8> },
-    /// The answer to a publish: Redis subscribers (nodes) reached, or why
-    /// it was refused.
+    /// The answer to a publish: accepted, or why it was refused.
     Answer {
         waiter: W,
-        outcome: Result<u64, &'static str>,
+        outcome: Result<Published, &'static str>,
     },
+    /// Redis confirmed the SUBSCRIBE to `channel`: from now on every
+    /// message published to it reaches this node's live feed.
+    Subscribed { channel: String },
+    /// The outcome of [`Bus::recover`] for `who`.
+    Recovered { who: R, outcome: Recovery },
 }
 
 /// Counters for `/metrics`.
@@ -95,6 +148,15 @@ pub(crate) struct Stats {
     pub messages_received: u64,
     pub messages_undecodable: u64,
     pub reconnects: u64,
+    /// Live messages put in order: repeats dropped, gaps filled or lost.
+    pub sequence: Counts,
+    /// Reads of a channel's stream to fill a gap in the live feed.
+    pub gap_reads: u64,
+    /// Recovery requests, and the reads that served them (coalesced).
+    pub recovery_requests: u64,
+    pub recovery_reads: u64,
+    /// Recovery requests answered `unavailable` (Redis not asked in time).
+    pub recoveries_unavailable: u64,
 }
 
 /// A publish sent to Redis and not yet answered.
@@ -106,18 +168,40 @@ struct Pending<W> {
     timed_out: bool,
     /// When to answer 503 without a reply.
     answer_by: u64,
+    /// Sent with the history script (its reply carries a position).
+    history: bool,
+}
+
+/// Who waits for a read of a channel's stream.
+#[derive(Debug)]
+enum ReadFor<R> {
+    /// The channel's sequencer, to fill a gap.
+    Gap,
+    /// Recovery requests (coalesced); taken out when answered 503-style
+    /// at the read's deadline.
+    Recovery(Vec<Want<R>>),
+}
+
+/// A read sent and not yet answered.
+#[derive(Debug)]
+struct Read<R> {
+    channel: String,
+    reader: ReadFor<R>,
+    answer_by: u64,
+    timed_out: bool,
 }
 
 /// A reply the command link waits for, in order.
 #[derive(Debug)]
-enum Expect<W> {
+enum Expect<W, R> {
     /// `+OK` (AUTH, SELECT, CLIENT SETNAME): anything else drops the link.
     Ok(&'static str),
-    ScriptLoad,
+    ScriptLoad(Script),
     Time {
         sent: u64,
     },
     Publish(Pending<W>),
+    Read(Read<R>),
 }
 
 /// The bus's settings, in loop milliseconds.
@@ -132,6 +216,11 @@ struct Settings {
     command_timeout: u64,
     ping_interval: u64,
     ping_timeout: u64,
+    /// `history_meta_ttl` in ms, at least the history's TTL.
+    meta_ttl: u64,
+    /// What the channels' history keeps (`Config::history`), in
+    /// (entries, ms); `None` when no route keeps history.
+    history: Option<(usize, u64)>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -151,6 +240,8 @@ impl Settings {
             command_timeout: ms(config.command_timeout),
             ping_interval: ms(config.ping_interval),
             ping_timeout: ms(config.ping_timeout),
+            meta_ttl: ms(config.history_meta_ttl),
+            history: None,
         }
     }
 }
@@ -167,19 +258,33 @@ struct Offset {
 
 /// The bus: both links and what flows through them.
 #[derive(Debug)]
-pub(crate) struct Bus<W> {
+pub(crate) struct Bus<W, R = u64> {
     settings: Settings,
     pub cmd: Link,
     pub sub: Link,
-    expect: VecDeque<Expect<W>>,
+    expect: VecDeque<Expect<W, R>>,
     /// Publishes whose link went down before their reply: answered 503 at
     /// their deadline, not before (Redis may still run them until then).
     limbo: VecDeque<Pending<W>>,
     offset: Option<Offset>,
-    script_sha: String,
+    /// The SHA1 of each [`Script`], in `Script::ALL` order.
+    shas: [String; 3],
     /// Channels (without prefix) SUBSCRIBE was sent for on the current
-    /// subscription link, and not UNSUBSCRIBE since.
-    subscribed: HashSet<String>,
+    /// subscription link, and not UNSUBSCRIBE since; `true` once Redis
+    /// confirmed it.
+    subscribed: HashMap<String, bool>,
+    /// Per channel whose live messages carry positions: its order.
+    sequencers: HashMap<String, Sequencer<Vec<u8>>>,
+    /// Recovery requests waiting for a read.
+    recoveries: Coalescer<R>,
+    /// When to give up on each read in `expect` not yet timed out, oldest
+    /// first.
+    reads_waiting: VecDeque<u64>,
+    /// Reads failed with their link, to hand back at the next
+    /// [`Bus::issue_reads`].
+    failed_reads: Vec<Read<R>>,
+    /// Epoch candidates (splitmix64 state).
+    rng: u64,
     /// Channels whose first subscriber came or last one left this turn.
     dirty: Vec<String>,
     /// This process's id in envelopes: random per start.
@@ -197,8 +302,8 @@ pub(crate) struct Bus<W> {
     waiting: VecDeque<u64>,
 }
 
-impl<W> Bus<W> {
-    pub(crate) fn new(config: &ClusterConfig, seed: u64) -> Bus<W> {
+impl<W, R> Bus<W, R> {
+    pub(crate) fn new(config: &ClusterConfig, seed: u64) -> Bus<W, R> {
         let settings = Settings::from(config);
         let backoff = |salt: u64| {
             Backoff::new(
@@ -214,8 +319,13 @@ impl<W> Bus<W> {
             expect: VecDeque::new(),
             limbo: VecDeque::new(),
             offset: None,
-            script_sha: sha1_smol::Sha1::from(PUBLISH_SCRIPT).digest().to_string(),
-            subscribed: HashSet::new(),
+            shas: Script::ALL.map(|s| sha1_smol::Sha1::from(s.text()).digest().to_string()),
+            subscribed: HashMap::new(),
+            sequencers: HashMap::new(),
+            recoveries: Coalescer::default(),
+            reads_waiting: VecDeque::new(),
+            failed_reads: Vec::new(),
+            rng: seed,
             dirty: Vec::new(),
             node_id: seed,
             stats: Stats::default(),
@@ -232,11 +342,33 @@ impl<W> Bus<W> {
     /// take effect from the next command or connection; a new key prefix
     /// or node name needs the links to be made again (the caller decides).
     pub(crate) fn reconfigure(&mut self, config: &ClusterConfig) {
+        let history = self.settings.history;
         self.settings = Settings::from(config);
+        self.settings.history = history;
         for link in [&mut self.cmd, &mut self.sub] {
             link.backoff.min = ms(config.reconnect_min).max(1);
             link.backoff.max = ms(config.reconnect_max).max(link.backoff.min);
         }
+    }
+
+    /// Sets what the channels' history keeps (`Config::history`): with it,
+    /// publishes go through the history script and get positions.
+    pub(crate) fn set_history(&mut self, policy: Option<HistoryPolicy>) {
+        self.settings.history = policy.map(|p| (p.size, ms(p.ttl)));
+    }
+
+    /// Publishes keep history (and envelopes must be written unplaced).
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.settings.history.is_some()
+    }
+
+    /// A random epoch for a channel Redis has no history of.
+    fn epoch_candidate(&mut self) -> String {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Epoch::new(z ^ (z >> 31)).to_string()
     }
 
     pub(crate) fn link(&self, role: Role) -> &Link {
@@ -322,15 +454,22 @@ impl<W> Bus<W> {
                     self.cmd.command(&[b"SELECT", db.as_bytes()]);
                     self.expect.push_back(Expect::Ok("SELECT"));
                 }
-                self.cmd
-                    .command(&[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
-                self.expect.push_back(Expect::ScriptLoad);
+                for script in Script::ALL {
+                    self.cmd
+                        .command(&[b"SCRIPT", b"LOAD", script.text().as_bytes()]);
+                    self.expect.push_back(Expect::ScriptLoad(script));
+                }
                 self.send_time(now);
             }
             Role::Subscriptions => {
                 self.subscribed.clear();
                 self.dirty.clear();
                 let names: Vec<&str> = wanted.collect();
+                // Channels that lost their subscribers while the link was
+                // down keep no order.
+                let keep: HashSet<&str> = names.iter().copied().collect();
+                self.sequencers
+                    .retain(|name, _| keep.contains(name.as_str()));
                 self.subscribe_batch(true, &names);
                 self.sub.command(&[b"PING"]);
                 self.sub.check_sent = Some(now);
@@ -356,15 +495,19 @@ impl<W> Bus<W> {
             Role::Commands => {
                 self.offset = None;
                 self.waiting.clear();
+                self.reads_waiting.clear();
                 for expect in self.expect.drain(..) {
-                    if let Expect::Publish(p) = expect
-                        && p.waiter.is_some()
-                    {
-                        self.limbo.push_back(p);
+                    match expect {
+                        Expect::Publish(p) if p.waiter.is_some() => self.limbo.push_back(p),
+                        // Reads are answered at the next turn.
+                        Expect::Read(read) => self.failed_reads.push(read),
+                        _ => {}
                     }
                 }
             }
             Role::Subscriptions => {
+                // Sequencers stay: the messages missed meanwhile are read
+                // from the stream once the channel is confirmed again.
                 self.subscribed.clear();
                 self.dirty.clear();
             }
@@ -374,7 +517,9 @@ impl<W> Bus<W> {
 
     /// Publishes `envelope` to `channel` with the script; the answer comes
     /// as an [`Event::Answer`] for `waiter` (none for a relay). Refused at
-    /// once, with nothing sent, while the command link is not up.
+    /// once, with nothing sent, while the command link is not up. With
+    /// history on ([`Bus::keeps_history`]) `envelope` is a version 2
+    /// envelope without its position, which Redis inserts.
     pub(crate) fn publish(
         &mut self,
         channel: &str,
@@ -405,14 +550,37 @@ impl<W> Bus<W> {
         self.scratch
             .extend_from_slice(self.settings.prefix.as_bytes());
         self.scratch.extend_from_slice(channel.as_bytes());
-        self.cmd.command(&[
-            b"EVALSHA",
-            self.script_sha.as_bytes(),
-            b"0",
-            deadline.as_bytes(),
-            &self.scratch,
-            envelope,
-        ]);
+        let history = self.settings.history;
+        if let Some((size, ttl)) = history {
+            let (meta, stream) = history::keys(&self.settings.prefix, channel);
+            let candidate = self.epoch_candidate();
+            let size = size.to_string();
+            let ttl = ttl.max(1).to_string();
+            let meta_ttl = self.settings.meta_ttl.max(ttl_ms(history)).to_string();
+            self.cmd.command(&[
+                b"EVALSHA",
+                Script::PublishHistory.sha(&self.shas).as_bytes(),
+                b"2",
+                meta.as_bytes(),
+                stream.as_bytes(),
+                deadline.as_bytes(),
+                &self.scratch,
+                envelope,
+                candidate.as_bytes(),
+                size.as_bytes(),
+                ttl.as_bytes(),
+                meta_ttl.as_bytes(),
+            ]);
+        } else {
+            self.cmd.command(&[
+                b"EVALSHA",
+                Script::Publish.sha(&self.shas).as_bytes(),
+                b"0",
+                deadline.as_bytes(),
+                &self.scratch,
+                envelope,
+            ]);
+        }
         let answer_by = now
             .saturating_add(timeout)
             .saturating_add(offset.uncertainty)
@@ -424,8 +592,244 @@ impl<W> Bus<W> {
             waiter,
             timed_out: false,
             answer_by,
+            history: history.is_some(),
         }));
         Ok(())
+    }
+
+    /// Asks for the messages of `channel` after `ask.position` (see
+    /// [`Recovery`]); the outcome comes as an [`Event::Recovered`] for
+    /// `who`. The read goes out once Redis has confirmed this node's
+    /// SUBSCRIBE to the channel (the caller subscribes first), coalesced
+    /// with the other requests for the channel; `unavailable` when no read
+    /// answered within `command_timeout` (plus the reply margin).
+    pub(crate) fn recover(
+        &mut self,
+        channel: &str,
+        who: R,
+        ask: Ask,
+        now: u64,
+        events: &mut Vec<Event<W, R>>,
+    ) {
+        self.stats.recovery_requests += 1;
+        if self.settings.history.is_none() {
+            self.stats.recoveries_unavailable += 1;
+            events.push(Event::Recovered {
+                who,
+                outcome: Recovery::NotRecovered {
+                    reason: Reason::Unavailable,
+                    current: None,
+                },
+            });
+            return;
+        }
+        let deadline = self.read_deadline(now);
+        let confirmed = self.subscribed.get(channel).copied().unwrap_or(false);
+        self.recoveries
+            .add(channel, Want { who, ask, deadline }, confirmed);
+    }
+
+    fn read_deadline(&self, now: u64) -> u64 {
+        now.saturating_add(self.settings.command_timeout)
+            .saturating_add(REPLY_MARGIN_MS)
+    }
+
+    /// Sends the recovery reads that may go out now (once per turn, so the
+    /// requests of a turn coalesce) and answers the reads lost with the
+    /// command link.
+    pub(crate) fn issue_reads(&mut self, now: u64, events: &mut Vec<Event<W, R>>) {
+        for read in std::mem::take(&mut self.failed_reads) {
+            self.fail_read(read, now, events);
+        }
+        while self.cmd.is_up() && self.offset.is_some() {
+            let Some(group) = self.recoveries.next_group() else {
+                break;
+            };
+            self.stats.recovery_reads += 1;
+            self.send_read(
+                group.channel,
+                group.from,
+                group.count,
+                ReadFor::Recovery(group.wants),
+                now,
+            );
+        }
+    }
+
+    /// Sends one read of `channel`'s stream: up to `count` entries after
+    /// offset `from`.
+    fn send_read(&mut self, channel: String, from: u64, count: u64, reader: ReadFor<R>, now: u64) {
+        let (meta, stream) = history::keys(&self.settings.prefix, &channel);
+        let candidate = self.epoch_candidate();
+        let meta_ttl = self
+            .settings
+            .meta_ttl
+            .max(ttl_ms(self.settings.history))
+            .to_string();
+        let from_text = from.to_string();
+        let count = count.to_string();
+        self.cmd.command(&[
+            b"EVALSHA",
+            Script::Read.sha(&self.shas).as_bytes(),
+            b"2",
+            meta.as_bytes(),
+            stream.as_bytes(),
+            from_text.as_bytes(),
+            count.as_bytes(),
+            candidate.as_bytes(),
+            meta_ttl.as_bytes(),
+        ]);
+        let answer_by = self.read_deadline(now);
+        self.reads_waiting.push_back(answer_by);
+        self.expect.push_back(Expect::Read(Read {
+            channel,
+            reader,
+            answer_by,
+            timed_out: false,
+        }));
+    }
+
+    /// A read that got no usable reply: its requests are answered
+    /// `unavailable`, its gap is given up.
+    fn fail_read(&mut self, read: Read<R>, now: u64, events: &mut Vec<Event<W, R>>) {
+        match read.reader {
+            ReadFor::Gap => {
+                if !read.timed_out {
+                    self.sequence(&read.channel, now, events, |s, c, out| {
+                        s.on_entries(None::<Vec<(Position, Vec<u8>)>>, c, out);
+                    });
+                }
+            }
+            ReadFor::Recovery(wants) => {
+                self.answer_unavailable(wants, events);
+                let confirmed = self.subscribed.get(&read.channel).copied().unwrap_or(false);
+                self.recoveries.done(&read.channel, confirmed);
+            }
+        }
+    }
+
+    fn answer_unavailable(
+        &mut self,
+        wants: impl IntoIterator<Item = Want<R>>,
+        events: &mut Vec<Event<W, R>>,
+    ) {
+        for want in wants {
+            self.stats.recoveries_unavailable += 1;
+            events.push(Event::Recovered {
+                who: want.who,
+                outcome: Recovery::NotRecovered {
+                    reason: Reason::Unavailable,
+                    current: None,
+                },
+            });
+        }
+    }
+
+    /// The reply to a read.
+    fn on_read_reply(
+        &mut self,
+        read: Read<R>,
+        reply: OwnedFrame,
+        now: u64,
+        events: &mut Vec<Event<W, R>>,
+    ) -> Result<(), String> {
+        if !read.timed_out {
+            self.reads_waiting.pop_front();
+        }
+        let parsed = match reply {
+            OwnedFrame::Error(e) => {
+                if e.starts_with("NOSCRIPT") {
+                    self.cmd
+                        .command(&[b"SCRIPT", b"LOAD", READ_SCRIPT.as_bytes()]);
+                    self.expect.push_back(Expect::ScriptLoad(Script::Read));
+                } else {
+                    warn!("cluster: history read failed in redis: {e}");
+                }
+                None
+            }
+            other => Some(parse_read_reply(other).ok_or("history read answered nonsense")?),
+        };
+        let Some(reply) = parsed else {
+            self.fail_read(read, now, events);
+            return Ok(());
+        };
+        match read.reader {
+            ReadFor::Gap => {
+                if !read.timed_out {
+                    let entries = reply.entries.into_iter().map(|e| (e.position, e.envelope));
+                    self.sequence(&read.channel, now, events, |s, c, out| {
+                        s.on_entries(Some(entries), c, out);
+                    });
+                }
+            }
+            ReadFor::Recovery(wants) => {
+                let ttl = ttl_ms(self.settings.history);
+                let ReadReply {
+                    current,
+                    now_ms,
+                    entries,
+                } = reply;
+                let shared: Arc<[Entry]> = entries.into();
+                let reply = ReadReply {
+                    current,
+                    now_ms,
+                    entries: Vec::new(),
+                };
+                for want in wants {
+                    let outcome = history::decide(want.ask, &reply, &shared, ttl);
+                    events.push(Event::Recovered {
+                        who: want.who,
+                        outcome,
+                    });
+                }
+                let confirmed = self.subscribed.get(&read.channel).copied().unwrap_or(false);
+                self.recoveries.done(&read.channel, confirmed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on `channel`'s sequencer and carries out what it asks:
+    /// messages to deliver, a gap to read (given up at once while the
+    /// command link is down).
+    fn sequence(
+        &mut self,
+        channel: &str,
+        now: u64,
+        events: &mut Vec<Event<W, R>>,
+        f: impl FnOnce(&mut Sequencer<Vec<u8>>, &mut Counts, &mut Vec<Step<Vec<u8>>>),
+    ) {
+        let Some(sequencer) = self.sequencers.get_mut(channel) else {
+            return;
+        };
+        let mut steps = Vec::new();
+        f(sequencer, &mut self.stats.sequence, &mut steps);
+        while !steps.is_empty() {
+            let mut unread = false;
+            for step in steps.drain(..) {
+                match step {
+                    Step::Deliver(_, envelope) => events.push(Event::Message {
+                        channel: channel.to_owned(),
+                        envelope,
+                    }),
+                    Step::Read { from, to } if self.cmd.is_up() && self.offset.is_some() => {
+                        let count = to
+                            .map_or(MAX_GAP_READ, |to| to.saturating_sub(from + 1))
+                            .min(MAX_GAP_READ);
+                        self.stats.gap_reads += 1;
+                        self.send_read(channel.to_owned(), from, count, ReadFor::Gap, now);
+                    }
+                    Step::Read { .. } => unread = true,
+                }
+            }
+            if unread && let Some(sequencer) = self.sequencers.get_mut(channel) {
+                sequencer.on_entries(
+                    None::<Vec<(Position, Vec<u8>)>>,
+                    &mut self.stats.sequence,
+                    &mut steps,
+                );
+            }
+        }
     }
 
     /// Bytes read from the `role` socket: replies are matched and turned
@@ -435,7 +839,7 @@ impl<W> Bus<W> {
         role: Role,
         input: &[u8],
         now: u64,
-        events: &mut Vec<Event<W>>,
+        events: &mut Vec<Event<W, R>>,
     ) {
         // Kept between calls for its capacity: no allocation per read.
         let mut frames = std::mem::take(&mut self.frames);
@@ -462,7 +866,7 @@ impl<W> Bus<W> {
         &mut self,
         frame: OwnedFrame,
         now: u64,
-        events: &mut Vec<Event<W>>,
+        events: &mut Vec<Event<W, R>>,
     ) -> Result<(), String> {
         let Some(expect) = self.expect.pop_front() else {
             return Err("redis sent a reply nobody asked for".to_owned());
@@ -471,11 +875,12 @@ impl<W> Bus<W> {
             (Expect::Ok(_), OwnedFrame::SimpleString(_)) => {}
             (Expect::Ok(what), OwnedFrame::Error(e)) => return Err(format!("{what}: {e}")),
             (Expect::Ok(what), other) => return Err(format!("{what} answered {other:?}")),
-            (Expect::ScriptLoad, OwnedFrame::BulkString(sha))
-                if sha == self.script_sha.as_bytes() => {}
-            (Expect::ScriptLoad, other) => {
+            (Expect::ScriptLoad(script), OwnedFrame::BulkString(sha))
+                if sha == script.sha(&self.shas).as_bytes() => {}
+            (Expect::ScriptLoad(_), other) => {
                 return Err(format!("SCRIPT LOAD answered {other:?}"));
             }
+            (Expect::Read(read), reply) => return self.on_read_reply(read, reply, now, events),
             (Expect::Time { sent }, OwnedFrame::Array(parts)) => {
                 let redis_ms = time_reply_ms(&parts).ok_or("TIME answered nonsense")?;
                 let rtt = now.saturating_sub(sent);
@@ -504,15 +909,35 @@ impl<W> Bus<W> {
             (Expect::Time { .. }, other) => return Err(format!("TIME answered {other:?}")),
             (Expect::Publish(mut p), reply) => {
                 let outcome = match reply {
-                    OwnedFrame::Integer(n) if n >= 0 => Ok(n as u64),
-                    OwnedFrame::Integer(_) => Err("redis got the publish after its deadline"),
+                    OwnedFrame::Integer(n) if n >= 0 && !p.history => Ok(Published {
+                        nodes: n as u64,
+                        position: None,
+                    }),
+                    OwnedFrame::Integer(-1) => Err("redis got the publish after its deadline"),
                     OwnedFrame::Error(e) if e.starts_with("NOSCRIPT") => {
                         // Flushed by an operator: load it again; the
-                        // publisher retries.
+                        // publisher retries (sending it again here could
+                        // reorder it behind later publishes).
+                        let script = if p.history {
+                            Script::PublishHistory
+                        } else {
+                            Script::Publish
+                        };
                         self.cmd
-                            .command(&[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
-                        self.expect.push_back(Expect::ScriptLoad);
+                            .command(&[b"SCRIPT", b"LOAD", script.text().as_bytes()]);
+                        self.expect.push_back(Expect::ScriptLoad(script));
                         Err("the publish script was missing in redis")
+                    }
+                    ref array @ OwnedFrame::Array(_) if p.history => {
+                        match parse_publish_reply(array) {
+                            Some(PublishReply::Published { nodes, position }) => Ok(Published {
+                                nodes,
+                                position: Some(position),
+                            }),
+                            Some(PublishReply::TooLate) | None => {
+                                return Err(format!("publish answered {array:?}"));
+                            }
+                        }
                     }
                     OwnedFrame::Error(e) => {
                         warn!("cluster: publish failed in redis: {e}");
@@ -548,7 +973,7 @@ impl<W> Bus<W> {
         &mut self,
         frame: OwnedFrame,
         now: u64,
-        events: &mut Vec<Event<W>>,
+        events: &mut Vec<Event<W, R>>,
     ) -> Result<(), String> {
         match frame {
             OwnedFrame::Array(mut parts) => {
@@ -578,10 +1003,32 @@ impl<W> Bus<W> {
                             return Ok(());
                         };
                         self.stats.messages_received += 1;
-                        events.push(Event::Message { channel, envelope });
+                        match Envelope::peek_position(&envelope) {
+                            Some(position) if self.subscribed.contains_key(&channel) => {
+                                if !self.sequencers.contains_key(&channel) {
+                                    self.sequencers.insert(channel.clone(), Sequencer::new());
+                                }
+                                self.sequence(&channel, now, events, |s, c, out| {
+                                    s.on_live(position, envelope, c, out);
+                                });
+                            }
+                            Some(_) => {}
+                            None => events.push(Event::Message { channel, envelope }),
+                        }
                     }
                     b"pong" => self.on_pong(now),
-                    b"subscribe" | b"unsubscribe" => {}
+                    b"subscribe" => {
+                        let Some(OwnedFrame::BulkString(channel)) = parts.get(1) else {
+                            return Err("malformed subscribe confirmation".to_owned());
+                        };
+                        let channel = channel
+                            .strip_prefix(self.settings.prefix.as_bytes())
+                            .and_then(|c| std::str::from_utf8(c).ok());
+                        if let Some(channel) = channel {
+                            self.on_confirmed(channel, now, events);
+                        }
+                    }
+                    b"unsubscribe" => {}
                     _ => return Err("unexpected push from redis".to_owned()),
                 }
             }
@@ -591,6 +1038,21 @@ impl<W> Bus<W> {
             other => return Err(format!("unexpected reply {other:?}")),
         }
         Ok(())
+    }
+
+    /// Redis confirmed the SUBSCRIBE to `channel` (if it is still wanted):
+    /// recovery reads may go out, and a channel that had a live order
+    /// before reads what it missed meanwhile.
+    fn on_confirmed(&mut self, channel: &str, now: u64, events: &mut Vec<Event<W, R>>) {
+        let Some(confirmed) = self.subscribed.get_mut(channel) else {
+            return;
+        };
+        *confirmed = true;
+        events.push(Event::Subscribed {
+            channel: channel.to_owned(),
+        });
+        self.recoveries.confirmed(channel);
+        self.sequence(channel, now, events, |s, _, out| s.catch_up(out));
     }
 
     fn on_pong(&mut self, now: u64) {
@@ -630,7 +1092,7 @@ impl<W> Bus<W> {
                 continue;
             }
             let want = wanted(name);
-            let have = self.subscribed.contains(name.as_str());
+            let have = self.subscribed.contains_key(name.as_str());
             if want && !have {
                 add.push(name);
             } else if !want && have {
@@ -658,9 +1120,10 @@ impl<W> Bus<W> {
             self.sub.command(&args);
             for name in chunk {
                 if subscribe {
-                    self.subscribed.insert((*name).to_owned());
+                    self.subscribed.insert((*name).to_owned(), false);
                 } else {
                     self.subscribed.remove(*name);
+                    self.sequencers.remove(*name);
                 }
             }
         }
@@ -693,13 +1156,19 @@ impl<W> Bus<W> {
         if let Some(&answer_by) = self.waiting.front() {
             at(answer_by);
         }
+        if let Some(&answer_by) = self.reads_waiting.front() {
+            at(answer_by);
+        }
+        if let Some(deadline) = self.recoveries.next_deadline() {
+            at(deadline);
+        }
         next
     }
 
     /// Acts on whatever is due at `now`: publishes to answer 503, links
     /// whose check or login went unanswered (dropped: the server closes
     /// their sockets), checks to send.
-    pub(crate) fn on_timer(&mut self, now: u64, events: &mut Vec<Event<W>>) {
+    pub(crate) fn on_timer(&mut self, now: u64, events: &mut Vec<Event<W, R>>) {
         while self.limbo.front().is_some_and(|p| now >= p.answer_by) {
             if let Some(waiter) = self.limbo.pop_front().and_then(|p| p.waiter) {
                 self.stats.publishes_refused += 1;
@@ -730,6 +1199,35 @@ impl<W> Bus<W> {
                     break;
                 }
             }
+        }
+        let mut due = self.reads_waiting.iter().take_while(|&&t| now >= t).count();
+        let mut gaps = Vec::new();
+        let mut expired = Vec::new();
+        for expect in &mut self.expect {
+            if due == 0 {
+                break;
+            }
+            if let Expect::Read(read) = expect
+                && !read.timed_out
+            {
+                if now < read.answer_by {
+                    break;
+                }
+                due -= 1;
+                self.reads_waiting.pop_front();
+                read.timed_out = true;
+                match &mut read.reader {
+                    ReadFor::Gap => gaps.push(read.channel.clone()),
+                    ReadFor::Recovery(wants) => expired.append(wants),
+                }
+            }
+        }
+        self.recoveries.expire(now, &mut expired);
+        self.answer_unavailable(expired, events);
+        for channel in gaps {
+            self.sequence(&channel, now, events, |s, c, out| {
+                s.on_entries(None::<Vec<(Position, Vec<u8>)>>, c, out);
+            });
         }
         for role in [Role::Commands, Role::Subscriptions] {
             let s = &self.settings;
@@ -774,6 +1272,11 @@ impl<W> Bus<W> {
         }
         self.refresh_health();
     }
+}
+
+/// The history's TTL in ms (0 without history).
+fn ttl_ms(history: Option<(usize, u64)>) -> u64 {
+    history.map_or(0, |(_, ttl)| ttl)
 }
 
 /// Milliseconds since the epoch from a `TIME` reply (`[seconds, micros]`).
@@ -830,7 +1333,9 @@ mod tests {
         let sent = take_output(bus, Role::Commands);
         assert!(sent.contains("SETNAME") && sent.contains("SCRIPT") && sent.contains("TIME"));
         let mut reply = b"+OK\r\n".to_vec();
-        reply.extend(format!("$40\r\n{}\r\n", bus.script_sha).as_bytes());
+        for sha in &bus.shas {
+            reply.extend(format!("$40\r\n{sha}\r\n").as_bytes());
+        }
         reply.extend(time_reply(REDIS_EPOCH_MS));
         let mut events = Vec::new();
         bus.on_input(Role::Commands, &reply, 10, &mut events);
@@ -870,7 +1375,10 @@ mod tests {
             events[..],
             [Event::Answer {
                 waiter: 1,
-                outcome: Ok(3)
+                outcome: Ok(Published {
+                    nodes: 3,
+                    position: None
+                })
             }]
         ));
         assert_eq!(bus.stats.publishes_confirmed, 1);
@@ -1024,7 +1532,7 @@ mod tests {
             }]
         ));
         assert!(take_output(&mut bus, Role::Commands).contains("SCRIPT"));
-        let reply = format!("$40\r\n{}\r\n", bus.script_sha);
+        let reply = format!("$40\r\n{}\r\n", Script::Publish.sha(&bus.shas));
         bus.on_input(Role::Commands, reply.as_bytes(), 120, &mut events);
         assert!(bus.cmd.is_up());
     }

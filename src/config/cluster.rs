@@ -223,6 +223,11 @@ pub struct ClusterConfig {
     /// With `rediss://`: a PEM file of the certificate authorities to
     /// trust; `None` trusts the Mozilla roots (`webpki-roots`).
     pub tls_ca_file: Option<PathBuf>,
+    /// With history on: how long Redis keeps a channel's epoch and last
+    /// offset after its last publish (longer than `history_ttl`, so an up
+    /// to date client of a quiet channel can continue).
+    #[serde(deserialize_with = "values::duration")]
+    pub history_meta_ttl: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -238,6 +243,7 @@ impl Default for ClusterConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             tls_ca_file: None,
+            history_meta_ttl: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -252,6 +258,7 @@ impl ClusterConfig {
             ("ping_interval", self.ping_interval),
             ("ping_timeout", self.ping_timeout),
             ("reconnect_min", self.reconnect_min),
+            ("history_meta_ttl", self.history_meta_ttl),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, d)| d.is_zero()) {
             return Err(ConfigError::invalid(&key(name), "must be greater than 0"));
@@ -315,6 +322,11 @@ impl ClusterConfig {
             ("ping_timeout", self.ping_timeout, new.ping_timeout),
             ("reconnect_min", self.reconnect_min, new.reconnect_min),
             ("reconnect_max", self.reconnect_max, new.reconnect_max),
+            (
+                "history_meta_ttl",
+                self.history_meta_ttl,
+                new.history_meta_ttl,
+            ),
         ];
         if self.tls_ca_file != new.tls_ca_file {
             out.push(format!(

@@ -25,8 +25,10 @@ use mio::{Interest, Token};
 use super::Server;
 use super::compress::{Broadcast, FrameCache};
 use super::slot::{BUS_COMMAND_TOKEN, BUS_SUBSCRIPTION_TOKEN, BUS_TIMER};
-use crate::bus::{Bus, Envelope, Event, Role};
+use crate::bus::{Ask, Bus, Envelope, Event, Recovery, Role};
 use crate::config::ClusterConfig;
+use crate::hub::ChannelId;
+use crate::hub::position::Position;
 use crate::metrics::ClusterGauges;
 use crate::protocol::frame::OpCode;
 use crate::timer::TimerKey;
@@ -113,16 +115,24 @@ pub(super) struct Waiter {
     pub keep_alive: bool,
 }
 
+/// Who waits for a recovery read: the connection (by token, so a closed
+/// one is never answered) and the channel it recovers.
+#[derive(Debug)]
+pub(super) struct Reader {
+    pub token: Token,
+    pub channel: ChannelId,
+}
+
 /// The loop's side of the bus.
 #[derive(Debug)]
 pub(super) struct Cluster {
-    pub bus: Bus<Waiter>,
+    pub bus: Bus<Waiter, Reader>,
     addrs: Vec<SocketAddr>,
     next_addr: usize,
     command: Option<Socket>,
     subscription: Option<Socket>,
     timer: Option<TimerKey>,
-    events: Vec<Event<Waiter>>,
+    events: Vec<Event<Waiter, Reader>>,
     /// A link's read budget ran out: read it again next turn.
     pub again: bool,
     /// The envelope being written for a publish (kept for its capacity).
@@ -331,6 +341,8 @@ impl Server {
                 Event::Message { channel, envelope } => {
                     self.deliver_from_bus(&channel, &envelope, node_id, now);
                 }
+                Event::Subscribed { channel } => self.on_bus_subscribed(&channel),
+                Event::Recovered { who, outcome } => self.on_bus_recovery(who, outcome, now),
                 Event::Answer { waiter, outcome } => {
                     let Some(key) = self.live_key(waiter.token) else {
                         continue;
@@ -380,7 +392,94 @@ impl Server {
         let message = Broadcast::new(opcode, envelope.payload);
         let stamp = self.fanout.next_stamp();
         let mut cache = FrameCache::default();
-        self.fan_out(id, &message, &mut cache, exclude, stamp, now);
+        self.fan_out_positioned(
+            id,
+            &message,
+            envelope.position,
+            &mut cache,
+            exclude,
+            stamp,
+            now,
+        );
+    }
+
+    /// The fan-out of a message from the bus, with its position (`None`
+    /// when history is off). The one call to switch to the position-aware
+    /// fan-out (and the local history store's append) when the single-node
+    /// history joins: until then the position goes no further.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out_positioned(
+        &mut self,
+        id: ChannelId,
+        message: &Broadcast,
+        _position: Option<Position>,
+        cache: &mut FrameCache,
+        exclude: Option<usize>,
+        stamp: u32,
+        now: u64,
+    ) -> usize {
+        self.fan_out(id, message, cache, exclude, stamp, now)
+    }
+
+    /// Redis confirmed this node's SUBSCRIBE to `channel`: from here on,
+    /// every message of the channel reaches the live feed in order (the
+    /// seam a recovery for a newly subscribed channel relies on, see the
+    /// bus's module doc). Recovery reads for the channel wait for this
+    /// inside the bus; nothing else in the loop needs it yet.
+    fn on_bus_subscribed(&mut self, channel: &str) {
+        debug!("cluster: subscription to {channel} confirmed");
+    }
+
+    /// Asks Redis for the messages of `channel` after `ask.position`, for
+    /// connection `token`, which must already be subscribed to the channel
+    /// (so the read goes out once Redis confirmed the SUBSCRIBE, and
+    /// whatever comes after the read's top arrives on the live feed). The
+    /// outcome comes to [`Server::on_bus_recovery`]; requests for the same
+    /// channel are coalesced into few reads.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "called by the recovery of the subscribe path")
+    )]
+    pub(super) fn recover_from_bus(&mut self, token: Token, channel: &str, ask: Ask, now: u64) {
+        let Some(id) = self.hub.lookup(channel) else {
+            return;
+        };
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let who = Reader { token, channel: id };
+        cluster
+            .bus
+            .recover(channel, who, ask, now, &mut cluster.events);
+        self.bus_events(now);
+    }
+
+    /// The outcome of a recovery read for `reader`: every message after
+    /// its position up to the read's top (then the live feed continues), or
+    /// why not with the current position. The subscribe path's recovery
+    /// answer takes it from here (a closed connection gets nothing).
+    fn on_bus_recovery(&mut self, reader: Reader, outcome: Recovery, _now: u64) {
+        if self.live_key(reader.token).is_none() {
+            return;
+        }
+        match outcome {
+            Recovery::Recovered { top, replay } => debug!(
+                "cluster: recovered {} messages ({} bytes) up to {}:{}",
+                replay.entries().len(),
+                replay
+                    .entries()
+                    .iter()
+                    .map(|e| e.payload().len())
+                    .sum::<usize>(),
+                top.epoch,
+                top.offset
+            ),
+            Recovery::NotRecovered { reason, current } => debug!(
+                "cluster: not recovered ({}), current {current:?}",
+                reason.as_str()
+            ),
+        }
+        let _ = reader.channel;
     }
 
     /// Sends a publish (`waiter` set: an HTTP publish of connection
@@ -399,13 +498,18 @@ impl Server {
         };
         let mut scratch = std::mem::take(&mut cluster.scratch);
         scratch.clear();
-        Envelope {
+        let envelope = Envelope {
             binary: message.opcode() == OpCode::Binary,
             origin: cluster.bus.node_id,
+            position: None,
             exclude: exclude.map(|t| t.0 as u64),
             payload: message.payload(),
+        };
+        if cluster.bus.keeps_history() {
+            envelope.write_unplaced(&mut scratch);
+        } else {
+            envelope.write(&mut scratch);
         }
-        .write(&mut scratch);
         let result = cluster.bus.publish(channel, &scratch, waiter, now);
         cluster.scratch = scratch;
         result
@@ -419,9 +523,17 @@ impl Server {
             return;
         };
         let hub = &self.hub;
+        cluster.bus.set_history(self.config.history());
         cluster
             .bus
             .flush_subscriptions(|name| hub.lookup(name).is_some());
+        cluster.bus.issue_reads(now, &mut cluster.events);
+        if !cluster.events.is_empty() {
+            self.bus_events(now);
+        }
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
         for role in [Role::Subscriptions, Role::Commands] {
             let connected = cluster.bus.link(role).is_connected();
             if !connected {

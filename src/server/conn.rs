@@ -268,13 +268,13 @@ impl Connection {
         seq: u32,
         channel: &str,
         keep_alive: bool,
-        outcome: Result<u64, &str>,
+        outcome: Result<crate::bus::Published, &str>,
     ) {
         self.outstanding = self.outstanding.saturating_sub(1);
         let write = |buf: &mut Vec<u8>| match outcome {
-            Ok(nodes) => {
+            Ok(crate::bus::Published { nodes, position }) => {
                 let nodes = usize::try_from(nodes).unwrap_or(usize::MAX);
-                publish::write_published(channel, nodes, None, keep_alive, buf);
+                publish::write_published(channel, nodes, position, keep_alive, buf);
             }
             Err(reason) => write_unavailable(reason, keep_alive, buf),
         };
@@ -1264,6 +1264,10 @@ mod tests {
 
         fn answer(&mut self, i: usize, outcome: Result<u64, &str>) {
             let (seq, channel, keep_alive) = self.sent[i].clone();
+            let outcome = outcome.map(|nodes| crate::bus::Published {
+                nodes,
+                position: None,
+            });
             self.c
                 .conn
                 .answer_bus_publish(seq, &channel, keep_alive, outcome);
