@@ -28,6 +28,8 @@
 mod envelope;
 pub(crate) mod history;
 pub(crate) mod link;
+#[cfg(test)]
+mod redis_tests;
 pub(crate) mod sequence;
 
 use std::collections::{HashMap, HashSet, VecDeque};

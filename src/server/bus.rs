@@ -436,10 +436,7 @@ impl Server {
     /// whatever comes after the read's top arrives on the live feed). The
     /// outcome comes to [`Server::on_bus_recovery`]; requests for the same
     /// channel are coalesced into few reads.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "called by the recovery of the subscribe path")
-    )]
+    #[expect(dead_code, reason = "called by the subscribe path's recovery")]
     pub(super) fn recover_from_bus(&mut self, token: Token, channel: &str, ask: Ask, now: u64) {
         let Some(id) = self.hub.lookup(channel) else {
             return;
