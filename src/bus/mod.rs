@@ -1539,6 +1539,165 @@ mod tests {
         assert!(bus.cmd.is_up());
     }
 
+    fn history_bus() -> Bus<u32> {
+        let mut bus = bus();
+        bus.set_history(Some(HistoryPolicy {
+            size: 10,
+            ttl: Duration::from_secs(60),
+        }));
+        bus
+    }
+
+    #[test]
+    fn with_history_a_publish_runs_the_history_script_and_answers_its_position() {
+        let mut bus = history_bus();
+        command_link_up(&mut bus);
+        bus.publish("news", b"unplaced", Some(1), 100).unwrap();
+        let sent = take_output(&mut bus, Role::Commands);
+        assert!(
+            sent.contains(Script::PublishHistory.sha(&bus.shas)),
+            "{sent}"
+        );
+        for arg in [
+            "wshub:meta:news",
+            "wshub:history:news",
+            "wshub:news",
+            "60000",
+            "86400000",
+        ] {
+            assert!(sent.contains(arg), "{arg} in {sent}");
+        }
+        let mut events = Vec::new();
+        let reply = b"*3\r\n:2\r\n$16\r\n00000000000000ab\r\n:7\r\n";
+        bus.on_input(Role::Commands, reply, 120, &mut events);
+        let position = Position {
+            epoch: Epoch::new(0xab),
+            offset: 7,
+        };
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                waiter: 1,
+                outcome: Ok(Published {
+                    nodes: 2,
+                    position: Some(p)
+                })
+            }] if p == position
+        ));
+        // Past the deadline in Redis: refused, as without history.
+        bus.publish("news", b"unplaced", Some(2), 200).unwrap();
+        events.clear();
+        bus.on_input(Role::Commands, b":-1\r\n", 220, &mut events);
+        assert!(matches!(
+            events[..],
+            [Event::Answer {
+                outcome: Err(_),
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn recoveries_wait_for_the_subscription_and_are_unavailable_after_the_timeout() {
+        let mut bus = history_bus();
+        command_link_up(&mut bus);
+        subscription_link_up(&mut bus, &["news"], 0);
+        let mut events = Vec::new();
+        let ask = Ask {
+            position: Position {
+                epoch: Epoch::new(1),
+                offset: 3,
+            },
+            max_replay: 10,
+        };
+        bus.recover("news", 1, ask, 100, &mut events);
+        bus.recover("news", 2, ask, 100, &mut events);
+        bus.issue_reads(100, &mut events);
+        assert!(
+            !take_output(&mut bus, Role::Commands).contains("EVALSHA"),
+            "no read before the SUBSCRIBE is confirmed"
+        );
+        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$10\r\nwshub:news\r\n:1\r\n";
+        bus.on_input(Role::Subscriptions, confirm, 110, &mut events);
+        assert!(matches!(&events[..], [Event::Subscribed { channel }] if channel == "news"));
+        events.clear();
+        bus.issue_reads(110, &mut events);
+        let sent = take_output(&mut bus, Role::Commands);
+        assert_eq!(
+            sent.matches("EVALSHA").count(),
+            1,
+            "one read for both: {sent}"
+        );
+        assert_eq!(bus.stats.recovery_reads, 1);
+        // No reply: unavailable at 110 + 1000 + 250, not before.
+        bus.on_timer(1359, &mut events);
+        assert!(events.is_empty());
+        assert_eq!(bus.next_deadline().map(|t| t <= 1360), Some(true));
+        bus.on_timer(1360, &mut events);
+        assert_eq!(events.len(), 2);
+        assert!(events.iter().all(|e| matches!(
+            e,
+            Event::Recovered {
+                outcome: Recovery::NotRecovered {
+                    reason: Reason::Unavailable,
+                    current: None
+                },
+                ..
+            }
+        )));
+        // The late reply is read and ignored.
+        events.clear();
+        let reply = b"*4\r\n$16\r\n0000000000000001\r\n:3\r\n:5\r\n*0\r\n";
+        bus.on_input(Role::Commands, reply, 1400, &mut events);
+        assert!(events.is_empty());
+        assert!(bus.cmd.is_up());
+    }
+
+    #[test]
+    fn a_gap_is_given_up_when_its_read_cannot_be_sent() {
+        let mut bus = history_bus();
+        subscription_link_up(&mut bus, &["news"], 0);
+        let mut events = Vec::new();
+        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$10\r\nwshub:news\r\n:1\r\n";
+        bus.on_input(Role::Subscriptions, confirm, 1, &mut events);
+        events.clear();
+        let message = |offset: u64| {
+            let mut envelope = Vec::new();
+            Envelope {
+                binary: true,
+                origin: 1,
+                position: Some(Position {
+                    epoch: Epoch::new(9),
+                    offset,
+                }),
+                exclude: None,
+                payload: b"x",
+            }
+            .write(&mut envelope);
+            let mut push = format!(
+                "*3\r\n$7\r\nmessage\r\n$10\r\nwshub:news\r\n${}\r\n",
+                envelope.len()
+            )
+            .into_bytes();
+            push.extend(envelope);
+            push.extend(b"\r\n");
+            push
+        };
+        for offset in [1, 2, 2, 5] {
+            bus.on_input(Role::Subscriptions, &message(offset), 5, &mut events);
+        }
+        // The command link is down: 5 goes out at once, 3 and 4 are lost.
+        assert_eq!(events.len(), 3);
+        assert_eq!(
+            bus.stats.sequence,
+            Counts {
+                repeats: 1,
+                filled: 0,
+                lost: 2
+            }
+        );
+    }
+
     #[test]
     fn a_silent_link_is_down_within_ping_interval_plus_timeout() {
         let mut bus = bus();
