@@ -652,3 +652,125 @@ fn a_reload_with_a_new_key_prefix_moves_the_subscriptions() {
     );
     node.assert_running();
 }
+
+/// A node whose `/live` route keeps `size` messages per channel.
+fn history_node(redis: &Redis, size: usize) -> TestServer {
+    let mut config = node_config(redis);
+    for route in &mut config.routes {
+        if route.path == LIVE_PATH {
+            route.history_size = size;
+        }
+    }
+    let node = TestServer::with_config(config);
+    wait_healthy(&node, Duration::from_secs(5));
+    node
+}
+
+/// The epoch and offset of a publish answer's JSON body.
+fn position_of(body: &str) -> (String, u64) {
+    let field = |name: &str| {
+        let start = body.find(&format!("\"{name}\":")).expect(name) + name.len() + 3;
+        body[start..]
+            .split([',', '}'])
+            .next()
+            .expect("a value")
+            .trim_matches('"')
+            .to_owned()
+    };
+    (field("epoch"), field("offset").parse().expect("an offset"))
+}
+
+#[test]
+fn with_history_positions_come_from_redis_and_a_cut_subscription_misses_nothing() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let a = history_node(&redis, 1_000);
+    let b = history_node(&redis, 1_000);
+    let mut subs = [subscribe(&a, "feed"), subscribe(&b, "feed")];
+    wait_numsub(&redis, "feed", 2);
+
+    // Offsets 1, 2, 3 across both nodes, one epoch.
+    let mut positions = Vec::new();
+    for (i, node) in [&a, &b, &a].into_iter().enumerate() {
+        let (status, body) = publish(node, "feed", &format!("m{}", i + 1));
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"recipients\":2"), "{body}");
+        positions.push(position_of(&body));
+    }
+    let epoch = positions[0].0.clone();
+    assert_eq!(epoch.len(), 16);
+    assert_eq!(
+        positions,
+        [(epoch.clone(), 1), (epoch.clone(), 2), (epoch.clone(), 3)]
+    );
+
+    // Every node's subscription link is cut; 200 pipelined publishes go
+    // on meanwhile.
+    const CUT: usize = 200;
+    assert_eq!(
+        redis
+            .try_command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .as_deref(),
+        Some(":2")
+    );
+    let mut pipelined = Vec::new();
+    for i in 4..4 + CUT {
+        pipelined.extend(support::http::publish_request(
+            "feed",
+            Some("text/plain"),
+            format!("m{i}").as_bytes(),
+        ));
+    }
+    let mut publisher = RawClient::connect(a.addr);
+    publisher.send(&pipelined);
+    for i in 4..4 + CUT {
+        let answer = publisher.read_http_response();
+        assert_eq!(answer.status, 200, "{}", answer.body_text());
+        assert_eq!(position_of(answer.body_text()), (epoch.clone(), i as u64));
+    }
+    // Both subscribers get every message once, in order.
+    for sub in &mut subs {
+        for i in 1..4 + CUT {
+            assert_eq!(sub.expect_text(), format!("m{i}"));
+        }
+        sub.expect_silence(Duration::from_millis(300));
+    }
+    let filled: u64 = [&a, &b]
+        .iter()
+        .map(|n| metric(n.addr, "wshub_cluster_messages_filled_total"))
+        .sum();
+    let reads: u64 = [&a, &b]
+        .iter()
+        .map(|n| metric(n.addr, "wshub_cluster_gap_reads_total"))
+        .sum();
+    eprintln!("{filled} messages filled from the stream in {reads} reads");
+    assert!(filled > 0 && reads > 0, "the cut was bridged by the stream");
+    assert_eq!(metric(b.addr, "wshub_cluster_messages_lost_total"), 0);
+
+    // Redis loses its data: a new epoch, and the nodes follow it.
+    assert_eq!(redis.try_command(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    let (status, body) = publish(&b, "feed", "fresh");
+    assert_eq!(status, 200, "{body}");
+    let (new_epoch, offset) = position_of(&body);
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(offset, 1);
+    for sub in &mut subs {
+        assert_eq!(sub.expect_text(), "fresh");
+    }
+}
+
+#[test]
+fn without_history_a_publish_answer_has_no_position_and_redis_keeps_nothing() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let node = start_node(&redis);
+    let mut sub = subscribe(&node, "plain");
+    wait_numsub(&redis, "plain", 1);
+    let (status, body) = publish(&node, "plain", "x");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "{\"channel\":\"plain\",\"recipients\":1}\n")
+    );
+    assert_eq!(sub.expect_text(), "x");
+    assert_eq!(redis.try_command(&["DBSIZE"]).as_deref(), Some(":0"));
+}
