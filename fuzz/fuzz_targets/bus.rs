@@ -2,8 +2,10 @@
 //! (anyone with access to Redis can publish to our channels) and the
 //! `redis_url` setting. RESP itself is parsed by `redis-protocol`.
 //!
-//! Invariants: no panic; an accepted envelope writes back to the very
-//! bytes it came from, and a text one has a UTF-8 payload; an accepted URL
+//! Invariants: no panic; an accepted envelope (version 1, or version 2
+//! with its position) writes back to the very bytes it came from, a text
+//! one has a UTF-8 payload, and the position read from the header alone is
+//! the parsed one; an accepted URL
 //! never shows its password in `Display` or `Debug`, and its user name
 //! (which is shown) holds no control characters.
 
@@ -13,8 +15,10 @@ use libfuzzer_sys::fuzz_target;
 use wshub::fuzzing::{Envelope, RedisUrl};
 
 fuzz_target!(|data: &[u8]| {
+    let peeked = Envelope::peek_position(data);
     if let Ok(envelope) = Envelope::parse(data) {
         assert!(envelope.binary || std::str::from_utf8(envelope.payload).is_ok());
+        assert_eq!(peeked, envelope.position);
         let mut out = Vec::new();
         envelope.write(&mut out);
         assert_eq!(out, data);

@@ -136,7 +136,7 @@ impl<'a> Envelope<'a> {
 
     /// The position of a well-formed envelope's header, without checking
     /// the payload: what sequencing needs before deciding to deliver.
-    pub(crate) fn peek_position(bytes: &[u8]) -> Option<Position> {
+    pub fn peek_position(bytes: &[u8]) -> Option<Position> {
         let header = bytes.get(..POSITION_AT + POSITION_LEN)?;
         if header.first() != Some(&VERSION_2) {
             return None;
