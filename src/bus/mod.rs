@@ -2,13 +2,16 @@
 //! subscriptions), what is published through one and read from the other,
 //! and which channels this node is subscribed to in Redis.
 //!
-//! Owns: the meaning of every command and reply (login, the publish script,
-//! the clock offset to Redis, liveness checks, SUBSCRIBE/UNSUBSCRIBE
-//! batches), the answer to each publish (accepted, or refused with a reason
-//! no earlier than it is safe to say so), the node's health and counters.
+//! Owns: the meaning of every command and reply (login, the publish
+//! scripts, the clock offset to Redis, liveness checks, SUBSCRIBE/UNSUBSCRIBE
+//! batches and their confirmations, history reads), the answer to each
+//! publish (accepted with its position, or refused with a reason no earlier
+//! than it is safe to say so), the order of each channel's live feed, the
+//! recovery reads, the node's health and counters.
 //! Must never: touch a socket, a poller, a timer wheel or a clock (the
-//! server's `bus` module does; bytes, events and `now` come in), block, or
-//! answer a publish "refused" while Redis could still accept it.
+//! server's `bus` module does; bytes, events and `now` come in), block,
+//! answer a publish "refused" while Redis could still accept it, or hand
+//! out a channel's positioned messages out of order or twice.
 //!
 //! # Why a 503 is never a lie
 //!
@@ -24,6 +27,37 @@
 //! one window left: Redis runs the script just before the deadline and its
 //! reply is delayed past the margin; such a late acceptance is counted
 //! (`wshub_cluster_publishes_late_total`) and logged.
+//!
+//! # Positions and history (a route with `history_size`)
+//!
+//! Publishes then run [`history::PUBLISH_HISTORY_SCRIPT`]: the same
+//! deadline check first (a refused publish writes nothing and takes no
+//! offset), then the channel's offset is incremented, the envelope gets
+//! its position (envelope version 2), goes into the capped stream and is
+//! published; the reply carries the position to the HTTP answer. Replies
+//! still come in command order, so answers keep their order. Without
+//! history nothing about positions reaches Redis.
+//!
+//! Each channel's live feed goes through a [`sequence::Sequencer`]: repeats
+//! are dropped, a jump is filled from the stream before anything later is
+//! delivered, and a re-confirmed SUBSCRIBE (after the subscription link was
+//! lost) reads what was published meanwhile. Gap reads and recovery reads
+//! share [`history::READ_SCRIPT`] and the command link; recovery reads are
+//! coalesced per channel (see [`history::Coalescer`]) and bounded in number.
+//!
+//! # The seam between a recovery and the live feed
+//!
+//! A recovery read is sent only after Redis confirmed this node's SUBSCRIBE
+//! to the channel ([`Event::Subscribed`]); from then on every message of
+//! the channel reaches the live feed, in order ([`Event::Message`], each
+//! with its position). The read returns atomically the entries after the
+//! client's position up to the channel's `top` at that moment
+//! ([`Recovery::Recovered`]). So a client is served, with no gap and no
+//! duplicate: the read's entries (up to `top`), then the messages the node
+//! delivered live with offsets after `top`, which the node keeps in its
+//! local history as it delivers them (the live messages up to `top` may
+//! arrive before or after the read's reply; those are the read's, not
+//! replayed twice). A recovery that the local history covers needs no read.
 
 mod envelope;
 pub(crate) mod history;
