@@ -321,6 +321,8 @@ pub(crate) struct Bus<W, R = u64> {
     failed_reads: Vec<Read<R>>,
     /// Epoch candidates (splitmix64 state).
     rng: u64,
+    /// What a sequencer asked for (kept for its capacity).
+    steps: Vec<Step<Vec<u8>>>,
     /// Channels whose first subscriber came or last one left this turn.
     dirty: Vec<String>,
     /// This process's id in envelopes: random per start.
@@ -362,6 +364,7 @@ impl<W, R> Bus<W, R> {
             reads_waiting: VecDeque::new(),
             failed_reads: Vec::new(),
             rng: seed,
+            steps: Vec::new(),
             dirty: Vec::new(),
             node_id: seed,
             stats: Stats::default(),
@@ -838,7 +841,8 @@ impl<W, R> Bus<W, R> {
         let Some(sequencer) = self.sequencers.get_mut(channel) else {
             return;
         };
-        let mut steps = Vec::new();
+        // Kept between calls for its capacity: no allocation per message.
+        let mut steps = std::mem::take(&mut self.steps);
         f(sequencer, &mut self.stats.sequence, &mut steps);
         while !steps.is_empty() {
             let mut unread = false;
@@ -866,6 +870,7 @@ impl<W, R> Bus<W, R> {
                 );
             }
         }
+        self.steps = steps;
     }
 
     /// Bytes read from the `role` socket: replies are matched and turned
