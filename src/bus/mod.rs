@@ -222,6 +222,8 @@ enum ReadFor<R> {
 #[derive(Debug)]
 struct Read<R> {
     channel: String,
+    /// Entries asked for.
+    count: u64,
     reader: ReadFor<R>,
     answer_by: u64,
     timed_out: bool,
@@ -706,7 +708,7 @@ impl<W, R> Bus<W, R> {
             .max(ttl_ms(self.settings.history))
             .to_string();
         let from_text = from.to_string();
-        let count = count.to_string();
+        let count_text = count.to_string();
         self.cmd.command(&[
             b"EVALSHA",
             Script::Read.sha(&self.shas).as_bytes(),
@@ -714,7 +716,7 @@ impl<W, R> Bus<W, R> {
             meta.as_bytes(),
             stream.as_bytes(),
             from_text.as_bytes(),
-            count.as_bytes(),
+            count_text.as_bytes(),
             candidate.as_bytes(),
             meta_ttl.as_bytes(),
         ]);
@@ -722,6 +724,7 @@ impl<W, R> Bus<W, R> {
         self.reads_waiting.push_back(answer_by);
         self.expect.push_back(Expect::Read(Read {
             channel,
+            count,
             reader,
             answer_by,
             timed_out: false,
@@ -735,7 +738,7 @@ impl<W, R> Bus<W, R> {
             ReadFor::Gap => {
                 if !read.timed_out {
                     self.sequence(&read.channel, now, events, |s, c, out| {
-                        s.on_entries(None::<Vec<(Position, Vec<u8>)>>, c, out);
+                        s.on_entries(None::<Vec<(Position, Vec<u8>)>>, false, c, out);
                     });
                 }
             }
@@ -795,9 +798,10 @@ impl<W, R> Bus<W, R> {
         match read.reader {
             ReadFor::Gap => {
                 if !read.timed_out {
+                    let more = reply.entries.len() as u64 >= read.count;
                     let entries = reply.entries.into_iter().map(|e| (e.position, e.envelope));
                     self.sequence(&read.channel, now, events, |s, c, out| {
-                        s.on_entries(Some(entries), c, out);
+                        s.on_entries(Some(entries), more, c, out);
                     });
                 }
             }
@@ -865,6 +869,7 @@ impl<W, R> Bus<W, R> {
             if unread && let Some(sequencer) = self.sequencers.get_mut(channel) {
                 sequencer.on_entries(
                     None::<Vec<(Position, Vec<u8>)>>,
+                    false,
                     &mut self.stats.sequence,
                     &mut steps,
                 );
@@ -1267,7 +1272,7 @@ impl<W, R> Bus<W, R> {
         self.answer_unavailable(expired, events);
         for channel in gaps {
             self.sequence(&channel, now, events, |s, c, out| {
-                s.on_entries(None::<Vec<(Position, Vec<u8>)>>, c, out);
+                s.on_entries(None::<Vec<(Position, Vec<u8>)>>, false, c, out);
             });
         }
         for role in [Role::Commands, Role::Subscriptions] {

@@ -138,6 +138,40 @@ impl Node {
         }
     }
 
+    /// Publishes every one of `texts` to `channel` pipelined, and waits
+    /// until all are accepted.
+    fn publish_all(&mut self, channel: &str, texts: impl Iterator<Item = String>) {
+        let mut sent = 0;
+        for text in texts {
+            let mut envelope = Vec::new();
+            Envelope {
+                binary: false,
+                origin: self.bus.node_id,
+                position: None,
+                exclude: None,
+                payload: text.as_bytes(),
+            }
+            .write_unplaced(&mut envelope);
+            let now = self.now();
+            self.bus
+                .publish(channel, &envelope, Some(7), now)
+                .expect("publish sent");
+            sent += 1;
+        }
+        let mut answered = 0;
+        self.pump_until(|n| {
+            n.events.retain(|e| match e {
+                Event::Answer { outcome, .. } => {
+                    assert!(outcome.is_ok(), "{outcome:?}");
+                    answered += 1;
+                    false
+                }
+                _ => true,
+            });
+            answered == sent
+        });
+    }
+
     /// Publishes `text` to `channel` and waits for its answer.
     fn publish(&mut self, channel: &str, text: &str) -> Published {
         let mut envelope = Vec::new();
@@ -456,4 +490,27 @@ fn five_thousand_recoveries_coalesce_into_a_few_reads() {
     eprintln!("{CLIENTS} recoveries served by {reads} reads in {elapsed:?}");
     assert_eq!(a.bus.stats.recovery_requests, u64::from(CLIENTS));
     assert!(reads <= 10, "{reads} reads");
+}
+
+#[test]
+fn a_gap_longer_than_one_read_is_read_in_parts() {
+    const MISSED: u64 = MAX_GAP_READ * 2 + 100;
+    let redis = Redis::start();
+    let history = Some((5_000, Duration::from_secs(60)));
+    let mut a = Node::start(&redis, history, &["long"]);
+    let mut b = Node::start(&redis, history, &[]);
+    b.publish("long", "m1");
+    assert_eq!(a.wait_messages("long", 1).len(), 1);
+    assert_eq!(
+        first_line(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]),
+        ":1"
+    );
+    b.publish_all("long", (2..2 + MISSED).map(|i| format!("m{i}")));
+    let got = a.wait_messages("long", usize::try_from(MISSED).expect("fits"));
+    let want: Vec<(Option<u64>, String)> = (2..2 + MISSED)
+        .map(|i| (Some(i), format!("m{i}")))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(a.bus.stats.gap_reads, 3);
+    assert_eq!(a.bus.stats.sequence.lost, 0);
 }

@@ -135,10 +135,13 @@ impl<M> Sequencer<M> {
 
     /// The read's entries came: `entries` in offset order, all of one
     /// epoch (what the stream holds after the read's `from`), or `None`
-    /// when the read failed.
+    /// when the read failed. `more`: the read returned as many entries as
+    /// it asked for, so the stream may hold more of the gap: if any were
+    /// delivered and the gap is not closed, the next part is read.
     pub(crate) fn on_entries(
         &mut self,
         entries: Option<impl IntoIterator<Item = (Position, M)>>,
+        more: bool,
         counts: &mut Counts,
         out: &mut Vec<Step<M>>,
     ) {
@@ -147,6 +150,7 @@ impl<M> Sequencer<M> {
         }
         self.reading = false;
         let bound = self.held.front().map(|(p, _)| *p);
+        let mut delivered = false;
         if let (Some(entries), Some(last)) = (entries, self.last) {
             for (position, message) in entries {
                 let current = self.last.unwrap_or(last);
@@ -156,8 +160,20 @@ impl<M> Sequencer<M> {
                 if in_gap {
                     counts.lost += position.offset - current.offset - 1;
                     counts.filled += 1;
+                    delivered = true;
                     self.deliver(position, message, out);
                 }
+            }
+        }
+        if let (true, true, Some(last)) = (more, delivered, self.last) {
+            let open = bound.is_none_or(|b| b.epoch == last.epoch && b.offset > last.offset + 1);
+            if open {
+                self.reading = true;
+                out.push(Step::Read {
+                    from: last.offset,
+                    to: bound.map(|b| b.offset),
+                });
+                return;
             }
         }
         self.count_gap(counts);
@@ -277,7 +293,7 @@ mod tests {
         // The stream answers with more than the gap: the overlap is not
         // delivered twice.
         let entries = (2..=5).map(|o| (at(1, o), o));
-        s.on_entries(Some(entries), &mut c, &mut out);
+        s.on_entries(Some(entries), false, &mut c, &mut out);
         assert_eq!(delivered(&out), [1, 2, 3, 4, 5]);
         assert_eq!((c.filled, c.lost, c.repeats), (2, 0, 1));
         assert!(!s.is_reading());
@@ -291,12 +307,12 @@ mod tests {
         out.extend(live(&mut s, &mut c, 20));
         // Trimmed: only 15..19 left.
         let entries = (15..20).map(|o| (at(1, o), o));
-        s.on_entries(Some(entries), &mut c, &mut out);
+        s.on_entries(Some(entries), false, &mut c, &mut out);
         assert_eq!(delivered(&out), [10, 15, 16, 17, 18, 19, 20]);
         assert_eq!(c.lost, 4);
         // A failed read: the held message goes out, the gap is counted.
         let mut out = live(&mut s, &mut c, 25);
-        s.on_entries(None::<Vec<(Position, u64)>>, &mut c, &mut out);
+        s.on_entries(None::<Vec<(Position, u64)>>, false, &mut c, &mut out);
         assert_eq!(delivered(&out), [25]);
         assert_eq!(c.lost, 8);
     }
@@ -308,7 +324,7 @@ mod tests {
         let mut out = live(&mut s, &mut c, 1);
         out.extend(live(&mut s, &mut c, 3));
         out.extend(live(&mut s, &mut c, 6));
-        s.on_entries(Some([(at(1, 2), 2)]), &mut c, &mut out);
+        s.on_entries(Some([(at(1, 2), 2)]), false, &mut c, &mut out);
         assert_eq!(delivered(&out), [1, 2, 3]);
         assert_eq!(
             out.last(),
@@ -318,7 +334,12 @@ mod tests {
             })
         );
         out.clear();
-        s.on_entries(Some([(at(1, 4), 4), (at(1, 5), 5)]), &mut c, &mut out);
+        s.on_entries(
+            Some([(at(1, 4), 4), (at(1, 5), 5)]),
+            false,
+            &mut c,
+            &mut out,
+        );
         assert_eq!(delivered(&out), [4, 5, 6]);
     }
 
@@ -330,7 +351,7 @@ mod tests {
         out.extend(live(&mut s, &mut c, 9));
         s.on_live(at(2, 1), 1, &mut c, &mut out);
         // The read for 8 is out: the new epoch waits behind it.
-        s.on_entries(Some([(at(1, 8), 8)]), &mut c, &mut out);
+        s.on_entries(Some([(at(1, 8), 8)]), false, &mut c, &mut out);
         assert_eq!(delivered(&out), [7, 8, 9, 1]);
         assert_eq!(s.last(), Some(at(2, 1)));
         let mut out = Vec::new();
@@ -351,8 +372,33 @@ mod tests {
         assert!(got.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(c.lost, 1);
         // The late entries are ignored.
-        s.on_entries(Some([(at(1, 2), 2)]), &mut c, &mut out);
+        s.on_entries(Some([(at(1, 2), 2)]), false, &mut c, &mut out);
         assert_eq!(delivered(&out).len(), MAX_HELD + 2);
+    }
+
+    #[test]
+    fn a_long_gap_is_read_in_parts() {
+        let mut s = Sequencer::new();
+        let mut c = Counts::default();
+        let mut out = live(&mut s, &mut c, 1);
+        out.extend(live(&mut s, &mut c, 10));
+        // The read was capped at 3 entries: more is read.
+        s.on_entries(Some((2..=4).map(|o| (at(1, o), o))), true, &mut c, &mut out);
+        assert_eq!(
+            out.last(),
+            Some(&Step::Read {
+                from: 4,
+                to: Some(10)
+            })
+        );
+        s.on_entries(Some((5..=9).map(|o| (at(1, o), o))), true, &mut c, &mut out);
+        assert_eq!(delivered(&out), (1..=10).collect::<Vec<_>>());
+        assert_eq!((c.filled, c.lost), (8, 0));
+        // A catch-up that found nothing new stops.
+        let mut out = Vec::new();
+        s.catch_up(&mut out);
+        s.on_entries(Some(Vec::new()), true, &mut c, &mut out);
+        assert!(!s.is_reading());
     }
 
     #[test]
@@ -366,7 +412,12 @@ mod tests {
         s.catch_up(&mut out);
         assert_eq!(out.last(), Some(&Step::Read { from: 3, to: None }));
         out.extend(live(&mut s, &mut c, 6));
-        s.on_entries(Some((4..=6).map(|o| (at(1, o), o))), &mut c, &mut out);
+        s.on_entries(
+            Some((4..=6).map(|o| (at(1, o), o))),
+            false,
+            &mut c,
+            &mut out,
+        );
         assert_eq!(delivered(&out), [3, 4, 5, 6]);
         assert_eq!((c.filled, c.repeats, c.lost), (2, 0, 0));
     }
