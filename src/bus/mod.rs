@@ -311,6 +311,9 @@ pub(crate) struct Bus<W, R = u64> {
     /// subscription link, and not UNSUBSCRIBE since; `true` once Redis
     /// confirmed it.
     subscribed: HashMap<String, bool>,
+    /// SUBSCRIBEs sent on the current link and not yet confirmed, per
+    /// channel (an UNSUBSCRIBE does not cancel its confirmation).
+    unconfirmed: HashMap<String, u32>,
     /// Per channel whose live messages carry positions: its order.
     sequencers: HashMap<String, Sequencer<Vec<u8>>>,
     /// Recovery requests waiting for a read.
@@ -361,6 +364,7 @@ impl<W, R> Bus<W, R> {
             offset: None,
             shas: Script::ALL.map(|s| sha1_smol::Sha1::from(s.text()).digest().to_string()),
             subscribed: HashMap::new(),
+            unconfirmed: HashMap::new(),
             sequencers: HashMap::new(),
             recoveries: Coalescer::default(),
             reads_waiting: VecDeque::new(),
@@ -504,6 +508,7 @@ impl<W, R> Bus<W, R> {
             }
             Role::Subscriptions => {
                 self.subscribed.clear();
+                self.unconfirmed.clear();
                 self.dirty.clear();
                 let names: Vec<&str> = wanted.collect();
                 // Channels that lost their subscribers while the link was
@@ -550,6 +555,7 @@ impl<W, R> Bus<W, R> {
                 // Sequencers stay: the messages missed meanwhile are read
                 // from the stream once the channel is confirmed again.
                 self.subscribed.clear();
+                self.unconfirmed.clear();
                 self.dirty.clear();
             }
         }
@@ -1090,6 +1096,19 @@ impl<W, R> Bus<W, R> {
     /// recovery reads may go out, and a channel that had a live order
     /// before reads what it missed meanwhile.
     fn on_confirmed(&mut self, channel: &str, now: u64, events: &mut Vec<Event<W, R>>) {
+        // A confirmation answers the oldest SUBSCRIBE of the channel: with
+        // an UNSUBSCRIBE and a new SUBSCRIBE behind it, only the last one
+        // confirms the subscription that holds now.
+        match self.unconfirmed.get_mut(channel) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                self.unconfirmed.remove(channel);
+            }
+            None => return,
+        }
         let Some(confirmed) = self.subscribed.get_mut(channel) else {
             return;
         };
@@ -1166,6 +1185,7 @@ impl<W, R> Bus<W, R> {
             self.sub.command(&args);
             for name in chunk {
                 if subscribe {
+                    *self.unconfirmed.entry((*name).to_owned()).or_insert(0) += 1;
                     self.subscribed.insert((*name).to_owned(), false);
                 } else {
                     self.subscribed.remove(*name);
@@ -1695,6 +1715,28 @@ mod tests {
         bus.on_input(Role::Commands, reply, 1400, &mut events);
         assert!(events.is_empty());
         assert!(bus.cmd.is_up());
+    }
+
+    #[test]
+    fn only_the_last_subscribe_of_a_channel_confirms_it() {
+        let mut bus = history_bus();
+        subscription_link_up(&mut bus, &[], 0);
+        bus.channel_changed("news");
+        bus.flush_subscriptions(|_| true);
+        bus.channel_changed("news");
+        bus.flush_subscriptions(|_| false);
+        bus.channel_changed("news");
+        bus.flush_subscriptions(|_| true);
+        let mut events = Vec::new();
+        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$10\r\nwshub:news\r\n:1\r\n";
+        let unconfirm = b"*3\r\n$11\r\nunsubscribe\r\n$10\r\nwshub:news\r\n:0\r\n";
+        bus.on_input(Role::Subscriptions, confirm, 5, &mut events);
+        bus.on_input(Role::Subscriptions, unconfirm, 5, &mut events);
+        assert!(events.is_empty());
+        assert_eq!(bus.subscribed.get("news"), Some(&false));
+        bus.on_input(Role::Subscriptions, confirm, 6, &mut events);
+        assert_eq!(events.len(), 1);
+        assert_eq!(bus.subscribed.get("news"), Some(&true));
     }
 
     #[test]
