@@ -231,6 +231,9 @@ stop_server() {
 #   reuse1  one node on Redis whose listener has reuse_port = true
 #   reuse2  two nodes on Redis sharing one port (reuse_port = true): the
 #           kernel spreads connections between them
+#   hist1   bus1 with history on /live (history_size 100): positions and the
+#           stream kept in Redis by the publish script
+#   hist3   bus3 with history on /live
 # Redis (redis-server, persistence off, on a free loopback port) and every
 # node are pinned like the single server (SERVER_CPU), loadgen to
 # LOADGEN_CPU: on 2 cores that is the only split that keeps loadgen's core
@@ -280,6 +283,9 @@ start_node() {
         [[ $REUSE == 1 ]] && sed -i '/^address = /a reuse_port = true' "$config"
         printf '\n[[listener]]\naddress = "127.0.0.1:%s"\n' "$health" >> "$config"
     fi
+    if [[ $HISTORY == 1 ]]; then
+        sed -i '/^path = "\/live"$/a history_size = 100' "$config"
+    fi
     if [[ -n $REDIS_PORT ]]; then
         printf '\n[cluster]\nredis_url = "redis://127.0.0.1:%s/0"\nnode_name = "bench-%s"\n' \
             "$REDIS_PORT" "$k" >> "$config"
@@ -307,11 +313,13 @@ start_node() {
 start_cluster() {
     local setup=$1 nodes shared=
     START_ERROR=
-    NODE_PIDS=() NODE_PORTS=() NODE_HEALTH=() REDIS_PID= REDIS_PORT= REUSE=0
+    NODE_PIDS=() NODE_PORTS=() NODE_HEALTH=() REDIS_PID= REDIS_PORT= REUSE=0 HISTORY=0
     case $setup in
         solo) nodes=1 ;;
         bus1) nodes=1 ;;
         bus3) nodes=3 ;;
+        hist1) nodes=1 HISTORY=1 ;;
+        hist3) nodes=3 HISTORY=1 ;;
         reuse1) nodes=1 REUSE=1 ;;
         reuse2) nodes=2 REUSE=1 ;;
         *) START_ERROR="unknown setup $setup"; return 1 ;;
@@ -392,9 +400,12 @@ CLUSTER_SCENARIOS=(
     "cl-solo-$SUBS_C-w1|w1|single node, no cluster|solo|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $SUBS_C --messages $M_CW1"
     "cl-bus1-$SUBS_C-w1|w1|one node on Redis|bus1|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $SUBS_C --messages $M_CW1"
     "cl-bus3-$SUBS_C-w1|w1|three nodes on Redis|bus3|broadcast|${CL_BC/@W@/1} $CL_URL3 --subscribers $SUBS_C --messages $M_CW1"
+    "cl-hist1-$SUBS_C-w1|w1|one node on Redis, history on|hist1|broadcast|${CL_BC/@W@/1} $CL_URL1 --subscribers $SUBS_C --messages $M_CW1"
     "cl-solo-$SUBS_C-w16|w16|single node, no cluster|solo|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
     "cl-bus1-$SUBS_C-w16|w16|one node on Redis|bus1|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
     "cl-bus3-$SUBS_C-w16|w16|three nodes on Redis|bus3|broadcast|${CL_BC/@W@/16} $CL_URL3 --subscribers $SUBS_C --messages $M_CW16"
+    "cl-hist1-$SUBS_C-w16|w16|one node on Redis, history on|hist1|broadcast|${CL_BC/@W@/16} $CL_URL1 --subscribers $SUBS_C --messages $M_CW16"
+    "cl-hist3-$SUBS_C-w16|w16|three nodes on Redis, history on|hist3|broadcast|${CL_BC/@W@/16} $CL_URL3 --subscribers $SUBS_C --messages $M_CW16"
     "cl-solo-$SUBS_C-w16-ws|w16-ws|single node, no cluster|solo|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
     "cl-bus1-$SUBS_C-w16-ws|w16-ws|one node on Redis|bus1|broadcast|$CL_WS $CL_URL1 --subscribers $SUBS_C --messages $M_CWS"
     "cl-bus3-$SUBS_C-w16-ws|w16-ws|three nodes on Redis|bus3|broadcast|$CL_WS $CL_URL3 --subscribers $SUBS_C --messages $M_CWS"
