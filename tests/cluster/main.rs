@@ -774,3 +774,29 @@ fn without_history_a_publish_answer_has_no_position_and_redis_keeps_nothing() {
     assert_eq!(sub.expect_text(), "x");
     assert_eq!(redis.try_command(&["DBSIZE"]).as_deref(), Some(":0"));
 }
+
+#[test]
+fn redis_restarted_without_data_starts_a_new_epoch() {
+    let _alone = alone();
+    let mut redis = Redis::start();
+    let node = history_node(&redis, 100);
+    let mut sub = subscribe(&node, "feed");
+    wait_numsub(&redis, "feed", 1);
+    let (status, body) = publish(&node, "feed", "before");
+    assert_eq!(status, 200, "{body}");
+    let (epoch, offset) = position_of(&body);
+    assert_eq!(offset, 1);
+    assert_eq!(sub.expect_text(), "before");
+
+    redis.kill();
+    redis.restart();
+    wait_healthy(&node, RECONNECT_MAX + PING_INTERVAL + SLACK);
+    wait_numsub(&redis, "feed", 1);
+    let (status, body) = publish(&node, "feed", "after");
+    assert_eq!(status, 200, "{body}");
+    let (new_epoch, offset) = position_of(&body);
+    assert_ne!(new_epoch, epoch, "continuity cannot be vouched for");
+    assert_eq!(offset, 1);
+    assert_eq!(sub.expect_text(), "after");
+    sub.expect_silence(Duration::from_millis(300));
+}
