@@ -251,12 +251,9 @@ impl<T: Copy, M> Hub<T, M> {
         }
     }
 
-    /// The names of every channel with a local subscriber.
+    /// The names of every live channel (with subscribers or history).
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.channels
-            .iter()
-            .filter(|(_, c)| !c.subscribers.is_empty())
-            .map(|(_, c)| &*c.name)
+        self.channels.iter().map(|(_, c)| &*c.name)
     }
 
     /// Where the channel stands: its epoch and the offset of its last
@@ -292,8 +289,8 @@ impl<T: Copy, M> Hub<T, M> {
         if c.epoch != position.epoch {
             c.epoch = position.epoch;
             if let Some(log) = c.history.as_deref_mut() {
-                self.store
-                    .reset_log(log, position.offset.saturating_add(1), Loss::Evicted);
+                // Restarted at this message, which the caller remembers next.
+                self.store.reset_log(log, position.offset, Loss::Evicted);
             }
         } else if position.offset <= c.last {
             return false;
@@ -640,6 +637,155 @@ mod tests {
         let taken = ms.take();
         assert_eq!(ms, Memberships::None);
         assert_eq!(taken.len(), 3);
+    }
+
+    const LIMITS: Limits = Limits {
+        per_channel: 5,
+        max_bytes: 1000,
+        ttl: 100,
+    };
+
+    /// Publishes `n` messages (numbered from their offsets) to `name` at `now`.
+    fn publish(hub: &mut Hub<u32, u64>, name: &str, n: u64, now: u64) -> Position {
+        let id = hub.lookup(name).expect("live channel");
+        let mut last = hub.position(id).expect("position");
+        for _ in 0..n {
+            last = hub.next_position(id).expect("position");
+            hub.remember(id, last, last.offset, 10, now, LIMITS);
+        }
+        last
+    }
+
+    fn replay(
+        hub: &Hub<u32, u64>,
+        name: &str,
+        from: Position,
+        max: usize,
+    ) -> Result<Vec<u64>, NotRecovered> {
+        let id = hub.lookup(name).expect("live channel");
+        hub.recover(id, from, max)
+            .map(|(_, m)| m.copied().collect())
+            .map_err(|(reason, _)| reason)
+    }
+
+    #[test]
+    fn positions_grow_by_one_and_epochs_differ_per_incarnation() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let m = hub.subscribe("a", 1);
+        let id = m.channel();
+        let start = hub.position(id).unwrap();
+        assert_eq!(start.offset, 0);
+        assert_eq!(hub.next_position(id).unwrap().offset, 1);
+        assert_eq!(hub.next_position(id).unwrap().offset, 2);
+        hub.unsubscribe(m);
+        let again = hub.subscribe("a", 1).channel();
+        let fresh = hub.position(again).unwrap();
+        assert_eq!(fresh.offset, 0);
+        assert_ne!(fresh.epoch, start.epoch, "a new incarnation, a new epoch");
+    }
+
+    #[test]
+    fn recovery_serves_exactly_what_was_missed_or_says_why_not() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let keep = hub.subscribe("a", 1);
+        let at0 = hub.position(keep.channel()).unwrap();
+        let at3 = publish(&mut hub, "a", 3, 0);
+        assert_eq!(replay(&hub, "a", at0, 10), Ok(vec![1, 2, 3]));
+        assert_eq!(replay(&hub, "a", at3, 10), Ok(vec![]), "up to date");
+        assert_eq!(replay(&hub, "a", at0, 2), Err(NotRecovered::TooMany));
+        let other = Position {
+            epoch: Epoch::new(at0.epoch.get() ^ 1),
+            offset: 1,
+        };
+        assert_eq!(replay(&hub, "a", other, 10), Err(NotRecovered::Epoch));
+        let ahead = Position { offset: 4, ..at3 };
+        assert_eq!(replay(&hub, "a", ahead, 10), Err(NotRecovered::Epoch));
+        // Five kept per channel: offsets 1 and 2 go.
+        publish(&mut hub, "a", 4, 0);
+        assert_eq!(replay(&hub, "a", at0, 100), Err(NotRecovered::Evicted));
+        assert_eq!(replay(&hub, "a", at3, 100), Ok(vec![4, 5, 6, 7]));
+        // Everything expires at 100.
+        let (_, messages) = (0, hub.history_totals().0);
+        assert_eq!(messages, 5);
+        assert_eq!(hub.expire(99, LIMITS.ttl, |_| {}), Some(100));
+        assert_eq!(hub.expire(100, LIMITS.ttl, |_| {}), None);
+        assert_eq!(replay(&hub, "a", at3, 100), Err(NotRecovered::Expired));
+        let now = hub.position(keep.channel()).unwrap();
+        assert_eq!(replay(&hub, "a", now, 100), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_channel_with_history_outlives_its_subscribers_until_it_expires() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let m = hub.subscribe("a", 1);
+        let at0 = hub.position(m.channel()).unwrap();
+        publish(&mut hub, "a", 2, 10);
+        assert_eq!(hub.unsubscribe(m).as_deref(), Some("a"));
+        assert_eq!(hub.channel_count(), 1, "kept by its history");
+        assert_eq!(hub.subscription_count(), 0);
+        // Published to while nobody listens: still kept.
+        publish(&mut hub, "a", 1, 50);
+        let back = hub.subscribe("a", 2);
+        assert_eq!(replay(&hub, "a", at0, 10), Ok(vec![1, 2, 3]));
+        hub.unsubscribe(back);
+        let mut freed = Vec::new();
+        assert_eq!(
+            hub.expire(110, LIMITS.ttl, |n| freed.push(n.to_owned())),
+            Some(150)
+        );
+        assert_eq!(hub.channel_count(), 1);
+        assert_eq!(
+            hub.expire(150, LIMITS.ttl, |n| freed.push(n.to_owned())),
+            None
+        );
+        assert_eq!(freed, ["a"]);
+        assert_eq!((hub.channel_count(), hub.history_totals()), (0, (0, 0)));
+        assert_eq!(hub.lookup("a"), None);
+    }
+
+    #[test]
+    fn the_byte_budget_frees_channels_kept_only_by_history() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let gone = hub.subscribe("old", 1);
+        publish(&mut hub, "old", 1, 0);
+        hub.unsubscribe(gone);
+        hub.subscribe("new", 2);
+        // 1000 bytes hold 100 messages of 10: the old one is evicted first.
+        let id = hub.lookup("new").unwrap();
+        let wide = Limits {
+            per_channel: 1000,
+            ..LIMITS
+        };
+        for _ in 0..100 {
+            let p = hub.next_position(id).unwrap();
+            hub.remember(id, p, p.offset, 10, 1, wide);
+        }
+        assert_eq!(hub.history_totals(), (100, 1000));
+        assert_eq!(hub.lookup("old"), None);
+        assert_eq!(hub.channel_count(), 1);
+        hub.clear_history();
+        assert_eq!(hub.history_totals(), (0, 0));
+    }
+
+    #[test]
+    fn positions_from_elsewhere_reset_history_on_a_new_epoch_and_drop_repeats() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let id = hub.subscribe("a", 1).channel();
+        let e1 = Epoch::new(1);
+        let at = |epoch, offset| Position { epoch, offset };
+        for offset in [10, 11] {
+            assert!(hub.accept_position(id, at(e1, offset)));
+            hub.remember(id, at(e1, offset), offset, 1, 0, LIMITS);
+        }
+        assert!(!hub.accept_position(id, at(e1, 11)), "a repeat");
+        assert_eq!(replay(&hub, "a", at(e1, 10), 10), Ok(vec![11]));
+        assert_eq!(replay(&hub, "a", at(e1, 8), 10), Err(NotRecovered::Evicted));
+        let e2 = Epoch::new(2);
+        assert!(hub.accept_position(id, at(e2, 1)));
+        hub.remember(id, at(e2, 1), 1, 1, 0, LIMITS);
+        assert_eq!(replay(&hub, "a", at(e1, 11), 10), Err(NotRecovered::Epoch));
+        assert_eq!(replay(&hub, "a", at(e2, 0), 10), Ok(vec![1]));
+        assert_eq!(hub.history_totals().0, 1);
     }
 
     /// Seeded so failures reproduce.

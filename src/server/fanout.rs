@@ -714,7 +714,7 @@ mod tests {
 
     struct Room {
         env: harness::Env,
-        hub: Hub<u32>,
+        hub: Hub<u32, Rc<Delivery>>,
         slots: Slab<Slot<Wire>>,
         fanout: FanOut,
     }
@@ -739,7 +739,11 @@ mod tests {
 
         /// A subscriber of `feed` whose wire takes `room` bytes.
         fn subscribe(&mut self, room: usize) -> usize {
-            let mut slot = open_slot(&mut self.env, "/live/feed");
+            self.subscribe_at("/live/feed", room)
+        }
+
+        fn subscribe_at(&mut self, path: &str, room: usize) -> usize {
+            let mut slot = open_slot(&mut self.env, path);
             slot.io.room = room;
             let key = self.slots.insert(slot);
             for action in self.env.actions.drain(..) {
@@ -804,6 +808,112 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    fn env_of(env: &mut harness::Env) -> Env<'_> {
+        Env {
+            now: env.now,
+            config: &env.config,
+            routes: &env.routes,
+            codec: &mut env.codec,
+            metrics: &mut env.metrics,
+        }
+    }
+
+    /// A replay twice as large as `max_backlog_bytes`, to a client that has
+    /// read nothing yet, is queued whole; a live message right after it is
+    /// counted alone and queued too; the client then reads the answer, the
+    /// replay in order and the live message, each with its position.
+    #[test]
+    fn a_replay_is_not_taken_for_a_slow_consumer_and_live_follows_it() {
+        let mut room = Room::new(OnBacklog::Close);
+        let key = room.subscribe_at("/live/feed?meta=1", 0);
+        let channel = room.hub.lookup("feed").expect("channel");
+        let from = room.hub.position(channel).expect("position");
+        let missed: Vec<Rc<Delivery>> = (1..=6u8)
+            .map(|seq| {
+                let position = room.hub.next_position(channel);
+                let message = Broadcast::new(OpCode::Binary, &[seq; PAYLOAD]);
+                Rc::new(Delivery::new(message, position))
+            })
+            .collect();
+        let outcome = Recovery::Recovered {
+            from,
+            messages: missed.iter(),
+        };
+        let env = env_of(&mut room.env);
+        let replayed = room
+            .fanout
+            .recover(&mut room.slots, key, "feed", outcome, env);
+        assert_eq!(replayed, 6);
+        assert!(room.slots[key].conn.queued() > room.env.config.max_backlog_bytes);
+        assert!(room.slots[key].conn.is_open());
+        let live = room.hub.next_position(channel);
+        let message = Broadcast::new(OpCode::Binary, &[7; PAYLOAD]);
+        let delivery = Delivery::new(message, live);
+        let stamp = room.fanout.next_stamp();
+        let env = env_of(&mut room.env);
+        let out = Outgoing::of("feed", &delivery);
+        let subscribers = room.hub.subscribers(channel);
+        assert_eq!(
+            room.fanout
+                .deliver(&mut room.slots, subscribers, out, None, stamp, env),
+            1
+        );
+        assert_eq!(room.env.metrics.slow_consumer_closes, 0);
+
+        room.slots[key].io.room = usize::MAX;
+        room.flush();
+        let bytes = std::mem::take(&mut room.slots[key].io.bytes);
+        let (frames, partial) = server_frames(&bytes);
+        assert_eq!(partial, 0);
+        assert_eq!(frames.len(), 8);
+        let answer = String::from_utf8(frames[0].1.clone()).expect("text");
+        let epoch = from.epoch;
+        assert_eq!(
+            answer,
+            format!(
+                r#"{{"channel":"feed","recovered":true,"epoch":"{epoch}","offset":0,"replayed":6}}"#
+            )
+        );
+        for (i, (opcode, payload)) in frames[1..].iter().enumerate() {
+            let offset = i + 1;
+            assert_eq!(*opcode, OpCode::Binary);
+            let header = format!(r#"{{"channel":"feed","epoch":"{epoch}","offset":{offset}}}"#);
+            let len = usize::from(u16::from_be_bytes([payload[0], payload[1]]));
+            assert_eq!(&payload[2..2 + len], header.as_bytes());
+            assert_eq!(payload[2 + len..], [offset as u8; PAYLOAD]);
+        }
+    }
+
+    #[test]
+    fn a_client_that_cannot_recover_is_told_why_and_where_the_channel_stands() {
+        let mut room = Room::new(OnBacklog::Close);
+        let key = room.subscribe_at("/live/feed?meta=1", usize::MAX);
+        let channel = room.hub.lookup("feed").expect("channel");
+        let current = room.hub.position(channel).expect("position");
+        let outcome: Recovery<std::iter::Empty<&Rc<Delivery>>> = Recovery::NotRecovered {
+            reason: NotRecovered::Expired,
+            current,
+        };
+        let env = env_of(&mut room.env);
+        assert_eq!(
+            room.fanout
+                .recover(&mut room.slots, key, "feed", outcome, env),
+            0
+        );
+        room.flush();
+        let bytes = std::mem::take(&mut room.slots[key].io.bytes);
+        let (frames, _) = server_frames(&bytes);
+        let epoch = current.epoch;
+        assert_eq!(
+            frames,
+            [(
+                OpCode::Text,
+                format!(r#"{{"channel":"feed","recovered":false,"reason":"expired","epoch":"{epoch}","offset":0}}"#)
+                    .into_bytes()
+            )]
+        );
     }
 
     #[test]
