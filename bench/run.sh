@@ -373,7 +373,7 @@ SCENARIOS=(
     "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
     "idle-$SUBS_A-deflate|idle|Idle: $SUBS_A subscribers with permessage-deflate negotiated, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/deflate/idle --conns $SUBS_A --deflate"
     "bc-$SUBS_A-w16-meta|broadcast|Broadcast with metadata: 64 B to $SUBS_A subscribers that asked for channel and position (meta=1), window 16, HTTP publisher, $M_W16_A messages (compare bc-$SUBS_A-w16-http)|broadcast --url ws://127.0.0.1:@PORT@/live/bench --meta --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
-    "idle-$SUBS_A-meta|idle|Idle: $SUBS_A subscribers with metadata on (meta=1), server RSS per connection|idle --url ws://127.0.0.1:@PORT@/live/idle?meta=1 --conns $SUBS_A --no-publish"
+    "idle-$SUBS_A-meta|idle|Idle: $SUBS_A subscribers with metadata on (meta=1), server RSS per connection|idle --url ws://127.0.0.1:@PORT@/live/idle?meta=1 --conns $SUBS_A --no-publish --size 256"
     "recover-$SUBS_A|recover|History and recovery: memory per history message ($HIST_M messages of 64 B), then $SUBS_A clients reconnect at once and recover 100 messages each|recover --url ws://127.0.0.1:@PORT@/hist/r --history $HIST_M --clients $SUBS_A --missed 100 --size 64"
 )
 
