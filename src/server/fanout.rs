@@ -124,8 +124,8 @@ pub(super) struct FanOut {
     /// Tags each fan-out so a relay through several channels reaches a
     /// subscriber of more than one of them once.
     stamp: u32,
-    /// The history's timer-wheel entry and its deadline, while any message
-    /// is kept.
+    /// The history's one timer-wheel entry, armed while any message is
+    /// kept (at the oldest one's expiry, or earlier: then it re-arms).
     pub history_timer: Option<crate::timer::TimerKey>,
 }
 
