@@ -176,7 +176,10 @@ impl FanOut {
             let Some(slot) = slots.get_mut(key) else {
                 continue;
             };
-            if !slot.conn.is_open() || slot.delivery_stamp == stamp {
+            // A metadata client gets a relay once per channel: each copy
+            // names its channel and carries that channel's position, which
+            // the client must see to keep its place in every channel.
+            if !slot.conn.is_open() || (slot.delivery_stamp == stamp && !slot.conn.meta()) {
                 continue;
             }
             slot.delivery_stamp = stamp;
@@ -1056,5 +1059,41 @@ mod tests {
         assert_eq!(total, 1);
         room.flush();
         assert_eq!(room.received(key), [7]);
+    }
+
+    #[test]
+    fn a_metadata_client_gets_a_relay_once_per_channel_with_each_position() {
+        let mut room = Room::new(OnBacklog::Drop);
+        let key = room.subscribe_at("/live?channel=a&channel=b&meta=1", usize::MAX);
+        let stamp = room.fanout.next_stamp();
+        let message = Broadcast::new(OpCode::Text, b"hi");
+        let mut total = 0;
+        for name in ["a", "b"] {
+            let channel = room.hub.lookup(name).expect("channel");
+            let delivery = Delivery::new(message.clone(), room.hub.next_position(channel));
+            let env = env_of(&mut room.env);
+            let out = Outgoing::of(name, &delivery);
+            let subscribers = room.hub.subscribers(channel);
+            total += room
+                .fanout
+                .deliver(&mut room.slots, subscribers, out, None, stamp, env);
+        }
+        assert_eq!(total, 2);
+        room.flush();
+        let bytes = std::mem::take(&mut room.slots[key].io.bytes);
+        let (frames, _) = server_frames(&bytes);
+        let texts: Vec<String> = frames
+            .iter()
+            .map(|(_, p)| String::from_utf8(p.clone()).expect("text"))
+            .collect();
+        assert_eq!(texts.len(), 2);
+        assert!(
+            texts[0].starts_with(r#"{"channel":"a","#)
+                && texts[0].contains(r#""offset":1,"text":"hi"}"#)
+        );
+        assert!(
+            texts[1].starts_with(r#"{"channel":"b","#)
+                && texts[1].contains(r#""offset":1,"text":"hi"}"#)
+        );
     }
 }
