@@ -41,6 +41,7 @@ if [[ $QUICK == 1 ]]; then
     M_W1_A=${BC_M_W1_10K:-50} M_W16_A=${BC_M_W16_10K:-300}
     M_W1_B=${BC_M_W1_19K:-30} M_W16_B=${BC_M_W16_19K:-200}
     SUBS_C=1500 HOP_SUBS=100
+    HIST_M=${HIST_M:-10000}
     M_CW1=${CL_M_W1:-30} M_CW16=${CL_M_W16:-100} M_CWS=${CL_M_WS:-200} M_HOP=${CL_M_HOP:-300}
 else
     ECHO_SECS=10
@@ -54,6 +55,8 @@ else
     # loadgen stays under 20,000 open files; the Redis hop at 100. Sized
     # like the rows above: a few seconds per run.
     SUBS_C=18000 HOP_SUBS=100
+    # Messages kept in history for the memory figure of recover-*.
+    HIST_M=${HIST_M:-100000}
     M_CW1=${CL_M_W1:-50} M_CW16=${CL_M_W16:-600} M_CWS=${CL_M_WS:-600} M_HOP=${CL_M_HOP:-2000}
 fi
 CLUSTER=${CLUSTER:-1}
@@ -377,6 +380,9 @@ SCENARIOS=(
     "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
     "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
     "idle-$SUBS_A-deflate|idle|Idle: $SUBS_A subscribers with permessage-deflate negotiated, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/deflate/idle --conns $SUBS_A --deflate"
+    "bc-$SUBS_A-w16-meta|broadcast|Broadcast with metadata: 64 B to $SUBS_A subscribers that asked for channel and position (meta=1), window 16, HTTP publisher, $M_W16_A messages (compare bc-$SUBS_A-w16-http)|broadcast --url ws://127.0.0.1:@PORT@/live/bench --meta --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
+    "idle-$SUBS_A-meta|idle|Idle: $SUBS_A subscribers with metadata on (meta=1), server RSS per connection|idle --url ws://127.0.0.1:@PORT@/live/idle?meta=1 --conns $SUBS_A --no-publish --size 256"
+    "recover-$SUBS_A|recover|History and recovery: memory per history message ($HIST_M messages of 64 B), then $SUBS_A clients reconnect at once and recover 100 messages each|recover --url ws://127.0.0.1:@PORT@/hist/r --history $HIST_M --clients $SUBS_A --missed 100 --size 64"
 )
 
 # Cluster scenarios (wshub only; see "Cluster setups" above). Each group is
@@ -441,6 +447,12 @@ metrics_for() {
         idle) printf '%s\n' \
             "bytes_per_conn|server RSS per connection (bytes)|0|lower" \
             "fanout_ms|one message to all (ms)|2|lower" ;;
+        recover) printf '%s\n' \
+            "bytes_per_history_message|server RSS per history message (bytes)|0|lower" \
+            "storm_s|all clients reconnected and recovered (s)|2|lower" \
+            "dial_s|of which dialing (s)|2|-" \
+            "server_cpu_s|server CPU during the reconnect (s)|2|lower" \
+            "recovered_msgs_per_s|messages replayed/s|0|higher" ;;
     esac
 }
 
@@ -509,6 +521,11 @@ run_scenario() { # server index
     IFS='|' read -r name kind title args <<< "${SCENARIOS[$i]}"
     local jsonl=$WORK/$server.$name.jsonl err=$WORK/$server.$name.err
     : > "$jsonl"
+    if [[ ( $args == *--meta* || $args == *meta=1* || $kind == recover ) && $server == peer ]]; then
+        echo "the peer (bench/peer) has no positions, history or metadata" > "$err"
+        log "[$server] $name n/a: $(cat "$err")"
+        return
+    fi
     if [[ $args == *--deflate* && $server == peer ]]; then
         echo "the peer (bench/peer) does not negotiate permessage-deflate" > "$err"
         log "[$server] $name n/a: $(cat "$err")"

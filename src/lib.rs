@@ -21,6 +21,7 @@
 mod bus;
 pub mod config;
 pub mod daemon;
+mod history;
 mod hub;
 mod metrics;
 mod protocol;

@@ -7,6 +7,8 @@
 
 use std::io::Write as _;
 
+use crate::hub::NotRecovered;
+
 /// Why a handshake or plain HTTP request was refused (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -80,6 +82,15 @@ impl Refused {
     }
 }
 
+/// Why a recovery was refused, in the order `/metrics` lists them.
+const NOT_RECOVERED: [NotRecovered; 5] = [
+    NotRecovered::Epoch,
+    NotRecovered::Evicted,
+    NotRecovered::Expired,
+    NotRecovered::TooMany,
+    NotRecovered::NoHistory,
+];
+
 /// Every number `/metrics` reports. Counters only grow; gauges are set.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Metrics {
@@ -100,6 +111,14 @@ pub(crate) struct Metrics {
     pub slow_consumer_closes: u64,
     pub channels: u64,
     pub subscriptions: u64,
+    /// Messages and bytes kept in history across all channels (gauges).
+    pub history_messages: u64,
+    pub history_bytes: u64,
+    /// Recoveries served, and the messages they replayed.
+    pub history_recovered: u64,
+    pub history_replayed: u64,
+    /// Recoveries refused, by reason (indexed like [`NOT_RECOVERED`]).
+    not_recovered: [u64; NOT_RECOVERED.len()],
     /// The Redis bus, on a cluster node.
     pub cluster: Option<ClusterGauges>,
 }
@@ -127,6 +146,17 @@ impl Metrics {
     pub(crate) fn set_routes(&mut self, routes: usize) {
         if routes > self.open_by_route.len() {
             self.open_by_route.resize(routes, 0);
+        }
+    }
+
+    /// Counts a recovery refused for `why`.
+    pub(crate) fn count_not_recovered(&mut self, why: NotRecovered) {
+        if let Some(slot) = NOT_RECOVERED
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.not_recovered.get_mut(i))
+        {
+            *slot += 1;
         }
     }
 
@@ -244,7 +274,12 @@ impl Metrics {
             let name = "wshub_requests_refused_total";
             labelled(out, name, "reason", why.label(), count)?;
         }
-        header(out, "wshub_channels", "gauge", "Channels with subscribers")?;
+        header(
+            out,
+            "wshub_channels",
+            "gauge",
+            "Channels with subscribers or history",
+        )?;
         writeln!(out, "wshub_channels {}", self.channels)?;
         header(
             out,
@@ -253,8 +288,52 @@ impl Metrics {
             "Channel subscriptions across all connections",
         )?;
         writeln!(out, "wshub_subscriptions {}", self.subscriptions)?;
+        self.render_history(out)?;
         if let Some(cluster) = &self.cluster {
             cluster.render(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    fn render_history(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        header(
+            out,
+            "wshub_history_messages",
+            "gauge",
+            "Messages kept in history across all channels",
+        )?;
+        writeln!(out, "wshub_history_messages {}", self.history_messages)?;
+        header(
+            out,
+            "wshub_history_bytes",
+            "gauge",
+            "Bytes of messages kept in history (counted against history_max_bytes)",
+        )?;
+        writeln!(out, "wshub_history_bytes {}", self.history_bytes)?;
+        let counters = [
+            (
+                "wshub_recoveries_total",
+                "Reconnecting clients given every message they missed",
+                self.history_recovered,
+            ),
+            (
+                "wshub_recovered_messages_total",
+                "Messages replayed to recovering clients",
+                self.history_replayed,
+            ),
+        ];
+        write_counters(out, &counters)?;
+        let name = "wshub_recoveries_refused_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Reconnecting clients told they cannot recover, by reason",
+        )?;
+        for (why, count) in NOT_RECOVERED.iter().zip(self.not_recovered) {
+            labelled(out, name, "reason", why.as_str(), count)?;
         }
         Ok(())
     }

@@ -1,10 +1,24 @@
-//! The channel registry: which subscribers each channel has.
+//! The channel registry: which subscribers each channel has, where its
+//! messages stand (positions) and what it still remembers (history).
 //!
-//! Owns: the mapping channel name → channel → subscribers, and the compact
-//! per-connection list of [`Membership`]s a connection keeps to leave them.
+//! Owns: the mapping channel name → channel → subscribers, each channel's
+//! position state (epoch and last offset) and its history log (out of line,
+//! through the [`crate::history`] store), and the compact per-connection
+//! list of [`Membership`]s a connection keeps to leave them.
 //! Must never: scan all subscribers or all channels to subscribe or
-//! unsubscribe, nor keep a channel that has no subscribers (an idle name must
-//! not pin memory). A pure data structure: no sockets, no IO, no clock.
+//! unsubscribe, nor keep a channel that has neither subscribers nor history
+//! (an idle name must not pin memory). A pure data structure: no sockets, no
+//! IO, no clock (`now` is passed in).
+//!
+//! # Channel lifetime and positions
+//!
+//! A channel is created by its first subscriber, with a fresh random
+//! [`Epoch`] and offset 0, and lives while it has subscribers or history
+//! kept; then its name and state are freed. Its next incarnation gets a new
+//! epoch, so a client holding a position from the old one is told its
+//! history is gone rather than handed the wrong messages. A message
+//! published to a channel that does not exist is kept nowhere and gets no
+//! position.
 //!
 //! # Subscriber storage
 //!
@@ -31,15 +45,20 @@
 //! channel or slot is vacant is ignored; one whose slot was reused would
 //! remove the new occupant, which this usage rules out.
 
+pub(crate) mod meta;
 pub(crate) mod names;
-#[allow(dead_code)] // positions are being wired in: remove once history uses them
 pub(crate) mod position;
 pub mod publish;
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use slab::Slab;
+
+use crate::history::{self, Limits, Log, Loss, Store};
+pub(crate) use position::{Epoch, Position};
 
 /// Identifies a live channel (valid while it has subscribers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,29 +79,98 @@ impl Membership {
 }
 
 #[derive(Debug)]
-struct Channel<T> {
+struct Channel<T, M> {
     /// Shared with the `by_name` key so each name is allocated once.
     name: Arc<str>,
     subscribers: Slab<T>,
+    /// The unbroken history this channel's offsets belong to.
+    epoch: Epoch,
+    /// The offset of the last message delivered (0: none yet).
+    last: u64,
+    /// Out of line: channels of routes without history pay one pointer.
+    history: Option<Box<Log<M>>>,
+}
+
+impl<T, M> Channel<T, M> {
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && self.history.as_ref().is_none_or(|h| h.is_empty())
+    }
+}
+
+/// Why a recovery cannot be served: the reasons a client is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NotRecovered {
+    /// The epoch differs (the channel's history was lost or restarted), or
+    /// the offset is ahead of the channel.
+    Epoch,
+    /// Messages after the position were dropped for size.
+    Evicted,
+    /// Messages after the position outlived `history_ttl`.
+    Expired,
+    /// More messages were missed than `max_replay` allows.
+    TooMany,
+    /// The route keeps no history.
+    NoHistory,
+}
+
+impl NotRecovered {
+    /// The reason as clients read it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NotRecovered::Epoch => "epoch",
+            NotRecovered::Evicted => "evicted",
+            NotRecovered::Expired => "expired",
+            NotRecovered::TooMany => "too_many",
+            NotRecovered::NoHistory => "no_history",
+        }
+    }
 }
 
 /// The registry of channels and their subscribers.
 #[derive(Debug)]
-pub(crate) struct Hub<T> {
-    channels: Slab<Channel<T>>,
+pub(crate) struct Hub<T, M = ()> {
+    channels: Slab<Channel<T, M>>,
     /// The default (randomly keyed) hasher is kept on purpose: names come
     /// from clients, who must not be able to pick colliding ones.
     by_name: HashMap<Arc<str>, u32>,
     subscriptions: usize,
+    /// Every message kept in any channel's history.
+    store: Store,
+    /// Epochs: a randomly keyed hash (keys from the OS, fresh per process)
+    /// of a counter, so epochs differ across restarts and channels.
+    epoch_keys: RandomState,
+    epochs_made: u64,
 }
 
-impl<T> Default for Hub<T> {
+impl<T, M> Default for Hub<T, M> {
     fn default() -> Self {
         Hub {
             channels: Slab::new(),
             by_name: HashMap::new(),
             subscriptions: 0,
+            store: Store::default(),
+            epoch_keys: RandomState::new(),
+            epochs_made: 0,
         }
+    }
+}
+
+/// The hub's channel table as the history store sees it.
+struct Table<'a, T, M> {
+    channels: &'a mut Slab<Channel<T, M>>,
+    /// Channels whose log was emptied by eviction or expiry.
+    emptied: &'a mut Vec<u32>,
+}
+
+impl<T, M> history::Logs<M> for Table<'_, T, M> {
+    fn log_mut(&mut self, channel: u32) -> Option<&mut Log<M>> {
+        self.channels
+            .get_mut(channel as usize)
+            .and_then(|c| c.history.as_deref_mut())
+    }
+
+    fn emptied(&mut self, channel: u32) {
+        self.emptied.push(channel);
     }
 }
 
@@ -95,9 +183,14 @@ fn key32(key: usize) -> u32 {
     u32::try_from(key).expect("slab key exceeds u32: more live entries than memory allows")
 }
 
-impl<T: Copy> Hub<T> {
+impl<T: Copy, M> Hub<T, M> {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    fn new_epoch(&mut self) -> Epoch {
+        self.epochs_made += 1;
+        Epoch::new(self.epoch_keys.hash_one(self.epochs_made))
     }
 
     /// Adds `who` to the channel named `name`, creating the channel if
@@ -107,9 +200,13 @@ impl<T: Copy> Hub<T> {
             Some(&key) => key,
             None => {
                 let name: Arc<str> = Arc::from(name);
+                let epoch = self.new_epoch();
                 let key = key32(self.channels.insert(Channel {
                     name: Arc::clone(&name),
                     subscribers: Slab::new(),
+                    epoch,
+                    last: 0,
+                    history: None,
                 }));
                 self.by_name.insert(name, key);
                 key
@@ -122,25 +219,222 @@ impl<T: Copy> Hub<T> {
         Membership { channel, slot }
     }
 
-    /// Removes that subscription; drops the channel (and its name) when its
-    /// last subscriber leaves, and then returns the name (a cluster node
-    /// unsubscribes in Redis). A stale membership is ignored (no panic).
+    /// Removes that subscription; when the channel's last subscriber leaves,
+    /// returns its name (a cluster node unsubscribes in Redis), and drops
+    /// the channel (and its name) unless it keeps history, which then keeps
+    /// it until that expires. A stale membership is ignored (no panic).
     pub(crate) fn unsubscribe(&mut self, membership: Membership) -> Option<Arc<str>> {
         let key = membership.channel as usize;
         let channel = self.channels.get_mut(key)?;
         channel.subscribers.try_remove(membership.slot as usize)?;
         self.subscriptions -= 1;
-        if channel.subscribers.is_empty() {
-            let channel = self.channels.remove(key);
-            self.by_name.remove(&*channel.name);
-            return Some(channel.name);
+        if !channel.subscribers.is_empty() {
+            return None;
         }
-        None
+        let name = Arc::clone(&channel.name);
+        self.free_if_unused(membership.channel);
+        Some(name)
     }
 
-    /// The names of every live channel (each has a subscriber).
+    /// Drops channel `key` if nothing keeps it alive any more.
+    fn free_if_unused(&mut self, key: u32) {
+        if self
+            .channels
+            .get(key as usize)
+            .is_some_and(Channel::is_unused)
+        {
+            let channel = self.channels.remove(key as usize);
+            self.by_name.remove(&*channel.name);
+            if let Some(log) = &channel.history {
+                self.store.drop_log(log);
+            }
+        }
+    }
+
+    /// The names of every live channel (with subscribers or history).
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> + '_ {
         self.channels.iter().map(|(_, c)| &*c.name)
+    }
+
+    /// Where the channel stands: its epoch and the offset of its last
+    /// message.
+    pub(crate) fn position(&self, channel: ChannelId) -> Option<Position> {
+        self.channels.get(channel.0 as usize).map(|c| Position {
+            epoch: c.epoch,
+            offset: c.last,
+        })
+    }
+
+    /// The position of a new message on a single node: the next offset in
+    /// the channel's epoch. `None` for an id no longer live.
+    pub(crate) fn next_position(&mut self, channel: ChannelId) -> Option<Position> {
+        let c = self.channels.get_mut(channel.0 as usize)?;
+        c.last += 1;
+        Some(Position {
+            epoch: c.epoch,
+            offset: c.last,
+        })
+    }
+
+    /// Takes a position assigned elsewhere (a cluster node: by Redis) as the
+    /// channel's newest. A new epoch replaces the channel's and empties its
+    /// history (kept messages belong to the old one); an offset at or below
+    /// the last one in the same epoch is a repeat: false, deliver nothing.
+    // The cluster node's entry point once Redis assigns positions.
+    #[allow(dead_code)]
+    pub(crate) fn accept_position(&mut self, channel: ChannelId, position: Position) -> bool {
+        let Some(c) = self.channels.get_mut(channel.0 as usize) else {
+            return false;
+        };
+        if c.epoch != position.epoch {
+            c.epoch = position.epoch;
+            if let Some(log) = c.history.as_deref_mut() {
+                // Restarted at this message, which the caller remembers next.
+                self.store.reset_log(log, position.offset, Loss::Evicted);
+            }
+        } else if position.offset <= c.last {
+            return false;
+        }
+        c.last = position.offset;
+        true
+    }
+
+    /// Keeps `message` (of `size` bytes) at `position` in the channel's
+    /// history, under `limits`; the caller has made `position` the
+    /// channel's newest ([`Hub::next_position`] or [`Hub::accept_position`]).
+    /// Channels whose history is evicted to make room and that have no
+    /// subscribers are freed.
+    pub(crate) fn remember(
+        &mut self,
+        channel: ChannelId,
+        position: Position,
+        message: M,
+        size: usize,
+        now: u64,
+        limits: Limits,
+    ) {
+        let Some(c) = self.channels.get_mut(channel.0 as usize) else {
+            return;
+        };
+        if c.epoch != position.epoch {
+            return;
+        }
+        c.history
+            .get_or_insert_with(|| Box::new(Log::new(position.offset)));
+        let mut emptied = Vec::new();
+        let mut table = Table {
+            channels: &mut self.channels,
+            emptied: &mut emptied,
+        };
+        self.store.append(
+            &mut table,
+            channel.0,
+            position.offset,
+            message,
+            size,
+            now,
+            limits,
+        );
+        for key in emptied {
+            self.free_if_unused(key);
+        }
+    }
+
+    /// Drops the messages whose age reached `ttl` milliseconds at `now`,
+    /// frees the channels kept only by them (calling `freed` with each
+    /// name), and returns when the next one expires.
+    pub(crate) fn expire(
+        &mut self,
+        now: u64,
+        ttl: u64,
+        mut freed: impl FnMut(&str),
+    ) -> Option<u64> {
+        let mut emptied = Vec::new();
+        let mut table = Table {
+            channels: &mut self.channels,
+            emptied: &mut emptied,
+        };
+        self.store.expire(&mut table, now, ttl);
+        let next = self.store.next_expiry(&mut table, ttl);
+        for key in emptied {
+            let name = self.channels.get(key as usize).map(|c| Arc::clone(&c.name));
+            self.free_if_unused(key);
+            if let Some(name) = name
+                && self.lookup(&name).is_none()
+            {
+                freed(&name);
+            }
+        }
+        next
+    }
+
+    /// Forgets all history (a reload switched it off); channels kept only
+    /// by it are freed.
+    pub(crate) fn clear_history(&mut self) {
+        if self.store.messages() == 0 && self.channels.iter().all(|(_, c)| c.history.is_none()) {
+            return;
+        }
+        self.store.clear();
+        let mut unused = Vec::new();
+        for (key, c) in self.channels.iter_mut() {
+            c.history = None;
+            if c.is_unused() {
+                unused.push(key32(key));
+            }
+        }
+        for key in unused {
+            self.free_if_unused(key);
+        }
+    }
+
+    /// The messages after `from` in the channel's history, oldest first,
+    /// if every one of them is still kept and there are at most
+    /// `max_replay`; otherwise why not. Also returns the channel's current
+    /// position.
+    pub(crate) fn recover(
+        &self,
+        channel: ChannelId,
+        from: Position,
+        max_replay: usize,
+    ) -> Result<(Position, impl Iterator<Item = &M> + Clone + '_), (NotRecovered, Position)> {
+        let Some(c) = self.channels.get(channel.0 as usize) else {
+            return Err((NotRecovered::Epoch, from));
+        };
+        let current = Position {
+            epoch: c.epoch,
+            offset: c.last,
+        };
+        if from.epoch != c.epoch || from.offset > c.last {
+            return Err((NotRecovered::Epoch, current));
+        }
+        let missed = c.last - from.offset;
+        let log = match c.history.as_deref() {
+            Some(log) if log.next() == c.last + 1 => Some(log),
+            _ => None,
+        };
+        let messages = match log {
+            Some(log) => log.after(from.offset).map_err(|loss| match loss {
+                Loss::Evicted => NotRecovered::Evicted,
+                Loss::Expired => NotRecovered::Expired,
+            }),
+            None if missed == 0 => Err(NotRecovered::NoHistory),
+            None => Err(NotRecovered::Evicted),
+        };
+        let messages = match messages {
+            Ok(m) => Some(m),
+            // Up to date with nothing kept: nothing to replay.
+            Err(NotRecovered::NoHistory) => None,
+            Err(reason) => return Err((reason, current)),
+        };
+        if usize::try_from(missed).map_or(true, |n| n > max_replay) {
+            return Err((NotRecovered::TooMany, current));
+        }
+        Ok((current, messages.into_iter().flatten()))
+    }
+
+    /// Messages kept in history across all channels, and their bytes.
+    pub(crate) fn history_totals(&self) -> (usize, usize) {
+        (self.store.messages(), self.store.bytes())
     }
 
     pub(crate) fn lookup(&self, name: &str) -> Option<ChannelId> {
@@ -343,6 +637,155 @@ mod tests {
         let taken = ms.take();
         assert_eq!(ms, Memberships::None);
         assert_eq!(taken.len(), 3);
+    }
+
+    const LIMITS: Limits = Limits {
+        per_channel: 5,
+        max_bytes: 1000,
+        ttl: 100,
+    };
+
+    /// Publishes `n` messages (numbered from their offsets) to `name` at `now`.
+    fn publish(hub: &mut Hub<u32, u64>, name: &str, n: u64, now: u64) -> Position {
+        let id = hub.lookup(name).expect("live channel");
+        let mut last = hub.position(id).expect("position");
+        for _ in 0..n {
+            last = hub.next_position(id).expect("position");
+            hub.remember(id, last, last.offset, 10, now, LIMITS);
+        }
+        last
+    }
+
+    fn replay(
+        hub: &Hub<u32, u64>,
+        name: &str,
+        from: Position,
+        max: usize,
+    ) -> Result<Vec<u64>, NotRecovered> {
+        let id = hub.lookup(name).expect("live channel");
+        hub.recover(id, from, max)
+            .map(|(_, m)| m.copied().collect())
+            .map_err(|(reason, _)| reason)
+    }
+
+    #[test]
+    fn positions_grow_by_one_and_epochs_differ_per_incarnation() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let m = hub.subscribe("a", 1);
+        let id = m.channel();
+        let start = hub.position(id).unwrap();
+        assert_eq!(start.offset, 0);
+        assert_eq!(hub.next_position(id).unwrap().offset, 1);
+        assert_eq!(hub.next_position(id).unwrap().offset, 2);
+        hub.unsubscribe(m);
+        let again = hub.subscribe("a", 1).channel();
+        let fresh = hub.position(again).unwrap();
+        assert_eq!(fresh.offset, 0);
+        assert_ne!(fresh.epoch, start.epoch, "a new incarnation, a new epoch");
+    }
+
+    #[test]
+    fn recovery_serves_exactly_what_was_missed_or_says_why_not() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let keep = hub.subscribe("a", 1);
+        let at0 = hub.position(keep.channel()).unwrap();
+        let at3 = publish(&mut hub, "a", 3, 0);
+        assert_eq!(replay(&hub, "a", at0, 10), Ok(vec![1, 2, 3]));
+        assert_eq!(replay(&hub, "a", at3, 10), Ok(vec![]), "up to date");
+        assert_eq!(replay(&hub, "a", at0, 2), Err(NotRecovered::TooMany));
+        let other = Position {
+            epoch: Epoch::new(at0.epoch.get() ^ 1),
+            offset: 1,
+        };
+        assert_eq!(replay(&hub, "a", other, 10), Err(NotRecovered::Epoch));
+        let ahead = Position { offset: 4, ..at3 };
+        assert_eq!(replay(&hub, "a", ahead, 10), Err(NotRecovered::Epoch));
+        // Five kept per channel: offsets 1 and 2 go.
+        publish(&mut hub, "a", 4, 0);
+        assert_eq!(replay(&hub, "a", at0, 100), Err(NotRecovered::Evicted));
+        assert_eq!(replay(&hub, "a", at3, 100), Ok(vec![4, 5, 6, 7]));
+        // Everything expires at 100.
+        let (_, messages) = (0, hub.history_totals().0);
+        assert_eq!(messages, 5);
+        assert_eq!(hub.expire(99, LIMITS.ttl, |_| {}), Some(100));
+        assert_eq!(hub.expire(100, LIMITS.ttl, |_| {}), None);
+        assert_eq!(replay(&hub, "a", at3, 100), Err(NotRecovered::Expired));
+        let now = hub.position(keep.channel()).unwrap();
+        assert_eq!(replay(&hub, "a", now, 100), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_channel_with_history_outlives_its_subscribers_until_it_expires() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let m = hub.subscribe("a", 1);
+        let at0 = hub.position(m.channel()).unwrap();
+        publish(&mut hub, "a", 2, 10);
+        assert_eq!(hub.unsubscribe(m).as_deref(), Some("a"));
+        assert_eq!(hub.channel_count(), 1, "kept by its history");
+        assert_eq!(hub.subscription_count(), 0);
+        // Published to while nobody listens: still kept.
+        publish(&mut hub, "a", 1, 50);
+        let back = hub.subscribe("a", 2);
+        assert_eq!(replay(&hub, "a", at0, 10), Ok(vec![1, 2, 3]));
+        hub.unsubscribe(back);
+        let mut freed = Vec::new();
+        assert_eq!(
+            hub.expire(110, LIMITS.ttl, |n| freed.push(n.to_owned())),
+            Some(150)
+        );
+        assert_eq!(hub.channel_count(), 1);
+        assert_eq!(
+            hub.expire(150, LIMITS.ttl, |n| freed.push(n.to_owned())),
+            None
+        );
+        assert_eq!(freed, ["a"]);
+        assert_eq!((hub.channel_count(), hub.history_totals()), (0, (0, 0)));
+        assert_eq!(hub.lookup("a"), None);
+    }
+
+    #[test]
+    fn the_byte_budget_frees_channels_kept_only_by_history() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let gone = hub.subscribe("old", 1);
+        publish(&mut hub, "old", 1, 0);
+        hub.unsubscribe(gone);
+        hub.subscribe("new", 2);
+        // 1000 bytes hold 100 messages of 10: the old one is evicted first.
+        let id = hub.lookup("new").unwrap();
+        let wide = Limits {
+            per_channel: 1000,
+            ..LIMITS
+        };
+        for _ in 0..100 {
+            let p = hub.next_position(id).unwrap();
+            hub.remember(id, p, p.offset, 10, 1, wide);
+        }
+        assert_eq!(hub.history_totals(), (100, 1000));
+        assert_eq!(hub.lookup("old"), None);
+        assert_eq!(hub.channel_count(), 1);
+        hub.clear_history();
+        assert_eq!(hub.history_totals(), (0, 0));
+    }
+
+    #[test]
+    fn positions_from_elsewhere_reset_history_on_a_new_epoch_and_drop_repeats() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let id = hub.subscribe("a", 1).channel();
+        let e1 = Epoch::new(1);
+        let at = |epoch, offset| Position { epoch, offset };
+        for offset in [10, 11] {
+            assert!(hub.accept_position(id, at(e1, offset)));
+            hub.remember(id, at(e1, offset), offset, 1, 0, LIMITS);
+        }
+        assert!(!hub.accept_position(id, at(e1, 11)), "a repeat");
+        assert_eq!(replay(&hub, "a", at(e1, 10), 10), Ok(vec![11]));
+        assert_eq!(replay(&hub, "a", at(e1, 8), 10), Err(NotRecovered::Evicted));
+        let e2 = Epoch::new(2);
+        assert!(hub.accept_position(id, at(e2, 1)));
+        hub.remember(id, at(e2, 1), 1, 1, 0, LIMITS);
+        assert_eq!(replay(&hub, "a", at(e1, 11), 10), Err(NotRecovered::Epoch));
+        assert_eq!(replay(&hub, "a", at(e2, 0), 10), Ok(vec![1]));
+        assert_eq!(hub.history_totals().0, 1);
     }
 
     /// Seeded so failures reproduce.

@@ -1,10 +1,14 @@
 //! Channel names and how an upgrade request names the channels it wants.
 //!
-//! Owns: what a channel name may be, and turning the rest of a broadcast
-//! route's path plus the query string into a list of channel names.
+//! Owns: what a channel name may be, turning the rest of a broadcast
+//! route's path plus the query string into a list of channel names, and
+//! the options an upgrade adds to them (`meta=`, `recover=`).
 //! Must never: allocate unboundedly on request input — the result holds at
-//! most `max` names of at most [`MAX_CHANNEL_NAME_LEN`] bytes each, and
-//! parsing stops as soon as the cap is exceeded.
+//! most `max` names of at most [`MAX_CHANNEL_NAME_LEN`] bytes each, at most
+//! one recovery position per name, and parsing stops at the first error or
+//! as soon as the cap is exceeded.
+
+use super::position::{Epoch, Position};
 
 /// Longest channel name accepted, in bytes.
 pub(crate) const MAX_CHANNEL_NAME_LEN: usize = 128;
@@ -84,6 +88,92 @@ fn path_channel(rest: &str) -> Result<Option<&str>, SubscriptionError> {
             None => Err(SubscriptionError::BadName),
         },
     }
+}
+
+/// The query parameter that asks for messages with metadata.
+const META_PARAM: &str = "meta";
+/// The query parameter that asks to recover a channel from a position.
+const RECOVER_PARAM: &str = "recover";
+
+/// One channel an upgrade subscribes to, and the position of the last
+/// message its client saw there, if it asks to recover what came after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    pub name: String,
+    pub from: Option<Position>,
+}
+
+/// Why an upgrade's options were refused (the message goes into the 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OptionError {
+    #[error("meta must be 0 or 1")]
+    BadMeta,
+    #[error(
+        "malformed recover: use recover=<channel>:<epoch>:<offset>, the epoch 16 lowercase hex digits and the offset a decimal number"
+    )]
+    BadRecover,
+    #[error("recover names a channel this request does not subscribe to")]
+    NotSubscribed,
+    #[error("recover names a channel twice")]
+    Twice,
+}
+
+/// The channels to subscribe to with their recovery positions, and whether
+/// the client wants metadata (`meta=1`; any `recover=` implies it: a
+/// recovering client must be able to tell the replay from live messages and
+/// keep its position).
+///
+/// Each `recover=<channel>:<epoch>:<offset>` (percent-decoded) is split
+/// from the right, since channel names may contain `:` and epochs and
+/// offsets cannot.
+pub(crate) fn parse_options(
+    channels: Vec<String>,
+    query: Option<&str>,
+) -> Result<(bool, Vec<Wanted>), OptionError> {
+    let mut wanted: Vec<Wanted> = channels
+        .into_iter()
+        .map(|name| Wanted { name, from: None })
+        .collect();
+    let mut meta = false;
+    for (key, value) in query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+    {
+        if key == META_PARAM {
+            meta = match &*value {
+                "1" => true,
+                "0" => false,
+                _ => return Err(OptionError::BadMeta),
+            };
+        } else if key == RECOVER_PARAM {
+            let (name, position) = parse_recover(&value).ok_or(OptionError::BadRecover)?;
+            let entry = wanted
+                .iter_mut()
+                .find(|w| w.name == name)
+                .ok_or(OptionError::NotSubscribed)?;
+            if entry.from.is_some() {
+                return Err(OptionError::Twice);
+            }
+            entry.from = Some(position);
+        }
+    }
+    let recovering = wanted.iter().any(|w| w.from.is_some());
+    Ok((meta || recovering, wanted))
+}
+
+/// `<channel>:<epoch>:<offset>`, split from the right.
+fn parse_recover(value: &str) -> Option<(&str, Position)> {
+    let (rest, offset) = value.rsplit_once(':')?;
+    let (name, epoch) = rest.rsplit_once(':')?;
+    let digits = !offset.is_empty() && offset.bytes().all(|b| b.is_ascii_digit());
+    let offset = digits.then(|| offset.parse::<u64>().ok()).flatten()?;
+    Some((
+        name,
+        Position {
+            epoch: Epoch::parse(epoch)?,
+            offset,
+        },
+    ))
 }
 
 /// Validates `name` and appends it unless already present.
@@ -218,6 +308,77 @@ mod tests {
             let got = parse_subscription(rest, query, max);
             let expected = expected.map(|names| names.iter().map(|s| s.to_string()).collect());
             assert_eq!(got, expected, "rest={rest:?} query={query:?} max={max}");
+        }
+    }
+
+    #[test]
+    fn options() {
+        use OptionError::*;
+        let e = "00000000000000ab";
+        let at = |offset| {
+            Some(Position {
+                epoch: Epoch::parse(e).unwrap(),
+                offset,
+            })
+        };
+        let chans = || vec!["a".to_string(), "b:c".to_string()];
+        let run = |q: &str| {
+            parse_options(chans(), Some(q))
+                .map(|(meta, w)| (meta, w.into_iter().map(|w| w.from).collect::<Vec<_>>()))
+        };
+        assert_eq!(
+            parse_options(chans(), None),
+            Ok((
+                false,
+                vec![
+                    Wanted {
+                        name: "a".into(),
+                        from: None
+                    },
+                    Wanted {
+                        name: "b:c".into(),
+                        from: None
+                    },
+                ]
+            ))
+        );
+        type Case = (String, Result<(bool, Vec<Option<Position>>), OptionError>);
+        let cases: &[Case] = &[
+            ("x=1".into(), Ok((false, vec![None, None]))),
+            ("meta=1".into(), Ok((true, vec![None, None]))),
+            ("meta=0".into(), Ok((false, vec![None, None]))),
+            ("meta=yes".into(), Err(BadMeta)),
+            (format!("recover=a:{e}:7"), Ok((true, vec![at(7), None]))),
+            (
+                format!("meta=0&recover=b:c:{e}:0"),
+                Ok((true, vec![None, at(0)])),
+            ),
+            (
+                format!("recover=b%3Ac%3A{e}%3A3"),
+                Ok((true, vec![None, at(3)])),
+            ),
+            (
+                format!("recover=a:{e}:1&recover=b:c:{e}:2"),
+                Ok((true, vec![at(1), at(2)])),
+            ),
+            (format!("recover=a:{e}:1&recover=a:{e}:2"), Err(Twice)),
+            (format!("recover=z:{e}:1"), Err(NotSubscribed)),
+            (format!("recover=b:{e}:1"), Err(NotSubscribed)),
+            (format!("recover=a:{e}:"), Err(BadRecover)),
+            (format!("recover=a:{e}:+1"), Err(BadRecover)),
+            (format!("recover=a:{e}:-1"), Err(BadRecover)),
+            (
+                format!("recover=a:{e}:18446744073709551616"),
+                Err(BadRecover),
+            ),
+            ("recover=a:00000000000000AB:1".into(), Err(BadRecover)),
+            ("recover=a:abc:1".into(), Err(BadRecover)),
+            (format!("recover={e}:1"), Err(BadRecover)),
+            ("recover=".into(), Err(BadRecover)),
+            ("recover".into(), Err(BadRecover)),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(&run(query), expected, "{query}");
         }
     }
 

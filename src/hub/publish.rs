@@ -68,6 +68,9 @@ pub struct Publish {
     pub channel: String,
     /// Deliver as a text frame (the body must then be UTF-8).
     pub text: bool,
+    /// Published as `application/json`: metadata clients get the value
+    /// itself when the body parses.
+    pub json: bool,
     /// The announced `Content-Length`; 0 for a chunked body.
     pub body_len: usize,
     /// The body comes in the chunked coding, its length learnt as it arrives.
@@ -183,6 +186,7 @@ pub fn check_publish(
     Ok(Publish {
         channel: channel.to_owned(),
         text: is_text(head.header("Content-Type")),
+        json: is_json(head.header("Content-Type")),
         body_len,
         chunked,
         expect_continue: expect_continue && head.minor_version >= 1,
@@ -231,17 +235,25 @@ impl PublishBody {
     }
 }
 
+/// The media type of a `Content-Type` value, parameters and spaces left out.
+fn media_type(content_type: Option<&[u8]>) -> &[u8] {
+    let value = content_type.unwrap_or_default();
+    let media = value.split(|&b| b == b';').next().unwrap_or_default();
+    http::trim_ows(media)
+}
+
 /// `text/*` and JSON travel as text frames; everything else as binary.
 fn is_text(content_type: Option<&[u8]>) -> bool {
-    let Some(value) = content_type else {
-        return false;
-    };
-    let media = value.split(|&b| b == b';').next().unwrap_or_default();
-    let media = http::trim_ows(media);
+    let media = media_type(content_type);
     let starts_text = media
         .get(..5)
         .is_some_and(|p| p.eq_ignore_ascii_case(b"text/"));
-    starts_text || media.eq_ignore_ascii_case(b"application/json")
+    starts_text || is_json(content_type)
+}
+
+/// `application/json`.
+fn is_json(content_type: Option<&[u8]>) -> bool {
+    media_type(content_type).eq_ignore_ascii_case(b"application/json")
 }
 
 /// The body a text publish carried was not UTF-8.

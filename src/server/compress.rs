@@ -1,16 +1,21 @@
-//! permessage-deflate on the send side, plus the loop's shared codec state.
+//! permessage-deflate on the send side, the loop's shared codec state, and
+//! the frames of one broadcast message in every format a recipient may need.
 //!
 //! Owns: the one [`Compressor`] of an event loop (its inflater is a
 //! [`crate::protocol::message::Inflater`], owned by the loop next to it),
 //! turning an outgoing message into the frame a connection should get, and
-//! the per-publish cache that compresses a broadcast once per server window
+//! the per-message cache that encodes a broadcast once per format (plain,
+//! or with metadata) and compresses it once per format and server window
 //! size among its recipients.
 //! Must never: keep anything per connection (a connection stores only its
-//! negotiated [`Params`]), or send a compressed frame that is not smaller
-//! than the plain one.
+//! negotiated [`Params`] and its one metadata bit), or send a compressed
+//! frame that is not smaller than the plain one.
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 
+use crate::hub::Position;
+use crate::hub::meta::{self, Kind};
 use crate::protocol::deflate::{self, Compressor, DeflateConfig, Params, WindowBits};
 use crate::protocol::frame::{self, OpCode};
 
@@ -87,25 +92,42 @@ impl Codec {
 }
 
 /// A data message to deliver to many connections: the plain frame, encoded
-/// once, and where its payload starts (to compress it for those that
-/// negotiated deflate).
-#[derive(Debug)]
+/// once, where its payload starts (to compress it for those that negotiated
+/// deflate, or wrap it for those that asked for metadata), and its kind.
+/// Cloning shares the frame.
+#[derive(Clone, Debug)]
 pub(super) struct Broadcast {
     pub frame: Rc<[u8]>,
     opcode: OpCode,
-    header_len: usize,
+    kind: Kind,
+    header_len: u8,
 }
 
 impl Broadcast {
     pub(super) fn new(opcode: OpCode, payload: &[u8]) -> Broadcast {
         let mut buf = Vec::with_capacity(payload.len() + frame::MAX_HEADER_LEN);
         frame::write_frame(&mut buf, true, 0, opcode, payload);
-        let header_len = buf.len() - payload.len();
+        let header_len = u8::try_from(buf.len() - payload.len()).unwrap_or(u8::MAX);
         Broadcast {
             frame: Rc::from(buf),
             opcode,
+            kind: match opcode {
+                OpCode::Binary => Kind::Binary,
+                _ => Kind::Text,
+            },
             header_len,
         }
+    }
+
+    /// A text message published as JSON: metadata clients get the value
+    /// itself, not a string holding it, when it parses (checked once here);
+    /// otherwise it is plain text.
+    pub(super) fn json(payload: &[u8]) -> Broadcast {
+        let mut message = Broadcast::new(OpCode::Text, payload);
+        if meta::is_json(payload) {
+            message.kind = Kind::Json;
+        }
+        message
     }
 
     pub(super) fn opcode(&self) -> OpCode {
@@ -113,65 +135,127 @@ impl Broadcast {
     }
 
     pub(super) fn payload(&self) -> &[u8] {
-        self.frame.get(self.header_len..).unwrap_or_default()
+        self.frame
+            .get(usize::from(self.header_len)..)
+            .unwrap_or_default()
     }
 }
 
-/// The frames of one publish, compressed lazily: the first recipient that
-/// needs window `w` compresses it, every later one with the same window
-/// shares that very frame.
+/// How a recipient wants messages: as published, or wrapped with their
+/// channel and position (see [`crate::hub::meta`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Format<'a> {
+    Plain,
+    Meta {
+        channel: &'a str,
+        position: Option<Position>,
+    },
+}
+
+/// Formats a message can be sent in.
+const FORMATS: usize = 2;
+
+/// Compressed frames of one message: per format, per window size.
+type Compressed = [[OnceCell<Rc<[u8]>>; WINDOWS]; FORMATS];
+
+/// The frames of one message, made lazily and then shared: the first
+/// recipient that needs a format (or a format compressed with window `w`)
+/// makes it, every later one shares that very frame. Each cell is filled at
+/// most once, so a reference to the cache suffices (it may sit in history
+/// behind an `Rc`, where a mass replay reuses what live delivery made).
 #[derive(Debug, Default)]
 pub(super) struct FrameCache {
-    /// Indexed by window bits - 9; `Some(plain frame)` when compressing did
-    /// not pay off for that window.
-    frames: [Option<Rc<[u8]>>; WINDOWS],
+    /// The metadata frame, uncompressed, and its header length. Each
+    /// message belongs to one channel, so one suffices.
+    meta: OnceCell<(Rc<[u8]>, u8)>,
+    /// Allocated for the first recipient that negotiated deflate;
+    /// `Some(uncompressed frame)` where compressing did not pay off.
+    compressed: OnceCell<Box<Compressed>>,
 }
 
 impl FrameCache {
-    /// The frame to queue for a recipient with `params` on a route whose
-    /// compression settings are `config` (`None`: off).
+    /// The frame to queue for a recipient that wants `format`, with
+    /// `params` on a route whose compression settings are `config` (`None`:
+    /// off).
     ///
-    /// The cache is keyed by window only: if subscribers of one channel
-    /// come from routes with different `compression_level`s, the first
-    /// recipient's level is used for everyone with that window (any level
-    /// inflates the same). `compression_min_size` is applied per route.
+    /// The cache is keyed by format and window only: if subscribers of one
+    /// channel come from routes with different `compression_level`s, the
+    /// first recipient's level is used for everyone with that window (any
+    /// level inflates the same). `compression_min_size` is applied per
+    /// route.
     pub(super) fn frame_for(
-        &mut self,
+        &self,
         message: &Broadcast,
+        format: Format<'_>,
         params: Option<Params>,
         config: Option<DeflateConfig>,
         codec: &mut Codec,
     ) -> Rc<[u8]> {
-        let (Some(params), Some(config)) = (params, config) else {
-            return Rc::clone(&message.frame);
+        let (plain, header_len, index) = match format {
+            Format::Plain => (&message.frame, message.header_len, 0),
+            Format::Meta { channel, position } => {
+                let (frame, header_len) = self.meta.get_or_init(|| {
+                    let payload = message.payload();
+                    let mut body = Vec::with_capacity(payload.len() + meta::MAX_OVERHEAD);
+                    meta::write_message(channel, position, message.kind, payload, &mut body);
+                    let mut buf = Vec::with_capacity(body.len() + frame::MAX_HEADER_LEN);
+                    frame::write_frame(&mut buf, true, 0, message.opcode, &body);
+                    let header_len = u8::try_from(buf.len() - body.len()).unwrap_or(u8::MAX);
+                    (Rc::from(buf), header_len)
+                });
+                (frame, *header_len, 1)
+            }
         };
-        let payload = message.payload();
+        let (Some(params), Some(config)) = (params, config) else {
+            return Rc::clone(plain);
+        };
+        let payload = plain.get(usize::from(header_len)..).unwrap_or_default();
         if !config.should_compress(payload.len()) {
-            return Rc::clone(&message.frame);
+            return Rc::clone(plain);
         }
         let window = params.server_window();
-        let index = usize::from(window.get() - WindowBits::MIN.get()).min(WINDOWS - 1);
-        let slot = &mut self.frames[index];
-        if let Some(frame) = slot {
-            return Rc::clone(frame);
+        let w = usize::from(window.get() - WindowBits::MIN.get()).min(WINDOWS - 1);
+        let cells = self.compressed.get_or_init(Box::default);
+        let frame = cells[index][w].get_or_init(|| {
+            let frame = match codec.compress(window, config, payload) {
+                Some(compressed) => {
+                    let mut buf = Vec::with_capacity(compressed.len() + frame::MAX_HEADER_LEN);
+                    frame::write_frame(
+                        &mut buf,
+                        true,
+                        deflate::RSV_COMPRESSED,
+                        message.opcode,
+                        compressed,
+                    );
+                    Rc::from(buf)
+                }
+                None => Rc::clone(plain),
+            };
+            codec.trim();
+            frame
+        });
+        Rc::clone(frame)
+    }
+}
+
+/// One message of one channel as delivered and as kept in history: the
+/// message, its position there (`None` only for a cluster delivery that
+/// carries none) and its frames, made once for every recipient and every
+/// replay.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    pub message: Broadcast,
+    pub position: Option<Position>,
+    pub frames: FrameCache,
+}
+
+impl Delivery {
+    pub(super) fn new(message: Broadcast, position: Option<Position>) -> Delivery {
+        Delivery {
+            message,
+            position,
+            frames: FrameCache::default(),
         }
-        let frame = match codec.compress(window, config, payload) {
-            Some(compressed) => {
-                let mut buf = Vec::with_capacity(compressed.len() + frame::MAX_HEADER_LEN);
-                frame::write_frame(
-                    &mut buf,
-                    true,
-                    deflate::RSV_COMPRESSED,
-                    message.opcode,
-                    compressed,
-                );
-                Rc::from(buf)
-            }
-            None => Rc::clone(&message.frame),
-        };
-        codec.trim();
-        *slot = Some(Rc::clone(&frame));
-        frame
     }
 }
 
@@ -191,20 +275,68 @@ mod tests {
             &b"{\"price\": 42, \"sym\": \"ABC\"} ".repeat(40),
         );
         let config = Some(DeflateConfig::default());
-        let mut cache = FrameCache::default();
+        let cache = FrameCache::default();
         let full = params(b"permessage-deflate");
         let small = params(b"permessage-deflate; server_max_window_bits=10");
-        let a = cache.frame_for(&message, full, config, &mut codec);
-        let b = cache.frame_for(&message, full, config, &mut codec);
-        let c = cache.frame_for(&message, small, config, &mut codec);
-        let plain = cache.frame_for(&message, None, config, &mut codec);
-        let off = cache.frame_for(&message, full, None, &mut codec);
+        let p = Format::Plain;
+        let a = cache.frame_for(&message, p, full, config, &mut codec);
+        let b = cache.frame_for(&message, p, full, config, &mut codec);
+        let c = cache.frame_for(&message, p, small, config, &mut codec);
+        let plain = cache.frame_for(&message, p, None, config, &mut codec);
+        let off = cache.frame_for(&message, p, full, None, &mut codec);
         assert!(Rc::ptr_eq(&a, &b));
         assert!(!Rc::ptr_eq(&a, &c));
         assert!(Rc::ptr_eq(&plain, &message.frame));
         assert!(Rc::ptr_eq(&off, &message.frame));
         assert!(a.len() < plain.len());
         assert_eq!(a[0], 0x80 | 0x40 | 0x1, "FIN, RSV1, text");
+    }
+
+    #[test]
+    fn the_metadata_format_is_encoded_once_and_compressed_once_per_window() {
+        let mut codec = Codec::default();
+        let message = Broadcast::json(b"{\"price\": 42, \"sym\": \"ABC\"}");
+        let position = Some(Position {
+            epoch: crate::hub::Epoch::new(1),
+            offset: 7,
+        });
+        let m = Format::Meta {
+            channel: "ticks",
+            position,
+        };
+        let cache = FrameCache::default();
+        let a = cache.frame_for(&message, m, None, None, &mut codec);
+        let b = cache.frame_for(&message, m, None, None, &mut codec);
+        assert!(Rc::ptr_eq(&a, &b));
+        let plain = cache.frame_for(&message, Format::Plain, None, None, &mut codec);
+        assert!(Rc::ptr_eq(&plain, &message.frame));
+        assert_eq!(a[0], 0x81, "a text frame");
+        let body = std::str::from_utf8(&a[2..]).unwrap();
+        assert_eq!(
+            body,
+            r#"{"channel":"ticks","epoch":"0000000000000001","offset":7,"json":{"price": 42, "sym": "ABC"}}"#
+        );
+        // Compressed metadata frames are their own, once per window.
+        let config = Some(DeflateConfig {
+            level: 6,
+            min_size: 0,
+        });
+        let long = Broadcast::new(OpCode::Binary, &b"abcabcabc".repeat(50));
+        let cache = FrameCache::default();
+        let full = params(b"permessage-deflate");
+        let x = cache.frame_for(&long, m, full, config, &mut codec);
+        let y = cache.frame_for(&long, m, full, config, &mut codec);
+        let z = cache.frame_for(&long, Format::Plain, full, config, &mut codec);
+        assert!(Rc::ptr_eq(&x, &y));
+        assert!(!Rc::ptr_eq(&x, &z));
+        assert_eq!(x[0], 0x80 | 0x40 | 0x2, "FIN, RSV1, binary");
+    }
+
+    #[test]
+    fn invalid_json_travels_as_text() {
+        let m = Broadcast::json(b"{not json");
+        assert_eq!(m.kind, Kind::Text);
+        assert_eq!(Broadcast::json(b"[1]").kind, Kind::Json);
     }
 
     #[test]

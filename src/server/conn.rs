@@ -34,9 +34,9 @@ use log::debug;
 use super::compress::{Broadcast, Codec};
 use super::outqueue::{Flush, OutQueue, Sink};
 use crate::config::{ClientMessages, Config, RouteKind};
-use crate::hub::Memberships;
-use crate::hub::names::parse_subscription;
+use crate::hub::names::{Wanted, parse_options, parse_subscription};
 use crate::hub::publish::{self, Access, PublishBody, Refusal};
+use crate::hub::{Memberships, Position};
 use crate::metrics::{Metrics, Refused};
 use crate::protocol::close::{self, CloseCode};
 use crate::protocol::deflate::{self, Params};
@@ -57,8 +57,9 @@ pub(super) const MAX_QUEUED_RESPONSES: usize = 64;
 /// Work a connection asks of the loop because it concerns other connections.
 #[derive(Debug)]
 pub(super) enum Action {
-    /// Subscribe this connection to these channels (just upgraded).
-    Subscribe(Vec<String>),
+    /// Subscribe this connection to these channels (just upgraded), and
+    /// recover those that give a position.
+    Subscribe(Vec<Wanted>),
     /// Deliver `frame` to the channel's subscribers, then answer this
     /// connection's publish request.
     Publish {
@@ -188,6 +189,9 @@ pub(super) struct Connection {
     /// Cluster publishes out at Redis (at most [`MAX_QUEUED_RESPONSES`]):
     /// responses to requests after them wait in the HTTP state's queue.
     outstanding: u8,
+    /// The client asked for messages with their channel and position
+    /// (`meta=1` or a recovery): the one bit of state metadata costs.
+    meta: bool,
 }
 
 impl Connection {
@@ -209,6 +213,7 @@ impl Connection {
             write_shut: false,
             peer_loopback: peer.ip().to_canonical().is_loopback(),
             outstanding: 0,
+            meta: false,
         }
     }
 
@@ -217,15 +222,44 @@ impl Connection {
         self.out.len()
     }
 
+    /// Bytes queued that the slow-consumer rule counts (a recovery's replay
+    /// is exempt until written).
+    pub(super) fn backlog(&self) -> usize {
+        self.out.counted_len()
+    }
+
+    /// The client wants messages with their channel and position.
+    pub(super) fn meta(&self) -> bool {
+        self.meta
+    }
+
     /// Queues a broadcast frame shared with other recipients.
     pub(super) fn deliver(&mut self, frame: Rc<[u8]>) {
         self.out.push_shared(frame);
     }
 
-    /// Queues the answer to this connection's publish request.
-    pub(super) fn answer_publish(&mut self, channel: &str, recipients: usize, keep_alive: bool) {
+    /// Queues a text frame of this connection's own (a recovery answer).
+    pub(super) fn send_text(&mut self, payload: &[u8]) {
+        self.out.push_frame(OpCode::Text, payload);
+    }
+
+    /// What is queued so far is a recovery: not counted against
+    /// `max_backlog_bytes` until written.
+    pub(super) fn exempt_queued(&mut self) {
+        self.out.exempt_queued();
+    }
+
+    /// Queues the answer to this connection's publish request, with the
+    /// message's position when it got one.
+    pub(super) fn answer_publish(
+        &mut self,
+        channel: &str,
+        recipients: usize,
+        position: Option<Position>,
+        keep_alive: bool,
+    ) {
         self.out.push_with(|buf| {
-            publish::write_published(channel, recipients, None, keep_alive, buf);
+            publish::write_published(channel, recipients, position, keep_alive, buf);
         });
     }
 
@@ -619,9 +653,14 @@ impl Connection {
         } else {
             OpCode::Binary
         };
+        let message = if publish.json {
+            Broadcast::json(&data)
+        } else {
+            Broadcast::new(opcode, &data)
+        };
         ctx.actions.push(Action::Publish {
             channel: publish.channel,
-            message: Broadcast::new(opcode, &data),
+            message,
             keep_alive: publish.keep_alive,
         });
         self.since = ctx.now;
@@ -661,8 +700,15 @@ impl Connection {
         }
         if route.kind == RouteKind::Broadcast {
             let max = ctx.config.max_channels_per_connection;
-            match parse_subscription(rest, head.query.as_deref(), max) {
-                Ok(channels) => ctx.actions.push(Action::Subscribe(channels)),
+            let query = head.query.as_deref();
+            let parsed = parse_subscription(rest, query, max)
+                .map_err(|e| e.to_string())
+                .and_then(|channels| parse_options(channels, query).map_err(|e| e.to_string()));
+            match parsed {
+                Ok((meta, wanted)) => {
+                    self.meta = meta;
+                    ctx.actions.push(Action::Subscribe(wanted));
+                }
                 Err(e) => {
                     debug!("subscription refused on {}: {e}", head.path);
                     self.refuse(400, &[], &format!("{e}\n"), ctx);

@@ -1,28 +1,44 @@
-//! Hub work: subscriptions, publishes and relays that connections ask for,
-//! and the fan-out that queues one shared frame on every subscriber.
+//! Hub work: subscriptions (with recovery), publishes and relays that
+//! connections ask for, the fan-out that queues one shared frame on every
+//! subscriber, and the history kept of what went out.
 //!
-//! Owns: carrying out a connection's [`Action`]s, the per-turn list of
-//! connections given frames (flushed once each before the next poll), the
-//! delivery stamp that keeps a relay through several channels from reaching
-//! a subscriber twice, and the slow-consumer decision at
-//! `max_backlog_bytes`.
-//! Must never: frame a broadcast more than once per window size (the
-//! [`FrameCache`] does it once and the frame is shared by `Rc`), allocate per
-//! delivery, write to a socket itself (that is the flush at the end of the
-//! turn: one vectored write per subscriber), or reorder a subscriber's
-//! messages.
+//! Owns: carrying out a connection's [`Action`]s, giving each message its
+//! position and keeping it in history, the per-turn list of connections
+//! given frames (flushed once each before the next poll), the delivery
+//! stamp that keeps a relay through several channels from reaching a
+//! subscriber twice, the slow-consumer decision at `max_backlog_bytes`,
+//! queueing a recovery (its answer, then its replay) and the history's one
+//! timer-wheel entry.
+//! Must never: frame a broadcast more than once per format and window size
+//! (the [`FrameCache`] does it once and the frame is shared by `Rc`),
+//! allocate per delivery or per replayed message, write to a socket itself
+//! (that is the flush at the end of the turn: one vectored write per
+//! subscriber), or reorder a subscriber's messages.
+//!
+//! # No gap and no duplicate at the seam of a recovery
+//!
+//! The loop is single-threaded and a connection's actions are carried out
+//! in the turn it asked for them: subscribing to a channel and queueing its
+//! recovery happen in one step, with no publish in between. Every message
+//! up to the channel's current offset is in the replay; every later one
+//! reaches the connection live, after it.
+
+use std::io::Cursor;
+use std::rc::Rc;
 
 use log::debug;
 use slab::Slab;
 
 use super::Server;
 use super::bus::Waiter;
-use super::compress::{Broadcast, Codec, FrameCache};
+use super::compress::{Broadcast, Codec, Delivery, Format, FrameCache};
 use super::conn::Action;
 use super::drive::ROUNDS_PER_TURN;
-use super::slot::Slot;
+use super::slot::{HISTORY_TIMER, Slot};
 use crate::config::{Config, OnBacklog};
-use crate::hub::ChannelId;
+use crate::history::Limits;
+use crate::hub::meta::{self, MAX_ANSWER_LEN};
+use crate::hub::{ChannelId, NotRecovered, Position};
 use crate::metrics::Metrics;
 use crate::route::Routes;
 
@@ -61,6 +77,43 @@ pub(super) struct Env<'a> {
     pub metrics: &'a mut Metrics,
 }
 
+/// One message on its way to one channel's subscribers.
+#[derive(Clone, Copy)]
+pub(super) struct Outgoing<'a> {
+    pub channel: &'a str,
+    pub message: &'a Broadcast,
+    /// Its position in that channel, when it has one.
+    pub position: Option<Position>,
+    /// Its frames, made by the first recipient that needs each.
+    pub frames: &'a FrameCache,
+}
+
+impl<'a> Outgoing<'a> {
+    fn of(channel: &'a str, delivery: &'a Delivery) -> Outgoing<'a> {
+        Outgoing {
+            channel,
+            message: &delivery.message,
+            position: delivery.position,
+            frames: &delivery.frames,
+        }
+    }
+}
+
+/// What a recovery found for one channel of one connection: the contract
+/// between whoever looks up history (the hub on a single node, Redis on a
+/// cluster node) and [`FanOut::recover`].
+pub(super) enum Recovery<I> {
+    /// Every message after the client's position `from`, oldest first, each
+    /// with its position in its [`Delivery`]; possibly none.
+    Recovered { from: Position, messages: I },
+    /// The client cannot get what it missed; `current` is where the channel
+    /// stands now, so it can start again from there.
+    NotRecovered {
+        reason: NotRecovered,
+        current: Position,
+    },
+}
+
 /// The fan-out's own state, kept between turns so its vectors keep their
 /// capacity.
 #[derive(Debug, Default)]
@@ -71,6 +124,9 @@ pub(super) struct FanOut {
     /// Tags each fan-out so a relay through several channels reaches a
     /// subscriber of more than one of them once.
     stamp: u32,
+    /// The history's one timer-wheel entry, armed while any message is
+    /// kept (at the oldest one's expiry, or earlier: then it re-arms).
+    pub history_timer: Option<crate::timer::TimerKey>,
 }
 
 impl FanOut {
@@ -84,20 +140,26 @@ impl FanOut {
         self.stamp
     }
 
+    fn mark_dirty<T>(&mut self, slot: &mut Slot<T>, key: usize) {
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
     /// Queues one shared frame on every open subscriber among `subscribers`
     /// (slab keys) not yet stamped with `stamp`, and lists them for a flush
     /// at the end of the turn. Returns the recipients.
     ///
-    /// Subscribers that negotiated permessage-deflate share one compressed
-    /// frame per server window size, made by the first of them (`cache`
-    /// lives as long as the publish); the others share the plain frame.
+    /// Each subscriber gets the message in its format (plain, or with
+    /// metadata) and compressed as it negotiated; each such frame is made
+    /// once, by the first recipient that needs it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn deliver<T>(
         &mut self,
         slots: &mut Slab<Slot<T>>,
         subscribers: impl Iterator<Item = u32>,
-        message: &Broadcast,
-        cache: &mut FrameCache,
+        out: Outgoing<'_>,
         exclude: Option<usize>,
         stamp: u32,
         env: Env<'_>,
@@ -114,14 +176,27 @@ impl FanOut {
             let Some(slot) = slots.get_mut(key) else {
                 continue;
             };
-            if !slot.conn.is_open() || slot.delivery_stamp == stamp {
+            // A metadata client gets a relay once per channel: each copy
+            // names its channel and carries that channel's position, which
+            // the client must see to keep its place in every channel.
+            if !slot.conn.is_open() || (slot.delivery_stamp == stamp && !slot.conn.meta()) {
                 continue;
             }
             slot.delivery_stamp = stamp;
             let conn = &mut slot.conn;
             let compression = env.routes.get(conn.route()).and_then(|r| r.deflate);
-            let frame = cache.frame_for(message, conn.deflate(), compression, env.codec);
-            match backlog(conn.queued(), frame.len(), limit, policy) {
+            let format = if conn.meta() {
+                Format::Meta {
+                    channel: out.channel,
+                    position: out.position,
+                }
+            } else {
+                Format::Plain
+            };
+            let frame =
+                out.frames
+                    .frame_for(out.message, format, conn.deflate(), compression, env.codec);
+            match backlog(conn.backlog(), frame.len(), limit, policy) {
                 Backlog::Queue => {}
                 Backlog::Skip => {
                     env.metrics.slow_consumer_drops += 1;
@@ -138,10 +213,7 @@ impl FanOut {
                 slot.conn.deliver(frame);
                 recipients += 1;
             }
-            if !slot.dirty {
-                slot.dirty = true;
-                self.dirty.push(key);
-            }
+            self.mark_dirty(slot, key);
         }
         let count = recipients as u64;
         env.metrics.deliveries += count;
@@ -149,6 +221,107 @@ impl FanOut {
         env.metrics.bytes_out += bytes;
         recipients
     }
+
+    /// Queues a recovery on connection `key` for `channel`, which it has
+    /// just subscribed to: a text frame saying whether it is recovered,
+    /// then, if so, every message of the replay in order (with metadata,
+    /// shared frames: nothing is copied), all before any live message of
+    /// that channel. Returns how many messages were replayed.
+    ///
+    /// Contract: call it in the same loop turn as the subscription, before
+    /// anything else is delivered to that channel (a single node does,
+    /// synchronously), or — a cluster node answering later, after reading
+    /// Redis — with messages up to the last one this connection would
+    /// otherwise have missed, having held back the channel's live messages
+    /// for it meanwhile. `messages` must be exactly the messages after
+    /// `from`: never a partial replay (say `NotRecovered` instead). The
+    /// replay is exempt from `max_backlog_bytes` until written; what comes
+    /// after it is counted as usual.
+    pub(super) fn recover<'m, T, I>(
+        &mut self,
+        slots: &mut Slab<Slot<T>>,
+        key: usize,
+        channel: &str,
+        outcome: Recovery<I>,
+        env: Env<'_>,
+    ) -> usize
+    where
+        I: Iterator<Item = &'m Rc<Delivery>> + Clone,
+    {
+        let Some(slot) = slots.get_mut(key) else {
+            return 0;
+        };
+        if !slot.conn.is_open() {
+            return 0;
+        }
+        let mut answer = [0u8; MAX_ANSWER_LEN];
+        let mut cursor = Cursor::new(&mut answer[..]);
+        let replayed = match outcome {
+            Recovery::NotRecovered { reason, current } => {
+                meta::write_not_recovered(channel, reason, current, &mut cursor);
+                env.metrics.count_not_recovered(reason);
+                slot.conn.send_text(written(&cursor));
+                0
+            }
+            Recovery::Recovered { from, messages } => {
+                let count = messages.clone().count();
+                meta::write_recovered(channel, from, count, &mut cursor);
+                slot.conn.send_text(written(&cursor));
+                let compression = env.routes.get(slot.conn.route()).and_then(|r| r.deflate);
+                let mut bytes = 0u64;
+                for delivery in messages {
+                    let out = Outgoing::of(channel, delivery);
+                    let format = Format::Meta {
+                        channel,
+                        position: out.position,
+                    };
+                    let frame = out.frames.frame_for(
+                        out.message,
+                        format,
+                        slot.conn.deflate(),
+                        compression,
+                        env.codec,
+                    );
+                    bytes = bytes.saturating_add(frame.len() as u64);
+                    slot.conn.deliver(frame);
+                }
+                env.metrics.history_recovered += 1;
+                env.metrics.history_replayed += count as u64;
+                env.metrics.messages_out += count as u64;
+                env.metrics.bytes_out += bytes;
+                count
+            }
+        };
+        slot.conn.exempt_queued();
+        self.mark_dirty(slot, key);
+        replayed
+    }
+
+    /// Tells a metadata client where `channel` stands as it subscribes
+    /// without recovering, so it holds a position to recover from even if
+    /// it loses the connection before the next message.
+    pub(super) fn tell_position<T>(
+        &mut self,
+        slots: &mut Slab<Slot<T>>,
+        key: usize,
+        channel: &str,
+        current: Position,
+    ) {
+        let Some(slot) = slots.get_mut(key) else {
+            return;
+        };
+        let mut answer = [0u8; MAX_ANSWER_LEN];
+        let mut cursor = Cursor::new(&mut answer[..]);
+        meta::write_subscribed(channel, current, &mut cursor);
+        slot.conn.send_text(written(&cursor));
+        self.mark_dirty(slot, key);
+    }
+}
+
+/// What was written into a fixed buffer.
+fn written<'a>(cursor: &'a Cursor<&mut [u8]>) -> &'a [u8] {
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    cursor.get_ref().get(..len).unwrap_or_default()
 }
 
 impl Server {
@@ -157,20 +330,21 @@ impl Server {
         let mut actions = std::mem::take(&mut self.actions);
         for action in actions.drain(..) {
             match action {
-                Action::Subscribe(channels) => {
+                Action::Subscribe(wanted) => {
                     let Ok(who) = u32::try_from(key) else {
                         continue;
                     };
-                    for name in &channels {
-                        if self.hub.lookup(name).is_none()
+                    for w in &wanted {
+                        if self.hub.lookup(&w.name).is_none()
                             && let Some(cluster) = self.cluster.as_deref_mut()
                         {
-                            cluster.bus.channel_changed(name);
+                            cluster.bus.channel_changed(&w.name);
                         }
-                        let membership = self.hub.subscribe(name, who);
+                        let membership = self.hub.subscribe(&w.name, who);
                         if let Some(slot) = self.conns.get_mut(key) {
                             slot.conn.memberships.push(membership);
                         }
+                        self.after_subscribe(key, membership.channel(), w, now);
                     }
                     self.update_hub_gauges();
                 }
@@ -185,13 +359,13 @@ impl Server {
                         continue;
                     }
                     let stamp = self.fanout.next_stamp();
-                    let mut cache = FrameCache::default();
-                    let recipients = match self.hub.lookup(&channel) {
-                        Some(id) => self.fan_out(id, &message, &mut cache, None, stamp, now),
-                        None => 0,
+                    let (recipients, position) = match self.hub.lookup(&channel) {
+                        Some(id) => self.publish_local(id, message, None, stamp, now),
+                        None => (0, None),
                     };
                     if let Some(slot) = self.conns.get_mut(key) {
-                        slot.conn.answer_publish(&channel, recipients, keep_alive);
+                        slot.conn
+                            .answer_publish(&channel, recipients, position, keep_alive);
                     }
                 }
                 Action::Relay { message, to_sender } => {
@@ -202,7 +376,6 @@ impl Server {
                     }
                     let stamp = self.fanout.next_stamp();
                     let exclude = (!to_sender).then_some(key);
-                    let mut cache = FrameCache::default();
                     // Indexed rather than collected: no allocation per relayed
                     // message (a connection holds at most a few memberships,
                     // and fan-out never removes a connection).
@@ -216,13 +389,146 @@ impl Server {
                         else {
                             break;
                         };
-                        self.fan_out(id, &message, &mut cache, exclude, stamp, now);
+                        self.publish_local(id, message.clone(), exclude, stamp, now);
                     }
                 }
             }
         }
         // Keep the vector's capacity for the next connection.
         self.actions = actions;
+    }
+
+    /// A metadata connection just subscribed to `channel`: it is told where
+    /// the channel stands, or gets its recovery.
+    fn after_subscribe(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        w: &crate::hub::names::Wanted,
+        now: u64,
+    ) {
+        let Some(slot) = self.conns.get(key) else {
+            return;
+        };
+        if !slot.conn.meta() {
+            return;
+        }
+        let route = self.routes.get(slot.conn.route());
+        let history = route.is_some_and(|r| r.history().is_some());
+        let max_replay = route.map_or(0, |r| r.max_replay);
+        let Some(current) = self.hub.position(channel) else {
+            return;
+        };
+        let Some(from) = w.from else {
+            self.fanout
+                .tell_position(&mut self.conns, key, &w.name, current);
+            return;
+        };
+        let env = Env {
+            now,
+            config: &self.config,
+            routes: &self.routes,
+            codec: &mut self.codec,
+            metrics: &mut self.metrics,
+        };
+        if !history {
+            let outcome: Recovery<std::iter::Empty<&Rc<Delivery>>> = Recovery::NotRecovered {
+                reason: NotRecovered::NoHistory,
+                current,
+            };
+            self.fanout
+                .recover(&mut self.conns, key, &w.name, outcome, env);
+            return;
+        }
+        match self.hub.recover(channel, from, max_replay) {
+            Ok((_, messages)) => {
+                let outcome = Recovery::Recovered { from, messages };
+                self.fanout
+                    .recover(&mut self.conns, key, &w.name, outcome, env);
+            }
+            Err((reason, current)) => {
+                let outcome: Recovery<std::iter::Empty<&Rc<Delivery>>> =
+                    Recovery::NotRecovered { reason, current };
+                self.fanout
+                    .recover(&mut self.conns, key, &w.name, outcome, env);
+            }
+        }
+    }
+
+    /// A single node's publish (or relay) to a live channel: the message
+    /// gets the channel's next position, goes to every subscriber, and is
+    /// kept in history when a route keeps any. Returns the recipients and
+    /// the position.
+    fn publish_local(
+        &mut self,
+        channel: ChannelId,
+        message: Broadcast,
+        exclude: Option<usize>,
+        stamp: u32,
+        now: u64,
+    ) -> (usize, Option<Position>) {
+        let position = self.hub.next_position(channel);
+        let delivery = Rc::new(Delivery::new(message, position));
+        let recipients = self.fan_out_at(channel, &delivery, exclude, stamp, now);
+        if let Some(position) = position {
+            self.remember(channel, position, delivery, now);
+        }
+        (recipients, position)
+    }
+
+    /// Keeps a delivered message in the channel's history (when a route
+    /// keeps any; history switched off by a reload is dropped here).
+    /// `position` must be the channel's newest.
+    pub(super) fn remember(
+        &mut self,
+        channel: ChannelId,
+        position: Position,
+        delivery: Rc<Delivery>,
+        now: u64,
+    ) {
+        let Some(policy) = self.config.history() else {
+            self.hub.clear_history();
+            return;
+        };
+        let limits = Limits {
+            per_channel: policy.size,
+            max_bytes: self.config.history_max_bytes,
+            ttl: millis(policy.ttl),
+        };
+        let size = delivery.message.frame.len();
+        self.hub
+            .remember(channel, position, delivery, size, now, limits);
+        if self.fanout.history_timer.is_none() {
+            self.fanout.history_timer = Some(
+                self.timers
+                    .insert(now.saturating_add(limits.ttl), HISTORY_TIMER),
+            );
+        }
+        self.update_hub_gauges();
+    }
+
+    /// The history's timer fired: drop what expired, free the channels kept
+    /// only by it, and re-arm at the next expiry.
+    pub(super) fn on_history_timer(&mut self, now: u64) {
+        self.fanout.history_timer = None;
+        let next = match self.config.history() {
+            None => {
+                self.hub.clear_history();
+                None
+            }
+            Some(policy) => {
+                let cluster = &mut self.cluster;
+                self.hub.expire(now, millis(policy.ttl), |name| {
+                    if let Some(cluster) = cluster.as_deref_mut() {
+                        cluster.bus.channel_changed(name);
+                    }
+                })
+            }
+        };
+        if let Some(at) = next {
+            self.fanout.history_timer = Some(self.timers.insert(at, HISTORY_TIMER));
+        }
+        self.update_hub_gauges();
     }
 
     /// Cluster mode: the publish goes to Redis only; the connection is
@@ -284,11 +590,52 @@ impl Server {
         }
     }
 
+    /// Delivers a message that carries no position (a cluster delivery
+    /// until Redis assigns positions): metadata clients get it without
+    /// `epoch` and `offset`. Nothing is kept in history.
     pub(super) fn fan_out(
         &mut self,
         channel: ChannelId,
         message: &Broadcast,
         cache: &mut FrameCache,
+        exclude: Option<usize>,
+        stamp: u32,
+        now: u64,
+    ) -> usize {
+        self.deliver_to(channel, message, None, cache, exclude, stamp, now)
+    }
+
+    /// Delivers `delivery` to the subscribers of `channel`.
+    ///
+    /// Contract: `delivery.position` is the message's position in that
+    /// channel, already made the channel's newest — by
+    /// [`crate::hub::Hub::next_position`] on a single node, or, on a
+    /// cluster node, the position Redis assigned, accepted with
+    /// [`crate::hub::Hub::accept_position`] (which refuses a repeat: then
+    /// deliver nothing). Keeping it for recovery is [`Server::remember`].
+    pub(super) fn fan_out_at(
+        &mut self,
+        channel: ChannelId,
+        delivery: &Delivery,
+        exclude: Option<usize>,
+        stamp: u32,
+        now: u64,
+    ) -> usize {
+        let Delivery {
+            message,
+            position,
+            frames,
+        } = delivery;
+        self.deliver_to(channel, message, *position, frames, exclude, stamp, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_to(
+        &mut self,
+        channel: ChannelId,
+        message: &Broadcast,
+        position: Option<Position>,
+        frames: &FrameCache,
         exclude: Option<usize>,
         stamp: u32,
         now: u64,
@@ -300,11 +647,16 @@ impl Server {
             codec: &mut self.codec,
             metrics: &mut self.metrics,
         };
+        let out = Outgoing {
+            channel: self.hub.name(channel).unwrap_or_default(),
+            message,
+            position,
+            frames,
+        };
         self.fanout.deliver(
             &mut self.conns,
             self.hub.subscribers(channel),
-            message,
-            cache,
+            out,
             exclude,
             stamp,
             env,
@@ -337,7 +689,15 @@ impl Server {
     pub(super) fn update_hub_gauges(&mut self) {
         self.metrics.channels = self.hub.channel_count() as u64;
         self.metrics.subscriptions = self.hub.subscription_count() as u64;
+        let (messages, bytes) = self.hub.history_totals();
+        self.metrics.history_messages = messages as u64;
+        self.metrics.history_bytes = bytes as u64;
     }
+}
+
+/// A duration in milliseconds on the loop's clock.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -357,7 +717,7 @@ mod tests {
 
     struct Room {
         env: harness::Env,
-        hub: Hub<u32>,
+        hub: Hub<u32, Rc<Delivery>>,
         slots: Slab<Slot<Wire>>,
         fanout: FanOut,
     }
@@ -382,7 +742,11 @@ mod tests {
 
         /// A subscriber of `feed` whose wire takes `room` bytes.
         fn subscribe(&mut self, room: usize) -> usize {
-            let mut slot = open_slot(&mut self.env, "/live/feed");
+            self.subscribe_at("/live/feed", room)
+        }
+
+        fn subscribe_at(&mut self, path: &str, room: usize) -> usize {
+            let mut slot = open_slot(&mut self.env, path);
             slot.io.room = room;
             let key = self.slots.insert(slot);
             for action in self.env.actions.drain(..) {
@@ -390,7 +754,7 @@ mod tests {
                     panic!("unexpected {action:?}");
                 };
                 for name in &channels {
-                    let membership = self.hub.subscribe(name, key as u32);
+                    let membership = self.hub.subscribe(&name.name, key as u32);
                     self.slots[key].conn.memberships.push(membership);
                 }
             }
@@ -408,11 +772,17 @@ mod tests {
                 codec: &mut self.env.codec,
                 metrics: &mut self.env.metrics,
             };
+            let message = Broadcast::new(OpCode::Binary, &[seq; PAYLOAD]);
+            let out = Outgoing {
+                channel: "feed",
+                message: &message,
+                position: None,
+                frames: &FrameCache::default(),
+            };
             self.fanout.deliver(
                 &mut self.slots,
                 self.hub.subscribers(channel),
-                &Broadcast::new(OpCode::Binary, &[seq; PAYLOAD]),
-                &mut FrameCache::default(),
+                out,
                 None,
                 stamp,
                 env,
@@ -441,6 +811,112 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    fn env_of(env: &mut harness::Env) -> Env<'_> {
+        Env {
+            now: env.now,
+            config: &env.config,
+            routes: &env.routes,
+            codec: &mut env.codec,
+            metrics: &mut env.metrics,
+        }
+    }
+
+    /// A replay twice as large as `max_backlog_bytes`, to a client that has
+    /// read nothing yet, is queued whole; a live message right after it is
+    /// counted alone and queued too; the client then reads the answer, the
+    /// replay in order and the live message, each with its position.
+    #[test]
+    fn a_replay_is_not_taken_for_a_slow_consumer_and_live_follows_it() {
+        let mut room = Room::new(OnBacklog::Close);
+        let key = room.subscribe_at("/live/feed?meta=1", 0);
+        let channel = room.hub.lookup("feed").expect("channel");
+        let from = room.hub.position(channel).expect("position");
+        let missed: Vec<Rc<Delivery>> = (1..=6u8)
+            .map(|seq| {
+                let position = room.hub.next_position(channel);
+                let message = Broadcast::new(OpCode::Binary, &[seq; PAYLOAD]);
+                Rc::new(Delivery::new(message, position))
+            })
+            .collect();
+        let outcome = Recovery::Recovered {
+            from,
+            messages: missed.iter(),
+        };
+        let env = env_of(&mut room.env);
+        let replayed = room
+            .fanout
+            .recover(&mut room.slots, key, "feed", outcome, env);
+        assert_eq!(replayed, 6);
+        assert!(room.slots[key].conn.queued() > room.env.config.max_backlog_bytes);
+        assert!(room.slots[key].conn.is_open());
+        let live = room.hub.next_position(channel);
+        let message = Broadcast::new(OpCode::Binary, &[7; PAYLOAD]);
+        let delivery = Delivery::new(message, live);
+        let stamp = room.fanout.next_stamp();
+        let env = env_of(&mut room.env);
+        let out = Outgoing::of("feed", &delivery);
+        let subscribers = room.hub.subscribers(channel);
+        assert_eq!(
+            room.fanout
+                .deliver(&mut room.slots, subscribers, out, None, stamp, env),
+            1
+        );
+        assert_eq!(room.env.metrics.slow_consumer_closes, 0);
+
+        room.slots[key].io.room = usize::MAX;
+        room.flush();
+        let bytes = std::mem::take(&mut room.slots[key].io.bytes);
+        let (frames, partial) = server_frames(&bytes);
+        assert_eq!(partial, 0);
+        assert_eq!(frames.len(), 8);
+        let answer = String::from_utf8(frames[0].1.clone()).expect("text");
+        let epoch = from.epoch;
+        assert_eq!(
+            answer,
+            format!(
+                r#"{{"channel":"feed","recovered":true,"epoch":"{epoch}","offset":0,"replayed":6}}"#
+            )
+        );
+        for (i, (opcode, payload)) in frames[1..].iter().enumerate() {
+            let offset = i + 1;
+            assert_eq!(*opcode, OpCode::Binary);
+            let header = format!(r#"{{"channel":"feed","epoch":"{epoch}","offset":{offset}}}"#);
+            let len = usize::from(u16::from_be_bytes([payload[0], payload[1]]));
+            assert_eq!(&payload[2..2 + len], header.as_bytes());
+            assert_eq!(payload[2 + len..], [offset as u8; PAYLOAD]);
+        }
+    }
+
+    #[test]
+    fn a_client_that_cannot_recover_is_told_why_and_where_the_channel_stands() {
+        let mut room = Room::new(OnBacklog::Close);
+        let key = room.subscribe_at("/live/feed?meta=1", usize::MAX);
+        let channel = room.hub.lookup("feed").expect("channel");
+        let current = room.hub.position(channel).expect("position");
+        let outcome: Recovery<std::iter::Empty<&Rc<Delivery>>> = Recovery::NotRecovered {
+            reason: NotRecovered::Expired,
+            current,
+        };
+        let env = env_of(&mut room.env);
+        assert_eq!(
+            room.fanout
+                .recover(&mut room.slots, key, "feed", outcome, env),
+            0
+        );
+        room.flush();
+        let bytes = std::mem::take(&mut room.slots[key].io.bytes);
+        let (frames, _) = server_frames(&bytes);
+        let epoch = current.epoch;
+        assert_eq!(
+            frames,
+            [(
+                OpCode::Text,
+                format!(r#"{{"channel":"feed","recovered":false,"reason":"expired","epoch":"{epoch}","offset":0}}"#)
+                    .into_bytes()
+            )]
+        );
     }
 
     #[test]
@@ -555,7 +1031,7 @@ mod tests {
         let stamp = room.fanout.next_stamp();
         let channel = room.hub.lookup("feed").expect("channel");
         let message = Broadcast::new(OpCode::Binary, &[7; PAYLOAD]);
-        let mut cache = FrameCache::default();
+        let cache = FrameCache::default();
         let mut total = 0;
         for _ in 0..2 {
             let env = Env {
@@ -565,11 +1041,16 @@ mod tests {
                 codec: &mut room.env.codec,
                 metrics: &mut room.env.metrics,
             };
+            let out = Outgoing {
+                channel: "feed",
+                message: &message,
+                position: None,
+                frames: &cache,
+            };
             total += room.fanout.deliver(
                 &mut room.slots,
                 room.hub.subscribers(channel),
-                &message,
-                &mut cache,
+                out,
                 None,
                 stamp,
                 env,
@@ -578,5 +1059,41 @@ mod tests {
         assert_eq!(total, 1);
         room.flush();
         assert_eq!(room.received(key), [7]);
+    }
+
+    #[test]
+    fn a_metadata_client_gets_a_relay_once_per_channel_with_each_position() {
+        let mut room = Room::new(OnBacklog::Drop);
+        let key = room.subscribe_at("/live?channel=a&channel=b&meta=1", usize::MAX);
+        let stamp = room.fanout.next_stamp();
+        let message = Broadcast::new(OpCode::Text, b"hi");
+        let mut total = 0;
+        for name in ["a", "b"] {
+            let channel = room.hub.lookup(name).expect("channel");
+            let delivery = Delivery::new(message.clone(), room.hub.next_position(channel));
+            let env = env_of(&mut room.env);
+            let out = Outgoing::of(name, &delivery);
+            let subscribers = room.hub.subscribers(channel);
+            total += room
+                .fanout
+                .deliver(&mut room.slots, subscribers, out, None, stamp, env);
+        }
+        assert_eq!(total, 2);
+        room.flush();
+        let bytes = std::mem::take(&mut room.slots[key].io.bytes);
+        let (frames, _) = server_frames(&bytes);
+        let texts: Vec<String> = frames
+            .iter()
+            .map(|(_, p)| String::from_utf8(p.clone()).expect("text"))
+            .collect();
+        assert_eq!(texts.len(), 2);
+        assert!(
+            texts[0].starts_with(r#"{"channel":"a","#)
+                && texts[0].contains(r#""offset":1,"text":"hi"}"#)
+        );
+        assert!(
+            texts[1].starts_with(r#"{"channel":"b","#)
+                && texts[1].contains(r#""offset":1,"text":"hi"}"#)
+        );
     }
 }

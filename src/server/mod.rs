@@ -104,7 +104,8 @@ pub struct Server {
     recv_buf: Box<[u8]>,
     config: Config,
     routes: Routes,
-    hub: Hub<u32>,
+    /// Channels, their subscribers (slab keys), positions and history.
+    hub: Hub<u32, std::rc::Rc<compress::Delivery>>,
     metrics: Metrics,
     /// Work queued by the connection being driven, carried out right after.
     actions: Vec<Action>,
@@ -328,6 +329,10 @@ impl Server {
     /// Fires every wheel entry that is due: the loop's own, then connections'.
     fn fire_timers(&mut self, now: u64) {
         while let Some((_, token)) = self.timers.poll(now) {
+            if token == slot::HISTORY_TIMER {
+                self.on_history_timer(now);
+                continue;
+            }
             if self.on_loop_timer(token, now) {
                 continue;
             }

@@ -57,6 +57,9 @@ struct Inner {
     sent: usize,
     /// Unsent bytes in the whole queue.
     len: usize,
+    /// Unsent bytes at the front of the queue that the slow-consumer rule
+    /// does not count: a recovery's replay (and whatever preceded it).
+    exempt: usize,
 }
 
 /// Emptied queues kept for reuse by the loop's thread, so a connection that
@@ -85,6 +88,7 @@ fn give_back(mut inner: Box<Inner>) {
     inner.chunks.clear();
     inner.sent = 0;
     inner.len = 0;
+    inner.exempt = 0;
     SPARE.with(|spare| {
         if let Ok(mut spare) = spare.try_borrow_mut()
             && spare.len() < SPARE_QUEUES
@@ -116,6 +120,23 @@ impl OutQueue {
 
     pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Unsent bytes the slow-consumer rule counts: all but the exempt front.
+    pub(super) fn counted_len(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.len.saturating_sub(i.exempt))
+    }
+
+    /// Exempts everything queued so far from the slow-consumer rule until
+    /// it is written: a recovery's replay, bounded by `max_replay` and the
+    /// history's own size, is not a sign of a slow reader. What is queued
+    /// after it is counted as usual.
+    pub(super) fn exempt_queued(&mut self) {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.exempt = inner.len;
+        }
     }
 
     fn inner(&mut self) -> &mut Inner {
@@ -178,6 +199,7 @@ impl OutQueue {
         let total: usize =
             inner.chunks.iter().map(|c| c.bytes().len()).sum::<usize>() + inner.tail.len();
         inner.len = total.saturating_sub(inner.sent);
+        inner.exempt = inner.exempt.min(inner.len);
     }
 
     /// Writes as much as the sink takes, in vectored writes.
@@ -247,6 +269,7 @@ impl Inner {
 
     fn consume(&mut self, mut n: usize) {
         self.len = self.len.saturating_sub(n);
+        self.exempt = self.exempt.saturating_sub(n);
         while n > 0 {
             let front_len = match self.chunks.front() {
                 Some(chunk) => chunk.bytes().len(),
@@ -271,6 +294,24 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::server::harness::Wire;
+
+    #[test]
+    fn an_exempt_front_is_not_counted_until_written() {
+        let mut queue = OutQueue::default();
+        queue.push_shared(Rc::from(vec![1u8; 100]));
+        queue.exempt_queued();
+        queue.push_shared(Rc::from(vec![2u8; 10]));
+        assert_eq!((queue.len(), queue.counted_len()), (110, 10));
+        let mut wire = Wire {
+            room: 60,
+            ..Wire::default()
+        };
+        queue.flush(&mut wire).unwrap();
+        assert_eq!((queue.len(), queue.counted_len()), (50, 10));
+        wire.room = usize::MAX;
+        queue.flush(&mut wire).unwrap();
+        assert_eq!((queue.len(), queue.counted_len()), (0, 0));
+    }
 
     #[test]
     fn flushes_in_order_across_a_full_sink_and_frees_when_empty() {

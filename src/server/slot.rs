@@ -85,9 +85,11 @@ pub(super) const SHUTDOWN_TIMER: Token = Token(usize::MAX - 4);
 pub(super) const BUS_COMMAND_TOKEN: Token = Token(usize::MAX - 5);
 pub(super) const BUS_SUBSCRIPTION_TOKEN: Token = Token(usize::MAX - 6);
 pub(super) const BUS_TIMER: Token = Token(usize::MAX - 7);
+/// The history's one timer-wheel entry (the next message to expire).
+pub(super) const HISTORY_TIMER: Token = Token(usize::MAX - 8);
 /// Slab keys from here up are never given to connections, so no connection
 /// token can equal a reserved one, whatever its generation.
-pub(super) const FIRST_RESERVED_KEY: usize = KEY_MASK - 7;
+pub(super) const FIRST_RESERVED_KEY: usize = KEY_MASK - 8;
 
 /// The token for slab key `key` holding generation `generation`.
 pub(super) fn token_of(key: usize, generation: u32) -> Token {
@@ -125,6 +127,7 @@ mod tests {
             BUS_COMMAND_TOKEN,
             BUS_SUBSCRIPTION_TOKEN,
             BUS_TIMER,
+            HISTORY_TIMER,
         ];
         for token in reserved {
             assert!(split_token(token).0 >= FIRST_RESERVED_KEY, "{token:?}");

@@ -32,6 +32,7 @@ mod support {
 }
 
 mod cluster_scale;
+mod history_storm;
 mod hostile;
 mod hostile_burst;
 mod hostile_churn;

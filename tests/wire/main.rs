@@ -32,6 +32,7 @@ mod embedded_default;
 mod frames;
 mod fuzz_regressions;
 mod handshake;
+mod history;
 mod hostile_garbage;
 mod keepalive;
 mod load;

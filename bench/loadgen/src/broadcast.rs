@@ -34,6 +34,7 @@ use crate::cli::{BroadcastOpts, PublisherKind};
 use crate::conn::{self, DialPlan, POLL_CAP, Sizing, SourceAddrs, WsConn};
 use crate::error::{Deadline, Fail, Result};
 use crate::http::HttpPublisher;
+use crate::meta;
 use crate::report::{self, Figures};
 use crate::stats::{Histogram, Json, Rng};
 use crate::target::Target;
@@ -72,6 +73,8 @@ struct Tally {
     warmed: usize,
     last_progress_ns: u64,
     last_done_ns: u64,
+    /// Messages arrive in the metadata format (`--meta`).
+    meta: bool,
 }
 
 impl Tally {
@@ -90,10 +93,19 @@ impl Tally {
             warmed: 0,
             last_progress_ns: 0,
             last_done_ns: 0,
+            meta: false,
         }
     }
 
     fn receive(&mut self, sub: &mut Sub, opcode: u8, payload: &[u8], now: u64) -> Result<()> {
+        let (opcode, payload) = match self.meta {
+            false => (opcode, payload),
+            // wshub's own text frames are not messages; the rest unwrapped.
+            true => match meta::payload(opcode, payload) {
+                Some(inner) => (opcode, inner),
+                None => return Ok(()),
+            },
+        };
         if opcode != wire::OP_BINARY {
             return Err(Fail::run(format!(
                 "published binary, received opcode {opcode:#x}"
@@ -297,12 +309,22 @@ impl Fanout {
         let mut events = Events::with_capacity(EVENTS);
         let mut rng = Rng::seeded();
         let sizing = Sizing {
-            max_payload: opts.size,
+            max_payload: opts.size + if opts.meta { meta::ROOM } else { 0 },
             out_capacity: 0,
             deflate: opts.deflate,
         };
         let mut sources = SourceAddrs::new(dial.url.addr, dial.source_base, dial.per_source);
-        let servers: Vec<&Target> = std::iter::once(&dial.url).chain(&dial.more_urls).collect();
+        let meta_urls: Vec<Target> = match opts.meta {
+            true => std::iter::once(&dial.url)
+                .chain(&dial.more_urls)
+                .map(meta::with_meta)
+                .collect(),
+            false => Vec::new(),
+        };
+        let servers: Vec<&Target> = match opts.meta {
+            true => meta_urls.iter().collect(),
+            false => std::iter::once(&dial.url).chain(&dial.more_urls).collect(),
+        };
         let mut subs_io = Vec::with_capacity(n);
         for (k, target) in servers.iter().enumerate() {
             let plan = DialPlan {
@@ -381,9 +403,12 @@ impl Fanout {
             publisher,
             pub_token,
             pub_stats: PubStats::default(),
-            tally: Tally::new(opts.size, pattern, n, opts.messages),
+            tally: Tally {
+                meta: opts.meta,
+                ..Tally::new(opts.size, pattern, n, opts.messages)
+            },
             scratch: sizing.scratch(),
-            size: opts.size,
+            size: sizing.max_payload,
             clock: Instant::now(),
         })
     }
@@ -734,6 +759,7 @@ fn summary_json(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) -> Json 
         .int("size", opts.size as u64)
         .str("deflate", if opts.deflate { "on" } else { "off" })
         .str("payload", if opts.json { "json" } else { "pattern" })
+        .str("meta", if opts.meta { "on" } else { "off" })
         .int("compressed_receipts", compressed)
         .num("connect_s", setup.dial_time.as_secs_f64(), 3)
         .num("warmup_s", setup.warm_time.as_secs_f64(), 3)

@@ -51,6 +51,8 @@ enum Scenario {
     Broadcast(BroadcastArgs),
     /// Server memory per idle connection, then one fan-out
     Idle(IdleArgs),
+    /// Memory per history message, then many clients recovering at once
+    Recover(RecoverArgs),
 }
 
 /// Options for every scenario.
@@ -150,6 +152,9 @@ struct BroadcastArgs {
     /// Byte pattern, or compressible JSON-like text
     #[arg(long, value_enum, default_value_t = Payload::Pattern)]
     payload: Payload,
+    /// Subscribe with meta=1: messages arrive with channel and position
+    #[arg(long)]
+    meta: bool,
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +180,25 @@ struct IdleArgs {
     /// Offer permessage-deflate and require it
     #[arg(long)]
     deflate: bool,
+}
+
+#[derive(Debug, Args)]
+struct RecoverArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Messages published into the channel's history first (its memory is
+    /// measured); the route's history_size must hold them
+    #[arg(long, default_value_t = 100_000, value_parser = count::<10_000_000>)]
+    history: usize,
+    /// Clients reconnecting at once with a position
+    #[arg(long, default_value_t = 10_000, value_parser = count::<1_000_000>)]
+    clients: usize,
+    /// Messages each client missed and recovers (at most --history)
+    #[arg(long, default_value_t = 100, value_parser = count::<1_000_000>)]
+    missed: usize,
+    /// Payload bytes per message (at least 16)
+    #[arg(long, default_value_t = 64, value_parser = size::<16>)]
+    size: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -222,6 +246,8 @@ pub struct BroadcastOpts {
     pub deflate: bool,
     /// Fill messages with JSON-like text rather than the byte pattern.
     pub json: bool,
+    /// Subscribers ask for the metadata format (`meta=1`).
+    pub meta: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -236,10 +262,21 @@ pub struct IdleOpts {
 }
 
 #[derive(Debug, PartialEq)]
+pub struct RecoverOpts {
+    pub common: Common,
+    pub history: usize,
+    pub clients: usize,
+    pub missed: usize,
+    pub size: usize,
+    pub publish_url: Target,
+}
+
+#[derive(Debug, PartialEq)]
 pub enum Command {
     Echo(EchoOpts),
     Broadcast(BroadcastOpts),
     Idle(IdleOpts),
+    Recover(RecoverOpts),
 }
 
 /// What parsing the command line came to: a scenario to run, or clap's
@@ -263,6 +300,7 @@ where
         Scenario::Echo(args) => Command::Echo(echo(args)?),
         Scenario::Broadcast(args) => Command::Broadcast(broadcast(args)?),
         Scenario::Idle(args) => Command::Idle(idle(args)?),
+        Scenario::Recover(args) => Command::Recover(recover(args)?),
     })))
 }
 
@@ -355,6 +393,7 @@ fn broadcast(args: BroadcastArgs) -> Result<BroadcastOpts> {
         stall: args.stall,
         deflate: args.deflate,
         json: args.payload == Payload::Json,
+        meta: args.meta,
     })
 }
 
@@ -384,6 +423,28 @@ fn idle(args: IdleArgs) -> Result<IdleOpts> {
         size: args.size,
         publish_url,
         deflate: args.deflate,
+    })
+}
+
+fn recover(args: RecoverArgs) -> Result<RecoverOpts> {
+    let common = common(args.common)?;
+    one_url(&common, "recover")?;
+    if common.server_pids.len() != 1 || common.dial.url.wss {
+        return Err(Fail::usage(
+            "recover needs a ws:// --url and one --server-pid to read the server's RSS",
+        ));
+    }
+    if args.missed > args.history {
+        return Err(Fail::usage("--missed cannot exceed --history"));
+    }
+    let publish_url = target::publish_url_for(&common.dial.url);
+    Ok(RecoverOpts {
+        common,
+        history: args.history,
+        clients: args.clients,
+        missed: args.missed,
+        size: args.size,
+        publish_url,
     })
 }
 
@@ -545,6 +606,8 @@ mod tests {
             "broadcast --url ws://127.0.0.1:1/deflate/bench --deflate --subscribers 10 \
              --messages 10 --window 16 --size 1024 --payload json --publisher http",
             "idle --url ws://127.0.0.1:1/live/idle --conns 10000 --deflate",
+            "recover --url ws://127.0.0.1:1/hist/r --history 100000 --clients 10000 --missed 100",
+            "broadcast --url ws://127.0.0.1:1/live/bench --meta --subscribers 10 --messages 10",
         ] {
             command(&format!("{line} {tail}"));
         }

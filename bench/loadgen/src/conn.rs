@@ -308,6 +308,19 @@ impl WsConn {
         let mut filled = self.carry.len();
         scratch[..filled].copy_from_slice(&self.carry);
         self.carry.clear();
+        if filled > 0 {
+            // Whole frames that came with the handshake's answer (or were
+            // left by the last read) are delivered even if no more arrive.
+            let used = parse_frames(
+                &scratch[..filled],
+                max_payload,
+                self.deflate,
+                &mut self.out,
+                |o, op, p| on_message(o, op, p),
+            )?;
+            scratch.copy_within(used..filled, 0);
+            filled -= used;
+        }
         let read_to_end = read_to_end || self.stream.is_tls();
         loop {
             let room = scratch.len() - filled;

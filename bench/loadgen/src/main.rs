@@ -11,7 +11,9 @@
 //! - `echo`: request/response throughput and per-message latency;
 //! - `broadcast`: fan-out to many subscribers, with loss/duplicate/order
 //!   checks, on one server or spread over several (a cluster's nodes);
-//! - `idle`: server memory per idle connection and one fan-out.
+//! - `idle`: server memory per idle connection and one fan-out;
+//! - `recover`: memory per history message, then many clients recovering
+//!   what they missed at once.
 //!
 //! Only loopback targets are accepted. Every loop is bounded by a global
 //! deadline (`--timeout`).
@@ -23,6 +25,8 @@ mod echo;
 mod error;
 mod http;
 mod idle;
+mod meta;
+mod recover;
 mod report;
 mod stats;
 mod target;
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
             Command::Echo(opts) => echo::run(&opts),
             Command::Broadcast(opts) => broadcast::run(&opts),
             Command::Idle(opts) => idle::run(&opts),
+            Command::Recover(opts) => recover::run(&opts),
         },
     });
     match result {
