@@ -7,6 +7,8 @@
 
 use std::io::Write as _;
 
+use crate::auth::Failure;
+
 /// Why a handshake or plain HTTP request was refused (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -100,6 +102,10 @@ pub(crate) struct Metrics {
     pub slow_consumer_closes: u64,
     pub channels: u64,
     pub subscriptions: u64,
+    /// Signed tokens refused (upgrades and publishes), by check that failed.
+    auth_refused: [u64; Failure::ALL.len()],
+    /// Open connections closed because their token expired.
+    pub auth_expired_closes: u64,
     /// The Redis bus, on a cluster node.
     pub cluster: Option<ClusterGauges>,
 }
@@ -135,6 +141,18 @@ impl Metrics {
             .iter()
             .position(|r| *r == why)
             .and_then(|i| self.refused.get_mut(i))
+        {
+            *slot += 1;
+        }
+    }
+
+    /// A signed token was refused (the request is also counted by status
+    /// with [`Metrics::refuse`]).
+    pub(crate) fn refuse_token(&mut self, why: Failure) {
+        if let Some(slot) = Failure::ALL
+            .iter()
+            .position(|f| *f == why)
+            .and_then(|i| self.auth_refused.get_mut(i))
         {
             *slot += 1;
         }
@@ -253,6 +271,24 @@ impl Metrics {
             "Channel subscriptions across all connections",
         )?;
         writeln!(out, "wshub_subscriptions {}", self.subscriptions)?;
+        let name = "wshub_auth_refused_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Signed tokens refused (upgrades and publishes), by the check that failed",
+        )?;
+        for (why, count) in Failure::ALL.iter().zip(self.auth_refused) {
+            labelled(out, name, "reason", why.label(), count)?;
+        }
+        write_counters(
+            out,
+            &[(
+                "wshub_auth_expired_closes_total",
+                "Open connections closed because their token expired (close code 4001)",
+                self.auth_expired_closes,
+            )],
+        )?;
         if let Some(cluster) = &self.cluster {
             cluster.render(out)?;
         }

@@ -58,6 +58,9 @@ pub struct RouteConfig {
     pub compression_level: u32,
     /// Messages shorter than this many bytes are sent uncompressed.
     pub compression_min_size: usize,
+    /// Names an `[auth.<name>]` key set: an upgrade then needs a valid
+    /// signed token granting every channel it asks for. Unset: open.
+    pub auth: Option<String>,
 }
 
 impl RouteConfig {
@@ -74,6 +77,7 @@ impl RouteConfig {
             compression: Compression::default(),
             compression_level: DeflateConfig::DEFAULT.level,
             compression_min_size: DeflateConfig::DEFAULT.min_size,
+            auth: None,
         }
     }
 
@@ -101,6 +105,7 @@ struct RouteTable {
     compression: Option<Compression>,
     compression_level: Option<u32>,
     compression_min_size: Option<usize>,
+    auth: Option<String>,
 }
 
 impl TryFrom<RouteTable> for RouteConfig {
@@ -133,6 +138,7 @@ impl TryFrom<RouteTable> for RouteConfig {
             compression: t.compression.unwrap_or(d.compression),
             compression_level: t.compression_level.unwrap_or(d.compression_level),
             compression_min_size: t.compression_min_size.unwrap_or(d.compression_min_size),
+            auth: t.auth,
             ..d
         })
     }
@@ -464,6 +470,7 @@ mod tests {
                 compression: Compression::Off,
                 compression_level: 6,
                 compression_min_size: 128,
+                auth: None,
             }]
         );
         assert_eq!(c.routes[0], RouteConfig::new("/live", RouteKind::Broadcast));

@@ -32,6 +32,7 @@ fn documented_defaults() -> Config {
             compression: Compression::Off,
             compression_level: 6,
             compression_min_size: 128,
+            auth: None,
         }],
         max_connections: 100_000,
         max_message_size: 16_777_216,
@@ -44,6 +45,8 @@ fn documented_defaults() -> Config {
         idle_timeout: Duration::from_secs(120),
         publish_prefix: "/publish".into(),
         publish_token: None,
+        publish_auth: None,
+        auth: Default::default(),
         max_channels_per_connection: 16,
         on_backlog: OnBacklog::Close,
         shutdown_timeout: Duration::from_secs(10),
@@ -170,6 +173,7 @@ fn example_file_documents_every_key() {
         keys_of::<ListenerConfig>(),
         keys_of::<RouteConfig>(),
         keys_of::<ClusterConfig>(),
+        keys_of::<super::AuthConfig>(),
     ];
     for keys in tables {
         assert!(keys.len() > 3, "{keys:?}");
@@ -280,6 +284,7 @@ fn every_setting_can_be_overridden() {
             compression: Compression::Off,
             compression_level: 6,
             compression_min_size: 128,
+            auth: None,
         }
     );
 }

@@ -49,6 +49,7 @@ impl Server {
                 codec: &mut self.codec,
                 inflater: &mut self.inflater,
                 now,
+                unix_ms: crate::auth::unix_ms(),
                 degraded: self.cluster.as_ref().and_then(|c| c.bus.health()),
             };
             if slot.conn.waits_for_answers() {
