@@ -227,11 +227,24 @@ pub(super) fn changes(
 ) -> Vec<String> {
     let mut changes = Vec::new();
     for (name, a) in old {
-        match new.get(name) {
-            None => changes.push(format!("auth.{name}: removed")),
-            Some(b) if a.keys != b.keys => changes.push(format!("auth.{name}: keys changed")),
-            Some(b) if a != b => changes.push(format!("auth.{name}: settings changed")),
-            Some(_) => {}
+        let Some(b) = new.get(name) else {
+            changes.push(format!("auth.{name}: removed"));
+            continue;
+        };
+        if a.keys != b.keys {
+            changes.push(format!("auth.{name}: keys changed"));
+        }
+        let settings = AuthConfig {
+            keys: KeySet::default(),
+            ..a.clone()
+        };
+        if settings
+            != (AuthConfig {
+                keys: KeySet::default(),
+                ..b.clone()
+            })
+        {
+            changes.push(format!("auth.{name}: settings changed"));
         }
     }
     for name in new.keys().filter(|n| !old.contains_key(*n)) {
@@ -350,11 +363,17 @@ mod tests {
         assert!(old.changed_settings(&load(&a, "")).is_empty());
         assert_eq!(
             old.changed_settings(&load(&b, "")),
-            ["auth.app: keys changed"]
+            ["auth.app: keys changed", "auth.app: settings changed"],
+            "another file"
         );
         assert_eq!(
             old.changed_settings(&load(&a, "leeway = \"1s\"")),
             ["auth.app: settings changed"]
+        );
+        std::fs::write(&a, [b'c'; 32]).unwrap();
+        assert_eq!(
+            old.changed_settings(&load(&a, "")),
+            ["auth.app: keys changed"]
         );
         let none = Config::default();
         assert_eq!(none.changed_settings(&old), ["auth.app: added"]);

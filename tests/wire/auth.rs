@@ -269,6 +269,11 @@ fn the_token_is_taken_from_the_header_then_the_cookie_then_the_query() {
         ("/hs256/news".to_owned(), bearer(&good), 101),
         ("/hs256/news".to_owned(), cookie(&good), 101),
         (format!("/hs256/news?token={good}"), String::new(), 101),
+        (
+            format!("/hs256?token={good}&channel=news"),
+            String::new(),
+            101,
+        ),
         (format!("/hs256/news?token={good}"), bearer(bad), 401),
         (format!("/hs256/news?token={bad}"), cookie(&good), 101),
         (
