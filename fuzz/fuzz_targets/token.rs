@@ -4,9 +4,9 @@
 //! HS256 key set; the payload is also read as a whole request head whose
 //! token, if any, is found and verified the same way.
 //!
-//! Invariants: no panic, whatever the bytes (the JWT crate's header and
-//! claims parsing, base64 and JSON, the claim checks and the grant claims
-//! all see attacker-chosen input here).
+//! Invariants: no panic, whatever the bytes (base64 and JSON decoding into
+//! fixed buffers, the header and claims visitors, the signature check, the
+//! claim checks and the grants all see attacker-chosen input here).
 //!
 //! The input layout is the common one; `k` cut points split the payload
 //! for the head reader only.

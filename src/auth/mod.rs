@@ -13,9 +13,12 @@
 //! already links, so no second crypto library or C build enters the tree
 //! (10.x and later moved to `aws-lc-rs` or the RustCrypto crates). Its
 //! `use_pem` feature adds `pem` and `simple_asn1` (pure Rust, for reading
-//! PEM public keys). Its own time checks read the system clock, so they are
-//! off and [`verify`] checks `exp`, `nbf`, `iat`, `aud` and `iss` against
-//! the `now` it is given: deadlines stay testable on a virtual clock.
+//! PEM public keys). Only its keys and its signature check
+//! (`jsonwebtoken::crypto::verify`) are used: its `decode` reads the system
+//! clock for `exp` and allocates a claims map per token, so [`verify`]
+//! decodes header and payload itself (base64 and serde_json, into stack
+//! buffers) and checks `exp`, `nbf`, `iat`, `aud` and `iss` against the
+//! `now` it is given: deadlines stay testable on a virtual clock.
 
 pub(crate) mod grants;
 pub(crate) mod keys;
@@ -130,9 +133,15 @@ pub fn fuzz_token(head: &crate::protocol::http::RequestHead, token: &str) {
         return;
     };
     if let Some((found, _)) = token::find(head, table.cookie.as_deref()) {
-        let _ = verify(&found, table, 1_800_000_000);
+        let _ = verify(&found, table, 1_800_000_000, |_| Ok(()));
     }
-    let _ = verify(token, table, 1_800_000_000);
+    let _ = verify(token, table, 1_800_000_000, |v| {
+        let _ = (
+            v.channels.allows("news"),
+            v.relay.as_ref().map(|r| r.allows("x")),
+        );
+        Ok(())
+    });
 }
 
 /// The wall clock in milliseconds since the Unix epoch, for the loop to

@@ -4,123 +4,289 @@
 //! `exp`, `nbf`, `iat`, `aud`, `iss`, then the grant claims) and what a
 //! verified token yields.
 //! Must never: read the clock (`now` comes in), accept an algorithm other
-//! than the key set's, or keep more of the token than the grants and the
-//! expiry need.
+//! than the key set's, parse a payload whose signature did not verify, or
+//! allocate more than it must: the header and payload are decoded into
+//! buffers on the stack and the claims borrow from them, since every
+//! handshake on an auth route comes through here (heap churn per
+//! handshake showed up as idle memory per connection).
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Validation, decode, decode_header};
-use serde_json::{Map, Value};
+use std::fmt;
 
-use super::{Failure, Grants};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::crypto;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::error::Category;
+
+use super::keys::Algorithm;
+use super::{Failure, Grants, grants::Text};
 use crate::config::AuthConfig;
 
-/// What a verified token says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Verified {
+/// Largest decoded JOSE header accepted.
+const MAX_HEADER: usize = 1024;
+/// Largest decoded payload accepted: more than a token in a request head
+/// (8 KiB, base64) can carry.
+const MAX_PAYLOAD: usize = 6 * 1024;
+
+/// What a verified token says; borrowed from the decoded token.
+#[derive(Debug)]
+pub(crate) struct Verified<'a> {
     /// When it stops being valid, leeway included (Unix seconds); `None`
     /// without `exp` (allowed only with `require_exp = false`).
     pub expires: Option<u64>,
     /// The `sub` claim, for the log.
-    pub subject: Option<String>,
+    pub subject: Option<Text<'a>>,
     /// The channels claim.
-    pub channels: Grants,
+    pub channels: Grants<'a>,
     /// The relay claim, when the table names one.
-    pub relay: Option<Grants>,
+    pub relay: Option<Grants<'a>>,
+}
+
+/// The name a token's header gives an algorithm (RFC 7518).
+fn name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    }
+}
+
+/// The JOSE header fields that matter here.
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Text<'a>,
+    #[serde(borrow, default)]
+    kid: Option<Text<'a>>,
 }
 
 /// Verifies `token` with the keys and rules of `auth` at `now` (Unix
-/// seconds).
-pub(crate) fn verify(token: &str, auth: &AuthConfig, now: u64) -> Result<Verified, Failure> {
+/// seconds), then hands what it says to `check` (whose result is returned).
+pub(crate) fn verify<R>(
+    token: &str,
+    auth: &AuthConfig,
+    now: u64,
+    check: impl FnOnce(&Verified<'_>) -> Result<R, Failure>,
+) -> Result<R, Failure> {
     let Some(algorithm) = auth.keys.algorithm() else {
         return Err(Failure::UnknownKey);
     };
-    // An unknown `alg` (such as "none") fails here, as malformed.
-    let header = decode_header(token).map_err(|_| Failure::Malformed)?;
-    if header.alg != algorithm {
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Failure::Malformed);
+    };
+    let mut header_buf = [0u8; MAX_HEADER];
+    let header_len = URL_SAFE_NO_PAD
+        .decode_slice(header_b64, &mut header_buf)
+        .map_err(|_| Failure::Malformed)?;
+    let header: Header<'_> =
+        serde_json::from_slice(&header_buf[..header_len]).map_err(|_| Failure::Malformed)?;
+    // Pinned by the key set: "none", or any other name, goes no further.
+    if *header.alg != *name(algorithm) {
         return Err(Failure::Algorithm);
     }
     let key = auth
         .keys
         .select(header.kid.as_deref())
         .ok_or(Failure::UnknownKey)?;
-    let mut validation = Validation::new(algorithm);
-    // The time and audience checks are ours, against `now`.
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    let claims = decode::<Map<String, Value>>(token, key, &validation)
-        .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => Failure::Signature,
-            ErrorKind::InvalidAlgorithm => Failure::Algorithm,
+    // What the signature covers: `header.payload`.
+    let signed = &token[..header_b64.len() + 1 + payload.len()];
+    match crypto::verify(signature, signed.as_bytes(), key, algorithm) {
+        Ok(true) => {}
+        Ok(false) => return Err(Failure::Signature),
+        Err(_) => return Err(Failure::Malformed),
+    }
+    let mut payload_buf = [0u8; MAX_PAYLOAD];
+    let payload_len = URL_SAFE_NO_PAD
+        .decode_slice(payload, &mut payload_buf)
+        .map_err(|_| Failure::Malformed)?;
+    let seed = ClaimsSeed {
+        channels: &auth.channels_claim,
+        relay: auth.relay_claim.as_deref(),
+        audience: auth.audience.as_deref(),
+    };
+    let mut de = serde_json::Deserializer::from_slice(&payload_buf[..payload_len]);
+    let claims = seed
+        .deserialize(&mut de)
+        .and_then(|c| de.end().map(|()| c))
+        .map_err(|e| match e.classify() {
+            Category::Data => Failure::Claims,
             _ => Failure::Malformed,
-        })?
-        .claims;
-    check_claims(&claims, auth, now)
+        })?;
+    let verified = claims.check(auth, now)?;
+    check(&verified)
 }
 
-/// A NumericDate claim (RFC 7519 §2): seconds, possibly fractional;
-/// `Err` when present with another type.
-fn date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Failure> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(v), _) => Ok(Some(v)),
-            // Negative or fractional: whole seconds, negatives as 0.
-            (None, Some(f)) if f.is_finite() => Ok(Some(f.max(0.0) as u64)),
-            _ => Err(Failure::Claims),
-        },
-        Some(_) => Err(Failure::Claims),
-    }
+/// The registered and configured claims of a payload, as read.
+#[derive(Default)]
+struct Claims<'a> {
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    /// `aud` names the configured audience (true when none is configured
+    /// and no `aud` was read, decided in [`Claims::check`]).
+    aud_matches: Option<bool>,
+    iss: Option<Text<'a>>,
+    sub: Option<Text<'a>>,
+    channels: Option<Grants<'a>>,
+    relay: Option<Grants<'a>>,
 }
 
-fn check_claims(
-    claims: &Map<String, Value>,
-    auth: &AuthConfig,
-    now: u64,
-) -> Result<Verified, Failure> {
-    let leeway = auth.leeway.as_secs();
-    let expires = date(claims, "exp")?.map(|exp| exp.saturating_add(leeway));
-    match expires {
-        None if auth.require_exp => return Err(Failure::Claims),
-        Some(deadline) if now >= deadline => return Err(Failure::Expired),
-        _ => {}
-    }
-    for name in ["nbf", "iat"] {
-        if date(claims, name)?.is_some_and(|t| t > now.saturating_add(leeway)) {
+impl<'a> Claims<'a> {
+    fn check(self, auth: &AuthConfig, now: u64) -> Result<Verified<'a>, Failure> {
+        let leeway = auth.leeway.as_secs();
+        let expires = self.exp.map(|exp| exp.saturating_add(leeway));
+        match expires {
+            None if auth.require_exp => return Err(Failure::Claims),
+            Some(deadline) if now >= deadline => return Err(Failure::Expired),
+            _ => {}
+        }
+        if [self.nbf, self.iat]
+            .into_iter()
+            .flatten()
+            .any(|t| t > now.saturating_add(leeway))
+        {
             return Err(Failure::NotYetValid);
         }
-    }
-    if let Some(audience) = &auth.audience {
-        let matches = match claims.get("aud") {
-            Some(Value::String(aud)) => aud == audience,
-            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
-            _ => false,
-        };
-        if !matches {
+        if auth.audience.is_some() && self.aud_matches != Some(true) {
             return Err(Failure::Audience);
         }
+        if let Some(issuer) = &auth.issuer
+            && self.iss.as_deref() != Some(issuer.as_str())
+        {
+            return Err(Failure::Issuer);
+        }
+        Ok(Verified {
+            expires,
+            subject: self.sub,
+            channels: self.channels.unwrap_or_default(),
+            relay: auth
+                .relay_claim
+                .as_ref()
+                .map(|_| self.relay.unwrap_or_default()),
+        })
     }
-    if let Some(issuer) = &auth.issuer
-        && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
-    {
-        return Err(Failure::Issuer);
+}
+
+/// Reads the claims object, keeping what the table asks for; the claim
+/// names come from the table.
+struct ClaimsSeed<'n> {
+    channels: &'n str,
+    relay: Option<&'n str>,
+    audience: Option<&'n str>,
+}
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
+    type Value = Claims<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Claims<'de>, D::Error> {
+        d.deserialize_map(self)
     }
-    let grants = |name: &str| match claims.get(name) {
-        None => Ok(Grants::default()),
-        Some(v) => Grants::from_claim(v).ok_or(Failure::Claims),
-    };
-    let subject = match claims.get("sub") {
-        None => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(Failure::Claims),
-    };
-    Ok(Verified {
-        expires,
-        subject,
-        channels: grants(&auth.channels_claim)?,
-        relay: auth.relay_claim.as_deref().map(grants).transpose()?,
-    })
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_> {
+    type Value = Claims<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims<'de>, A::Error> {
+        let mut c = Claims::default();
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key {
+                k if k == self.channels => c.channels = Some(map.next_value()?),
+                k if Some(k) == self.relay => c.relay = Some(map.next_value()?),
+                "exp" => c.exp = Some(map.next_value::<NumericDate>()?.0),
+                "nbf" => c.nbf = Some(map.next_value::<NumericDate>()?.0),
+                "iat" => c.iat = Some(map.next_value::<NumericDate>()?.0),
+                "iss" => c.iss = Some(map.next_value()?),
+                "sub" => c.sub = Some(map.next_value()?),
+                "aud" => {
+                    c.aud_matches = Some(map.next_value_seed(AudienceSeed(self.audience))?);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// A NumericDate (RFC 7519 §2): seconds, possibly fractional; negative
+/// values count as 0.
+struct NumericDate(u64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NumericDate, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumericDate;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a NumericDate")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumericDate, E> {
+                Ok(NumericDate(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumericDate, E> {
+                Ok(NumericDate(u64::try_from(v).unwrap_or(0)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumericDate, E> {
+                if v.is_finite() {
+                    // Saturating: fractions drop, negatives become 0.
+                    Ok(NumericDate(v as u64))
+                } else {
+                    Err(E::custom("not a finite number"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `aud`: one string or a list; whether it names the configured audience
+/// (any `aud` passes when none is configured).
+struct AudienceSeed<'n>(Option<&'n str>);
+
+impl<'de> DeserializeSeed<'de> for AudienceSeed<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AudienceSeed<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an audience or a list of them")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(self.0.is_none_or(|want| want == v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut found = self.0.is_none();
+        while let Some(aud) = seq.next_element::<Text<'de>>()? {
+            found |= self.0 == Some(&*aud);
+        }
+        Ok(found)
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +295,7 @@ mod tests {
     //! own encoder (the wire tests use PyJWT, an independent one).
 
     use jsonwebtoken::{EncodingKey, Header, encode};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::auth::keys::{Algorithm, KeySet};
@@ -154,8 +320,32 @@ mod tests {
         .unwrap()
     }
 
-    fn check(claims: Value, t: &AuthConfig) -> Result<Verified, Failure> {
-        verify(&sign(&claims), t, NOW)
+    /// What a verification says, owned, for comparisons.
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        expires: Option<u64>,
+        subject: Option<String>,
+        channels: Grants<'static>,
+        relay_allows_a: Option<bool>,
+    }
+
+    fn run(token: &str, t: &AuthConfig) -> Result<Seen, Failure> {
+        verify(token, t, NOW, |v| {
+            Ok(Seen {
+                expires: v.expires,
+                subject: v.subject.as_ref().map(|s| s.0.to_string()),
+                channels: if v.channels.allows("b.x") && !v.channels.allows("c") {
+                    serde_json::from_str("\"b.*\"").unwrap()
+                } else {
+                    Grants::default()
+                },
+                relay_allows_a: v.relay.as_ref().map(|r| r.allows("a")),
+            })
+        })
+    }
+
+    fn check(claims: Value, t: &AuthConfig) -> Result<Seen, Failure> {
+        run(&sign(&claims), t)
     }
 
     #[test]
@@ -168,8 +358,8 @@ mod tests {
         .unwrap();
         assert_eq!(v.expires, Some(NOW + 65), "exp plus the 5 s leeway");
         assert_eq!(v.subject.as_deref(), Some("u42"));
-        assert!(v.channels.allows("b.x") && !v.channels.allows("c"));
-        assert!(v.relay.unwrap().allows("a"));
+        assert_ne!(v.channels, Grants::default(), "grants b.* but not c");
+        assert_eq!(v.relay_allows_a, Some(true));
     }
 
     #[test]
@@ -234,13 +424,10 @@ mod tests {
         let mut bad_sig = sig.to_owned();
         bad_sig.replace_range(..1, if sig.starts_with('A') { "B" } else { "A" });
         let forged = format!("{head_payload}.{bad_sig}");
-        assert_eq!(verify(&forged, &t, NOW), Err(Failure::Signature));
-        assert_eq!(
-            verify(&good[..good.len() - 3], &t, NOW),
-            Err(Failure::Signature)
-        );
+        assert_eq!(run(&forged, &t), Err(Failure::Signature));
+        assert_eq!(run(&good[..good.len() - 3], &t), Err(Failure::Signature));
         for junk in ["", "a.b", "a.b.c", "...", "not a token"] {
-            assert_eq!(verify(junk, &t, NOW), Err(Failure::Malformed), "{junk}");
+            assert_eq!(run(junk, &t), Err(Failure::Malformed), "{junk}");
         }
         let hs512 = encode(
             &Header::new(Algorithm::HS512),
@@ -248,9 +435,27 @@ mod tests {
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();
-        assert_eq!(verify(&hs512, &t, NOW), Err(Failure::Algorithm));
+        assert_eq!(run(&hs512, &t), Err(Failure::Algorithm));
         // {"alg":"none"} with an empty signature.
         let none = "eyJhbGciOiJub25lIn0.eyJleHAiOjk5OTk5OTk5OTl9.";
-        assert_eq!(verify(none, &t, NOW), Err(Failure::Malformed));
+        assert_eq!(run(none, &t), Err(Failure::Algorithm));
+        // A signed payload that is not JSON, or not an object.
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256"}"#);
+        for payload in [&b"not json"[..], b"[1,2]", br#"{"exp":1}x"#] {
+            let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
+            let key = EncodingKey::from_secret(SECRET);
+            let sig =
+                jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+            let want = if payload == b"[1,2]" {
+                Failure::Claims
+            } else {
+                Failure::Malformed
+            };
+            assert_eq!(
+                run(&format!("{message}.{sig}"), &t),
+                Err(want),
+                "{payload:?}"
+            );
+        }
     }
 }

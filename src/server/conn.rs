@@ -615,13 +615,14 @@ impl Connection {
         }
         let checked = auth::token::bearer(head)
             .ok_or(Failure::Missing)
-            .and_then(|token| auth::verify(token, table, ctx.unix_ms / 1000))
-            .and_then(|verified| {
-                if verified.channels.allows(channel) {
-                    Ok(())
-                } else {
-                    Err(Failure::NotGranted)
-                }
+            .and_then(|token| {
+                auth::verify(token, table, ctx.unix_ms / 1000, |verified| {
+                    if verified.channels.allows(channel) {
+                        Ok(())
+                    } else {
+                        Err(Failure::NotGranted)
+                    }
+                })
             });
         checked.map_err(|failure| {
             debug!("publish token refused: {failure}");
@@ -771,7 +772,6 @@ impl Connection {
             .and_then(|table| {
                 let (token, source) =
                     auth::token::find(head, table.cookie.as_deref()).ok_or(Failure::Missing)?;
-                let verified = auth::verify(&token, table, ctx.unix_ms / 1000)?;
                 let channels = match route.kind {
                     RouteKind::Broadcast => parse_subscription(
                         rest,
@@ -781,27 +781,27 @@ impl Connection {
                     .unwrap_or_default(),
                     RouteKind::Echo => Vec::new(),
                 };
-                if let Some(channel) = channels.iter().find(|c| !verified.channels.allows(c)) {
+                auth::verify(&token, table, ctx.unix_ms / 1000, |verified| {
+                    let subject = verified.subject.as_deref();
+                    if let Some(channel) = channels.iter().find(|c| !verified.channels.allows(c)) {
+                        debug!("token of {subject:?} does not grant channel {channel:?}");
+                        return Err(Failure::NotGranted);
+                    }
+                    let relay_mask = verified.relay.as_ref().map_or(u32::MAX, |relay| {
+                        let granted = channels
+                            .iter()
+                            .take(RELAY_CHANNELS)
+                            .map(|c| relay.allows(c));
+                        granted
+                            .enumerate()
+                            .fold(0, |mask, (i, ok)| mask | (u32::from(ok) << i))
+                    });
                     debug!(
-                        "token of {:?} does not grant channel {channel:?}",
-                        verified.subject
+                        "token of {subject:?} accepted from the {source:?} on {}",
+                        head.path
                     );
-                    return Err(Failure::NotGranted);
-                }
-                let relay_mask = verified.relay.as_ref().map_or(u32::MAX, |relay| {
-                    let granted = channels
-                        .iter()
-                        .take(RELAY_CHANNELS)
-                        .map(|c| relay.allows(c));
-                    granted
-                        .enumerate()
-                        .fold(0, |mask, (i, ok)| mask | (u32::from(ok) << i))
-                });
-                debug!(
-                    "token of {:?} accepted from the {source:?} on {}",
-                    verified.subject, head.path
-                );
-                Ok((verified.expires, relay_mask))
+                    Ok((verified.expires, relay_mask))
+                })
             });
         match checked {
             Ok((expires, relay_mask)) => {

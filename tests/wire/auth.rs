@@ -223,8 +223,12 @@ fn every_algorithm_accepts_valid_tokens_and_refuses_forged_ones() {
     assert_eq!(refused("claims"), n, "no exp");
     // A cut signature may no longer be valid base64: malformed, not a bad signature.
     let forged = refused("signature") + refused("malformed");
-    assert_eq!(forged, 3 * n, "tampered, truncated and alg none");
-    assert_eq!(refused("algorithm"), n + 1, "other route and key confusion");
+    assert_eq!(forged, 2 * n, "tampered and truncated");
+    assert_eq!(
+        refused("algorithm"),
+        2 * n + 1,
+        "alg none, other route, key confusion"
+    );
 }
 
 #[test]
