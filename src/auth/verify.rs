@@ -325,7 +325,8 @@ mod tests {
     struct Seen {
         expires: Option<u64>,
         subject: Option<String>,
-        channels: Grants<'static>,
+        /// The channels claim grants `b.x` but not `c`.
+        grants_b_only: bool,
         relay_allows_a: Option<bool>,
     }
 
@@ -334,11 +335,7 @@ mod tests {
             Ok(Seen {
                 expires: v.expires,
                 subject: v.subject.as_ref().map(|s| s.0.to_string()),
-                channels: if v.channels.allows("b.x") && !v.channels.allows("c") {
-                    serde_json::from_str("\"b.*\"").unwrap()
-                } else {
-                    Grants::default()
-                },
+                grants_b_only: v.channels.allows("b.x") && !v.channels.allows("c"),
                 relay_allows_a: v.relay.as_ref().map(|r| r.allows("a")),
             })
         })
@@ -358,7 +355,7 @@ mod tests {
         .unwrap();
         assert_eq!(v.expires, Some(NOW + 65), "exp plus the 5 s leeway");
         assert_eq!(v.subject.as_deref(), Some("u42"));
-        assert_ne!(v.channels, Grants::default(), "grants b.* but not c");
+        assert!(v.grants_b_only);
         assert_eq!(v.relay_allows_a, Some(true));
     }
 
