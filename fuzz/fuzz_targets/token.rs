@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(input) = Input::<0>::parse(data) else {
         return;
     };
-    let payload = &input.payload[..];
+    let payload = input.payload;
     let text = String::from_utf8_lossy(payload);
     let mut bearer = b"Bearer ".to_vec();
     bearer.extend_from_slice(payload);
