@@ -544,3 +544,42 @@ fn check_config_reads_the_key_files() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_chat_message_is_relayed_only_to_the_channels_the_relay_claim_grants() {
+    let keys = Keys::new();
+    let text = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\npath = \"/chat\"\nkind = \"broadcast\"\nclient_messages = \"broadcast\"\nauth = \"app\"\n\
+         [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {:?}\nrelay_claim = \"relay\"\n",
+        keys.path("hs.secret").display().to_string()
+    );
+    let server = TestServer::with_config(Config::from_toml_str(&text).expect("chat config"));
+    let relay = |relay: &[&str]| claims_with(&["*"], json!({ "relay": relay }));
+    let tokens = keys.mint(&[
+        Spec::new("HS256", "hs.secret", relay(&["a"])),
+        Spec::new("HS256", "hs.secret", relay(&[])),
+        Spec::new("HS256", "hs.secret", relay(&["*"])),
+    ]);
+    let open = |path: &str, token: &str| {
+        let (response, client) = upgrade(&server, path, &bearer(token));
+        assert_eq!(response.status, 101, "{path}");
+        client
+    };
+    let mut on_a = open("/chat/a", &tokens[2]);
+    let mut on_b = open("/chat/b", &tokens[2]);
+    let mut sender = open("/chat?channel=a&channel=b", &tokens[0]);
+    let mut mute = open("/chat?channel=a&channel=b", &tokens[1]);
+    sender.send_text("to a only");
+    assert_eq!(on_a.expect_text(), "to a only");
+    mute.send_text("nowhere");
+    on_b.send_text("from b");
+    // The sender shares both channels with `mute`: its first message is
+    // b's, so "nowhere" was relayed to neither channel.
+    assert_eq!(sender.expect_text(), "from b");
+    assert_eq!(mute.expect_text(), "to a only", "mute listens on a");
+    assert_eq!(mute.expect_text(), "from b");
+    // Nor did "to a only" reach b, or "nowhere" a.
+    on_b.expect_silence(Duration::from_millis(200));
+    on_a.expect_silence(Duration::from_millis(200));
+}
