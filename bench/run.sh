@@ -362,6 +362,10 @@ stop_cluster() {
 
 # --- Scenarios -------------------------------------------------------------
 
+# Benchmark-only tokens for the routes with token auth (bench/keys/mint.py).
+HS256_TOKEN=$(tr -d '\n' < bench/keys/hs256.token)
+ES256_TOKEN=$(tr -d '\n' < bench/keys/es256.token)
+
 # name | kind (echo, broadcast, idle) | title | loadgen arguments (@PORT@
 # is replaced by the server's port).
 SCENARIOS=(
@@ -379,6 +383,8 @@ SCENARIOS=(
     "bc-$SUBS_A-w16-deflate|broadcast|Broadcast: 1 KiB JSON-like to $SUBS_A subscribers, window 16, HTTP publisher, permessage-deflate, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/deflate/bench --deflate --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 1024 --payload json --publisher http"
     "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
     "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
+    "idle-$SUBS_A-hs256|idle|Idle: $SUBS_A subscribers on a route that verifies an HS256 token (in the query string), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-hs256/idle?token=$HS256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
+    "idle-$SUBS_A-es256|idle|Idle: $SUBS_A subscribers on a route that verifies an ES256 token (in the query string), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-es256/idle?token=$ES256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
     "idle-$SUBS_A-deflate|idle|Idle: $SUBS_A subscribers with permessage-deflate negotiated, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/deflate/idle --conns $SUBS_A --deflate"
     "bc-$SUBS_A-w16-meta|broadcast|Broadcast with metadata: 64 B to $SUBS_A subscribers that asked for channel and position (meta=1), window 16, HTTP publisher, $M_W16_A messages (compare bc-$SUBS_A-w16-http)|broadcast --url ws://127.0.0.1:@PORT@/live/bench --meta --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
     "idle-$SUBS_A-meta|idle|Idle: $SUBS_A subscribers with metadata on (meta=1), server RSS per connection|idle --url ws://127.0.0.1:@PORT@/live/idle?meta=1 --conns $SUBS_A --no-publish --size 256"
@@ -446,6 +452,8 @@ metrics_for() {
             "loadgen_cpu_pct|loadgen CPU (% of a core)|0|-" ;;
         idle) printf '%s\n' \
             "bytes_per_conn|server RSS per connection (bytes)|0|lower" \
+            "handshakes_per_s|handshakes/s while dialing|0|higher" \
+            "server_cpu_us_per_handshake|server CPU per handshake (us)|1|lower" \
             "fanout_ms|one message to all (ms)|2|lower" ;;
         recover) printf '%s\n' \
             "bytes_per_history_message|server RSS per history message (bytes)|0|lower" \
@@ -528,6 +536,11 @@ run_scenario() { # server index
     fi
     if [[ $args == *--deflate* && $server == peer ]]; then
         echo "the peer (bench/peer) does not negotiate permessage-deflate" > "$err"
+        log "[$server] $name n/a: $(cat "$err")"
+        return
+    fi
+    if [[ $args == *token=* && $server == peer ]]; then
+        echo "the peer (bench/peer) does not verify tokens" > "$err"
         log "[$server] $name n/a: $(cat "$err")"
         return
     fi

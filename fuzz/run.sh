@@ -37,7 +37,7 @@ fi
 # where heads are parsed, a few KiB of frames otherwise.
 max_len() {
     case "$1" in
-        handshake | publish) echo 20000 ;;
+        handshake | publish | token) echo 20000 ;;
         *) echo 8192 ;;
     esac
 }

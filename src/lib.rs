@@ -18,6 +18,7 @@
 // everything else is crate-private, so the compiler reports dead code.
 #![warn(unreachable_pub)]
 
+mod auth;
 mod bus;
 pub mod config;
 pub mod daemon;
@@ -29,6 +30,8 @@ mod route;
 pub mod server;
 mod timer;
 
+/// The close code of an open connection whose signed token expired.
+pub use auth::CLOSE_TOKEN_EXPIRED;
 /// Whether a channel name is valid (`wshub publish` checks before sending).
 pub use hub::names::is_valid_channel_name;
 
@@ -36,6 +39,7 @@ pub use hub::names::is_valid_channel_name;
 /// Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::auth::fuzz_token;
     pub use crate::bus::Envelope;
     pub use crate::config::RedisUrl;
     pub use crate::hub::names::parse_subscription;

@@ -7,6 +7,7 @@
 
 use std::io::Write as _;
 
+use crate::auth::Failure;
 use crate::hub::NotRecovered;
 
 /// Why a handshake or plain HTTP request was refused (a metric label).
@@ -119,6 +120,10 @@ pub(crate) struct Metrics {
     pub history_replayed: u64,
     /// Recoveries refused, by reason (indexed like [`NOT_RECOVERED`]).
     not_recovered: [u64; NOT_RECOVERED.len()],
+    /// Signed tokens refused (upgrades and publishes), by check that failed.
+    auth_refused: [u64; Failure::ALL.len()],
+    /// Open connections closed because their token expired.
+    pub auth_expired_closes: u64,
     /// The Redis bus, on a cluster node.
     pub cluster: Option<ClusterGauges>,
 }
@@ -165,6 +170,18 @@ impl Metrics {
             .iter()
             .position(|r| *r == why)
             .and_then(|i| self.refused.get_mut(i))
+        {
+            *slot += 1;
+        }
+    }
+
+    /// A signed token was refused (the request is also counted by status
+    /// with [`Metrics::refuse`]).
+    pub(crate) fn refuse_token(&mut self, why: Failure) {
+        if let Some(slot) = Failure::ALL
+            .iter()
+            .position(|f| *f == why)
+            .and_then(|i| self.auth_refused.get_mut(i))
         {
             *slot += 1;
         }
@@ -289,6 +306,24 @@ impl Metrics {
         )?;
         writeln!(out, "wshub_subscriptions {}", self.subscriptions)?;
         self.render_history(out)?;
+        let name = "wshub_auth_refused_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Signed tokens refused (upgrades and publishes), by the check that failed",
+        )?;
+        for (why, count) in Failure::ALL.iter().zip(self.auth_refused) {
+            labelled(out, name, "reason", why.label(), count)?;
+        }
+        write_counters(
+            out,
+            &[(
+                "wshub_auth_expired_closes_total",
+                "Open connections closed because their token expired (close code 4001)",
+                self.auth_expired_closes,
+            )],
+        )?;
         if let Some(cluster) = &self.cluster {
             cluster.render(out)?;
         }

@@ -12,9 +12,11 @@
 //! - `values`: the value types (lowercase enums, [`Secret`]) and parsers;
 //! - `listener`, `route`: the tables, whose file shape differs from the
 //!   checked one, and their rules; the request-path rules;
+//! - `auth`: the `[auth.<name>]` key sets for signed tokens and their rules;
 //! - `validate`: the rules of the top-level settings;
 //! - `reload`: what changed between two configs, for the log.
 
+mod auth;
 mod cluster;
 mod listener;
 mod reload;
@@ -24,6 +26,7 @@ mod tests;
 mod validate;
 mod values;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,6 +35,9 @@ use serde::Deserialize;
 
 use crate::protocol::close::CloseCode;
 
+pub use crate::auth::keys::{Algorithm, KeySet, KeySource};
+pub(crate) use auth::RELAY_CHANNELS;
+pub use auth::{AuthConfig, DEFAULT_CHANNELS_CLAIM, DEFAULT_LEEWAY};
 pub use cluster::{ClusterConfig, RedisUrl};
 pub use listener::{ListenerConfig, ListenerTls};
 pub use route::{HEALTH_CHECK_PATH, HistoryPolicy, METRICS_PATH, RouteConfig};
@@ -114,6 +120,13 @@ pub struct Config {
     /// `Authorization: Bearer <token>`; when unset, only loopback peers may
     /// use them. Passes [`check_publish_token`] once validated.
     pub publish_token: Option<Secret>,
+    /// Names an `[auth.<name>]` key set: publishing then also accepts a
+    /// signed token (JWT) as the bearer token, for the channels its
+    /// channels claim grants (`publish_token` keeps working beside it).
+    pub publish_auth: Option<String>,
+    /// `[auth.<name>]`: key sets that verify signed tokens, used by routes
+    /// (`auth = "<name>"`) and `publish_auth`.
+    pub auth: BTreeMap<String, AuthConfig>,
     /// Channels one broadcast connection may subscribe to at once; above 0.
     pub max_channels_per_connection: usize,
     /// What a broadcast delivery does when it would push a connection's
@@ -170,6 +183,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(120),
             publish_prefix: DEFAULT_PUBLISH_PREFIX.to_owned(),
             publish_token: None,
+            publish_auth: None,
+            auth: BTreeMap::new(),
             max_channels_per_connection: 16,
             on_backlog: OnBacklog::default(),
             shutdown_timeout: Duration::from_secs(10),
@@ -224,13 +239,15 @@ impl Config {
         Config::from_toml_str(DEFAULT_CONFIG_TOML).unwrap_or_default()
     }
 
-    /// Parses and validates a config from TOML text.
+    /// Parses and validates a config from TOML text, and reads the key
+    /// files of its `[auth.*]` tables.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             // toml's report ends in a newline; callers add their own.
             ConfigError::Parse(e.to_string().trim_end().to_owned())
         })?;
         config.validate()?;
+        config.load_keys()?;
         Ok(config)
     }
 

@@ -41,6 +41,7 @@ shown! {
     ClientMessages => |v| v.to_string(),
     String => |v| format!("{v:?}"),
     Vec<String> => |v| format!("{v:?}"),
+    Option<String> => |v| v.as_deref().map_or("unset".to_owned(), |s| format!("{s:?}")),
     Duration => |v| humantime::format_duration(*v).to_string(),
     Option<LevelFilter> => |v| v.map_or("unset", log_level_name).to_owned(),
     Option<DeflateConfig> => |v| match v {
@@ -83,8 +84,8 @@ impl Config {
             handshake_timeout, ping_interval, pong_timeout, close_timeout, idle_timeout,
             publish_prefix, max_channels_per_connection, on_backlog, shutdown_timeout,
             shutdown_spread, shutdown_close_code, log_level, allowed_origins,
-            max_connections_per_ip, history_max_bytes;
-            skip: listeners, routes, publish_token, cluster
+            max_connections_per_ip, history_max_bytes, publish_auth;
+            skip: listeners, routes, publish_token, cluster, auth
         } self, new, "");
         match (&self.publish_token, &new.publish_token) {
             (None, Some(_)) => changes.push("publish_token: set".to_owned()),
@@ -92,6 +93,7 @@ impl Config {
             (Some(a), Some(b)) if a != b => changes.push("publish_token: changed".to_owned()),
             _ => {}
         }
+        changes.extend(super::auth::changes(&self.auth, &new.auth));
         match (&self.cluster, &new.cluster) {
             (None, Some(_)) => changes.push("cluster: added".to_owned()),
             (Some(_), None) => changes.push("cluster: removed".to_owned()),
@@ -111,7 +113,7 @@ impl RouteConfig {
         let prefix = format!("route {:?}: ", self.path);
         let mut changes = diff!(RouteConfig {
             client_messages, echo_to_sender, subprotocols, require_subprotocol, history_size,
-            history_ttl, max_replay;
+            history_ttl, max_replay, auth;
             skip: path, kind, compression, compression_level, compression_min_size
         } self, new, &prefix);
         let (old_deflate, new_deflate) = (self.deflate(), new.deflate());

@@ -69,6 +69,9 @@ pub struct RouteConfig {
     /// Broadcast only: the most messages one client may recover per channel
     /// on connecting; a client that missed more is told it cannot recover.
     pub max_replay: usize,
+    /// Names an `[auth.<name>]` key set: an upgrade then needs a valid
+    /// signed token granting every channel it asks for. Unset: open.
+    pub auth: Option<String>,
 }
 
 impl RouteConfig {
@@ -88,6 +91,7 @@ impl RouteConfig {
             history_size: 0,
             history_ttl: Duration::from_secs(300),
             max_replay: 1000,
+            auth: None,
         }
     }
 
@@ -119,6 +123,7 @@ struct RouteTable {
     #[serde(default, deserialize_with = "values::optional_duration")]
     history_ttl: Option<Duration>,
     max_replay: Option<usize>,
+    auth: Option<String>,
 }
 
 impl TryFrom<RouteTable> for RouteConfig {
@@ -157,6 +162,7 @@ impl TryFrom<RouteTable> for RouteConfig {
             history_size: t.history_size.unwrap_or(d.history_size),
             history_ttl: t.history_ttl.unwrap_or(d.history_ttl),
             max_replay: t.max_replay.unwrap_or(d.max_replay),
+            auth: t.auth,
             ..d
         })
     }
@@ -557,6 +563,7 @@ mod tests {
                 history_size: 0,
                 history_ttl: Duration::from_secs(300),
                 max_replay: 1000,
+                auth: None,
             }]
         );
         assert_eq!(c.routes[0], RouteConfig::new("/live", RouteKind::Broadcast));

@@ -35,6 +35,7 @@ fn documented_defaults() -> Config {
             history_size: 0,
             history_ttl: Duration::from_secs(300),
             max_replay: 1000,
+            auth: None,
         }],
         max_connections: 100_000,
         max_message_size: 16_777_216,
@@ -47,6 +48,8 @@ fn documented_defaults() -> Config {
         idle_timeout: Duration::from_secs(120),
         publish_prefix: "/publish".into(),
         publish_token: None,
+        publish_auth: None,
+        auth: Default::default(),
         max_channels_per_connection: 16,
         on_backlog: OnBacklog::Close,
         shutdown_timeout: Duration::from_secs(10),
@@ -174,6 +177,7 @@ fn example_file_documents_every_key() {
         keys_of::<ListenerConfig>(),
         keys_of::<RouteConfig>(),
         keys_of::<ClusterConfig>(),
+        keys_of::<super::AuthConfig>(),
     ];
     for keys in tables {
         assert!(keys.len() > 3, "{keys:?}");
@@ -292,6 +296,7 @@ fn every_setting_can_be_overridden() {
             history_size: 50,
             history_ttl: Duration::from_secs(3600),
             max_replay: 20,
+            auth: None,
         }
     );
 }

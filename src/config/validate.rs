@@ -5,6 +5,7 @@
 //! listener and route rules live beside their types.
 //! Must never: change a config, or quote the publish token in a message.
 
+use super::auth::check_auth;
 use super::listener::check_listeners;
 use super::route::{
     RESERVED_PATHS, check_path_syntax, check_routes, is_path_prefix, paths_overlap,
@@ -71,6 +72,7 @@ impl Config {
             })?;
         }
         self.validate_shutdown()?;
+        check_auth(self)?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }

@@ -89,6 +89,15 @@ pub enum Access<'a> {
     LoopbackOnly { peer_is_loopback: bool },
 }
 
+/// The refusal of a signed token (JWT) on the publish API: 401
+/// "unauthorized" or 403 "forbidden", and nothing more.
+pub fn token_refusal(status: u16) -> Refusal {
+    match status {
+        403 => Refusal::new(403, "forbidden"),
+        _ => Refusal::new(401, "unauthorized"),
+    }
+}
+
 /// Checks the request against the access rule.
 pub fn authorize(head: &RequestHead, access: Access<'_>) -> Result<(), Refusal> {
     match access {

@@ -33,7 +33,8 @@ use log::debug;
 
 use super::compress::{Broadcast, Codec};
 use super::outqueue::{Flush, OutQueue, Sink};
-use crate::config::{ClientMessages, Config, RouteKind};
+use crate::auth::{self, CLOSE_TOKEN_EXPIRED, Failure, TOKEN_EXPIRED_REASON};
+use crate::config::{ClientMessages, Config, RELAY_CHANNELS, RouteKind};
 use crate::hub::names::{Wanted, parse_options, parse_subscription};
 use crate::hub::publish::{self, Access, PublishBody, Refusal};
 use crate::hub::{Memberships, Position};
@@ -82,6 +83,8 @@ pub(super) struct Ctx<'a> {
     pub inflater: &'a mut Inflater,
     /// Milliseconds on the loop's clock.
     pub now: u64,
+    /// The wall clock (ms since the Unix epoch), for token times only.
+    pub unix_ms: u64,
     /// Why this node is degraded (a cluster node whose Redis link is
     /// down): `/healthz` answers 503 with it.
     pub degraded: Option<&'a str>,
@@ -192,6 +195,13 @@ pub(super) struct Connection {
     /// The client asked for messages with their channel and position
     /// (`meta=1` or a recovery): the one bit of state metadata costs.
     meta: bool,
+    /// Token auth: when the token expires, in whole seconds on the loop's
+    /// clock (rounded up); 0 when no token bounds the connection.
+    token_expires: u32,
+    /// Token auth on a chat route: bit `i` set when the bearer's messages
+    /// may be relayed to its `i`-th channel (subscription order); all set
+    /// when no relay claim applies.
+    relay_mask: u32,
 }
 
 impl Connection {
@@ -214,6 +224,8 @@ impl Connection {
             peer_loopback: peer.ip().to_canonical().is_loopback(),
             outstanding: 0,
             meta: false,
+            token_expires: 0,
+            relay_mask: u32::MAX,
         }
     }
 
@@ -614,8 +626,48 @@ impl Connection {
         }
     }
 
+    /// The publish access rule, with `publish_auth`: `publish_token` (when
+    /// set) or a signed token whose channels claim grants `channel`.
+    fn authorize_publish(
+        &self,
+        head: &RequestHead,
+        channel: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), Refusal> {
+        let config = ctx.config;
+        let Some(table) = config
+            .publish_auth
+            .as_deref()
+            .and_then(|n| config.auth.get(n))
+        else {
+            return publish::authorize(head, self.access(config));
+        };
+        if let Some(token) = &config.publish_token
+            && publish::authorize(head, Access::Token(token)).is_ok()
+        {
+            return Ok(());
+        }
+        let checked = auth::token::bearer(head)
+            .ok_or(Failure::Missing)
+            .and_then(|token| {
+                auth::verify(token, table, ctx.unix_ms / 1000, |verified| {
+                    if verified.channels.allows(channel) {
+                        Ok(())
+                    } else {
+                        Err(Failure::NotGranted)
+                    }
+                })
+            });
+        checked.map_err(|failure| {
+            debug!("publish token refused: {failure}");
+            ctx.metrics.refuse_token(failure);
+            publish::token_refusal(failure.status())
+        })
+    }
+
     fn on_publish(&mut self, head: &RequestHead, channel: &str, ctx: &mut Ctx<'_>) -> bool {
-        let checked = publish::authorize(head, self.access(ctx.config))
+        let checked = self
+            .authorize_publish(head, channel, ctx)
             .and_then(|()| publish::check_publish(head, channel, ctx.config.max_message_size));
         let publish = match checked {
             Ok(publish) => publish,
@@ -698,6 +750,9 @@ impl Connection {
             self.refuse(400, &[], &body, ctx);
             return;
         }
+        if !self.authorize_upgrade(head, id, rest, ctx) {
+            return;
+        }
         if route.kind == RouteKind::Broadcast {
             let max = ctx.config.max_channels_per_connection;
             let query = head.query.as_deref();
@@ -737,6 +792,96 @@ impl Connection {
         debug!("websocket open on {}", head.path);
     }
 
+    /// Token auth of an upgrade on a route with `auth`: the token must
+    /// verify and grant every channel asked for. True when the upgrade may
+    /// go on (the token's expiry and relay grants are then kept); otherwise
+    /// the 401 or 403 is queued and counted. A subscription the route would
+    /// refuse anyway is left to that check (400).
+    fn authorize_upgrade(
+        &mut self,
+        head: &RequestHead,
+        id: RouteId,
+        rest: &str,
+        ctx: &mut Ctx<'_>,
+    ) -> bool {
+        let (routes, config) = (ctx.routes, ctx.config);
+        let Some(route) = routes.get(id) else {
+            return true;
+        };
+        let Some(name) = route.auth.as_deref() else {
+            return true;
+        };
+        let checked = config
+            .auth
+            .get(name)
+            .ok_or(Failure::UnknownKey)
+            .and_then(|table| {
+                let (token, source) =
+                    auth::token::find(head, table.cookie.as_deref()).ok_or(Failure::Missing)?;
+                let channels = match route.kind {
+                    RouteKind::Broadcast => parse_subscription(
+                        rest,
+                        head.query.as_deref(),
+                        config.max_channels_per_connection,
+                    )
+                    .unwrap_or_default(),
+                    RouteKind::Echo => Vec::new(),
+                };
+                auth::verify(&token, table, ctx.unix_ms / 1000, |verified| {
+                    let subject = verified.subject.as_deref();
+                    if let Some(channel) = channels.iter().find(|c| !verified.channels.allows(c)) {
+                        debug!("token of {subject:?} does not grant channel {channel:?}");
+                        return Err(Failure::NotGranted);
+                    }
+                    let relay_mask = verified.relay.as_ref().map_or(u32::MAX, |relay| {
+                        let granted = channels
+                            .iter()
+                            .take(RELAY_CHANNELS)
+                            .map(|c| relay.allows(c));
+                        granted
+                            .enumerate()
+                            .fold(0, |mask, (i, ok)| mask | (u32::from(ok) << i))
+                    });
+                    debug!(
+                        "token of {subject:?} accepted from the {source:?} on {}",
+                        head.path
+                    );
+                    Ok((verified.expires, relay_mask))
+                })
+            });
+        match checked {
+            Ok((expires, relay_mask)) => {
+                self.relay_mask = relay_mask;
+                if let Some(expires) = expires {
+                    let left = expires.saturating_mul(1000).saturating_sub(ctx.unix_ms);
+                    let at = ctx.now.saturating_add(left).div_ceil(1000).max(1);
+                    self.token_expires = u32::try_from(at).unwrap_or(u32::MAX);
+                }
+                true
+            }
+            Err(failure) => {
+                debug!("token refused on {}: {failure}", head.path);
+                ctx.metrics.refuse_token(failure);
+                let headers: &[(&str, &str)] = match failure.status() {
+                    401 => &[("WWW-Authenticate", "Bearer")],
+                    _ => &[],
+                };
+                self.refuse(failure.status(), headers, failure.body(), ctx);
+                false
+            }
+        }
+    }
+
+    /// Whether this connection's messages may be relayed to its `i`-th
+    /// channel (a relay claim restricts it; see `relay_mask`).
+    pub(super) fn may_relay(&self, i: usize) -> bool {
+        self.relay_mask == u32::MAX
+            || u32::try_from(i)
+                .ok()
+                .and_then(|i| 1u32.checked_shl(i))
+                .is_some_and(|bit| self.relay_mask & bit != 0)
+    }
+
     fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8], keep_alive: bool) {
         self.push_response(|buf| http::write_response(status, headers, body, !keep_alive, buf));
         if !keep_alive {
@@ -769,6 +914,7 @@ impl Connection {
         let to_sender = route.is_some_and(|r| r.echo_to_sender);
         let compression = route.and_then(|r| r.deflate);
         let params = self.deflate;
+        let may_relay = self.relay_mask != 0;
         let Connection { out, receiver, .. } = self;
         let Ctx {
             metrics,
@@ -810,7 +956,7 @@ impl Connection {
                     metrics.messages_out += 1;
                     metrics.bytes_out += out.len().saturating_sub(before) as u64;
                 }
-                (_, Some(ClientMessages::Broadcast)) => actions.push(Action::Relay {
+                (_, Some(ClientMessages::Broadcast)) if may_relay => actions.push(Action::Relay {
                     message: Broadcast::new(opcode, data),
                     to_sender,
                 }),
@@ -934,12 +1080,17 @@ impl Connection {
                 });
                 let idle = (!config.idle_timeout.is_zero())
                     .then(|| after(self.last_recv, config.idle_timeout));
-                match (ping, idle) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [ping, idle, self.token_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
         }
+    }
+
+    /// When the token of an open connection expires (loop clock, ms).
+    fn token_deadline(&self) -> Option<u64> {
+        (self.token_expires != 0).then(|| u64::from(self.token_expires) * 1000)
     }
 
     /// The connection's timer fired: act on whatever deadline has passed.
@@ -962,6 +1113,13 @@ impl Connection {
                 }
             }
             Phase::Open => {
+                if self.token_deadline().is_some_and(|at| now >= at) {
+                    debug!("token expired");
+                    metrics.auth_expired_closes += 1;
+                    let code = CloseCode(CLOSE_TOKEN_EXPIRED);
+                    self.send_close(code, TOKEN_EXPIRED_REASON, now);
+                    return true;
+                }
                 if !config.idle_timeout.is_zero()
                     && now >= after(self.last_recv, config.idle_timeout)
                 {
@@ -1537,5 +1695,113 @@ mod tests {
         n.send(b"hi");
         n.answer(1, Ok(1));
         assert_eq!(n.responses(), [published("b", 1)]);
+    }
+
+    mod token_auth {
+        //! Token auth at the upgrade and the expiry of an open connection,
+        //! on the virtual clock.
+
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        use serde_json::json;
+
+        use super::*;
+        use crate::config::{Algorithm, AuthConfig, KeySet, RouteConfig};
+        use crate::server::harness::{UNIX_MS_AT_ZERO, upgrade_request};
+
+        const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+        const T0: u64 = UNIX_MS_AT_ZERO / 1000;
+
+        fn auth_config() -> Config {
+            config(|c| {
+                let mut route = RouteConfig::new("/live", RouteKind::Broadcast);
+                route.auth = Some("app".to_owned());
+                c.routes = vec![route];
+                let text = "algorithm = \"HS256\"\nsecret_file = \"unused\"\nleeway = \"0s\"\n";
+                let mut table: AuthConfig = toml::from_str(text).expect("table");
+                table.keys = KeySet::from_secret(Algorithm::HS256, SECRET).expect("keys");
+                c.auth.insert("app".to_owned(), table);
+            })
+        }
+
+        fn token(claims: serde_json::Value) -> String {
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .expect("token")
+        }
+
+        fn upgrade(path: &str) -> Driven {
+            let mut c = Driven::accepted(auth_config());
+            c.send(&upgrade_request(path));
+            c
+        }
+
+        fn status_line(c: &mut Driven) -> String {
+            let bytes = c.take();
+            let text = String::from_utf8_lossy(&bytes);
+            text.lines().next().unwrap_or("").to_owned()
+        }
+
+        #[test]
+        fn an_open_connection_is_closed_with_4001_when_its_token_expires() {
+            let t = token(json!({"exp": T0 + 3, "channels": ["news"]}));
+            let mut c = upgrade(&format!("/live/news?token={t}"));
+            assert_eq!(status_line(&mut c), "HTTP/1.1 101 Switching Protocols");
+            assert_eq!(c.conn.next_deadline(&c.env.config), Some(3000));
+            c.advance_to(2999);
+            assert!(c.take().is_empty());
+            c.advance_to(3000);
+            let frames = c.frames();
+            assert_eq!(frames.len(), 1);
+            assert_eq!(frames[0].0, OpCode::Close);
+            assert_eq!(close_code(&frames[0].1), Some(CLOSE_TOKEN_EXPIRED));
+            assert_eq!(&frames[0].1[2..], TOKEN_EXPIRED_REASON.as_bytes());
+            assert!(
+                c.env
+                    .metrics_text()
+                    .contains("wshub_auth_expired_closes_total 1")
+            );
+        }
+
+        #[test]
+        fn missing_invalid_and_ungranted_tokens_are_refused() {
+            let mut c = upgrade("/live/news");
+            assert_eq!(status_line(&mut c), "HTTP/1.1 401 Unauthorized");
+            let expired = token(json!({"exp": T0, "channels": ["news"]}));
+            let mut c = upgrade(&format!("/live/news?token={expired}"));
+            assert_eq!(status_line(&mut c), "HTTP/1.1 401 Unauthorized");
+            let narrow = token(json!({"exp": T0 + 60, "channels": ["news", "user.1.*"]}));
+            let mut c = upgrade(&format!(
+                "/live?channel=news&channel=user.2.x&token={narrow}"
+            ));
+            assert_eq!(status_line(&mut c), "HTTP/1.1 403 Forbidden");
+            let text = c.env.metrics_text();
+            assert!(
+                text.contains("wshub_auth_refused_total{reason=\"not_granted\"} 1"),
+                "{text}"
+            );
+            let mut c = upgrade(&format!(
+                "/live?channel=news&channel=user.1.x&token={narrow}"
+            ));
+            assert_eq!(status_line(&mut c), "HTTP/1.1 101 Switching Protocols");
+        }
+
+        #[test]
+        fn the_relay_claim_decides_per_channel() {
+            let mut config = auth_config();
+            if let Some(t) = config.auth.get_mut("app") {
+                t.relay_claim = Some("relay".to_owned());
+            }
+            let t = token(json!({"exp": T0 + 60, "channels": ["a", "b", "c"], "relay": ["b"]}));
+            let mut c = Driven::accepted(config);
+            c.send(&upgrade_request(&format!(
+                "/live?channel=a&channel=b&channel=c&token={t}"
+            )));
+            assert!(c.conn.is_open());
+            let allowed: Vec<bool> = (0..4).map(|i| c.conn.may_relay(i)).collect();
+            assert_eq!(allowed, [false, true, false, false]);
+        }
     }
 }

@@ -37,6 +37,8 @@ impl Server {
     pub(super) fn drive(&mut self, key: usize, readable: bool, read_to_end: bool, now: u64) {
         let mut read = readable;
         let mut again = false;
+        // Read once per turn: only token checks use it.
+        let unix_ms = crate::auth::unix_ms();
         for _ in 0..ROUNDS_PER_TURN {
             let Some(slot) = self.conns.get_mut(key) else {
                 return;
@@ -49,6 +51,7 @@ impl Server {
                 codec: &mut self.codec,
                 inflater: &mut self.inflater,
                 now,
+                unix_ms,
                 degraded: self.cluster.as_ref().and_then(|c| c.bus.health()),
             };
             if slot.conn.waits_for_answers() {

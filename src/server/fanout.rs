@@ -384,6 +384,7 @@ impl Server {
                         let Some(id) = self
                             .conns
                             .get(key)
+                            .filter(|s| s.conn.may_relay(i))
                             .and_then(|s| s.conn.memberships.iter().nth(i))
                             .map(|m| m.channel())
                         else {
@@ -579,6 +580,7 @@ impl Server {
             let Some(name) = self
                 .conns
                 .get(key)
+                .filter(|s| s.conn.may_relay(i))
                 .and_then(|s| s.conn.memberships.iter().nth(i))
                 .and_then(|m| self.hub.name(m.channel()))
                 .map(str::to_owned)

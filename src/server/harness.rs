@@ -98,10 +98,14 @@ impl Env {
             codec: &mut self.codec,
             inflater: &mut self.inflater,
             now: self.now,
+            unix_ms: UNIX_MS_AT_ZERO + self.now,
             degraded: None,
         }
     }
 }
+
+/// The wall clock when the virtual clock reads 0 (ms since the Unix epoch).
+pub(super) const UNIX_MS_AT_ZERO: u64 = 1_800_000_000_000;
 
 /// A loopback client address.
 pub(super) fn peer() -> SocketAddr {

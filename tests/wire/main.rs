@@ -17,11 +17,13 @@ mod support {
     pub mod daemon;
     pub mod data;
     pub mod http;
+    pub mod jwt;
     pub mod server;
     pub mod tempdir;
     pub mod tls;
 }
 
+mod auth;
 mod binary;
 mod broadcast;
 mod cli_publish;

@@ -4,7 +4,9 @@
 //! completed), waits `--settle` seconds for the server's memory to settle,
 //! reads VmRSS again and reports (after − before) / N. Then, unless
 //! `--no-publish`, publishes one message over HTTP and reports the time
-//! until the last of the N subscribers has it.
+//! until the last of the N subscribers has it. The dial also gives the
+//! handshake rate and the server's CPU time per handshake (what a route's
+//! token verification costs shows there).
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,8 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     let mut scratch = sizing.scratch();
 
     let before = rss()?;
+    let cpu = stats::CpuMeter::start(pid)
+        .map_err(|e| Fail::run(format!("reading /proc/{pid}/stat: {e}")))?;
     let dial_start = Instant::now();
     let mut conns = conn::dial_scenario(
         &mut poll,
@@ -54,6 +58,11 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         &deadline,
     )?;
     let dial_time = dial_start.elapsed();
+    let dial_cpu_us = cpu
+        .used_us()
+        .map_err(|e| Fail::run(format!("reading /proc/{pid}/stat: {e}")))?;
+    let handshakes_per_s = n as f64 / dial_time.as_secs_f64().max(1e-9);
+    let cpu_per_handshake_us = dial_cpu_us / n as f64;
 
     // Let the server finish whatever follows the handshakes (and the kernel
     // its socket buffers) before reading its memory again. Messages are not
@@ -180,6 +189,9 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         before as f64 / 1048576.0,
         after as f64 / 1048576.0
     );
+    println!(
+        "  handshakes:  {handshakes_per_s:.0}/s while dialing, server CPU {cpu_per_handshake_us:.1} us each"
+    );
     if unexpected > 0 {
         println!("  note:        {unexpected} messages arrived while idle");
     }
@@ -204,6 +216,8 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         .int("conns", n as u64)
         .str("deflate", if opts.deflate { "negotiated" } else { "off" })
         .num("connect_s", dial_time.as_secs_f64(), 3)
+        .num("handshakes_per_s", handshakes_per_s, 0)
+        .num("server_cpu_us_per_handshake", cpu_per_handshake_us, 2)
         .int("rss_before", before)
         .int("rss_after", after)
         .num("bytes_per_conn", per_conn, 1)
