@@ -83,12 +83,13 @@ impl Refused {
 }
 
 /// Why a recovery was refused, in the order `/metrics` lists them.
-const NOT_RECOVERED: [NotRecovered; 5] = [
+const NOT_RECOVERED: [NotRecovered; 6] = [
     NotRecovered::Epoch,
     NotRecovered::Evicted,
     NotRecovered::Expired,
     NotRecovered::TooMany,
     NotRecovered::NoHistory,
+    NotRecovered::Unavailable,
 ];
 
 /// Every number `/metrics` reports. Counters only grow; gauges are set.

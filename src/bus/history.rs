@@ -300,8 +300,16 @@ pub(crate) struct Replay {
 impl Replay {
     /// The messages after the client's position up to the read's top, in
     /// order.
+    #[cfg(test)]
     pub(crate) fn entries(&self) -> &[Entry] {
         self.entries.get(self.range.clone()).unwrap_or_default()
+    }
+
+    /// The read's entries, shared by every recovery it served, and where
+    /// this one's lie among them: to convert a read's entries once, however
+    /// many recoveries it serves.
+    pub(crate) fn shared(&self) -> (&Arc<[Entry]>, std::ops::Range<usize>) {
+        (&self.entries, self.range.clone())
     }
 }
 

@@ -30,11 +30,12 @@ use log::debug;
 use slab::Slab;
 
 use super::Server;
-use super::bus::Waiter;
+use super::bus::{Holds, Waiter};
 use super::compress::{Broadcast, Codec, Delivery, Format, FrameCache};
 use super::conn::Action;
 use super::drive::ROUNDS_PER_TURN;
 use super::slot::{HISTORY_TIMER, Slot};
+use crate::bus::Ask;
 use crate::config::{Config, OnBacklog};
 use crate::history::Limits;
 use crate::hub::meta::{self, MAX_ANSWER_LEN};
@@ -86,6 +87,10 @@ pub(super) struct Outgoing<'a> {
     pub position: Option<Position>,
     /// Its frames, made by the first recipient that needs each.
     pub frames: &'a FrameCache,
+    /// On a cluster node with recoveries in progress: those, and this
+    /// channel's id (a connection held back for it misses this message
+    /// here and gets it in its recovery's answer).
+    pub held: Option<(&'a Holds, ChannelId)>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -95,6 +100,7 @@ impl<'a> Outgoing<'a> {
             message: &delivery.message,
             position: delivery.position,
             frames: &delivery.frames,
+            held: None,
         }
     }
 }
@@ -176,6 +182,11 @@ impl FanOut {
             let Some(slot) = slots.get_mut(key) else {
                 continue;
             };
+            // Before the stamp: a relay's copy for another channel is not
+            // held back.
+            if slot.held && out.held.is_some_and(|(h, id)| h.holds(key, id)) {
+                continue;
+            }
             // A metadata client gets a relay once per channel: each copy
             // names its channel and carries that channel's position, which
             // the client must see to keep its place in every channel.
@@ -424,6 +435,18 @@ impl Server {
                 .tell_position(&mut self.conns, key, &w.name, current);
             return;
         };
+        // A cluster node's log holds only what it delivered: Redis may have
+        // the rest. The answer comes later; meanwhile this connection's live
+        // messages of the channel are held back.
+        if history && self.cluster.is_some() && self.hub.recover(channel, from, max_replay).is_err()
+        {
+            let ask = Ask {
+                position: from,
+                max_replay,
+            };
+            self.hold_recovery(key, channel, &w.name, ask, now);
+            return;
+        }
         let env = Env {
             now,
             config: &self.config,
@@ -647,11 +670,18 @@ impl Server {
             codec: &mut self.codec,
             metrics: &mut self.metrics,
         };
+        let held = self
+            .cluster
+            .as_deref()
+            .map(|c| &c.holds)
+            .filter(|h| !h.is_empty())
+            .map(|h| (h, channel));
         let out = Outgoing {
             channel: self.hub.name(channel).unwrap_or_default(),
             message,
             position,
             frames,
+            held,
         };
         self.fanout.deliver(
             &mut self.conns,
@@ -778,6 +808,7 @@ mod tests {
                 message: &message,
                 position: None,
                 frames: &FrameCache::default(),
+                held: None,
             };
             self.fanout.deliver(
                 &mut self.slots,
@@ -1046,6 +1077,7 @@ mod tests {
                 message: &message,
                 position: None,
                 frames: &cache,
+                held: None,
             };
             total += room.fanout.deliver(
                 &mut room.slots,
