@@ -131,6 +131,8 @@ pub(crate) struct ClusterGauges {
     pub publish_link_up: bool,
     pub subscription_link_up: bool,
     pub channels_subscribed: u64,
+    /// Recoveries in progress: waiting for Redis or for the live feed.
+    pub recoveries_held: u64,
     pub stats: crate::bus::Stats,
 }
 
@@ -365,6 +367,17 @@ impl ClusterGauges {
             out,
             "wshub_cluster_channels_subscribed {}",
             self.channels_subscribed
+        )?;
+        header(
+            out,
+            "wshub_cluster_recoveries_held",
+            "gauge",
+            "Recoveries in progress (their clients' live messages held back)",
+        )?;
+        writeln!(
+            out,
+            "wshub_cluster_recoveries_held {}",
+            self.recoveries_held
         )?;
         let s = &self.stats;
         let counters = [

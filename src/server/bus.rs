@@ -359,6 +359,7 @@ impl Cluster {
             publish_link_up: self.bus.cmd.is_up(),
             subscription_link_up: self.bus.sub.is_up(),
             channels_subscribed: self.bus.subscribed_count() as u64,
+            recoveries_held: self.holds.held.len() as u64,
             stats: self.bus.stats.clone(),
         }
     }
@@ -1198,5 +1199,61 @@ fn read_tls(
         session
             .process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::position::Epoch;
+
+    fn at(epoch: u64, offset: u64) -> Position {
+        Position {
+            epoch: Epoch::new(epoch),
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_held_recovery_joins_once_the_feed_reached_the_read_and_adopts_on_a_fresh_channel() {
+        use Settle::*;
+        // Same epoch: wait for the feed up to the read's top, then join.
+        assert_eq!(settle_rule(at(1, 4), at(1, 5)), Wait);
+        assert_eq!(settle_rule(at(1, 5), at(1, 5)), Join);
+        assert_eq!(settle_rule(at(1, 9), at(1, 5)), Join);
+        // Nothing here yet (the node's own epoch, offset 0): adopt the top.
+        assert_eq!(settle_rule(at(7, 0), at(1, 5)), Adopt);
+        assert_eq!(settle_rule(at(7, 0), at(1, 0)), Adopt);
+        // The node's feed is in another epoch: wait for it to follow.
+        assert_eq!(settle_rule(at(7, 3), at(1, 5)), Wait);
+    }
+
+    #[test]
+    fn holds_are_found_per_connection_and_leave_the_waiting_list_when_removed() {
+        let mut holds = Holds::default();
+        let (a, b) = (ChannelId::MIN, ChannelId::MAX);
+        let held = |answered: bool| Held {
+            token: Token(1),
+            from: at(1, 0),
+            max_replay: 10,
+            deadline: 5,
+            answer: answered.then(|| Answer {
+                top: at(1, 2),
+                deliveries: Rc::from(Vec::new()),
+                range: 0..0,
+            }),
+        };
+        holds.held.insert((3, a), held(false));
+        holds.held.insert((3, b), held(true));
+        holds.waiting.push((3, b));
+        holds.held.insert((4, a), held(false));
+        assert!(holds.holds(3, a) && holds.holds(3, b) && !holds.holds(5, a));
+        assert!(holds.any_of(3) && holds.any_of(4) && !holds.any_of(2) && !holds.any_of(5));
+        assert!(holds.remove(3, b).is_some());
+        assert!(holds.waiting.is_empty());
+        assert!(holds.any_of(3));
+        assert!(holds.remove(3, a).is_some());
+        assert!(!holds.any_of(3) && holds.any_of(4));
+        assert!(holds.remove(3, a).is_none());
     }
 }
