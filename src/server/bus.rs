@@ -173,6 +173,9 @@ struct Held {
     max_replay: usize,
     /// When it is answered whatever the state.
     deadline: u64,
+    /// Only the channel's position is wanted (a subscription without a
+    /// position to recover from).
+    tell: bool,
     /// Redis answered; the node's live feed has not reached `top` yet.
     answer: Option<Answer>,
 }
@@ -610,7 +613,7 @@ impl Server {
 
     /// Holds back connection `key`'s live messages of `channel` (named
     /// `name`, which it has just subscribed to) and asks Redis for the
-    /// messages after `from`; the answer comes to
+    /// messages after `ask.position`; the answer comes to
     /// [`Server::on_bus_recovery`]. False on a node without a cluster.
     pub(super) fn hold_recovery(
         &mut self,
@@ -618,6 +621,40 @@ impl Server {
         channel: ChannelId,
         name: &str,
         ask: Ask,
+        now: u64,
+    ) -> bool {
+        self.hold(key, channel, name, ask, false, now)
+    }
+
+    /// A metadata connection subscribed without a position to `channel`,
+    /// of which this node has no message yet (its position here is the
+    /// node's own epoch, which no other node knows): it is told Redis's
+    /// position instead, once Redis answered, its live messages held back
+    /// meanwhile. False on a node without a cluster.
+    pub(super) fn hold_position(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        name: &str,
+        local: Position,
+        now: u64,
+    ) -> bool {
+        // The node's own epoch is never Redis's: the read answers `epoch`
+        // with the channel's current position, and reads no entry.
+        let ask = Ask {
+            position: local,
+            max_replay: 0,
+        };
+        self.hold(key, channel, name, ask, true, now)
+    }
+
+    fn hold(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        name: &str,
+        ask: Ask,
+        tell: bool,
         now: u64,
     ) -> bool {
         let Some(slot) = self.conns.get_mut(key) else {
@@ -641,6 +678,7 @@ impl Server {
                 from: ask.position,
                 max_replay: ask.max_replay,
                 deadline,
+                tell,
                 answer: None,
             },
         );
@@ -680,12 +718,18 @@ impl Server {
         let Some(cluster) = self.cluster.as_deref_mut() else {
             return;
         };
-        if cluster
-            .holds
-            .held
-            .get(&(key, id))
-            .is_none_or(|h| h.token != reader.token || h.answer.is_some())
-        {
+        let Some(held) = cluster.holds.held.get(&(key, id)) else {
+            return;
+        };
+        if held.token != reader.token || held.answer.is_some() {
+            return;
+        }
+        if held.tell {
+            let redis = match outcome {
+                Recovery::Recovered { top, .. } => Some(top),
+                Recovery::NotRecovered { current, .. } => current,
+            };
+            self.tell_held(key, id, redis, now);
             return;
         }
         match outcome {
@@ -860,6 +904,32 @@ impl Server {
             .recover(&mut self.conns, key, name, outcome, env);
     }
 
+    /// Answers a hold that wants only the channel's position: Redis's
+    /// (`redis`, when known) becomes the channel's here if the node has no
+    /// message of it yet; the client is told the node's position then.
+    fn tell_held(&mut self, key: usize, channel: ChannelId, redis: Option<Position>, _now: u64) {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if release(&mut self.conns, &mut cluster.holds, key, channel).is_none() {
+            return;
+        }
+        let Some(local) = self.hub.position(channel) else {
+            return;
+        };
+        if let Some(redis) = redis
+            && settle_rule(local, redis) == Settle::Adopt
+        {
+            self.hub.accept_position(channel, redis);
+        }
+        let (Some(current), Some(name)) = (self.hub.position(channel), self.hub.name(channel))
+        else {
+            return;
+        };
+        self.fanout
+            .tell_position(&mut self.conns, key, name, current);
+    }
+
     /// Answers the holds whose deadline has come: `epoch` when Redis's
     /// answer is in another epoch than the node's feed ever reached (with
     /// Redis's position), else `unavailable` (with the node's).
@@ -879,6 +949,10 @@ impl Server {
                 continue;
             };
             if held.deadline != at {
+                continue;
+            }
+            if held.tell {
+                self.tell_held(key, channel, None, now);
                 continue;
             }
             let local = self.hub.position(channel);
@@ -1237,6 +1311,7 @@ mod tests {
             from: at(1, 0),
             max_replay: 10,
             deadline: 5,
+            tell: false,
             answer: answered.then(|| Answer {
                 top: at(1, 2),
                 deliveries: Rc::from(Vec::new()),

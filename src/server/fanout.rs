@@ -431,8 +431,15 @@ impl Server {
             return;
         };
         let Some(from) = w.from else {
-            self.fanout
-                .tell_position(&mut self.conns, key, &w.name, current);
+            // A cluster node with nothing of the channel yet knows only its
+            // own epoch: Redis's position is asked for.
+            if !(history
+                && current.offset == 0
+                && self.hold_position(key, channel, &w.name, current, now))
+            {
+                self.fanout
+                    .tell_position(&mut self.conns, key, &w.name, current);
+            }
             return;
         };
         // A cluster node's log holds only what it delivered: Redis may have

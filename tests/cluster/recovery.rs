@@ -88,16 +88,19 @@ fn publish(publisher: &mut RawClient, channel: &str, body: &str) -> At {
 /// position.
 fn follow(node: &TestServer, redis: &Redis, publisher: &mut RawClient, upto: u64) -> At {
     let mut client = RawClient::open(node.addr, &format!("{LIVE_PATH}/feed?meta=1"));
-    assert_eq!(json(&mut client)["subscribed"], true);
+    let subscribed = json(&mut client);
+    assert_eq!(subscribed["subscribed"], true);
     wait_numsub(redis, "feed", 1);
-    let mut last = None;
+    let mut last = At::of(&subscribed);
     for i in 1..=upto {
         let at = publish(publisher, "feed", &format!("m{i}"));
+        // Told Redis's position as it subscribed: the messages follow it.
+        assert_eq!((&at.epoch, at.offset), (&last.epoch, last.offset + 1));
         let (got, text) = message(&mut client);
         assert_eq!((&got, text), (&at, format!("m{i}")));
-        last = Some(got);
+        last = got;
     }
-    last.expect("a message")
+    last
 }
 
 /// Reads a recovery answer that must say recovered with `replayed`
@@ -153,6 +156,31 @@ fn a_client_recovers_on_another_node_what_was_published_through_it_then_live() {
     assert_eq!(publish(&mut via_b, "feed", "m112").offset, 112);
     for c in [&mut client, &mut early, &mut late] {
         assert_eq!(message(c), (at(112), "m112".to_owned()));
+    }
+}
+
+/// A metadata client subscribing without a position on a node that has
+/// nothing of the channel yet is told Redis's position, from which it can
+/// recover anywhere.
+#[test]
+fn a_subscriber_on_a_fresh_node_is_told_the_cluster_position() {
+    let _alone = alone();
+    let redis = Redis::start();
+    let a = node(&redis, 1_000, 1_000);
+    let b = node(&redis, 1_000, 1_000);
+    let mut via_a = RawClient::connect(a.addr);
+    let seen = follow(&a, &redis, &mut via_a, 3);
+    let mut client = RawClient::open(b.addr, &format!("{LIVE_PATH}/feed?meta=1"));
+    let told = json(&mut client);
+    assert_eq!(told["subscribed"], true, "{told}");
+    assert_eq!(At::of(&told), seen);
+    drop(client);
+    for i in 4..=5 {
+        publish(&mut via_a, "feed", &format!("m{i}"));
+    }
+    for n in [&a, &b] {
+        let mut client = RawClient::open(n.addr, &seen.path("feed"));
+        expect_replay(&mut client, &seen, 2);
     }
 }
 
