@@ -164,6 +164,27 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// An entry as a read would return it (tests elsewhere in the crate).
+    #[cfg(test)]
+    pub(crate) fn new(position: Position, binary: bool, payload: &[u8]) -> Entry {
+        let mut envelope = Vec::new();
+        Envelope {
+            binary,
+            origin: 1,
+            position: Some(position),
+            exclude: None,
+            payload,
+        }
+        .write(&mut envelope);
+        Entry {
+            position,
+            time_ms: 0,
+            binary,
+            payload_at: envelope.len() - payload.len(),
+            envelope,
+        }
+    }
+
     /// The message's payload.
     pub(crate) fn payload(&self) -> &[u8] {
         self.envelope.get(self.payload_at..).unwrap_or_default()

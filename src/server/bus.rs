@@ -233,6 +233,35 @@ struct Converted {
     deliveries: Rc<[Rc<Delivery>]>,
 }
 
+impl Converted {
+    /// The deliveries of a read's `entries`: made once per read, however
+    /// many recoveries it serves (`cache` holds the last read's).
+    fn of(cache: &mut Option<Converted>, entries: &Arc<[Entry]>) -> Rc<[Rc<Delivery>]> {
+        if let Some(c) = cache
+            && Arc::ptr_eq(&c.entries, entries)
+        {
+            return Rc::clone(&c.deliveries);
+        }
+        let deliveries: Rc<[Rc<Delivery>]> = entries
+            .iter()
+            .map(|e| {
+                let opcode = if e.binary {
+                    OpCode::Binary
+                } else {
+                    OpCode::Text
+                };
+                let message = Broadcast::new(opcode, e.payload());
+                Rc::new(Delivery::new(message, Some(e.position)))
+            })
+            .collect();
+        *cache = Some(Converted {
+            entries: Arc::clone(entries),
+            deliveries: Rc::clone(&deliveries),
+        });
+        deliveries
+    }
+}
+
 /// A bus refusal as the client reads it.
 fn not_recovered(reason: Reason) -> NotRecovered {
     match reason {
@@ -743,28 +772,7 @@ impl Server {
             }
             Recovery::Recovered { top, replay } => {
                 let (entries, range) = replay.shared();
-                let deliveries = match &cluster.converted {
-                    Some(c) if Arc::ptr_eq(&c.entries, entries) => Rc::clone(&c.deliveries),
-                    _ => {
-                        let deliveries: Rc<[Rc<Delivery>]> = entries
-                            .iter()
-                            .map(|e| {
-                                let opcode = if e.binary {
-                                    OpCode::Binary
-                                } else {
-                                    OpCode::Text
-                                };
-                                let message = Broadcast::new(opcode, e.payload());
-                                Rc::new(Delivery::new(message, Some(e.position)))
-                            })
-                            .collect();
-                        cluster.converted = Some(Converted {
-                            entries: Arc::clone(entries),
-                            deliveries: Rc::clone(&deliveries),
-                        });
-                        deliveries
-                    }
-                };
+                let deliveries = Converted::of(&mut cluster.converted, entries);
                 if let Some(held) = cluster.holds.held.get_mut(&(key, id)) {
                     held.answer = Some(Answer {
                         top,
@@ -1330,5 +1338,28 @@ mod tests {
         assert!(holds.remove(3, a).is_some());
         assert!(!holds.any_of(3) && holds.any_of(4));
         assert!(holds.remove(3, a).is_none());
+    }
+
+    #[test]
+    fn a_read_is_made_into_deliveries_once_for_every_recovery_it_serves() {
+        let entries: Arc<[Entry]> = vec![
+            Entry::new(at(1, 4), false, b"four"),
+            Entry::new(at(1, 5), true, &[5, 5]),
+        ]
+        .into();
+        let mut cache = None;
+        let first = Converted::of(&mut cache, &entries);
+        let again = Converted::of(&mut cache, &Arc::clone(&entries));
+        assert!(Rc::ptr_eq(&first, &again));
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].position, Some(at(1, 4)));
+        assert_eq!(first[0].message.payload(), b"four");
+        assert_eq!(first[0].message.opcode(), OpCode::Text);
+        assert_eq!(first[1].message.payload(), [5, 5]);
+        assert_eq!(first[1].message.opcode(), OpCode::Binary);
+        // Another read (equal entries, another allocation) is made anew.
+        let other: Arc<[Entry]> = entries.to_vec().into();
+        let made = Converted::of(&mut cache, &other);
+        assert!(!Rc::ptr_eq(&first, &made));
     }
 }

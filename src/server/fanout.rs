@@ -21,7 +21,10 @@
 //! in the turn it asked for them: subscribing to a channel and queueing its
 //! recovery happen in one step, with no publish in between. Every message
 //! up to the channel's current offset is in the replay; every later one
-//! reaches the connection live, after it.
+//! reaches the connection live, after it. A cluster node whose own history
+//! cannot serve a recovery asks Redis and holds back that connection's live
+//! messages of the channel until it answers ([`FanOut::deliver`] skips them;
+//! the answer carries them): the join is the server's `bus` module's.
 
 use std::io::Cursor;
 use std::rc::Rc;
@@ -154,8 +157,9 @@ impl FanOut {
     }
 
     /// Queues one shared frame on every open subscriber among `subscribers`
-    /// (slab keys) not yet stamped with `stamp`, and lists them for a flush
-    /// at the end of the turn. Returns the recipients.
+    /// (slab keys) not yet stamped with `stamp` nor held back for this
+    /// channel by a recovery in progress (`out.held`), and lists them for a
+    /// flush at the end of the turn. Returns the recipients.
     ///
     /// Each subscriber gets the message in its format (plain, or with
     /// metadata) and compressed as it negotiated; each such frame is made
@@ -621,8 +625,9 @@ impl Server {
     }
 
     /// Delivers a message that carries no position (a cluster delivery
-    /// until Redis assigns positions): metadata clients get it without
-    /// `epoch` and `offset`. Nothing is kept in history.
+    /// when no route keeps history, so Redis assigns none): metadata
+    /// clients get it without `epoch` and `offset`. Nothing is kept in
+    /// history.
     pub(super) fn fan_out(
         &mut self,
         channel: ChannelId,
