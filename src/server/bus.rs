@@ -843,11 +843,6 @@ impl Server {
         let Some(answer) = held.answer else {
             return false;
         };
-        let redis = answer
-            .deliveries
-            .get(answer.range.clone())
-            .unwrap_or_default()
-            .iter();
         let name = self.hub.name(channel).unwrap_or_default();
         let env = Env {
             now,
@@ -856,22 +851,28 @@ impl Server {
             codec: &mut self.codec,
             metrics: &mut self.metrics,
         };
-        match self.hub.recover(channel, top, usize::MAX) {
-            Ok((_, later)) => {
+        let redis = answer.deliveries.get(answer.range.clone());
+        match (redis, self.hub.recover(channel, top, usize::MAX)) {
+            (Some(redis), Ok((_, later))) => {
                 let outcome = Outcome::Recovered {
                     from,
-                    messages: redis.chain(later),
+                    messages: redis.iter().chain(later),
                 };
                 self.fanout
                     .recover(&mut self.conns, key, name, outcome, env);
             }
-            Err((_, current)) => {
-                // The log lost what came after the read's top: never a
-                // partial replay.
-                let outcome: Outcome<std::iter::Empty<&Rc<Delivery>>> = Outcome::NotRecovered {
-                    reason: NotRecovered::Evicted,
-                    current,
+            // The log lost what came after the read's top (or the read's
+            // range is not in it): never a partial replay.
+            (redis, later) => {
+                let (reason, current) = match later {
+                    Err(refused) if redis.is_some() => refused,
+                    _ => (
+                        NotRecovered::Evicted,
+                        self.hub.position(channel).unwrap_or(local),
+                    ),
                 };
+                let outcome: Outcome<std::iter::Empty<&Rc<Delivery>>> =
+                    Outcome::NotRecovered { reason, current };
                 self.fanout
                     .recover(&mut self.conns, key, name, outcome, env);
             }
