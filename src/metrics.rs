@@ -84,12 +84,13 @@ impl Refused {
 }
 
 /// Why a recovery was refused, in the order `/metrics` lists them.
-const NOT_RECOVERED: [NotRecovered; 5] = [
+const NOT_RECOVERED: [NotRecovered; 6] = [
     NotRecovered::Epoch,
     NotRecovered::Evicted,
     NotRecovered::Expired,
     NotRecovered::TooMany,
     NotRecovered::NoHistory,
+    NotRecovered::Unavailable,
 ];
 
 /// Every number `/metrics` reports. Counters only grow; gauges are set.
@@ -135,6 +136,8 @@ pub(crate) struct ClusterGauges {
     pub publish_link_up: bool,
     pub subscription_link_up: bool,
     pub channels_subscribed: u64,
+    /// Recoveries in progress: waiting for Redis or for the live feed.
+    pub recoveries_held: u64,
     pub stats: crate::bus::Stats,
 }
 
@@ -399,6 +402,17 @@ impl ClusterGauges {
             out,
             "wshub_cluster_channels_subscribed {}",
             self.channels_subscribed
+        )?;
+        header(
+            out,
+            "wshub_cluster_recoveries_held",
+            "gauge",
+            "Recoveries in progress (their clients' live messages held back)",
+        )?;
+        writeln!(
+            out,
+            "wshub_cluster_recoveries_held {}",
+            self.recoveries_held
         )?;
         let s = &self.stats;
         let counters = [

@@ -164,6 +164,27 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// An entry as a read would return it (tests elsewhere in the crate).
+    #[cfg(test)]
+    pub(crate) fn new(position: Position, binary: bool, payload: &[u8]) -> Entry {
+        let mut envelope = Vec::new();
+        Envelope {
+            binary,
+            origin: 1,
+            position: Some(position),
+            exclude: None,
+            payload,
+        }
+        .write(&mut envelope);
+        Entry {
+            position,
+            time_ms: 0,
+            binary,
+            payload_at: envelope.len() - payload.len(),
+            envelope,
+        }
+    }
+
     /// The message's payload.
     pub(crate) fn payload(&self) -> &[u8] {
         self.envelope.get(self.payload_at..).unwrap_or_default()
@@ -300,8 +321,16 @@ pub(crate) struct Replay {
 impl Replay {
     /// The messages after the client's position up to the read's top, in
     /// order.
+    #[cfg(test)]
     pub(crate) fn entries(&self) -> &[Entry] {
         self.entries.get(self.range.clone()).unwrap_or_default()
+    }
+
+    /// The read's entries, shared by every recovery it served, and where
+    /// this one's lie among them: to convert a read's entries once, however
+    /// many recoveries it serves.
+    pub(crate) fn shared(&self) -> (&Arc<[Entry]>, std::ops::Range<usize>) {
+        (&self.entries, self.range.clone())
     }
 }
 

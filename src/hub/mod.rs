@@ -61,8 +61,14 @@ use crate::history::{self, Limits, Log, Loss, Store};
 pub(crate) use position::{Epoch, Position};
 
 /// Identifies a live channel (valid while it has subscribers).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ChannelId(u32);
+
+impl ChannelId {
+    /// The smallest and largest ids, to bound a range of them.
+    pub(crate) const MIN: ChannelId = ChannelId(0);
+    pub(crate) const MAX: ChannelId = ChannelId(u32::MAX);
+}
 
 /// One subscription: which channel and which slot in its subscriber list;
 /// what a connection stores to unsubscribe in O(1).
@@ -111,6 +117,8 @@ pub(crate) enum NotRecovered {
     TooMany,
     /// The route keeps no history.
     NoHistory,
+    /// A cluster node could not get the messages from Redis in time.
+    Unavailable,
 }
 
 impl NotRecovered {
@@ -122,6 +130,7 @@ impl NotRecovered {
             NotRecovered::Expired => "expired",
             NotRecovered::TooMany => "too_many",
             NotRecovered::NoHistory => "no_history",
+            NotRecovered::Unavailable => "unavailable",
         }
     }
 }
@@ -280,8 +289,6 @@ impl<T: Copy, M> Hub<T, M> {
     /// channel's newest. A new epoch replaces the channel's and empties its
     /// history (kept messages belong to the old one); an offset at or below
     /// the last one in the same epoch is a repeat: false, deliver nothing.
-    // The cluster node's entry point once Redis assigns positions.
-    #[allow(dead_code)]
     pub(crate) fn accept_position(&mut self, channel: ChannelId, position: Position) -> bool {
         let Some(c) = self.channels.get_mut(channel.0 as usize) else {
             return false;

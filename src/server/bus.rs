@@ -6,12 +6,43 @@
 //! start and reload only), handing messages from Redis to the fan-out
 //! (framed once per node, as for a local publish) and publish answers to
 //! the connections that wait for them.
+//! Also owns the join of Redis's positions with the node's own history: a
+//! positioned message is accepted once, in order, delivered and kept in the
+//! local log; a recovery the local log cannot serve is asked of Redis while
+//! the connection's live messages of that channel are held back, and is
+//! answered from Redis's entries up to the read's top followed by the local
+//! log after it (see "Recovery on a cluster node" below).
 //! Must never: resolve a name or block in the loop, read the command socket
-//! before the subscription socket in a turn, keep state per subscriber, or
-//! answer a publish other than as the bus decides.
+//! before the subscription socket in a turn, keep state per idle
+//! subscriber (only per recovery in progress), hold a client's live messages
+//! past its recovery's deadline, hand a client a partial replay, or answer
+//! a publish other than as the bus decides.
+//!
+//! # Recovery on a cluster node
+//!
+//! A client subscribing with a position is first served from the local log
+//! ([`crate::hub::Hub::recover`]): success means the log holds every message
+//! after the position up to the node's newest, and later ones follow live.
+//! Otherwise its live messages of the channel are held back (the slot's
+//! `held` flag, then the [`Holds`] entry) and Redis is asked; its answer
+//! (entries after the position up to the read's `top`) is sent
+//! - at once, when the node has no message of the channel yet: `top` then
+//!   becomes the channel's position here, so live messages up to it still
+//!   in flight are dropped as repeats (the subscription link is read before
+//!   the command link, so such messages normally arrived already);
+//! - once the node's live feed reached `top` in the same epoch: Redis's
+//!   entries, then the local log's messages after `top` (or `evicted` if
+//!   the log no longer has them: never a partial replay).
+//!
+//! Every hold has a deadline (`command_timeout` plus `ping_timeout`): past
+//! it the client is told `unavailable` (or `epoch`, when the node's feed
+//! never reached Redis's epoch) with a position, never held forever.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read as _, Write as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::ops::Range;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
@@ -23,12 +54,13 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::Server;
-use super::compress::{Broadcast, FrameCache};
+use super::compress::{Broadcast, Delivery, FrameCache};
+use super::fanout::{Env, Recovery as Outcome};
 use super::slot::{BUS_COMMAND_TOKEN, BUS_SUBSCRIPTION_TOKEN, BUS_TIMER};
-use crate::bus::{Ask, Bus, Envelope, Event, Recovery, Role};
+use crate::bus::{Ask, Bus, Entry, Envelope, Event, Reason, Recovery, Role};
 use crate::config::ClusterConfig;
-use crate::hub::ChannelId;
 use crate::hub::position::Position;
+use crate::hub::{ChannelId, NotRecovered};
 use crate::metrics::ClusterGauges;
 use crate::protocol::frame::OpCode;
 use crate::timer::TimerKey;
@@ -123,6 +155,153 @@ pub(super) struct Reader {
     pub channel: ChannelId,
 }
 
+/// Redis's answer to a held recovery: the read's top and the messages after
+/// the client's position up to it (`range` of the read's deliveries).
+#[derive(Debug)]
+struct Answer {
+    top: Position,
+    deliveries: Rc<[Rc<Delivery>]>,
+    range: Range<usize>,
+}
+
+/// One recovery in progress on a cluster node.
+#[derive(Debug)]
+struct Held {
+    /// The connection (its generation too: a reused slot is not it).
+    token: Token,
+    from: Position,
+    max_replay: usize,
+    /// When it is answered whatever the state.
+    deadline: u64,
+    /// Only the channel's position is wanted (a subscription without a
+    /// position to recover from).
+    tell: bool,
+    /// Redis answered; the node's live feed has not reached `top` yet.
+    answer: Option<Answer>,
+}
+
+/// The recoveries in progress, by (slab key, channel): their connections'
+/// live messages of those channels are held back until they are answered.
+/// Empty on a node nobody recovers on; a few dozen bytes per recovery
+/// while it lasts.
+#[derive(Debug, Default)]
+pub(super) struct Holds {
+    held: BTreeMap<(usize, ChannelId), Held>,
+    /// Deadlines in arrival order (answered ones linger until due).
+    deadlines: VecDeque<(u64, usize, ChannelId)>,
+    /// Holds that have Redis's answer and wait for the live feed.
+    waiting: Vec<(usize, ChannelId)>,
+}
+
+impl Holds {
+    /// Whether connection `key`'s live messages of `channel` are held back.
+    pub(super) fn holds(&self, key: usize, channel: ChannelId) -> bool {
+        self.held.contains_key(&(key, channel))
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Whether connection `key` has any recovery in progress.
+    fn any_of(&self, key: usize) -> bool {
+        self.held
+            .range((key, ChannelId::MIN)..=(key, ChannelId::MAX))
+            .next()
+            .is_some()
+    }
+
+    fn remove(&mut self, key: usize, channel: ChannelId) -> Option<Held> {
+        let held = self.held.remove(&(key, channel))?;
+        if held.answer.is_some() {
+            self.waiting.retain(|&w| w != (key, channel));
+        }
+        Some(held)
+    }
+
+    /// The earliest deadline still to come.
+    fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.front().map(|&(at, ..)| at)
+    }
+}
+
+/// The deliveries made from the last read's entries, shared by every
+/// recovery that read served (its outcomes arrive together).
+#[derive(Debug)]
+struct Converted {
+    entries: Arc<[Entry]>,
+    deliveries: Rc<[Rc<Delivery>]>,
+}
+
+impl Converted {
+    /// The deliveries of a read's `entries`: made once per read, however
+    /// many recoveries it serves (`cache` holds the last read's).
+    fn of(cache: &mut Option<Converted>, entries: &Arc<[Entry]>) -> Rc<[Rc<Delivery>]> {
+        if let Some(c) = cache
+            && Arc::ptr_eq(&c.entries, entries)
+        {
+            return Rc::clone(&c.deliveries);
+        }
+        let deliveries: Rc<[Rc<Delivery>]> = entries
+            .iter()
+            .map(|e| {
+                let opcode = if e.binary {
+                    OpCode::Binary
+                } else {
+                    OpCode::Text
+                };
+                let message = Broadcast::new(opcode, e.payload());
+                Rc::new(Delivery::new(message, Some(e.position)))
+            })
+            .collect();
+        *cache = Some(Converted {
+            entries: Arc::clone(entries),
+            deliveries: Rc::clone(&deliveries),
+        });
+        deliveries
+    }
+}
+
+/// A bus refusal as the client reads it.
+fn not_recovered(reason: Reason) -> NotRecovered {
+    match reason {
+        Reason::Epoch => NotRecovered::Epoch,
+        Reason::Evicted => NotRecovered::Evicted,
+        Reason::Expired => NotRecovered::Expired,
+        Reason::TooMany => NotRecovered::TooMany,
+        Reason::Unavailable => NotRecovered::Unavailable,
+    }
+}
+
+/// What a held recovery's Redis answer allows now, given the channel's
+/// position `local` at this node (pure: the rules of the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    /// The node has nothing of the channel yet: take `top` as its position
+    /// and send Redis's entries alone.
+    Adopt,
+    /// The node's feed reached `top`: Redis's entries, then the local log's
+    /// after `top`.
+    Join,
+    /// Wait for the live feed (messages up to `top` are in flight, or the
+    /// node's feed is in another epoch).
+    Wait,
+}
+
+fn settle_rule(local: Position, top: Position) -> Settle {
+    if local.epoch == top.epoch {
+        if local.offset >= top.offset {
+            Settle::Join
+        } else {
+            Settle::Wait
+        }
+    } else if local.offset == 0 {
+        Settle::Adopt
+    } else {
+        Settle::Wait
+    }
+}
+
 /// The loop's side of the bus.
 #[derive(Debug)]
 pub(super) struct Cluster {
@@ -139,6 +318,13 @@ pub(super) struct Cluster {
     scratch: Vec<u8>,
     /// `rediss://`: how to start TLS sessions (or why it cannot).
     tls: Result<Option<TlsClient>, String>,
+    /// Recoveries in progress.
+    pub holds: Holds,
+    /// The last read's entries as deliveries (dropped after each batch of
+    /// events).
+    converted: Option<Converted>,
+    /// How long a recovery may be held, in ms.
+    hold_for: u64,
 }
 
 /// The addresses of the Redis host, resolved now (start or reload).
@@ -157,6 +343,13 @@ fn resolve(config: &ClusterConfig) -> Vec<SocketAddr> {
             Vec::new()
         }
     }
+}
+
+/// How long a recovery may hold a client's live messages: long enough for
+/// the bus to answer it (`command_timeout` plus its margin) and for the
+/// live feed to catch up with the read.
+fn hold_for(config: &ClusterConfig) -> u64 {
+    u64::try_from((config.command_timeout + config.ping_timeout).as_millis()).unwrap_or(u64::MAX)
 }
 
 fn seed() -> u64 {
@@ -180,6 +373,9 @@ impl Cluster {
             again: false,
             scratch: Vec::new(),
             tls: load_tls(config),
+            holds: Holds::default(),
+            converted: None,
+            hold_for: hold_for(config),
         }
     }
 
@@ -195,6 +391,7 @@ impl Cluster {
             publish_link_up: self.bus.cmd.is_up(),
             subscription_link_up: self.bus.sub.is_up(),
             channels_subscribed: self.bus.subscribed_count() as u64,
+            recoveries_held: self.holds.held.len() as u64,
             stats: self.bus.stats.clone(),
         }
     }
@@ -362,6 +559,9 @@ impl Server {
         }
         if let Some(cluster) = self.cluster.as_deref_mut() {
             cluster.events = events;
+            // A read's outcomes arrive in one batch: its deliveries are
+            // kept by the recoveries that need them, not here.
+            cluster.converted = None;
         }
     }
 
@@ -404,30 +604,116 @@ impl Server {
     }
 
     /// The fan-out of a message from the bus, with its position (`None`
-    /// when history is off). The one call to switch to the position-aware
-    /// fan-out (and the local history store's append) when the single-node
-    /// history joins: until then the position goes no further.
+    /// when history is off): accepted as the channel's newest (a repeat is
+    /// dropped), delivered, kept in the local log, and then the recoveries
+    /// waiting for the live feed to reach their read's top are looked at.
     #[allow(clippy::too_many_arguments)]
     fn fan_out_positioned(
         &mut self,
         id: ChannelId,
         message: &Broadcast,
-        _position: Option<Position>,
+        position: Option<Position>,
         cache: &mut FrameCache,
         exclude: Option<usize>,
         stamp: u32,
         now: u64,
     ) -> usize {
-        self.fan_out(id, message, cache, exclude, stamp, now)
+        let Some(position) = position else {
+            return self.fan_out(id, message, cache, exclude, stamp, now);
+        };
+        if !self.hub.accept_position(id, position) {
+            return 0;
+        }
+        let delivery = Rc::new(Delivery::new(message.clone(), Some(position)));
+        let recipients = self.fan_out_at(id, &delivery, exclude, stamp, now);
+        self.remember(id, position, delivery, now);
+        self.settle_waiting(id, now);
+        recipients
     }
 
     /// Redis confirmed this node's SUBSCRIBE to `channel`: from here on,
     /// every message of the channel reaches the live feed in order (the
     /// seam a recovery for a newly subscribed channel relies on, see the
     /// bus's module doc). Recovery reads for the channel wait for this
-    /// inside the bus; nothing else in the loop needs it yet.
+    /// inside the bus; nothing else in the loop needs it.
     fn on_bus_subscribed(&mut self, channel: &str) {
         debug!("cluster: subscription to {channel} confirmed");
+    }
+
+    /// Holds back connection `key`'s live messages of `channel` (named
+    /// `name`, which it has just subscribed to) and asks Redis for the
+    /// messages after `ask.position`; the answer comes to
+    /// [`Server::on_bus_recovery`]. False on a node without a cluster.
+    pub(super) fn hold_recovery(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        name: &str,
+        ask: Ask,
+        now: u64,
+    ) -> bool {
+        self.hold(key, channel, name, ask, false, now)
+    }
+
+    /// A metadata connection subscribed without a position to `channel`,
+    /// of which this node has no message yet (its position here is the
+    /// node's own epoch, which no other node knows): it is told Redis's
+    /// position instead, once Redis answered, its live messages held back
+    /// meanwhile. False on a node without a cluster.
+    pub(super) fn hold_position(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        name: &str,
+        local: Position,
+        now: u64,
+    ) -> bool {
+        // The node's own epoch is never Redis's: the read answers `epoch`
+        // with the channel's current position, and reads no entry.
+        let ask = Ask {
+            position: local,
+            max_replay: 0,
+        };
+        self.hold(key, channel, name, ask, true, now)
+    }
+
+    fn hold(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        name: &str,
+        ask: Ask,
+        tell: bool,
+        now: u64,
+    ) -> bool {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let token = slot.token(key);
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return false;
+        };
+        slot.held = true;
+        let deadline = now.saturating_add(cluster.hold_for);
+        let holds = &mut cluster.holds;
+        if let Some(old) = holds.remove(key, channel) {
+            debug!("connection {key}: a second recovery of {name} replaces the first");
+            drop(old);
+        }
+        holds.held.insert(
+            (key, channel),
+            Held {
+                token,
+                from: ask.position,
+                max_replay: ask.max_replay,
+                deadline,
+                tell,
+                answer: None,
+            },
+        );
+        holds.deadlines.push_back((deadline, key, channel));
+        self.recover_from_bus(token, name, ask, now);
+        true
     }
 
     /// Asks Redis for the messages of `channel` after `ask.position`, for
@@ -436,8 +722,7 @@ impl Server {
     /// whatever comes after the read's top arrives on the live feed). The
     /// outcome comes to [`Server::on_bus_recovery`]; requests for the same
     /// channel are coalesced into few reads.
-    #[expect(dead_code, reason = "called by the subscribe path's recovery")]
-    pub(super) fn recover_from_bus(&mut self, token: Token, channel: &str, ask: Ask, now: u64) {
+    fn recover_from_bus(&mut self, token: Token, channel: &str, ask: Ask, now: u64) {
         let Some(id) = self.hub.lookup(channel) else {
             return;
         };
@@ -451,32 +736,263 @@ impl Server {
         self.bus_events(now);
     }
 
-    /// The outcome of a recovery read for `reader`: every message after
-    /// its position up to the read's top (then the live feed continues), or
-    /// why not with the current position. The subscribe path's recovery
-    /// answer takes it from here (a closed connection gets nothing).
-    fn on_bus_recovery(&mut self, reader: Reader, outcome: Recovery, _now: u64) {
-        if self.live_key(reader.token).is_none() {
+    /// The outcome of a recovery read for `reader`: answered now, or kept
+    /// until the live feed reaches the read's top (a closed connection's
+    /// hold is gone already, and it gets nothing).
+    fn on_bus_recovery(&mut self, reader: Reader, outcome: Recovery, now: u64) {
+        let Some(key) = self.live_key(reader.token) else {
+            return;
+        };
+        let id = reader.channel;
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(held) = cluster.holds.held.get(&(key, id)) else {
+            return;
+        };
+        if held.token != reader.token || held.answer.is_some() {
+            return;
+        }
+        if held.tell {
+            let redis = match outcome {
+                Recovery::Recovered { top, .. } => Some(top),
+                Recovery::NotRecovered { current, .. } => current,
+            };
+            self.tell_held(key, id, redis, now);
             return;
         }
         match outcome {
-            Recovery::Recovered { top, replay } => debug!(
-                "cluster: recovered {} messages ({} bytes) up to {}:{}",
-                replay.entries().len(),
-                replay
-                    .entries()
-                    .iter()
-                    .map(|e| e.payload().len())
-                    .sum::<usize>(),
-                top.epoch,
-                top.offset
-            ),
-            Recovery::NotRecovered { reason, current } => debug!(
-                "cluster: not recovered ({}), current {current:?}",
-                reason.as_str()
-            ),
+            Recovery::NotRecovered { reason, current } => {
+                debug!(
+                    "connection {key}: redis cannot recover it: {}",
+                    reason.as_str()
+                );
+                let current = current.or_else(|| self.hub.position(id));
+                self.answer_refusal(key, id, not_recovered(reason), current, now);
+            }
+            Recovery::Recovered { top, replay } => {
+                let (entries, range) = replay.shared();
+                let deliveries = Converted::of(&mut cluster.converted, entries);
+                if let Some(held) = cluster.holds.held.get_mut(&(key, id)) {
+                    held.answer = Some(Answer {
+                        top,
+                        deliveries,
+                        range,
+                    });
+                    cluster.holds.waiting.push((key, id));
+                }
+                self.settle(key, id, now);
+            }
         }
-        let _ = reader.channel;
+    }
+
+    /// The holds waiting for `channel`'s live feed: those it has reached
+    /// are answered.
+    fn settle_waiting(&mut self, channel: ChannelId, now: u64) {
+        let Some(cluster) = self.cluster.as_deref() else {
+            return;
+        };
+        if cluster.holds.waiting.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while let Some(&(key, id)) = self.cluster.as_deref().and_then(|c| c.holds.waiting.get(i)) {
+            // An answered hold leaves the list: the same index is next.
+            if id != channel || !self.settle(key, id, now) {
+                i += 1;
+            }
+        }
+    }
+
+    /// Answers hold (`key`, `channel`) if Redis's answer and the node's live
+    /// feed allow it now; true when answered.
+    fn settle(&mut self, key: usize, channel: ChannelId, now: u64) -> bool {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return false;
+        };
+        let Some(local) = self.hub.position(channel) else {
+            release(&mut self.conns, &mut cluster.holds, key, channel);
+            return true;
+        };
+        let Some(held) = cluster.holds.held.get(&(key, channel)) else {
+            return false;
+        };
+        let Some(answer) = &held.answer else {
+            return false;
+        };
+        let (from, max_replay, top) = (held.from, held.max_replay, answer.top);
+        match settle_rule(local, top) {
+            Settle::Wait => return false,
+            Settle::Adopt => {
+                self.hub.accept_position(channel, top);
+            }
+            Settle::Join => {
+                let missed = local.offset.saturating_sub(from.offset);
+                if usize::try_from(missed).map_or(true, |m| m > max_replay) {
+                    self.answer_refusal(key, channel, NotRecovered::TooMany, Some(local), now);
+                    return true;
+                }
+            }
+        }
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return false;
+        };
+        let Some(held) = release(&mut self.conns, &mut cluster.holds, key, channel) else {
+            return false;
+        };
+        let Some(answer) = held.answer else {
+            return false;
+        };
+        let name = self.hub.name(channel).unwrap_or_default();
+        let env = Env {
+            now,
+            config: &self.config,
+            routes: &self.routes,
+            codec: &mut self.codec,
+            metrics: &mut self.metrics,
+        };
+        let redis = answer.deliveries.get(answer.range.clone());
+        match (redis, self.hub.recover(channel, top, usize::MAX)) {
+            (Some(redis), Ok((_, later))) => {
+                let outcome = Outcome::Recovered {
+                    from,
+                    messages: redis.iter().chain(later),
+                };
+                self.fanout
+                    .recover(&mut self.conns, key, name, outcome, env);
+            }
+            // The log lost what came after the read's top (or the read's
+            // range is not in it): never a partial replay.
+            (redis, later) => {
+                let (reason, current) = match later {
+                    Err(refused) if redis.is_some() => refused,
+                    _ => (
+                        NotRecovered::Evicted,
+                        self.hub.position(channel).unwrap_or(local),
+                    ),
+                };
+                let outcome: Outcome<std::iter::Empty<&Rc<Delivery>>> =
+                    Outcome::NotRecovered { reason, current };
+                self.fanout
+                    .recover(&mut self.conns, key, name, outcome, env);
+            }
+        }
+        true
+    }
+
+    /// Tells hold (`key`, `channel`) it is not recovered, with `current`
+    /// (the node's position when none is known), and releases it.
+    fn answer_refusal(
+        &mut self,
+        key: usize,
+        channel: ChannelId,
+        reason: NotRecovered,
+        current: Option<Position>,
+        now: u64,
+    ) {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if release(&mut self.conns, &mut cluster.holds, key, channel).is_none() {
+            return;
+        }
+        let Some(current) = current.or_else(|| self.hub.position(channel)) else {
+            return;
+        };
+        let name = self.hub.name(channel).unwrap_or_default();
+        let env = Env {
+            now,
+            config: &self.config,
+            routes: &self.routes,
+            codec: &mut self.codec,
+            metrics: &mut self.metrics,
+        };
+        let outcome: Outcome<std::iter::Empty<&Rc<Delivery>>> =
+            Outcome::NotRecovered { reason, current };
+        self.fanout
+            .recover(&mut self.conns, key, name, outcome, env);
+    }
+
+    /// Answers a hold that wants only the channel's position: Redis's
+    /// (`redis`, when known) becomes the channel's here if the node has no
+    /// message of it yet; the client is told the node's position then.
+    fn tell_held(&mut self, key: usize, channel: ChannelId, redis: Option<Position>, _now: u64) {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if release(&mut self.conns, &mut cluster.holds, key, channel).is_none() {
+            return;
+        }
+        let Some(local) = self.hub.position(channel) else {
+            return;
+        };
+        if let Some(redis) = redis
+            && settle_rule(local, redis) == Settle::Adopt
+        {
+            self.hub.accept_position(channel, redis);
+        }
+        let (Some(current), Some(name)) = (self.hub.position(channel), self.hub.name(channel))
+        else {
+            return;
+        };
+        self.fanout
+            .tell_position(&mut self.conns, key, name, current);
+    }
+
+    /// Answers the holds whose deadline has come: `epoch` when Redis's
+    /// answer is in another epoch than the node's feed ever reached (with
+    /// Redis's position), else `unavailable` (with the node's).
+    fn expire_holds(&mut self, now: u64) {
+        loop {
+            let Some(cluster) = self.cluster.as_deref_mut() else {
+                return;
+            };
+            let Some(&(at, key, channel)) = cluster.holds.deadlines.front() else {
+                return;
+            };
+            if at > now {
+                return;
+            }
+            cluster.holds.deadlines.pop_front();
+            let Some(held) = cluster.holds.held.get(&(key, channel)) else {
+                continue;
+            };
+            if held.deadline != at {
+                continue;
+            }
+            if held.tell {
+                self.tell_held(key, channel, None, now);
+                continue;
+            }
+            let local = self.hub.position(channel);
+            let (reason, current) = match &held.answer {
+                Some(a) if local.is_some_and(|l| l.epoch != a.top.epoch) => {
+                    (NotRecovered::Epoch, Some(a.top))
+                }
+                _ => (NotRecovered::Unavailable, local),
+            };
+            debug!(
+                "connection {key}: recovery held too long, answered {}",
+                reason.as_str()
+            );
+            self.answer_refusal(key, channel, reason, current, now);
+        }
+    }
+
+    /// Connection `key` is going away: its holds go with it.
+    pub(super) fn drop_holds(&mut self, key: usize) {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let holds = &mut cluster.holds;
+        let keys: Vec<(usize, ChannelId)> = holds
+            .held
+            .range((key, ChannelId::MIN)..=(key, ChannelId::MAX))
+            .map(|(&k, _)| k)
+            .collect();
+        for (key, channel) in keys {
+            holds.remove(key, channel);
+        }
     }
 
     /// Sends a publish (`waiter` set: an HTTP publish of connection
@@ -543,7 +1059,10 @@ impl Server {
             }
             write_link(cluster, role, now, &self.poll);
         }
-        let deadline = cluster.bus.next_deadline();
+        let deadline = match (cluster.bus.next_deadline(), cluster.holds.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (cluster.timer, deadline) {
             (Some(timer), Some(at)) => {
                 if self.timers.deadline(timer) != Some(at) && !self.timers.reschedule(timer, at) {
@@ -567,6 +1086,7 @@ impl Server {
             cluster.bus.on_timer(now, &mut cluster.events);
         }
         self.bus_events(now);
+        self.expire_holds(now);
         self.bus_turn(now);
     }
 
@@ -579,6 +1099,7 @@ impl Server {
                     return;
                 };
                 cluster.bus.reconfigure(new);
+                cluster.hold_for = hold_for(new);
                 cluster.addrs = resolve(new);
                 cluster.tls = load_tls(new);
                 if old.redis_url != new.redis_url
@@ -604,6 +1125,23 @@ impl Server {
         }
         self.bus_turn(now);
     }
+}
+
+/// Ends hold (`key`, `channel`): the connection's live messages of the
+/// channel flow again (and its flag is cleared when it was its last hold).
+fn release<T>(
+    conns: &mut slab::Slab<super::slot::Slot<T>>,
+    holds: &mut Holds,
+    key: usize,
+    channel: ChannelId,
+) -> Option<Held> {
+    let held = holds.remove(key, channel)?;
+    if !holds.any_of(key)
+        && let Some(slot) = conns.get_mut(key)
+    {
+        slot.held = false;
+    }
+    Some(held)
 }
 
 fn open_link(cluster: &mut Cluster, role: Role, now: u64, poll: &mio::Poll) {
@@ -744,5 +1282,85 @@ fn read_tls(
         session
             .process_new_packets()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::position::Epoch;
+
+    fn at(epoch: u64, offset: u64) -> Position {
+        Position {
+            epoch: Epoch::new(epoch),
+            offset,
+        }
+    }
+
+    #[test]
+    fn a_held_recovery_joins_once_the_feed_reached_the_read_and_adopts_on_a_fresh_channel() {
+        use Settle::*;
+        // Same epoch: wait for the feed up to the read's top, then join.
+        assert_eq!(settle_rule(at(1, 4), at(1, 5)), Wait);
+        assert_eq!(settle_rule(at(1, 5), at(1, 5)), Join);
+        assert_eq!(settle_rule(at(1, 9), at(1, 5)), Join);
+        // Nothing here yet (the node's own epoch, offset 0): adopt the top.
+        assert_eq!(settle_rule(at(7, 0), at(1, 5)), Adopt);
+        assert_eq!(settle_rule(at(7, 0), at(1, 0)), Adopt);
+        // The node's feed is in another epoch: wait for it to follow.
+        assert_eq!(settle_rule(at(7, 3), at(1, 5)), Wait);
+    }
+
+    #[test]
+    fn holds_are_found_per_connection_and_leave_the_waiting_list_when_removed() {
+        let mut holds = Holds::default();
+        let (a, b) = (ChannelId::MIN, ChannelId::MAX);
+        let held = |answered: bool| Held {
+            token: Token(1),
+            from: at(1, 0),
+            max_replay: 10,
+            deadline: 5,
+            tell: false,
+            answer: answered.then(|| Answer {
+                top: at(1, 2),
+                deliveries: Rc::from(Vec::new()),
+                range: 0..0,
+            }),
+        };
+        holds.held.insert((3, a), held(false));
+        holds.held.insert((3, b), held(true));
+        holds.waiting.push((3, b));
+        holds.held.insert((4, a), held(false));
+        assert!(holds.holds(3, a) && holds.holds(3, b) && !holds.holds(5, a));
+        assert!(holds.any_of(3) && holds.any_of(4) && !holds.any_of(2) && !holds.any_of(5));
+        assert!(holds.remove(3, b).is_some());
+        assert!(holds.waiting.is_empty());
+        assert!(holds.any_of(3));
+        assert!(holds.remove(3, a).is_some());
+        assert!(!holds.any_of(3) && holds.any_of(4));
+        assert!(holds.remove(3, a).is_none());
+    }
+
+    #[test]
+    fn a_read_is_made_into_deliveries_once_for_every_recovery_it_serves() {
+        let entries: Arc<[Entry]> = vec![
+            Entry::new(at(1, 4), false, b"four"),
+            Entry::new(at(1, 5), true, &[5, 5]),
+        ]
+        .into();
+        let mut cache = None;
+        let first = Converted::of(&mut cache, &entries);
+        let again = Converted::of(&mut cache, &Arc::clone(&entries));
+        assert!(Rc::ptr_eq(&first, &again));
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].position, Some(at(1, 4)));
+        assert_eq!(first[0].message.payload(), b"four");
+        assert_eq!(first[0].message.opcode(), OpCode::Text);
+        assert_eq!(first[1].message.payload(), [5, 5]);
+        assert_eq!(first[1].message.opcode(), OpCode::Binary);
+        // Another read (equal entries, another allocation) is made anew.
+        let other: Arc<[Entry]> = entries.to_vec().into();
+        let made = Converted::of(&mut cache, &other);
+        assert!(!Rc::ptr_eq(&first, &made));
     }
 }

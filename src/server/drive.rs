@@ -178,6 +178,9 @@ impl Server {
     /// per-address count, subscriptions, gauges and poller registration.
     pub(super) fn remove(&mut self, key: usize) {
         if let Some(mut slot) = self.conns.try_remove(key) {
+            if slot.held {
+                self.drop_holds(key);
+            }
             if let Some(timer) = slot.timer {
                 self.timers.remove(timer);
             }

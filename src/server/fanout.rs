@@ -21,7 +21,10 @@
 //! in the turn it asked for them: subscribing to a channel and queueing its
 //! recovery happen in one step, with no publish in between. Every message
 //! up to the channel's current offset is in the replay; every later one
-//! reaches the connection live, after it.
+//! reaches the connection live, after it. A cluster node whose own history
+//! cannot serve a recovery asks Redis and holds back that connection's live
+//! messages of the channel until it answers ([`FanOut::deliver`] skips them;
+//! the answer carries them): the join is the server's `bus` module's.
 
 use std::io::Cursor;
 use std::rc::Rc;
@@ -30,11 +33,12 @@ use log::debug;
 use slab::Slab;
 
 use super::Server;
-use super::bus::Waiter;
+use super::bus::{Holds, Waiter};
 use super::compress::{Broadcast, Codec, Delivery, Format, FrameCache};
 use super::conn::Action;
 use super::drive::ROUNDS_PER_TURN;
 use super::slot::{HISTORY_TIMER, Slot};
+use crate::bus::Ask;
 use crate::config::{Config, OnBacklog};
 use crate::history::Limits;
 use crate::hub::meta::{self, MAX_ANSWER_LEN};
@@ -86,6 +90,10 @@ pub(super) struct Outgoing<'a> {
     pub position: Option<Position>,
     /// Its frames, made by the first recipient that needs each.
     pub frames: &'a FrameCache,
+    /// On a cluster node with recoveries in progress: those, and this
+    /// channel's id (a connection held back for it misses this message
+    /// here and gets it in its recovery's answer).
+    pub held: Option<(&'a Holds, ChannelId)>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -95,6 +103,7 @@ impl<'a> Outgoing<'a> {
             message: &delivery.message,
             position: delivery.position,
             frames: &delivery.frames,
+            held: None,
         }
     }
 }
@@ -148,8 +157,9 @@ impl FanOut {
     }
 
     /// Queues one shared frame on every open subscriber among `subscribers`
-    /// (slab keys) not yet stamped with `stamp`, and lists them for a flush
-    /// at the end of the turn. Returns the recipients.
+    /// (slab keys) not yet stamped with `stamp` nor held back for this
+    /// channel by a recovery in progress (`out.held`), and lists them for a
+    /// flush at the end of the turn. Returns the recipients.
     ///
     /// Each subscriber gets the message in its format (plain, or with
     /// metadata) and compressed as it negotiated; each such frame is made
@@ -176,6 +186,11 @@ impl FanOut {
             let Some(slot) = slots.get_mut(key) else {
                 continue;
             };
+            // Before the stamp: a relay's copy for another channel is not
+            // held back.
+            if slot.held && out.held.is_some_and(|(h, id)| h.holds(key, id)) {
+                continue;
+            }
             // A metadata client gets a relay once per channel: each copy
             // names its channel and carries that channel's position, which
             // the client must see to keep its place in every channel.
@@ -421,10 +436,29 @@ impl Server {
             return;
         };
         let Some(from) = w.from else {
-            self.fanout
-                .tell_position(&mut self.conns, key, &w.name, current);
+            // A cluster node with nothing of the channel yet knows only its
+            // own epoch: Redis's position is asked for.
+            if !(history
+                && current.offset == 0
+                && self.hold_position(key, channel, &w.name, current, now))
+            {
+                self.fanout
+                    .tell_position(&mut self.conns, key, &w.name, current);
+            }
             return;
         };
+        // A cluster node's log holds only what it delivered: Redis may have
+        // the rest. The answer comes later; meanwhile this connection's live
+        // messages of the channel are held back.
+        if history && self.cluster.is_some() && self.hub.recover(channel, from, max_replay).is_err()
+        {
+            let ask = Ask {
+                position: from,
+                max_replay,
+            };
+            self.hold_recovery(key, channel, &w.name, ask, now);
+            return;
+        }
         let env = Env {
             now,
             config: &self.config,
@@ -593,8 +627,9 @@ impl Server {
     }
 
     /// Delivers a message that carries no position (a cluster delivery
-    /// until Redis assigns positions): metadata clients get it without
-    /// `epoch` and `offset`. Nothing is kept in history.
+    /// when no route keeps history, so Redis assigns none): metadata
+    /// clients get it without `epoch` and `offset`. Nothing is kept in
+    /// history.
     pub(super) fn fan_out(
         &mut self,
         channel: ChannelId,
@@ -649,11 +684,18 @@ impl Server {
             codec: &mut self.codec,
             metrics: &mut self.metrics,
         };
+        let held = self
+            .cluster
+            .as_deref()
+            .map(|c| &c.holds)
+            .filter(|h| !h.is_empty())
+            .map(|h| (h, channel));
         let out = Outgoing {
             channel: self.hub.name(channel).unwrap_or_default(),
             message,
             position,
             frames,
+            held,
         };
         self.fanout.deliver(
             &mut self.conns,
@@ -780,6 +822,7 @@ mod tests {
                 message: &message,
                 position: None,
                 frames: &FrameCache::default(),
+                held: None,
             };
             self.fanout.deliver(
                 &mut self.slots,
@@ -1048,6 +1091,7 @@ mod tests {
                 message: &message,
                 position: None,
                 frames: &cache,
+                held: None,
             };
             total += room.fanout.deliver(
                 &mut room.slots,

@@ -34,6 +34,10 @@ pub(super) struct Slot<T> {
     pub write_interest: bool,
     /// Listed for a flush at the end of the loop turn.
     pub dirty: bool,
+    /// A recovery of this connection waits for Redis (cluster node): the
+    /// live messages of its channel are held back until it is answered
+    /// (which channels: the cluster's holds; looked up only when set).
+    pub held: bool,
 }
 
 impl<T> Slot<T> {
@@ -52,6 +56,7 @@ impl<T> Slot<T> {
             delivery_stamp: 0,
             write_interest: false,
             dirty: false,
+            held: false,
         }
     }
 

@@ -28,6 +28,8 @@ mod support {
     pub mod tls;
 }
 
+mod recovery;
+
 use support::client::{RawClient, op};
 use support::data::eventually;
 use support::http::metric;
