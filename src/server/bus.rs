@@ -55,7 +55,7 @@ use mio::{Interest, Token};
 
 use super::Server;
 use super::compress::{Broadcast, Delivery, FrameCache};
-use super::fanout::{Env, Recovery as Outcome};
+use super::fanout::{Recovery as Outcome, env_of};
 use super::slot::{BUS_COMMAND_TOKEN, BUS_SUBSCRIPTION_TOKEN, BUS_TIMER};
 use crate::bus::{Ask, Bus, Entry, Envelope, Event, Reason, Recovery, Role};
 use crate::config::ClusterConfig;
@@ -844,13 +844,7 @@ impl Server {
             return false;
         };
         let name = self.hub.name(channel).unwrap_or_default();
-        let env = Env {
-            now,
-            config: &self.config,
-            routes: &self.routes,
-            codec: &mut self.codec,
-            metrics: &mut self.metrics,
-        };
+        let env = env_of!(self, now);
         let redis = answer.deliveries.get(answer.range.clone());
         match (redis, self.hub.recover(channel, top, usize::MAX)) {
             (Some(redis), Ok((_, later))) => {
@@ -871,8 +865,7 @@ impl Server {
                         self.hub.position(channel).unwrap_or(local),
                     ),
                 };
-                let outcome: Outcome<std::iter::Empty<&Rc<Delivery>>> =
-                    Outcome::NotRecovered { reason, current };
+                let outcome = Outcome::refused(reason, current);
                 self.fanout
                     .recover(&mut self.conns, key, name, outcome, env);
             }
@@ -900,15 +893,8 @@ impl Server {
             return;
         };
         let name = self.hub.name(channel).unwrap_or_default();
-        let env = Env {
-            now,
-            config: &self.config,
-            routes: &self.routes,
-            codec: &mut self.codec,
-            metrics: &mut self.metrics,
-        };
-        let outcome: Outcome<std::iter::Empty<&Rc<Delivery>>> =
-            Outcome::NotRecovered { reason, current };
+        let env = env_of!(self, now);
+        let outcome = Outcome::refused(reason, current);
         self.fanout
             .recover(&mut self.conns, key, name, outcome, env);
     }

@@ -81,6 +81,22 @@ pub(super) struct Env<'a> {
     pub metrics: &'a mut Metrics,
 }
 
+/// The [`Env`] of a loop that keeps `config`, `routes`, `codec` and
+/// `metrics` as fields of `$owner` (the server, or a test's stand-in):
+/// a macro rather than a method so that the borrows stay per field.
+macro_rules! env_of {
+    ($owner:expr, $now:expr) => {
+        $crate::server::fanout::Env {
+            now: $now,
+            config: &$owner.config,
+            routes: &$owner.routes,
+            codec: &mut $owner.codec,
+            metrics: &mut $owner.metrics,
+        }
+    };
+}
+pub(super) use env_of;
+
 /// One message on its way to one channel's subscribers.
 #[derive(Clone, Copy)]
 pub(super) struct Outgoing<'a> {
@@ -121,6 +137,13 @@ pub(super) enum Recovery<I> {
         reason: NotRecovered,
         current: Position,
     },
+}
+
+impl Recovery<std::iter::Empty<&Rc<Delivery>>> {
+    /// A [`Recovery::NotRecovered`], typed for [`FanOut::recover`].
+    pub(super) fn refused(reason: NotRecovered, current: Position) -> Self {
+        Recovery::NotRecovered { reason, current }
+    }
 }
 
 /// The fan-out's own state, kept between turns so its vectors keep their
@@ -459,18 +482,9 @@ impl Server {
             self.hold_recovery(key, channel, &w.name, ask, now);
             return;
         }
-        let env = Env {
-            now,
-            config: &self.config,
-            routes: &self.routes,
-            codec: &mut self.codec,
-            metrics: &mut self.metrics,
-        };
+        let env = env_of!(self, now);
         if !history {
-            let outcome: Recovery<std::iter::Empty<&Rc<Delivery>>> = Recovery::NotRecovered {
-                reason: NotRecovered::NoHistory,
-                current,
-            };
+            let outcome = Recovery::refused(NotRecovered::NoHistory, current);
             self.fanout
                 .recover(&mut self.conns, key, &w.name, outcome, env);
             return;
@@ -482,8 +496,7 @@ impl Server {
                     .recover(&mut self.conns, key, &w.name, outcome, env);
             }
             Err((reason, current)) => {
-                let outcome: Recovery<std::iter::Empty<&Rc<Delivery>>> =
-                    Recovery::NotRecovered { reason, current };
+                let outcome = Recovery::refused(reason, current);
                 self.fanout
                     .recover(&mut self.conns, key, &w.name, outcome, env);
             }
@@ -677,13 +690,7 @@ impl Server {
         stamp: u32,
         now: u64,
     ) -> usize {
-        let env = Env {
-            now,
-            config: &self.config,
-            routes: &self.routes,
-            codec: &mut self.codec,
-            metrics: &mut self.metrics,
-        };
+        let env = env_of!(self, now);
         let held = self
             .cluster
             .as_deref()
@@ -809,13 +816,7 @@ mod tests {
         fn publish(&mut self, seq: u8) -> usize {
             let stamp = self.fanout.next_stamp();
             let channel = self.hub.lookup("feed").expect("channel");
-            let env = Env {
-                now: self.env.now,
-                config: &self.env.config,
-                routes: &self.env.routes,
-                codec: &mut self.env.codec,
-                metrics: &mut self.env.metrics,
-            };
+            let env = env_of!(self.env, self.env.now);
             let message = Broadcast::new(OpCode::Binary, &[seq; PAYLOAD]);
             let out = Outgoing {
                 channel: "feed",
@@ -858,16 +859,6 @@ mod tests {
         }
     }
 
-    fn env_of(env: &mut harness::Env) -> Env<'_> {
-        Env {
-            now: env.now,
-            config: &env.config,
-            routes: &env.routes,
-            codec: &mut env.codec,
-            metrics: &mut env.metrics,
-        }
-    }
-
     /// A replay twice as large as `max_backlog_bytes`, to a client that has
     /// read nothing yet, is queued whole; a live message right after it is
     /// counted alone and queued too; the client then reads the answer, the
@@ -889,7 +880,7 @@ mod tests {
             from,
             messages: missed.iter(),
         };
-        let env = env_of(&mut room.env);
+        let env = env_of!(room.env, room.env.now);
         let replayed = room
             .fanout
             .recover(&mut room.slots, key, "feed", outcome, env);
@@ -900,7 +891,7 @@ mod tests {
         let message = Broadcast::new(OpCode::Binary, &[7; PAYLOAD]);
         let delivery = Delivery::new(message, live);
         let stamp = room.fanout.next_stamp();
-        let env = env_of(&mut room.env);
+        let env = env_of!(room.env, room.env.now);
         let out = Outgoing::of("feed", &delivery);
         let subscribers = room.hub.subscribers(channel);
         assert_eq!(
@@ -940,11 +931,8 @@ mod tests {
         let key = room.subscribe_at("/live/feed?meta=1", usize::MAX);
         let channel = room.hub.lookup("feed").expect("channel");
         let current = room.hub.position(channel).expect("position");
-        let outcome: Recovery<std::iter::Empty<&Rc<Delivery>>> = Recovery::NotRecovered {
-            reason: NotRecovered::Expired,
-            current,
-        };
-        let env = env_of(&mut room.env);
+        let outcome = Recovery::refused(NotRecovered::Expired, current);
+        let env = env_of!(room.env, room.env.now);
         assert_eq!(
             room.fanout
                 .recover(&mut room.slots, key, "feed", outcome, env),
@@ -1079,13 +1067,7 @@ mod tests {
         let cache = FrameCache::default();
         let mut total = 0;
         for _ in 0..2 {
-            let env = Env {
-                now: room.env.now,
-                config: &room.env.config,
-                routes: &room.env.routes,
-                codec: &mut room.env.codec,
-                metrics: &mut room.env.metrics,
-            };
+            let env = env_of!(room.env, room.env.now);
             let out = Outgoing {
                 channel: "feed",
                 message: &message,
@@ -1117,7 +1099,7 @@ mod tests {
         for name in ["a", "b"] {
             let channel = room.hub.lookup(name).expect("channel");
             let delivery = Delivery::new(message.clone(), room.hub.next_position(channel));
-            let env = env_of(&mut room.env);
+            let env = env_of!(room.env, room.env.now);
             let out = Outgoing::of(name, &delivery);
             let subscribers = room.hub.subscribers(channel);
             total += room
