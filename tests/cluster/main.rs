@@ -19,6 +19,8 @@ mod support {
     pub mod data;
     #[allow(dead_code)]
     pub mod http;
+    #[allow(dead_code)]
+    pub mod positions;
     pub mod redis;
     #[allow(dead_code)]
     pub mod server;

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use wshub::config::Config;
 
-use super::support::client::{
-    RawClient, assert_switching_protocols, fresh_key, op, upgrade_request,
-};
+use super::support::client::{RawClient, assert_switching_protocols, fresh_key, upgrade_request};
 use super::support::data::eventually;
 use super::support::http::metric;
+use super::support::positions::{At, json, message, publish_text};
 use super::support::redis::Redis;
 use super::support::server::{LIVE_PATH, TestServer};
 use super::{COMMAND_TIMEOUT, SLACK, alone, node_config, wait_healthy, wait_numsub};
@@ -47,50 +45,15 @@ fn node_with(
     node
 }
 
-/// A position as the server writes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct At {
-    epoch: String,
-    offset: u64,
-}
-
-impl At {
-    fn of(v: &Value) -> At {
-        At {
-            epoch: v["epoch"].as_str().expect("an epoch").to_owned(),
-            offset: v["offset"].as_u64().expect("an offset"),
-        }
-    }
-
-    /// The path that subscribes to `channel` with metadata, recovering
-    /// from here.
-    fn path(&self, channel: &str) -> String {
-        format!(
-            "{LIVE_PATH}/{channel}?meta=1&recover={channel}:{}:{}",
-            self.epoch, self.offset
-        )
-    }
-}
-
-fn json(client: &mut RawClient) -> Value {
-    let payload = client.expect_message(op::TEXT);
-    serde_json::from_slice(&payload).expect("a JSON frame")
-}
-
-/// One message in the metadata format: its position and text.
-fn message(client: &mut RawClient) -> (At, String) {
-    let v = json(client);
-    let text = v["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not a message: {v}"));
-    (At::of(&v), text.to_owned())
+/// The path that subscribes to `channel` with metadata, recovering from
+/// `at`.
+fn recovering(at: &At, channel: &str) -> String {
+    format!("{LIVE_PATH}/{channel}?meta=1&{}", at.query(channel))
 }
 
 /// Publishes a text message; its position from the answer.
 fn publish(publisher: &mut RawClient, channel: &str, body: &str) -> At {
-    let response = publisher.publish(channel, Some("text/plain"), body.as_bytes());
-    assert_eq!(response.status, 200, "{}", response.body_text());
-    At::of(&serde_json::from_slice::<Value>(&response.body).expect("a JSON answer"))
+    publish_text(publisher, channel, body).expect("a position")
 }
 
 /// A metadata client on `channel` at `node` that has seen message `upto`
@@ -156,7 +119,7 @@ fn a_client_recovers_on_another_node_what_was_published_through_it_then_live() {
     }
 
     // Node B has nobody on the channel: the read from Redis serves it.
-    let mut client = RawClient::open(b.addr, &seen.path("feed"));
+    let mut client = RawClient::open(b.addr, &recovering(&seen, "feed"));
     expect_replay(&mut client, &seen, 100);
     assert_eq!(publish(&mut via_a, "feed", "m111").offset, 111);
     assert_eq!(message(&mut client).0.offset, 111);
@@ -170,11 +133,11 @@ fn a_client_recovers_on_another_node_what_was_published_through_it_then_live() {
         epoch: seen.epoch.clone(),
         offset,
     };
-    let mut early = RawClient::open(b.addr, &at(5).path("feed"));
+    let mut early = RawClient::open(b.addr, &recovering(&at(5), "feed"));
     expect_replay(&mut early, &at(5), 106);
     assert_eq!(metric(b.addr, "wshub_cluster_recovery_reads_total"), 2);
     // A client from 110 is served by B's log alone.
-    let mut late = RawClient::open(b.addr, &at(110).path("feed"));
+    let mut late = RawClient::open(b.addr, &recovering(&at(110), "feed"));
     expect_replay(&mut late, &at(110), 1);
     assert_eq!(metric(b.addr, "wshub_cluster_recovery_reads_total"), 2);
     assert_eq!(publish(&mut via_b, "feed", "m112").offset, 112);
@@ -203,7 +166,7 @@ fn a_subscriber_on_a_fresh_node_is_told_the_cluster_position() {
         publish(&mut via_a, "feed", &format!("m{i}"));
     }
     for n in [&a, &b] {
-        let mut client = RawClient::open(n.addr, &seen.path("feed"));
+        let mut client = RawClient::open(n.addr, &recovering(&seen, "feed"));
         expect_through(&mut client, &seen, 5);
     }
 }
@@ -248,7 +211,7 @@ fn no_gap_and_no_duplicate_while_clients_hop_between_nodes_under_publishing() {
                     let mut hops = 0u64;
                     loop {
                         let addr = addrs[(c + hops as usize) % 2];
-                        let mut client = RawClient::open(addr, &at.path("feed"));
+                        let mut client = RawClient::open(addr, &recovering(&at, "feed"));
                         let answer = json(&mut client);
                         assert_eq!(answer["recovered"], true, "client {c}: {answer}");
                         assert_eq!(At::of(&answer), at);
@@ -312,7 +275,7 @@ fn too_many_evicted_and_a_new_epoch_are_told_across_nodes() {
     };
 
     // B replays at most 10; 20 were missed.
-    let (_too_many, current) = refused(&at(1).path("feed"), "too_many");
+    let (_too_many, current) = refused(&recovering(&at(1), "feed"), "too_many");
     assert_eq!(current, at(21));
     // The stream keeps only the last 5 (as if trimmed by history_size).
     assert_eq!(
@@ -321,7 +284,7 @@ fn too_many_evicted_and_a_new_epoch_are_told_across_nodes() {
             .as_deref(),
         Some(":16")
     );
-    let (_evicted, current) = refused(&at(15).path("feed"), "evicted");
+    let (_evicted, current) = refused(&recovering(&at(15), "feed"), "evicted");
     assert_eq!(current, at(21));
 
     // Redis restarted without its data: a new epoch.
@@ -334,7 +297,7 @@ fn too_many_evicted_and_a_new_epoch_are_told_across_nodes() {
     let fresh = publish(&mut via_a, "feed", "fresh");
     assert_ne!(fresh.epoch, seen.epoch);
     assert_eq!(fresh.offset, 1);
-    let (_epoch, current) = refused(&at(21).path("feed"), "epoch");
+    let (_epoch, current) = refused(&recovering(&at(21), "feed"), "epoch");
     assert_eq!(current, fresh);
 }
 
@@ -352,7 +315,7 @@ fn a_recovery_during_a_paused_redis_is_unavailable_in_bounded_time_then_live() {
 
     redis.pause();
     let started = Instant::now();
-    let mut client = RawClient::open(b.addr, &seen.path("feed"));
+    let mut client = RawClient::open(b.addr, &recovering(&seen, "feed"));
     let answer = json(&mut client);
     let took = started.elapsed();
     redis.resume();
@@ -385,7 +348,7 @@ fn closed_connections_drop_their_recoveries_in_progress() {
     let seen = follow(&a, &redis, &mut via_a, 1);
     redis.pause();
     let clients: Vec<RawClient> = (0..5)
-        .map(|_| RawClient::open(b.addr, &seen.path("feed")))
+        .map(|_| RawClient::open(b.addr, &recovering(&seen, "feed")))
         .collect();
     let held = || metric(b.addr, "wshub_cluster_recoveries_held");
     assert!(
@@ -430,7 +393,7 @@ fn a_thousand_clients_recovering_at_once_are_served_by_a_few_reads() {
     }
     // Every upgrade request is sent before any response is read.
     let started = Instant::now();
-    let path = seen.path("feed");
+    let path = recovering(&seen, "feed");
     let host = b.addr.to_string();
     let mut clients: Vec<(RawClient, String)> = (0..CLIENTS)
         .map(|_| {

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use wshub::config::{RouteConfig, RouteKind};
 
-use crate::support::client::{ECHO_PATH, RawClient, op};
+use crate::support::client::{ECHO_PATH, RawClient};
 use crate::support::load::{connect_from, ensure_nofile, percentile, source_address};
+use crate::support::positions::json;
 use crate::support::server::TestServer;
 
 const CLIENTS: usize = 5_000;
@@ -25,10 +26,6 @@ const ECHO_PAUSE: Duration = Duration::from_millis(2);
 /// machine has two cores shared with other builds, and the four client
 /// threads compete with the server's loop for them.
 const ECHO_P99_BOUND: Duration = Duration::from_millis(250);
-
-fn json(client: &mut RawClient) -> serde_json::Value {
-    serde_json::from_slice(&client.expect_message(op::TEXT)).expect("a JSON frame")
-}
 
 fn open(i: usize, addr: std::net::SocketAddr, path: &str) -> RawClient {
     let stream = connect_from(source_address(i, SOURCE_ADDRESSES), addr)

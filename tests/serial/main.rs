@@ -24,6 +24,8 @@ mod support {
     pub mod http;
     pub mod load;
     #[allow(dead_code)]
+    pub mod positions;
+    #[allow(dead_code)]
     pub mod redis;
     #[allow(dead_code)]
     pub mod server;

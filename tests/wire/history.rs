@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::process::Signal;
-use serde_json::Value;
 use wshub::config::{Config, RouteConfig, RouteKind};
 
 use crate::support::client::{RawClient, op};
 use crate::support::daemon::{Daemon, config_with};
 use crate::support::data::eventually;
+use crate::support::positions::{At, json, message, publish_text};
 use crate::support::server::{TestServer, test_config};
 use crate::support::tempdir::TempDir;
 
@@ -40,48 +40,9 @@ fn server(size: usize, max_replay: usize) -> TestServer {
     TestServer::with_config(history_config(size, max_replay, Duration::from_secs(300)))
 }
 
-/// A position as the server writes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct At {
-    epoch: String,
-    offset: u64,
-}
-
-impl At {
-    fn of(v: &Value) -> At {
-        At {
-            epoch: v["epoch"].as_str().expect("an epoch").to_owned(),
-            offset: v["offset"].as_u64().expect("an offset"),
-        }
-    }
-
-    fn query(&self, channel: &str) -> String {
-        format!("recover={channel}:{}:{}", self.epoch, self.offset)
-    }
-}
-
 /// Publishes a text message; returns the position the answer gives.
 fn publish(publisher: &mut RawClient, channel: &str, body: &str) -> Option<At> {
-    let response = publisher.publish(channel, Some("text/plain"), body.as_bytes());
-    assert_eq!(response.status, 200, "{response:?}");
-    let v: Value = serde_json::from_slice(&response.body).expect("a JSON answer");
-    assert_eq!(v["channel"], channel);
-    v.get("epoch").map(|_| At::of(&v))
-}
-
-/// Reads one text frame as JSON.
-fn json(client: &mut RawClient) -> Value {
-    let payload = client.expect_message(op::TEXT);
-    serde_json::from_slice(&payload).expect("a JSON frame")
-}
-
-/// Reads a message in the metadata format: its position and text.
-fn message(client: &mut RawClient) -> (At, String) {
-    let v = json(client);
-    let text = v["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not a message: {v}"));
-    (At::of(&v), text.to_owned())
+    publish_text(publisher, channel, body)
 }
 
 #[test]

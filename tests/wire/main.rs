@@ -18,6 +18,7 @@ mod support {
     pub mod data;
     pub mod http;
     pub mod jwt;
+    pub mod positions;
     pub mod server;
     pub mod tempdir;
     pub mod tls;
