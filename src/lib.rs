@@ -28,6 +28,8 @@ mod metrics;
 mod protocol;
 mod route;
 pub mod server;
+#[cfg(test)]
+mod testing;
 mod timer;
 
 /// The close code of an open connection whose signed token expired.

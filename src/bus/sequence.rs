@@ -235,14 +235,7 @@ impl<M> Sequencer<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::position::Epoch;
-
-    fn at(epoch: u64, offset: u64) -> Position {
-        Position {
-            epoch: Epoch::new(epoch),
-            offset,
-        }
-    }
+    use crate::testing::at;
 
     fn delivered(out: &[Step<u64>]) -> Vec<u64> {
         out.iter()

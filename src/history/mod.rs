@@ -359,6 +359,8 @@ mod tests {
     //! The store against a brute-force model, and each rule on the virtual
     //! clock (times are plain numbers handed in).
 
+    use crate::testing::XorShift;
+
     use std::collections::HashMap;
 
     use super::*;
@@ -503,21 +505,6 @@ mod tests {
         }
         assert_eq!(store.messages(), 2);
         assert!(store.fifo_len() <= 2 * COMPACT_MIN, "{}", store.fifo_len());
-    }
-
-    /// Seeded so failures reproduce.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
     }
 
     /// Random appends, resets, drops and sweeps against a model that keeps

@@ -527,6 +527,7 @@ impl Memberships {
 
 #[cfg(test)]
 mod tests {
+    use crate::testing::XorShift;
     use std::collections::{HashMap, HashSet};
 
     use super::*;
@@ -795,22 +796,6 @@ mod tests {
         assert_eq!(hub.history_totals().0, 1);
     }
 
-    /// Seeded so failures reproduce.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     #[test]
     fn randomized_against_brute_force_model() {
         const CHANNELS: usize = 30;
@@ -828,9 +813,9 @@ mod tests {
             // empty out (and are dropped) and get recreated along the way.
             let phase_grows = (op / 2_000) % 2 == 0;
             let subscribe_odds = if phase_grows { 60 } else { 35 };
-            if held.is_empty() || rng.below(100) < subscribe_odds {
-                let name = format!("ch{}", rng.below(CHANNELS));
-                let who = rng.below(SUBSCRIBERS) as u32;
+            if held.is_empty() || rng.index(100) < subscribe_odds {
+                let name = format!("ch{}", rng.index(CHANNELS));
+                let who = rng.index(SUBSCRIBERS) as u32;
                 // One subscription per (channel, subscriber), as connections dedupe.
                 if model.get(&name).is_some_and(|s| s.contains(&who)) {
                     continue;
@@ -840,7 +825,7 @@ mod tests {
                 model.entry(name.clone()).or_default().insert(who);
                 held.push((name, who, m));
             } else {
-                let (name, who, m) = held.swap_remove(rng.below(held.len()));
+                let (name, who, m) = held.swap_remove(rng.index(held.len()));
                 hub.unsubscribe(m);
                 let set = model.get_mut(&name).expect("model has it");
                 assert!(set.remove(&who));

@@ -1274,14 +1274,7 @@ fn read_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::position::Epoch;
-
-    fn at(epoch: u64, offset: u64) -> Position {
-        Position {
-            epoch: Epoch::new(epoch),
-            offset,
-        }
-    }
+    use crate::testing::at;
 
     #[test]
     fn a_held_recovery_joins_once_the_feed_reached_the_read_and_adopts_on_a_fresh_channel() {
