@@ -16,6 +16,7 @@ use crate::support::client::{HttpResponse, RawClient, fresh_key, upgrade_request
 use crate::support::daemon::{BIN, Daemon};
 use crate::support::http::{assert_published, metric, publish_request_with};
 use crate::support::jwt::{Keys, Spec, now, signing_key, verifying_key};
+use crate::support::python::run_websockets_client;
 use crate::support::server::TestServer;
 
 /// Every algorithm a route is tested with, and its route (`/<lowercase>`).
@@ -434,16 +435,8 @@ async def main(url, token):
     print("OK")
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 "#;
-    let output = Command::new("python3")
-        .args(["-c", script, &server.url("/echo-auth"), &token])
-        .output()
-        .expect("python3 must be installed to run this test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains("OK"),
-        "{stdout}\n{stderr}"
-    );
+    let stdout = run_websockets_client(script, &[&server.url("/echo-auth"), &token]);
+    assert!(stdout.contains("OK"), "{stdout}");
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! `websockets`).
 
 use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
@@ -15,6 +14,7 @@ use crate::support::client::{
     next_mask, op, upgrade_request_with,
 };
 use crate::support::data::{binary_payload, eventually};
+use crate::support::python::run_websockets_client;
 use crate::support::server::{LIVE_PATH, TestServer, broadcast_config};
 
 const RSV1: u8 = 0b100;
@@ -378,22 +378,7 @@ with connect(url, compression="deflate", max_size=None, open_timeout=5) as ws:
     assert ws.recv(timeout=5) == "tiny"
     print("OK", header)
 "#;
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(server.url(ECHO_PATH))
-        .output()
-        .expect("python3 must be installed to run this test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'websockets'"),
-        "this test needs Python's websockets library: pip install websockets"
-    );
-    assert!(
-        output.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = run_websockets_client(script, &[&server.url(ECHO_PATH)]);
     assert!(
         stdout.contains(
             "OK permessage-deflate; server_no_context_takeover; client_no_context_takeover"

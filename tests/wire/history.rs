@@ -4,7 +4,6 @@
 //! restarted daemon's new epoch is told to returning clients; and the
 //! metadata format round-trips through Python's `websockets` client.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use crate::support::client::{RawClient, op};
 use crate::support::daemon::{Daemon, config_with};
 use crate::support::data::eventually;
 use crate::support::positions::{At, json, message, publish_text};
+use crate::support::python::run_websockets_client;
 use crate::support::server::{TestServer, test_config};
 use crate::support::tempdir::TempDir;
 
@@ -471,22 +471,8 @@ with connect(f"ws://{host}:{port}/live/py?meta=1", open_timeout=5, max_size=None
     assert m[2 + n:] == data
 print("OK")
 "#;
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(server.addr.ip().to_string())
-        .arg(server.addr.port().to_string())
-        .output()
-        .expect("python3 must be installed to run this test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'websockets'"),
-        "this test needs Python's websockets library: pip install websockets"
-    );
-    assert!(
-        output.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
-    );
+    let ip = server.addr.ip().to_string();
+    let port = server.addr.port().to_string();
+    let stdout = run_websockets_client(script, &[&ip, &port]);
     assert_eq!(stdout.trim(), "OK");
 }

@@ -19,6 +19,7 @@ mod support {
     pub mod http;
     pub mod jwt;
     pub mod positions;
+    pub mod python;
     pub mod server;
     pub mod tempdir;
     pub mod tls;
