@@ -56,6 +56,25 @@ fn publish(publisher: &mut RawClient, channel: &str, body: &str) -> At {
     publish_text(publisher, channel, body).expect("a position")
 }
 
+/// Redis, two nodes keeping 1,000 messages (and replaying as many), and a
+/// publisher connected to node `a`.
+struct Pair {
+    redis: Redis,
+    a: TestServer,
+    b: TestServer,
+    via_a: RawClient,
+}
+
+impl Pair {
+    fn start() -> Pair {
+        let redis = Redis::start();
+        let a = node(&redis, 1_000, 1_000);
+        let b = node(&redis, 1_000, 1_000);
+        let via_a = RawClient::connect(a.addr);
+        Pair { redis, a, b, via_a }
+    }
+}
+
 /// A metadata client on `channel` at `node` that has seen message `upto`
 /// (published through `publisher` with bodies `m1`, `m2`, ...): its last
 /// position.
@@ -107,10 +126,12 @@ fn expect_through(client: &mut RawClient, from: &At, last: u64) {
 #[test]
 fn a_client_recovers_on_another_node_what_was_published_through_it_then_live() {
     let _alone = alone();
-    let redis = Redis::start();
-    let a = node(&redis, 1_000, 1_000);
-    let b = node(&redis, 1_000, 1_000);
-    let mut via_a = RawClient::connect(a.addr);
+    let Pair {
+        redis,
+        a,
+        b,
+        mut via_a,
+    } = Pair::start();
     let mut via_b = RawClient::connect(b.addr);
     let seen = follow(&a, &redis, &mut via_a, 10);
     assert_eq!(seen.offset, 10);
@@ -152,10 +173,12 @@ fn a_client_recovers_on_another_node_what_was_published_through_it_then_live() {
 #[test]
 fn a_subscriber_on_a_fresh_node_is_told_the_cluster_position() {
     let _alone = alone();
-    let redis = Redis::start();
-    let a = node(&redis, 1_000, 1_000);
-    let b = node(&redis, 1_000, 1_000);
-    let mut via_a = RawClient::connect(a.addr);
+    let Pair {
+        redis,
+        a,
+        b,
+        mut via_a,
+    } = Pair::start();
     let seen = follow(&a, &redis, &mut via_a, 3);
     let mut client = RawClient::open(b.addr, &format!("{LIVE_PATH}/feed?meta=1"));
     let told = json(&mut client);
@@ -307,10 +330,12 @@ fn too_many_evicted_and_a_new_epoch_are_told_across_nodes() {
 #[test]
 fn a_recovery_during_a_paused_redis_is_unavailable_in_bounded_time_then_live() {
     let _alone = alone();
-    let redis = Redis::start();
-    let a = node(&redis, 1_000, 1_000);
-    let b = node(&redis, 1_000, 1_000);
-    let mut via_a = RawClient::connect(a.addr);
+    let Pair {
+        redis,
+        a,
+        b,
+        mut via_a,
+    } = Pair::start();
     let seen = follow(&a, &redis, &mut via_a, 3);
 
     redis.pause();
@@ -341,10 +366,12 @@ fn a_recovery_during_a_paused_redis_is_unavailable_in_bounded_time_then_live() {
 #[test]
 fn closed_connections_drop_their_recoveries_in_progress() {
     let _alone = alone();
-    let redis = Redis::start();
-    let a = node(&redis, 1_000, 1_000);
-    let b = node(&redis, 1_000, 1_000);
-    let mut via_a = RawClient::connect(a.addr);
+    let Pair {
+        redis,
+        a,
+        b,
+        mut via_a,
+    } = Pair::start();
     let seen = follow(&a, &redis, &mut via_a, 1);
     redis.pause();
     let clients: Vec<RawClient> = (0..5)
@@ -383,10 +410,12 @@ fn closed_connections_drop_their_recoveries_in_progress() {
 fn a_thousand_clients_recovering_at_once_are_served_by_a_few_reads() {
     const CLIENTS: usize = 1_000;
     let _alone = alone();
-    let redis = Redis::start();
-    let a = node(&redis, 1_000, 1_000);
-    let b = node(&redis, 1_000, 1_000);
-    let mut via_a = RawClient::connect(a.addr);
+    let Pair {
+        redis,
+        a,
+        b,
+        mut via_a,
+    } = Pair::start();
     let seen = follow(&a, &redis, &mut via_a, 1);
     for i in 2..=101 {
         publish(&mut via_a, "feed", &format!("m{i}"));
