@@ -311,15 +311,14 @@ impl WsConn {
         if filled > 0 {
             // Whole frames that came with the handshake's answer (or were
             // left by the last read) are delivered even if no more arrive.
-            let used = parse_frames(
-                &scratch[..filled],
+            filled = take_frames(
+                scratch,
+                filled,
                 max_payload,
                 self.deflate,
                 &mut self.out,
-                |o, op, p| on_message(o, op, p),
+                &mut on_message,
             )?;
-            scratch.copy_within(used..filled, 0);
-            filled -= used;
         }
         let read_to_end = read_to_end || self.stream.is_tls();
         loop {
@@ -332,15 +331,14 @@ impl WsConn {
                 Err(e) => return Err(Fail::run(format!("read failed: {e}"))),
             };
             filled += n;
-            let used = parse_frames(
-                &scratch[..filled],
+            filled = take_frames(
+                scratch,
+                filled,
                 max_payload,
                 self.deflate,
                 &mut self.out,
-                |o, op, p| on_message(o, op, p),
+                &mut on_message,
             )?;
-            scratch.copy_within(used..filled, 0);
-            filled -= used;
             if n < room && !read_to_end {
                 break;
             }
@@ -376,6 +374,24 @@ impl WsConn {
 }
 
 /// Walks the complete frames at the start of `buf`; returns the bytes used.
+/// Hands the whole frames among the first `filled` bytes of `scratch` to
+/// `on_message` (see [`parse_frames`]) and moves what is left of a partial
+/// one to the front; returns its length.
+fn take_frames(
+    scratch: &mut [u8],
+    filled: usize,
+    max_payload: usize,
+    deflate: bool,
+    out: &mut OutBuf,
+    on_message: &mut impl FnMut(&mut OutBuf, u8, &[u8]) -> Result<()>,
+) -> Result<usize> {
+    let used = parse_frames(&scratch[..filled], max_payload, deflate, out, |o, op, p| {
+        on_message(o, op, p)
+    })?;
+    scratch.copy_within(used..filled, 0);
+    Ok(filled - used)
+}
+
 fn parse_frames(
     buf: &[u8],
     max_payload: usize,
