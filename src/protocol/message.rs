@@ -8,7 +8,7 @@
 //! inflated by the loop's shared [`Inflater`] under `max_message_size`;
 //! their UTF-8 is checked on the inflated bytes.
 //! Must never: hold a buffer, or any state of a frame, while no frame or
-//! message is partially received (idle connections cost three words),
+//! message is partially received (idle connections cost two words),
 //! allocate for a message that arrives whole in one input slice (it is
 //! handed out borrowed), or know anything about sockets or replies.
 
@@ -210,16 +210,15 @@ struct ControlBuf {
 /// Incremental frame reader and message assembler for one connection.
 ///
 /// At a frame boundary with no message being assembled (where an idle
-/// connection always is) it holds no heap memory and three words: everything
+/// connection always is) it holds no heap memory and two words: everything
 /// a frame or message in progress needs is in [`Partial`], boxed only while
-/// one is incomplete at the end of an input.
+/// one is incomplete at the end of an input (or the input broke a rule).
 #[derive(Debug, Default)]
 pub struct Receiver {
-    /// The frame or message left incomplete by the last input; `None` at a
-    /// frame boundary with nothing assembled.
+    /// The frame or message left incomplete by the last input, or the
+    /// error it failed with; `None` at a frame boundary with nothing
+    /// assembled.
     partial: Option<Box<Partial>>,
-    /// Sticky: every later call reports the same error.
-    failed: Option<&'static ProtocolError>,
     /// RSV bits a negotiated extension may set on a message's first frame.
     allowed_rsv: u8,
     /// A close frame was delivered; nothing more is read.
@@ -244,6 +243,10 @@ struct Partial {
     assembling: Assembling,
     /// The message being assembled had RSV1 set: its payload is DEFLATE data.
     compressed: bool,
+    /// Sticky: every later call reports the same error. Kept in the boxed
+    /// state (with its buffers released), as a failed connection is
+    /// closing anyway.
+    failed: Option<&'static ProtocolError>,
 }
 
 /// Whether the feed loop goes on after delivering an event.
@@ -303,7 +306,7 @@ impl Receiver {
     where
         F: FnMut(Event<'_>) -> Flow,
     {
-        if let Some(err) = self.failed {
+        if let Some(err) = self.partial.as_ref().and_then(|partial| partial.failed) {
             return Err(*err);
         }
         if self.closed {
@@ -324,7 +327,14 @@ impl Receiver {
             &mut on_event,
         );
         let closed = partial.phase == Phase::Closed;
-        let keep = result.is_ok() && !closed && !partial.at_rest();
+        let keep = match result {
+            Ok(_) => !closed && !partial.at_rest(),
+            Err(err) => {
+                partial.failed = Some(err);
+                partial.release();
+                true
+            }
+        };
         match fresh {
             Some(partial) if keep => self.partial = Some(Box::new(partial)),
             Some(_) => {}
@@ -334,9 +344,6 @@ impl Receiver {
         self.closed = closed;
         if let Some(inflater) = inflater {
             inflater.trim();
-        }
-        if let Err(err) = result {
-            self.failed = Some(err);
         }
         result.map_err(|err| *err)
     }
@@ -1987,8 +1994,7 @@ mod tests {
     }
 
     /// Every connection holds a receiver, idle or not: at a frame
-    /// boundary it is the boxed partial state's pointer, the sticky error
-    /// and two flag bytes.
+    /// boundary it is the boxed partial state's pointer and two flag bytes.
     #[test]
     fn receiver_stays_small() {
         let size = size_of::<Receiver>();
@@ -1996,7 +2002,7 @@ mod tests {
             "size_of::<Receiver>() = {size}, partial state {}",
             size_of::<Partial>()
         );
-        assert!(size <= 24, "Receiver is {size} bytes");
+        assert!(size <= 16, "Receiver is {size} bytes");
     }
 
     #[test]
@@ -2042,7 +2048,7 @@ mod tests {
         assert_eq!(got, vec![text("fragment")]);
         assert!(rx.partial.is_none());
 
-        // A close frame and an error both end it for good.
+        // A close frame ends it for good; an error releases the buffers.
         let mut part = masked(TEXT, b"x");
         rx.feed(&mut part, &BIG, |_| panic!("not yet")).unwrap();
         let mut close = masked(FIN | CLOSE, &close_payload(1000, b""));
@@ -2053,7 +2059,7 @@ mod tests {
         rx.feed(&mut part, &BIG, |_| panic!("not yet")).unwrap();
         let mut bad = unmasked(FIN | CONT, b"y");
         assert!(rx.feed(&mut bad, &BIG, |_| Flow::Continue).is_err());
-        assert!(rx.partial.is_none());
+        assert_eq!(rx.buffered_bytes(), 0);
     }
 
     #[test]
