@@ -227,7 +227,8 @@ pub struct Receiver {
 
 /// The receiver's state inside a frame or a fragmented message. It lives on
 /// the stack while an input is decoded and is boxed into the [`Receiver`]
-/// only when the input ends before the frame (or message) does.
+/// only when the input ends before the frame (or message) does, or breaks
+/// a rule (then it keeps the error).
 #[derive(Debug, Default)]
 struct Partial {
     header: HeaderDecoder,
