@@ -10,6 +10,8 @@
 #   ONLY=REGEX        only scenarios whose name matches (e.g. ONLY=echo)
 #   SERVER_CPU=0 LOADGEN_CPU=1   cores to pin to (taskset -c)
 #   RESULTS=FILE      where to write the Markdown (default bench/results.md)
+#   WSHUB_BIN=FILE    run this wshub binary instead of the one built here
+#                     (e.g. a copy built from an earlier commit, for before/after)
 #   BC_M_W1_10K, BC_M_W16_10K, BC_M_W1_19K, BC_M_W16_19K
 #                     messages per broadcast run (see the defaults below)
 #   CLUSTER=0         skip the cluster scenarios (cl-*: wshub nodes on a
@@ -68,7 +70,7 @@ log() { printf '%s\n' "$*" >&2; }
 log "building release binaries ..."
 cargo build --release --quiet -p wshub -p wshub-loadgen
 cargo build --release --quiet --manifest-path bench/peer/Cargo.toml --target-dir "$PEER_TARGET"
-WSHUB_BIN=$CARGO_TARGET_DIR/release/wshub
+WSHUB_BIN=${WSHUB_BIN:-$CARGO_TARGET_DIR/release/wshub}
 LOADGEN_BIN=$CARGO_TARGET_DIR/release/loadgen
 PEER_BIN=$PEER_TARGET/release/wshub-bench-peer
 
@@ -678,6 +680,9 @@ START=$(date -u '+%Y-%m-%d %H:%M UTC')
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]]; then
     REVISION="$REVISION (with uncommitted changes)"
+fi
+if [[ $WSHUB_BIN != "$CARGO_TARGET_DIR/release/wshub" ]]; then
+    REVISION="binary $WSHUB_BIN (not built from $REVISION)"
 fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for i in "${!SCENARIOS[@]}"; do
