@@ -10,6 +10,8 @@
 #   ONLY=REGEX        only scenarios whose name matches (e.g. ONLY=echo)
 #   SERVER_CPU=0 LOADGEN_CPU=1   cores to pin to (taskset -c)
 #   RESULTS=FILE      where to write the Markdown (default bench/results.md)
+#   WSHUB_BIN=FILE    run this wshub binary instead of the one built here
+#                     (e.g. a copy built from an earlier commit, for before/after)
 #   BC_M_W1_10K, BC_M_W16_10K, BC_M_W1_19K, BC_M_W16_19K
 #                     messages per broadcast run (see the defaults below)
 #   CLUSTER=0         skip the cluster scenarios (cl-*: wshub nodes on a
@@ -68,7 +70,7 @@ log() { printf '%s\n' "$*" >&2; }
 log "building release binaries ..."
 cargo build --release --quiet -p wshub -p wshub-loadgen
 cargo build --release --quiet --manifest-path bench/peer/Cargo.toml --target-dir "$PEER_TARGET"
-WSHUB_BIN=$CARGO_TARGET_DIR/release/wshub
+WSHUB_BIN=${WSHUB_BIN:-$CARGO_TARGET_DIR/release/wshub}
 LOADGEN_BIN=$CARGO_TARGET_DIR/release/loadgen
 PEER_BIN=$PEER_TARGET/release/wshub-bench-peer
 
@@ -76,7 +78,7 @@ PEER_BIN=$PEER_TARGET/release/wshub-bench-peer
 ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d)
-SERVER_PID=
+SERVER_PID= SERVER_PING=
 NODE_PIDS=() NODE_PORTS=() NODE_HEALTH=() REDIS_PID= REDIS_PORT= REUSE=0
 cleanup() {
     stop_server
@@ -178,6 +180,11 @@ start_server() {
                 write_config bench/wshub-bench.toml "$PORT" "$config"
             else
                 write_config "$WORK/echo-only.toml" "$PORT" "$config"
+            fi
+            # Scenarios named *-ping run with keep-alive pings at the
+            # default interval instead of the bench config's "0s".
+            if [[ -n $SERVER_PING ]]; then
+                sed -i "s/^ping_interval = .*/ping_interval = \"$SERVER_PING\"/" "$config"
             fi
             # A second, TLS listener (wss://) beside the plain one.
             TLS_PORT=
@@ -384,6 +391,8 @@ SCENARIOS=(
     "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
     "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
     "idle-$SUBS_A-hs256|idle|Idle: $SUBS_A subscribers on a route that verifies an HS256 token (in the query string), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-hs256/idle?token=$HS256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
+    "idle-$SUBS_A-ping|idle|Idle: $SUBS_A subscribers with keep-alive pings on (ping_interval = \"30s\", the default), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
+    "idle-$SUBS_A-hs256-ping|idle|Idle: $SUBS_A subscribers on the HS256 token route with keep-alive pings on (the default 30 s), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-hs256/idle?token=$HS256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
     "idle-$SUBS_A-es256|idle|Idle: $SUBS_A subscribers on a route that verifies an ES256 token (in the query string), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-es256/idle?token=$ES256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
     "idle-$SUBS_A-deflate|idle|Idle: $SUBS_A subscribers with permessage-deflate negotiated, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/deflate/idle --conns $SUBS_A --deflate"
     "bc-$SUBS_A-w16-meta|broadcast|Broadcast with metadata: 64 B to $SUBS_A subscribers that asked for channel and position (meta=1), window 16, HTTP publisher, $M_W16_A messages (compare bc-$SUBS_A-w16-http)|broadcast --url ws://127.0.0.1:@PORT@/live/bench --meta --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
@@ -529,6 +538,15 @@ run_scenario() { # server index
     IFS='|' read -r name kind title args <<< "${SCENARIOS[$i]}"
     local jsonl=$WORK/$server.$name.jsonl err=$WORK/$server.$name.err
     : > "$jsonl"
+    SERVER_PING=
+    if [[ $name == *-ping ]]; then
+        if [[ $server == peer ]]; then
+            echo "the peer (bench/peer) sends no keep-alive pings" > "$err"
+            log "[$server] $name n/a: $(cat "$err")"
+            return
+        fi
+        SERVER_PING=30s
+    fi
     if [[ ( $args == *--meta* || $args == *meta=1* || $kind == recover ) && $server == peer ]]; then
         echo "the peer (bench/peer) has no positions, history or metadata" > "$err"
         log "[$server] $name n/a: $(cat "$err")"
@@ -662,6 +680,9 @@ START=$(date -u '+%Y-%m-%d %H:%M UTC')
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain 2>/dev/null | head -n 1) ]]; then
     REVISION="$REVISION (with uncommitted changes)"
+fi
+if [[ $WSHUB_BIN != "$CARGO_TARGET_DIR/release/wshub" ]]; then
+    REVISION="binary $WSHUB_BIN (not built from $REVISION)"
 fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for i in "${!SCENARIOS[@]}"; do

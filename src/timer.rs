@@ -2,7 +2,8 @@
 //! loop's clock, which it never reads itself.
 //!
 //! Owns: every pending deadline of the server (handshake, ping, pong, close,
-//! idle), one entry per connection, in slab-backed intrusive lists.
+//! idle), one entry per connection, in intrusive lists over an arena of
+//! nodes.
 //! Must never: read the clock, allocate per insert once warmed up, or fire an
 //! entry before its deadline.
 //!
@@ -21,8 +22,6 @@
 
 use std::num::NonZeroU32;
 
-use slab::Slab;
-
 /// Bits of time resolved by one level.
 const LEVEL_BITS: u32 = 6;
 /// Slots per level; one `u64` occupancy bitmap covers a level.
@@ -39,14 +38,16 @@ const SLOT_LISTS: u16 = (LEVELS * SLOTS) as u16;
 const PENDING: u16 = SLOT_LISTS;
 const OVERFLOW: u16 = SLOT_LISTS + 1;
 const LISTS: usize = SLOT_LISTS as usize + 2;
+/// The list id of a free node (not a list with a head in `heads`).
+const FREE: u16 = SLOT_LISTS + 2;
 
-/// End-of-list marker for the `u32` links, so no slab index may equal it.
+/// End-of-list marker for the `u32` links, so no node index may equal it.
 const NIL: u32 = u32::MAX;
 
 /// Handle to a scheduled entry; stays valid until the entry fires or is removed.
 ///
 /// The generation makes a handle kept past its entry's life harmless: it can
-/// never address a later entry that reuses the same slab slot. Being non-zero
+/// never address a later entry that reuses the same node. Being non-zero
 /// it also lets `Option<TimerKey>` stay 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct TimerKey {
@@ -54,12 +55,19 @@ pub(crate) struct TimerKey {
     generation: NonZeroU32,
 }
 
+/// One entry of the arena. A free node stays in place: it keeps its
+/// generation, so keys to its earlier entries stay stale, and its `next`
+/// links the free list. (The `slab` crate's entries are a tagged enum, 8
+/// bytes more per node, and a vacant one cannot keep a generation.)
 #[derive(Debug)]
 struct Node<T> {
     deadline: u64,
+    /// The entry's value; a free node keeps its last one, unread.
     value: T,
     prev: u32,
     next: u32,
+    generation: NonZeroU32,
+    /// The list the node is on, or [`FREE`].
     list: u16,
 }
 
@@ -70,13 +78,15 @@ enum Due {
     Overflow,
 }
 
-/// Timer wheel holding values of type `T`.
+/// Timer wheel holding values of type `T` (a small `Copy` value: a free
+/// node keeps its last one).
 #[derive(Debug)]
 pub(crate) struct TimerWheel<T> {
-    nodes: Slab<Node<T>>,
-    /// Current generation of every slab slot, kept outside the slab because a
-    /// vacant slab entry cannot carry it; bumped whenever an entry leaves.
-    generations: Vec<NonZeroU32>,
+    /// Every node, live or free; it never shrinks, so once warmed up an
+    /// insert allocates nothing.
+    nodes: Vec<Node<T>>,
+    /// Head of the free nodes, linked through `next`.
+    free: u32,
     heads: [u32; LISTS],
     occupied: [u64; LEVELS],
     /// The wheel's notion of now: every slot entry is later than this, every
@@ -89,7 +99,7 @@ pub(crate) struct TimerWheel<T> {
     overflow_min: u64,
 }
 
-impl<T> TimerWheel<T> {
+impl<T: Copy> TimerWheel<T> {
     /// A wheel whose clock starts at `now`.
     pub(crate) fn new(now: u64) -> Self {
         Self::with_capacity(now, 0)
@@ -99,8 +109,8 @@ impl<T> TimerWheel<T> {
     /// before it allocates.
     pub(crate) fn with_capacity(now: u64, capacity: usize) -> Self {
         Self {
-            nodes: Slab::with_capacity(capacity),
-            generations: Vec::with_capacity(capacity),
+            nodes: Vec::with_capacity(capacity),
+            free: NIL,
             heads: [NIL; LISTS],
             occupied: [0; LEVELS],
             elapsed: now,
@@ -116,24 +126,32 @@ impl<T> TimerWheel<T> {
     /// If the wheel already holds `u32::MAX` entries (hundreds of GiB), the
     /// limit of its `u32` links.
     pub(crate) fn insert(&mut self, deadline: u64, value: T) -> TimerKey {
-        let slot = self.nodes.vacant_key();
-        assert!(slot < NIL as usize, "timer wheel is full");
-        let index = slot as u32;
-        self.nodes.insert(Node {
-            deadline,
-            value,
-            prev: NIL,
-            next: NIL,
-            list: PENDING,
-        });
-        if slot >= self.generations.len() {
-            self.generations.resize(slot + 1, NonZeroU32::MIN);
-        }
-        let generation = self
-            .generations
-            .get(slot)
-            .copied()
-            .unwrap_or(NonZeroU32::MIN);
+        // `list` stays off FREE until `file` puts the node on its real list.
+        let (index, generation) = match self.nodes.get_mut(self.free as usize) {
+            Some(node) => {
+                let index = self.free;
+                self.free = node.next;
+                node.deadline = deadline;
+                node.value = value;
+                node.prev = NIL;
+                node.next = NIL;
+                node.list = PENDING;
+                (index, node.generation)
+            }
+            None => {
+                let index = self.nodes.len();
+                assert!(index < NIL as usize, "timer wheel is full");
+                self.nodes.push(Node {
+                    deadline,
+                    value,
+                    prev: NIL,
+                    next: NIL,
+                    generation: NonZeroU32::MIN,
+                    list: PENDING,
+                });
+                (index as u32, NonZeroU32::MIN)
+            }
+        };
         self.file(index);
         TimerKey { index, generation }
     }
@@ -200,7 +218,7 @@ impl<T> TimerWheel<T> {
     #[cfg(test)]
     /// Number of entries not yet fired or removed.
     pub(crate) fn len(&self) -> usize {
-        self.nodes.len()
+        self.nodes.iter().filter(|node| node.list != FREE).count()
     }
 
     #[cfg(test)]
@@ -209,8 +227,9 @@ impl<T> TimerWheel<T> {
     }
 
     fn is_live(&self, key: TimerKey) -> bool {
-        let index = key.index as usize;
-        self.generations.get(index) == Some(&key.generation) && self.nodes.contains(index)
+        self.nodes
+            .get(key.index as usize)
+            .is_some_and(|node| node.list != FREE && node.generation == key.generation)
     }
 
     /// The earliest slot (or overflow block) that comes due, with its start time.
@@ -304,7 +323,7 @@ impl<T> TimerWheel<T> {
         self.heads[list as usize] = index;
     }
 
-    /// Unlinks a node from its list, leaving it in the slab.
+    /// Unlinks a node from its list, leaving it live.
     fn unlink(&mut self, index: u32) {
         let Some(node) = self.nodes.get(index as usize) else {
             return;
@@ -330,16 +349,23 @@ impl<T> TimerWheel<T> {
         }
     }
 
-    /// Unlinks and frees a node, retiring its key.
+    /// Unlinks and frees a live node, retiring its key.
     fn take(&mut self, index: u32) -> Option<(TimerKey, T)> {
         self.unlink(index);
-        let node = self.nodes.try_remove(index as usize)?;
-        let generation = self.generations.get_mut(index as usize)?;
+        let free = self.free;
+        let node = self
+            .nodes
+            .get_mut(index as usize)
+            .filter(|node| node.list != FREE)?;
         let key = TimerKey {
             index,
-            generation: *generation,
+            generation: node.generation,
         };
-        *generation = generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
+        node.generation = node.generation.checked_add(1).unwrap_or(NonZeroU32::MIN);
+        node.list = FREE;
+        node.prev = NIL;
+        node.next = free;
+        self.free = index;
         Some((key, node.value))
     }
 }
@@ -363,7 +389,7 @@ mod tests {
 
     /// Drives the wheel the way the event loop does: sleep until
     /// `next_expiry`, then poll until `None`. Returns `(fire time, value)`.
-    fn drive_to_empty<T>(wheel: &mut TimerWheel<T>, max_wakeups: usize) -> Vec<(u64, T)> {
+    fn drive_to_empty<T: Copy>(wheel: &mut TimerWheel<T>, max_wakeups: usize) -> Vec<(u64, T)> {
         let mut fired = Vec::new();
         let mut wakeups = 0;
         while let Some(at) = wheel.next_expiry() {
@@ -378,7 +404,8 @@ mod tests {
 
     #[test]
     fn node_and_key_stay_small() {
-        assert!(std::mem::size_of::<Node<u64>>() <= 40);
+        // With its generation and free-list role, a node holding a poll
+        // token is all an entry costs.
         assert_eq!(std::mem::size_of::<Node<u64>>(), 32);
         assert_eq!(std::mem::size_of::<Option<TimerKey>>(), 8);
     }

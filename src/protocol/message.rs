@@ -7,10 +7,10 @@
 //! (permessage-deflate, RSV1 on the first frame) are buffered whole and
 //! inflated by the loop's shared [`Inflater`] under `max_message_size`;
 //! their UTF-8 is checked on the inflated bytes.
-//! Must never: hold a buffer while no message or control frame is partially
-//! received (idle connections cost nothing), allocate for a message that
-//! arrives whole in one input slice (it is handed out borrowed), or know
-//! anything about sockets or replies.
+//! Must never: hold a buffer, or any state of a frame, while no frame or
+//! message is partially received (idle connections cost two words),
+//! allocate for a message that arrives whole in one input slice (it is
+//! handed out borrowed), or know anything about sockets or replies.
 
 use super::close::{self, CloseCode, CloseError};
 use super::deflate::{Decompressor, InflateError, RSV_COMPRESSED};
@@ -199,8 +199,8 @@ enum Assembling {
     Binary,
 }
 
-/// A control frame payload split across reads (rare, so boxed to keep the
-/// per-connection state small).
+/// A control frame payload split across reads (rare, so boxed to keep a
+/// partial frame's state small).
 #[derive(Debug)]
 struct ControlBuf {
     data: [u8; MAX_CONTROL_PAYLOAD],
@@ -208,14 +208,33 @@ struct ControlBuf {
 }
 
 /// Incremental frame reader and message assembler for one connection.
+///
+/// At a frame boundary with no message being assembled (where an idle
+/// connection always is) it holds no heap memory and two words: everything
+/// a frame or message in progress needs is in [`Partial`], boxed only while
+/// one is incomplete at the end of an input (or the input broke a rule).
 #[derive(Debug, Default)]
 pub struct Receiver {
+    /// The frame or message left incomplete by the last input, or the
+    /// error it failed with; `None` at a frame boundary with nothing
+    /// assembled.
+    partial: Option<Box<Partial>>,
+    /// RSV bits a negotiated extension may set on a message's first frame.
+    allowed_rsv: u8,
+    /// A close frame was delivered; nothing more is read.
+    closed: bool,
+}
+
+/// The receiver's state inside a frame or a fragmented message. It lives on
+/// the stack while an input is decoded and is boxed into the [`Receiver`]
+/// only when the input ends before the frame (or message) does, or breaks
+/// a rule (then it keeps the error).
+#[derive(Debug, Default)]
+struct Partial {
     header: HeaderDecoder,
     utf8: Utf8Validator,
-    /// Payload of a message that did not arrive whole in one input slice;
-    /// boxed so a connection between messages pays one pointer for it.
-    #[allow(clippy::box_collection)]
-    message: Option<Box<Vec<u8>>>,
+    /// Payload of a message that did not arrive whole in one input slice.
+    message: Vec<u8>,
     control: Option<Box<ControlBuf>>,
     /// Payload bytes of the current frame not yet received.
     remaining: u64,
@@ -225,8 +244,9 @@ pub struct Receiver {
     assembling: Assembling,
     /// The message being assembled had RSV1 set: its payload is DEFLATE data.
     compressed: bool,
-    allowed_rsv: u8,
-    /// Sticky: every later call reports the same error.
+    /// Sticky: every later call reports the same error. Kept in the boxed
+    /// state (with its buffers released), as a failed connection is
+    /// closing anyway.
     failed: Option<&'static ProtocolError>,
 }
 
@@ -287,37 +307,80 @@ impl Receiver {
     where
         F: FnMut(Event<'_>) -> Flow,
     {
-        if let Some(err) = self.failed {
+        if let Some(err) = self.partial.as_ref().and_then(|partial| partial.failed) {
             return Err(*err);
         }
-        let result = self.run(input, limits, &mut inflater, &mut on_event);
+        if self.closed {
+            return Ok(0);
+        }
+        // Whole frames (the common case) are decoded with a state on the
+        // stack; only one left incomplete is moved to the heap.
+        let mut fresh = None;
+        let partial = match self.partial.as_deref_mut() {
+            Some(partial) => partial,
+            None => fresh.insert(Partial::default()),
+        };
+        let result = partial.run(
+            input,
+            limits,
+            self.allowed_rsv,
+            &mut inflater,
+            &mut on_event,
+        );
+        let closed = partial.phase == Phase::Closed;
+        let keep = match result {
+            Ok(_) => !closed && !partial.at_rest(),
+            Err(err) => {
+                partial.failed = Some(err);
+                partial.release();
+                true
+            }
+        };
+        match fresh {
+            Some(partial) if keep => self.partial = Some(Box::new(partial)),
+            Some(_) => {}
+            None if keep => {}
+            None => self.partial = None,
+        }
+        self.closed = closed;
         if let Some(inflater) = inflater {
             inflater.trim();
-        }
-        if let Err(err) = result {
-            self.failed = Some(err);
-            self.release();
         }
         result.map_err(|err| *err)
     }
 
-    /// Heap bytes held for partial messages or control frames.
+    /// Heap bytes held for the payload of a partial message or control
+    /// frame (the few dozen bytes of a partial frame's state not counted).
     pub fn buffered_bytes(&self) -> usize {
-        let control = if self.control.is_some() {
-            size_of::<ControlBuf>()
-        } else {
-            0
-        };
-        self.message.as_ref().map_or(0, |m| m.capacity()) + control
+        self.partial.as_ref().map_or(0, |partial| {
+            let control = if partial.control.is_some() {
+                size_of::<ControlBuf>()
+            } else {
+                0
+            };
+            partial.message.capacity() + control
+        })
     }
 
     /// True when a close frame has been received.
     pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
+        self.closed
+    }
+}
+
+impl Partial {
+    /// At a frame boundary with nothing assembled or buffered: the state
+    /// [`Partial::default`] makes, so it need not be kept.
+    fn at_rest(&self) -> bool {
+        self.phase == Phase::Header
+            && self.header.is_empty()
+            && self.assembling == Assembling::Nothing
+            && self.message.capacity() == 0
+            && self.control.is_none()
     }
 
     fn release(&mut self) {
-        self.message = None;
+        self.message = Vec::new();
         self.control = None;
     }
 
@@ -325,6 +388,7 @@ impl Receiver {
         &mut self,
         input: &mut [u8],
         limits: &Limits,
+        allowed_rsv: u8,
         inflater: &mut Option<&mut Inflater>,
         on_event: &mut F,
     ) -> Result<usize, &'static ProtocolError>
@@ -343,7 +407,7 @@ impl Receiver {
                     };
                     if self.header.is_empty() {
                         // RSV bits are judged before anything else in the header.
-                        self.check_rsv(first)?;
+                        check_rsv(first, allowed_rsv)?;
                     }
                     let (used, header) = self.header.feed(rest).map_err(header_error)?;
                     pos += used;
@@ -367,21 +431,23 @@ impl Receiver {
             }
         }
     }
+}
 
-    fn check_rsv(&self, first_byte: u8) -> Result<(), &'static ProtocolError> {
-        let (rsv, opcode) = frame::rsv_and_opcode(first_byte);
-        // An extension's bits belong to the message, so only the frame that
-        // starts one may carry them.
-        let allowed = match opcode {
-            Some(OpCode::Text | OpCode::Binary) => self.allowed_rsv,
-            _ => 0,
-        };
-        if rsv & !allowed != 0 {
-            return Err(&ERR_RSV);
-        }
-        Ok(())
+fn check_rsv(first_byte: u8, allowed_rsv: u8) -> Result<(), &'static ProtocolError> {
+    let (rsv, opcode) = frame::rsv_and_opcode(first_byte);
+    // An extension's bits belong to the message, so only the frame that
+    // starts one may carry them.
+    let allowed = match opcode {
+        Some(OpCode::Text | OpCode::Binary) => allowed_rsv,
+        _ => 0,
+    };
+    if rsv & !allowed != 0 {
+        return Err(&ERR_RSV);
     }
+    Ok(())
+}
 
+impl Partial {
     /// Applies every rule that the header alone decides, before any payload
     /// byte is buffered, and sets up the payload phase.
     fn start_frame(
@@ -417,7 +483,7 @@ impl Receiver {
             if len > limits.max_frame_size {
                 return Err(&ERR_FRAME_TOO_BIG);
             }
-            let so_far = self.message.as_ref().map_or(0, |m| m.len()) as u64;
+            let so_far = self.message.len() as u64;
             if so_far.saturating_add(len) > limits.max_message_size {
                 return Err(&ERR_MESSAGE_TOO_BIG);
             }
@@ -464,7 +530,7 @@ impl Receiver {
         let chunk = &mut input[start..start + n];
         let whole = n as u64 == self.remaining;
 
-        if fin && whole && self.message.as_ref().is_none_or(|m| m.is_empty()) {
+        if fin && whole && self.message.is_empty() {
             // The rest of the message is right here: hand it out borrowed.
             apply_mask(chunk, self.mask, 0);
             if text && !compressed {
@@ -499,7 +565,7 @@ impl Receiver {
         }
         self.remaining -= n as u64;
         *pos += n;
-        let message = self.message.get_or_insert_with(Box::default);
+        let message = &mut self.message;
         grow_within(message, n, self.remaining, limits.max_message_size);
         message.extend_from_slice(chunk);
         if self.remaining > 0 {
@@ -515,7 +581,7 @@ impl Receiver {
         self.assembling = Assembling::Nothing;
         self.compressed = false;
         // Taking the buffer releases it once delivered.
-        let message = self.message.take().map(|m| *m).unwrap_or_default();
+        let message = std::mem::take(&mut self.message);
         if compressed {
             return deliver_inflated(text, &message, limits, inflater, on_event);
         }
@@ -1928,11 +1994,73 @@ mod tests {
         assert_eq!(rx.buffered_bytes(), 0);
     }
 
+    /// Every connection holds a receiver, idle or not: at a frame
+    /// boundary it is the boxed partial state's pointer and two flag bytes.
     #[test]
     fn receiver_stays_small() {
         let size = size_of::<Receiver>();
-        println!("size_of::<Receiver>() = {size}");
-        assert!(size <= 128, "Receiver is {size} bytes");
+        println!(
+            "size_of::<Receiver>() = {size}, partial state {}",
+            size_of::<Partial>()
+        );
+        assert!(size <= 16, "Receiver is {size} bytes");
+    }
+
+    #[test]
+    fn frame_state_is_held_only_while_a_frame_or_message_is_incomplete() {
+        let mut rx = Receiver::new();
+        let mut whole = cat(&[masked(FIN | TEXT, b"hello"), masked(FIN | PING, b"p")]);
+        let mut seen = 0;
+        rx.feed(&mut whole, &BIG, |_| {
+            seen += 1;
+            Flow::Continue
+        })
+        .unwrap();
+        assert_eq!(seen, 2);
+        assert!(rx.partial.is_none(), "whole frames leave nothing behind");
+
+        let frame = masked(FIN | TEXT, "split é here".as_bytes());
+        for cut in 1..frame.len() {
+            let mut a = frame[..cut].to_vec();
+            rx.feed(&mut a, &BIG, |_| panic!("not yet")).unwrap();
+            assert!(rx.partial.is_some(), "cut {cut}");
+            let mut b = frame[cut..].to_vec();
+            let mut got = Vec::new();
+            rx.feed(&mut b, &BIG, |e| {
+                got.push(Ev::from(e));
+                Flow::Continue
+            })
+            .unwrap();
+            assert_eq!(got, vec![text("split é here")], "cut {cut}");
+            assert!(rx.partial.is_none(), "cut {cut}");
+        }
+
+        // Between the frames of a fragmented message the state stays.
+        let mut first = masked(TEXT, b"frag");
+        rx.feed(&mut first, &BIG, |_| panic!("not yet")).unwrap();
+        assert!(rx.partial.is_some());
+        let mut last = masked(FIN | CONT, b"ment");
+        let mut got = Vec::new();
+        rx.feed(&mut last, &BIG, |e| {
+            got.push(Ev::from(e));
+            Flow::Continue
+        })
+        .unwrap();
+        assert_eq!(got, vec![text("fragment")]);
+        assert!(rx.partial.is_none());
+
+        // A close frame ends it for good; an error releases the buffers.
+        let mut part = masked(TEXT, b"x");
+        rx.feed(&mut part, &BIG, |_| panic!("not yet")).unwrap();
+        let mut close = masked(FIN | CLOSE, &close_payload(1000, b""));
+        rx.feed(&mut close, &BIG, |_| Flow::Continue).unwrap();
+        assert!(rx.is_closed() && rx.partial.is_none());
+        let mut rx = Receiver::new();
+        let mut part = masked(TEXT, b"x");
+        rx.feed(&mut part, &BIG, |_| panic!("not yet")).unwrap();
+        let mut bad = unmasked(FIN | CONT, b"y");
+        assert!(rx.feed(&mut bad, &BIG, |_| Flow::Continue).is_err());
+        assert_eq!(rx.buffered_bytes(), 0);
     }
 
     #[test]
