@@ -16,9 +16,9 @@ impl XorShift {
         self.0
     }
 
-    /// A value in `0..n`; `n` must not be 0.
+    /// A value in `0..n`; 0 when `n` is 0.
     pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        if n == 0 { 0 } else { self.next() % n }
     }
 
     /// An index in `0..len`; `len` must not be 0.

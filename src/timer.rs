@@ -385,6 +385,7 @@ fn list_id(level: usize, slot: usize) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::XorShift;
     use std::collections::BTreeMap;
 
     /// Drives the wheel the way the event loop does: sleep until
@@ -605,22 +606,6 @@ mod tests {
         assert!(fired.windows(2).all(|w| w[0].0 <= w[1].0));
         for (at, i) in fired {
             assert_eq!(at, expect[i as usize].0);
-        }
-    }
-
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            if n == 0 { 0 } else { self.next() % n }
         }
     }
 
