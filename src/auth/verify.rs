@@ -37,8 +37,10 @@ pub(crate) struct Verified<'a> {
     pub expires: Option<u64>,
     /// The `sub` claim, for the log.
     pub subject: Option<Text<'a>>,
-    /// The channels claim.
+    /// The channels claim (subscribe).
     pub channels: Grants<'a>,
+    /// The publish claim (the publish API with `publish_auth`).
+    pub publish: Grants<'a>,
     /// The relay claim, when the table names one.
     pub relay: Option<Grants<'a>>,
 }
@@ -114,6 +116,7 @@ pub(crate) fn verify<R>(
         .map_err(|_| Failure::Malformed)?;
     let seed = ClaimsSeed {
         channels: &auth.channels_claim,
+        publish: &auth.publish_claim,
         relay: auth.relay_claim.as_deref(),
         audience: auth.audience.as_deref(),
     };
@@ -141,6 +144,7 @@ struct Claims<'a> {
     iss: Option<Text<'a>>,
     sub: Option<Text<'a>>,
     channels: Option<Grants<'a>>,
+    publish: Option<Grants<'a>>,
     relay: Option<Grants<'a>>,
 }
 
@@ -172,6 +176,7 @@ impl<'a> Claims<'a> {
             expires,
             subject: self.sub,
             channels: self.channels.unwrap_or_default(),
+            publish: self.publish.unwrap_or_default(),
             relay: auth
                 .relay_claim
                 .as_ref()
@@ -184,6 +189,7 @@ impl<'a> Claims<'a> {
 /// names come from the table.
 struct ClaimsSeed<'n> {
     channels: &'n str,
+    publish: &'n str,
     relay: Option<&'n str>,
     audience: Option<&'n str>,
 }
@@ -208,6 +214,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
         while let Some(key) = map.next_key::<Text<'de>>()? {
             match &*key {
                 k if k == self.channels => c.channels = Some(map.next_value()?),
+                k if k == self.publish => c.publish = Some(map.next_value()?),
                 k if Some(k) == self.relay => c.relay = Some(map.next_value()?),
                 "exp" => c.exp = Some(map.next_value::<NumericDate>()?.0),
                 "nbf" => c.nbf = Some(map.next_value::<NumericDate>()?.0),

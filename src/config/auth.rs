@@ -23,6 +23,10 @@ use crate::protocol::http::is_token;
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(5);
 /// The claim listing the channels a token grants.
 pub const DEFAULT_CHANNELS_CLAIM: &str = "channels";
+/// The claim listing the channels a token lets its bearer publish to
+/// (`publish_auth`). Deliberately not the subscribe claim: a subscriber's
+/// token, which a browser holds, must not let it publish.
+pub const DEFAULT_PUBLISH_CLAIM: &str = "publish";
 
 /// Channels per connection whose relay grant a connection can hold (one
 /// bit each).
@@ -44,9 +48,12 @@ pub struct AuthConfig {
     pub leeway: Duration,
     /// Refuse tokens without `exp`.
     pub require_exp: bool,
-    /// The claim listing the channels the bearer may subscribe (or, for
-    /// `publish_auth`, publish) to: names and `prefix*` patterns.
+    /// The claim listing the channels the bearer may subscribe to: names
+    /// and `prefix*` patterns.
     pub channels_claim: String,
+    /// With `publish_auth`, the claim listing the channels the bearer may
+    /// publish to (same patterns); never the subscribe claim.
+    pub publish_claim: String,
     /// On chat routes (`client_messages = "broadcast"`), the claim listing
     /// the channels the bearer's messages may be relayed to; unset relays
     /// to all of the bearer's channels.
@@ -71,6 +78,7 @@ struct AuthTable {
     leeway: Option<Leeway>,
     require_exp: Option<bool>,
     channels_claim: Option<String>,
+    publish_claim: Option<String>,
     relay_claim: Option<String>,
     cookie: Option<String>,
 }
@@ -122,6 +130,9 @@ impl TryFrom<AuthTable> for AuthConfig {
             channels_claim: t
                 .channels_claim
                 .unwrap_or_else(|| DEFAULT_CHANNELS_CLAIM.to_owned()),
+            publish_claim: t
+                .publish_claim
+                .unwrap_or_else(|| DEFAULT_PUBLISH_CLAIM.to_owned()),
             relay_claim: t.relay_claim,
             cookie: t.cookie,
             keys: KeySet::default(),
@@ -144,6 +155,7 @@ pub(super) fn check_auth(config: &Config) -> Result<(), ConfigError> {
         }
         for (key, claim) in [
             ("auth.channels_claim", Some(&auth.channels_claim)),
+            ("auth.publish_claim", Some(&auth.publish_claim)),
             ("auth.relay_claim", auth.relay_claim.as_ref()),
         ] {
             if claim.is_some_and(String::is_empty) {
@@ -152,6 +164,14 @@ pub(super) fn check_auth(config: &Config) -> Result<(), ConfigError> {
                     format!("must not be empty ([auth.{name}])"),
                 ));
             }
+        }
+        if auth.publish_claim == auth.channels_claim {
+            return Err(ConfigError::invalid(
+                "auth.publish_claim",
+                format!(
+                    "must differ from channels_claim ([auth.{name}]): otherwise every subscriber's token would also let its bearer publish"
+                ),
+            ));
         }
         if auth.relay_claim.is_some() && config.max_channels_per_connection > RELAY_CHANNELS {
             return Err(ConfigError::invalid(
@@ -282,6 +302,7 @@ mod tests {
         assert_eq!(app.leeway, DEFAULT_LEEWAY);
         assert!(app.require_exp);
         assert_eq!(app.channels_claim, DEFAULT_CHANNELS_CLAIM);
+        assert_eq!(app.publish_claim, DEFAULT_PUBLISH_CLAIM);
         assert_eq!(c.routes[0].auth.as_deref(), Some("app"));
     }
 
@@ -334,6 +355,10 @@ mod tests {
         assert_eq!(invalid_key(&unknown), "route.auth");
         let publish = format!("publish_auth = \"nope\"\n{}", with_table(&table));
         assert_eq!(invalid_key(&publish), "publish_auth");
+        let same = with_table(&format!(
+            "{table}\nchannels_claim = \"grants\"\npublish_claim = \"grants\""
+        ));
+        assert_eq!(invalid_key(&same), "auth.publish_claim");
         let cookie = with_table(&format!("{table}\ncookie = \"t\""));
         let msg = Config::from_toml_str(&cookie).unwrap_err().to_string();
         assert!(

@@ -627,7 +627,8 @@ impl Connection {
     }
 
     /// The publish access rule, with `publish_auth`: `publish_token` (when
-    /// set) or a signed token whose channels claim grants `channel`.
+    /// set) or a signed token whose publish claim (never the subscribe
+    /// claim) grants `channel`.
     fn authorize_publish(
         &self,
         head: &RequestHead,
@@ -651,7 +652,7 @@ impl Connection {
             .ok_or(Failure::Missing)
             .and_then(|token| {
                 auth::verify(token, table, ctx.unix_ms / 1000, |verified| {
-                    if verified.channels.allows(channel) {
+                    if verified.publish.allows(channel) {
                         Ok(())
                     } else {
                         Err(Failure::NotGranted)
@@ -1786,6 +1787,34 @@ mod tests {
                 "/live?channel=news&channel=user.1.x&token={narrow}"
             ));
             assert_eq!(status_line(&mut c), "HTTP/1.1 101 Switching Protocols");
+        }
+
+        #[test]
+        fn a_subscriber_token_does_not_let_its_bearer_publish() {
+            let mut config = auth_config();
+            config.publish_auth = Some("app".to_owned());
+            let mut n = ClusterLoop::new(config);
+            let post = |token: &str| {
+                format!(
+                    "POST /publish/news HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                     Content-Length: 2\r\n\r\nhi"
+                )
+                .into_bytes()
+            };
+            let subscriber = token(json!({"exp": T0 + 60, "channels": ["news"]}));
+            n.send(&post(&subscriber));
+            assert!(n.channels_sent().is_empty());
+            let answers = n.responses();
+            assert_eq!(answers.len(), 1);
+            assert_eq!(answers[0].0, 403);
+            let mut n = ClusterLoop::new({
+                let mut config = auth_config();
+                config.publish_auth = Some("app".to_owned());
+                config
+            });
+            let publisher = token(json!({"exp": T0 + 60, "publish": ["news"]}));
+            n.send(&post(&publisher));
+            assert_eq!(n.channels_sent(), ["news"]);
         }
 
         #[test]

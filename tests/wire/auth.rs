@@ -78,6 +78,14 @@ fn claims(channels: &[&str]) -> Value {
            "sub": "user-42", "channels": channels})
 }
 
+/// The claims of a publisher's token: its grants are in `publish`, never
+/// in the subscribe claim.
+fn publisher_claims(channels: &[&str]) -> Value {
+    let now = now();
+    json!({"exp": now + 300, "iat": now, "aud": "wshub", "iss": "tests",
+           "sub": "backend", "publish": channels})
+}
+
 /// `claims` with `changes` merged in.
 fn claims_with(channels: &[&str], changes: Value) -> Value {
     let mut c = claims(channels);
@@ -328,7 +336,11 @@ fn channels_are_granted_by_exact_name_and_by_prefix() {
     // A granted subscription receives what is published to it.
     let (response, mut subscriber) = upgrade(&server, "/hs256/user.42.inbox", &auth);
     assert_eq!(response.status, 101);
-    let publisher = keys.mint_one(Spec::new("HS256", "hs.secret", claims(&["user.*"])));
+    let publisher = keys.mint_one(Spec::new(
+        "HS256",
+        "hs.secret",
+        publisher_claims(&["user.*"]),
+    ));
     let mut http = RawClient::connect(server.addr);
     http.send(&publish_request_with(
         "user.42.inbox",
@@ -385,8 +397,9 @@ fn a_publish_token_is_scoped_to_its_channels() {
     let keys = Keys::new();
     let server = server(&keys, "5s");
     let tokens = keys.mint(&[
+        Spec::new("HS256", "hs.secret", publisher_claims(&["alerts.*"])),
+        Spec::new("ES256", "ec.key.pem", publisher_claims(&["alerts.*"])),
         Spec::new("HS256", "hs.secret", claims(&["alerts.*"])),
-        Spec::new("ES256", "ec.key.pem", claims(&["alerts.*"])),
     ]);
     let publish = |channel: &str, headers: &str| {
         let mut http = RawClient::connect(server.addr);
@@ -399,11 +412,16 @@ fn a_publish_token_is_scoped_to_its_channels() {
         http.read_http_response()
     };
     assert_published(&publish("alerts.fire", &bearer(&tokens[0])), "alerts.fire");
-    let forbidden = publish("news", &bearer(&tokens[0]));
-    assert_eq!(
-        (forbidden.status, forbidden.body_text()),
-        (403, "forbidden\n")
-    );
+    // A channel it does not grant, and a subscriber's token (its channels
+    // claim grants subscribing only).
+    for (channel, token) in [("news", &tokens[0]), ("alerts.fire", &tokens[2])] {
+        let forbidden = publish(channel, &bearer(token));
+        assert_eq!(
+            (forbidden.status, forbidden.body_text()),
+            (403, "forbidden\n"),
+            "{channel}"
+        );
+    }
     for headers in [String::new(), bearer(&tokens[1]), bearer("nonsense")] {
         let refused = publish("alerts.fire", &headers);
         assert_eq!(
