@@ -1,7 +1,17 @@
 //! Where a token travels in a request: `Authorization: Bearer <token>`,
-//! then a cookie (its name configured), then the `token` query parameter —
-//! the first one present is used. Browsers cannot set headers on
-//! `new WebSocket()` or `new EventSource()`, hence the other two.
+//! then a cookie (its name configured), then the `token` query parameter.
+//! Browsers cannot set headers on `new WebSocket()` or
+//! `new EventSource()`, hence the other two.
+//!
+//! The rule: the first place that holds a token decides, and a token found
+//! there that fails verification is refused: a later place is never tried
+//! instead, so a cookie (which any page of the site may have set) never
+//! overrides an explicit token. A place that says two things is refused as
+//! [`Failure::Ambiguous`] rather than guessed at: several `Authorization`
+//! headers, a cookie of that name with two different values, or two
+//! different `token` parameters. A `Bearer` header without a token is
+//! malformed, not absent. An `Authorization` header of another scheme, an
+//! empty cookie and an empty `token=` count as absent.
 //!
 //! Owns: that order and the parsing of each place.
 //! Must never: log, copy or count a token's text; copy anything unless the
@@ -9,6 +19,7 @@
 
 use std::borrow::Cow;
 
+use super::Failure;
 use crate::protocol::http::{RequestHead, trim_ows};
 
 /// The query parameter that carries a token (the subscription parser
@@ -16,7 +27,7 @@ use crate::protocol::http::{RequestHead, trim_ows};
 pub(crate) const TOKEN_PARAM: &str = "token";
 
 /// The scheme of an `Authorization` header carrying a token.
-const BEARER: &[u8] = b"Bearer ";
+const BEARER: &[u8] = b"Bearer";
 
 /// Where a token was found (for the debug log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,56 +38,95 @@ pub(crate) enum Source {
 }
 
 /// The token a request carries, from the first place that has one;
-/// `cookie` is the configured cookie name, if any.
+/// `cookie` is the configured cookie name, if any. `Missing` when no place
+/// has one.
 pub(crate) fn find<'a>(
     head: &'a RequestHead,
     cookie: Option<&str>,
-) -> Option<(Cow<'a, str>, Source)> {
-    if let Some(token) = bearer(head) {
-        return Some((Cow::Borrowed(token), Source::Header));
+) -> Result<(Cow<'a, str>, Source), Failure> {
+    if let Some(token) = bearer(head)? {
+        return Ok((Cow::Borrowed(token), Source::Header));
     }
-    if let Some(token) = cookie.and_then(|name| cookie_value(head, name)) {
-        return Some((Cow::Borrowed(token), Source::Cookie));
+    if let Some(name) = cookie
+        && let Some(token) = cookie_value(head, name)?
+    {
+        return Ok((Cow::Borrowed(token), Source::Cookie));
     }
-    query_param(head.query.as_deref()?).map(|t| (t, Source::Query))
+    match head.query.as_deref() {
+        Some(query) => query_param(query)?.map(|t| (t, Source::Query)),
+        None => None,
+    }
+    .ok_or(Failure::Missing)
 }
 
-/// The token of an `Authorization: Bearer` header (scheme case-insensitive).
-pub(crate) fn bearer(head: &RequestHead) -> Option<&str> {
-    let value = trim_ows(head.header("Authorization")?);
-    let scheme = value.get(..BEARER.len())?;
-    if !scheme.eq_ignore_ascii_case(BEARER) {
-        return None;
+/// The token of an `Authorization: Bearer` header (scheme
+/// case-insensitive); `None` without the header or with another scheme.
+pub(crate) fn bearer(head: &RequestHead) -> Result<Option<&str>, Failure> {
+    if head.header_count("Authorization") > 1 {
+        return Err(Failure::Ambiguous);
     }
-    non_empty(trim_ows(value.get(BEARER.len()..)?))
+    let Some(value) = head.header("Authorization") else {
+        return Ok(None);
+    };
+    let value = trim_ows(value);
+    let scheme_len = value
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(value.len());
+    if !value[..scheme_len].eq_ignore_ascii_case(BEARER) {
+        return Ok(None);
+    }
+    non_empty(trim_ows(&value[scheme_len..]))
+        .map(Some)
+        .ok_or(Failure::Malformed)
 }
 
-/// The value of cookie `name` in any `Cookie` header (RFC 6265 §5.4:
-/// `name=value` pairs separated by `;`); surrounding quotes are removed.
-fn cookie_value<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
-    head.header_values("Cookie")
+/// The value of cookie `name` in the `Cookie` headers (RFC 6265 §5.4:
+/// `name=value` pairs separated by `;`, over one or several lines);
+/// surrounding quotes are removed. The same name with two different
+/// values is ambiguous; an empty value counts as absent.
+fn cookie_value<'a>(head: &'a RequestHead, name: &str) -> Result<Option<&'a str>, Failure> {
+    let mut found: Option<&[u8]> = None;
+    let values = head
+        .header_values("Cookie")
         .flat_map(|line| line.split(|&b| b == b';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let pair = trim_ows(pair);
             let eq = pair.iter().position(|&b| b == b'=')?;
-            let (key, value) = (trim_ows(&pair[..eq]), &pair[eq + 1..]);
-            if key != name.as_bytes() {
-                return None;
-            }
-            let value = trim_ows(value);
-            let value = value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(value);
-            non_empty(value)
+            let (key, value) = (trim_ows(&pair[..eq]), trim_ows(&pair[eq + 1..]));
+            (key == name.as_bytes()).then(|| {
+                value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value)
+            })
         })
+        .filter(|value| !value.is_empty());
+    for value in values {
+        match found {
+            Some(seen) if seen != value => return Err(Failure::Ambiguous),
+            _ => found = Some(value),
+        }
+    }
+    found
+        .map(|v| non_empty(v).ok_or(Failure::Malformed))
+        .transpose()
 }
 
-/// The first non-empty `token` parameter of a query string, percent-decoded.
-fn query_param(query: &str) -> Option<Cow<'_, str>> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(key, value)| key == TOKEN_PARAM && !value.is_empty())
-        .map(|(_, value)| value)
+/// The non-empty `token` parameter of a query string, percent-decoded; two
+/// different ones are ambiguous.
+fn query_param(query: &str) -> Result<Option<Cow<'_, str>>, Failure> {
+    let mut found: Option<Cow<'_, str>> = None;
+    let values = form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, value)| key == TOKEN_PARAM && !value.is_empty())
+        .map(|(_, value)| value);
+    for value in values {
+        match &found {
+            Some(seen) if *seen != value => return Err(Failure::Ambiguous),
+            _ => found = Some(value),
+        }
+    }
+    Ok(found)
 }
 
 fn non_empty(bytes: &[u8]) -> Option<&str> {
@@ -101,7 +151,7 @@ mod tests {
     }
 
     fn found(h: &RequestHead, cookie: Option<&str>) -> Option<(String, Source)> {
-        find(h, cookie).map(|(t, s)| (t.into_owned(), s))
+        find(h, cookie).ok().map(|(t, s)| (t.into_owned(), s))
     }
 
     #[test]
@@ -127,8 +177,7 @@ mod tests {
     fn other_schemes_empty_values_and_lookalikes_are_not_tokens() {
         let cases = [
             head(None, &[("Authorization", "Basic dXNlcjpwYXNz")]),
-            head(None, &[("Authorization", "Bearer ")]),
-            head(None, &[("Authorization", "Bearer")]),
+            head(None, &[("Authorization", "Bearerx y")]),
             head(None, &[("Cookie", "toke=1; tok2=2; tok=")]),
             head(Some("tokens=1&xtoken=2&token="), &[]),
         ];
@@ -146,5 +195,73 @@ mod tests {
         );
         let q = head(Some("token=a%2Eb.c"), &[]);
         assert_eq!(found(&q, None), Some(("a.b.c".into(), Source::Query)));
+    }
+
+    #[test]
+    fn an_explicit_but_bad_place_is_refused_not_skipped() {
+        let cookie = ("Cookie", "tok=c");
+        let cases = [
+            // A Bearer header without a token does not fall through to the
+            // cookie.
+            (
+                head(None, &[("Authorization", "Bearer "), cookie]),
+                Failure::Malformed,
+            ),
+            (
+                head(None, &[("Authorization", "bearer"), cookie]),
+                Failure::Malformed,
+            ),
+            // Two Authorization headers, even if one is another scheme.
+            (
+                head(
+                    None,
+                    &[("Authorization", "Bearer a"), ("Authorization", "Bearer b")],
+                ),
+                Failure::Ambiguous,
+            ),
+            (
+                head(
+                    None,
+                    &[
+                        ("Authorization", "Basic eA=="),
+                        ("Authorization", "Bearer b"),
+                    ],
+                ),
+                Failure::Ambiguous,
+            ),
+            // The cookie twice with different values, on one line or two.
+            (
+                head(Some("token=q"), &[("Cookie", "tok=a; tok=b")]),
+                Failure::Ambiguous,
+            ),
+            (
+                head(None, &[("Cookie", "tok=a"), ("Cookie", "x=1; tok=\"b\"")]),
+                Failure::Ambiguous,
+            ),
+            // The token parameter twice, one of them percent-encoded.
+            (head(Some("token=a.b&token=a%2Ec"), &[]), Failure::Ambiguous),
+            (head(None, &[]), Failure::Missing),
+        ];
+        for (h, want) in &cases {
+            assert_eq!(find(h, Some("tok")).map(|_| ()), Err(*want), "{h:?}");
+        }
+        // Repeating the same value says one thing.
+        let same = head(Some("token=a.b&token=a%2Eb"), &[("Cookie", "t=1")]);
+        assert_eq!(
+            found(&same, Some("tok")),
+            Some(("a.b".into(), Source::Query))
+        );
+        let same = head(None, &[("Cookie", "tok=v; tok=\"v\"")]);
+        assert_eq!(
+            found(&same, Some("tok")),
+            Some(("v".into(), Source::Cookie))
+        );
+        // A header of another scheme is not a bearer token: the cookie is
+        // next.
+        let basic = head(None, &[("Authorization", "Basic eA=="), cookie]);
+        assert_eq!(
+            found(&basic, Some("tok")),
+            Some(("c".into(), Source::Cookie))
+        );
     }
 }

@@ -37,7 +37,7 @@ use crate::protocol::close::CloseCode;
 
 pub use crate::auth::keys::{Algorithm, KeySet, KeySource};
 pub(crate) use auth::RELAY_CHANNELS;
-pub use auth::{AuthConfig, DEFAULT_CHANNELS_CLAIM, DEFAULT_LEEWAY};
+pub use auth::{AuthConfig, DEFAULT_CHANNELS_CLAIM, DEFAULT_LEEWAY, DEFAULT_PUBLISH_CLAIM};
 pub use cluster::{ClusterConfig, RedisUrl};
 pub use listener::{ListenerConfig, ListenerTls};
 pub use route::{HEALTH_CHECK_PATH, HistoryPolicy, METRICS_PATH, RouteConfig};

@@ -649,7 +649,7 @@ impl Connection {
             return Ok(());
         }
         let checked = auth::token::bearer(head)
-            .ok_or(Failure::Missing)
+            .and_then(|token| token.ok_or(Failure::Missing))
             .and_then(|token| {
                 auth::verify(token, table, ctx.unix_ms / 1000, |verified| {
                     if verified.publish.allows(channel) {
@@ -817,8 +817,7 @@ impl Connection {
             .get(name)
             .ok_or(Failure::UnknownKey)
             .and_then(|table| {
-                let (token, source) =
-                    auth::token::find(head, table.cookie.as_deref()).ok_or(Failure::Missing)?;
+                let (token, source) = auth::token::find(head, table.cookie.as_deref())?;
                 let channels = match route.kind {
                     RouteKind::Broadcast => parse_subscription(
                         rest,
