@@ -70,6 +70,10 @@ struct Header<'a> {
     alg: Text<'a>,
     #[serde(borrow, default)]
     kid: Option<Text<'a>>,
+    /// Critical extensions (RFC 7515 §4.1.11): none is understood here, so
+    /// a header with `crit` is refused.
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
 }
 
 /// Verifies `token` with the keys and rules of `auth` at `now` (Unix
@@ -95,6 +99,9 @@ pub(crate) fn verify<R>(
         .map_err(|_| Failure::Malformed)?;
     let header: Header<'_> =
         serde_json::from_slice(&header_buf[..header_len]).map_err(|_| Failure::Malformed)?;
+    if header.crit.is_some() {
+        return Err(Failure::Malformed);
+    }
     // Pinned by the key set: "none", or any other name, goes no further.
     if *header.alg != *name(algorithm) {
         return Err(Failure::Algorithm);
@@ -460,6 +467,36 @@ mod tests {
                 Err(want),
                 "{payload:?}"
             );
+        }
+    }
+
+    /// Signs `header` and `payload` as given, bytes for bytes.
+    fn sign_raw(header: &[u8], payload: &[u8]) -> String {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let key = EncodingKey::from_secret(SECRET);
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        let t = table(|_| {});
+        let payload = format!(r#"{{"exp":{}}}"#, NOW + 9);
+        let plain = sign_raw(br#"{"alg":"HS256","typ":"JWT"}"#, payload.as_bytes());
+        assert!(run(&plain, &t).is_ok());
+        // RFC 7515 §4.1.11: an extension listed in `crit` must be understood;
+        // this verifier understands none.
+        for header in [
+            &br#"{"alg":"HS256","crit":["b64"],"b64":false}"#[..],
+            br#"{"alg":"HS256","crit":[]}"#,
+            br#"{"alg":"HS256","alg":"none"}"#,
+        ] {
+            let token = sign_raw(header, payload.as_bytes());
+            assert_eq!(run(&token, &t), Err(Failure::Malformed), "{header:?}");
         }
     }
 }
