@@ -122,13 +122,16 @@ impl KeySet {
     /// The key for a token whose header names `kid`: the key with that
     /// `kid`; a token without one is verified with the set's only key
     /// (with several keys, `kid` is required, so a bad token costs one
-    /// verification, never one per key).
+    /// verification, never one per key). A lone key that has no `kid` (a
+    /// secret, a PEM key, a JWKS entry without one) serves any token: its
+    /// `kid` names nothing to compare with.
     pub(crate) fn select(&self, kid: Option<&str>) -> Option<&DecodingKey> {
         let keys = &self.0.as_ref()?.keys;
-        match kid {
-            Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-            None if keys.len() == 1 => keys.first(),
-            None => None,
+        match (kid, keys.as_slice()) {
+            (_, [only]) if only.kid.is_none() => Some(only),
+            (None, [only]) => Some(only),
+            (Some(kid), _) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            (None, _) => None,
         }
         .map(|k| &k.key)
     }
@@ -286,6 +289,16 @@ fn jwks_keys(algorithm: Algorithm, bytes: &[u8], path: &Path) -> Result<Vec<Key>
             "with several keys, every key needs a kid (tokens name their key with it)",
         ));
     }
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(kid) = &key.kid
+            && keys[..i].iter().any(|k| k.kid.as_ref() == Some(kid))
+        {
+            return Err(KeyError::invalid(
+                path,
+                format!("kid {kid:?} names two keys for {algorithm:?}"),
+            ));
+        }
+    }
     Ok(keys)
 }
 
@@ -342,6 +355,30 @@ mod tests {
             err.to_string().contains("no signing key for ES256"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_single_key_without_kid_serves_tokens_that_name_one() {
+        // A secret or PEM key has no kid; backends often add one anyway.
+        let set = KeySet::from_secret(Algorithm::HS256, &[b'k'; 32]).unwrap();
+        assert!(set.select(None).is_some());
+        assert!(set.select(Some("2026-01")).is_some());
+        // A JWKS key that has a kid must be named by it.
+        let doc = br#"{"keys":[{"kty":"oct","kid":"one","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+        let set = KeySet::load(Algorithm::HS256, &KeySource::Jwks(temp("jwks1", doc))).unwrap();
+        assert!(set.select(Some("one")).is_some());
+        assert!(set.select(None).is_some());
+        assert!(set.select(Some("two")).is_none());
+    }
+
+    #[test]
+    fn jwks_kids_must_be_unique() {
+        let doc = br#"{"keys":[
+            {"kty":"oct","kid":"one","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"},
+            {"kty":"oct","kid":"one","k":"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODlhYg"}
+        ]}"#;
+        let err = KeySet::load(Algorithm::HS256, &KeySource::Jwks(temp("jwks3", doc))).unwrap_err();
+        assert!(err.to_string().contains("kid \"one\""), "{err}");
     }
 
     #[test]
