@@ -145,8 +145,8 @@ struct Claims<'a> {
     exp: Option<u64>,
     nbf: Option<u64>,
     iat: Option<u64>,
-    /// `aud` names the configured audience (true when none is configured
-    /// and no `aud` was read, decided in [`Claims::check`]).
+    /// Whether `aud` names the configured audience (`None` without `aud`;
+    /// false for any `aud` when none is configured).
     aud_matches: Option<bool>,
     iss: Option<Text<'a>>,
     sub: Option<Text<'a>>,
@@ -171,7 +171,9 @@ impl<'a> Claims<'a> {
         {
             return Err(Failure::NotYetValid);
         }
-        if auth.audience.is_some() && self.aud_matches != Some(true) {
+        // RFC 7519 §4.1.3: with `aud`, this hub must be named in it; a
+        // token with `aud` is refused where no audience is configured.
+        if !self.aud_matches.unwrap_or(auth.audience.is_none()) {
             return Err(Failure::Audience);
         }
         if let Some(issuer) = &auth.issuer
@@ -272,7 +274,7 @@ impl<'de> Deserialize<'de> for NumericDate {
 }
 
 /// `aud`: one string or a list; whether it names the configured audience
-/// (any `aud` passes when none is configured).
+/// (never, when none is configured).
 struct AudienceSeed<'n>(Option<&'n str>);
 
 impl<'de> DeserializeSeed<'de> for AudienceSeed<'_> {
@@ -291,11 +293,11 @@ impl<'de> Visitor<'de> for AudienceSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(self.0.is_none_or(|want| want == v))
+        Ok(self.0 == Some(v))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        let mut found = self.0.is_none();
+        let mut found = false;
         while let Some(aud) = seq.next_element::<Text<'de>>()? {
             found |= self.0 == Some(&*aud);
         }
@@ -424,6 +426,14 @@ mod tests {
         ];
         for (claims, want) in cases {
             assert_eq!(check(claims, &t).unwrap_err(), want);
+        }
+        // RFC 7519 §4.1.3: a token for some audience is refused where none
+        // is configured (it was meant for another service sharing the key).
+        let open = table(|_| {});
+        assert!(check(json!({"exp": NOW + 9}), &open).is_ok());
+        for aud in [json!("hub"), json!(["hub"]), json!([])] {
+            let claims = json!({"exp": NOW + 9, "aud": aud});
+            assert_eq!(check(claims, &open).unwrap_err(), Failure::Audience);
         }
     }
 

@@ -40,7 +40,8 @@ pub struct AuthConfig {
     pub algorithm: Algorithm,
     /// Where the keys come from.
     pub source: KeySource,
-    /// When set, the `aud` claim must be (or list) this.
+    /// When set, the `aud` claim must be (or list) this; unset, a token
+    /// with `aud` is refused (it was meant for another service).
     pub audience: Option<String>,
     /// When set, the `iss` claim must be this.
     pub issuer: Option<String>,

@@ -466,7 +466,7 @@ fn reload_switches_keys_and_keeps_open_connections() {
         &format!(
             "log_level = \"debug\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
              [[route]]\npath = \"/live\"\nkind = \"broadcast\"\nauth = \"app\"\n\
-             [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {secret:?}\n"
+             [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {secret:?}\naudience = \"wshub\"\n"
         ),
     );
     let mut daemon = Daemon::start(&config, &[("RUST_LOG", "debug")]);
@@ -562,7 +562,7 @@ fn a_chat_message_is_relayed_only_to_the_channels_the_relay_claim_grants() {
     let text = format!(
         "[[listener]]\naddress = \"127.0.0.1:0\"\n\
          [[route]]\npath = \"/chat\"\nkind = \"broadcast\"\nclient_messages = \"broadcast\"\nauth = \"app\"\n\
-         [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {:?}\nrelay_claim = \"relay\"\n",
+         [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {:?}\nrelay_claim = \"relay\"\naudience = \"wshub\"\n",
         keys.path("hs.secret").display().to_string()
     );
     let server = TestServer::with_config(Config::from_toml_str(&text).expect("chat config"));
