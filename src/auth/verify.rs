@@ -509,4 +509,32 @@ mod tests {
             assert_eq!(run(&token, &t), Err(Failure::Malformed), "{header:?}");
         }
     }
+
+    #[test]
+    fn base64_must_be_canonical_and_unpadded() {
+        let t = table(|_| {});
+        let good = sign(&json!({"exp": NOW + 9}));
+        assert!(run(&good, &t).is_ok());
+        let (message, sig) = good.rsplit_once('.').unwrap();
+        // A 32-byte signature leaves 2 spare bits in its last character:
+        // another character with the same 4 leading bits decodes to the
+        // same bytes unless trailing bits are refused.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let last = ALPHABET
+            .iter()
+            .position(|&c| c == *sig.as_bytes().last().unwrap())
+            .unwrap();
+        for spare in 1..4 {
+            let other = char::from(ALPHABET[(last & !3) | ((last + spare) & 3)]);
+            let twin = format!("{message}.{}{other}", &sig[..sig.len() - 1]);
+            assert!(run(&twin, &t).is_err(), "{twin}");
+        }
+        let (header, payload) = message.split_once('.').unwrap();
+        for padded in [
+            format!("{header}=.{payload}.{sig}"),
+            format!("{message}.{sig}="),
+        ] {
+            assert!(run(&padded, &t).is_err(), "{padded}");
+        }
+    }
 }
