@@ -594,3 +594,34 @@ fn a_chat_message_is_relayed_only_to_the_channels_the_relay_claim_grants() {
     on_b.expect_silence(Duration::from_millis(200));
     on_a.expect_silence(Duration::from_millis(200));
 }
+
+/// A relay grant for a later channel only: the channels before it that it
+/// does not grant must not stop the relay.
+#[test]
+#[ignore = "fails until the relay loops in src/server/fanout.rs skip (not stop at) a channel may_relay refuses"]
+fn a_relay_grant_for_a_later_channel_is_honoured() {
+    let keys = Keys::new();
+    let text = format!(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[route]]\npath = \"/chat\"\nkind = \"broadcast\"\nclient_messages = \"broadcast\"\nauth = \"app\"\n\
+         [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {:?}\nrelay_claim = \"relay\"\naudience = \"wshub\"\n",
+        keys.path("hs.secret").display().to_string()
+    );
+    let server = TestServer::with_config(Config::from_toml_str(&text).expect("chat config"));
+    let relay = |relay: &[&str]| claims_with(&["*"], json!({ "relay": relay }));
+    let tokens = keys.mint(&[
+        Spec::new("HS256", "hs.secret", relay(&["b"])),
+        Spec::new("HS256", "hs.secret", relay(&["*"])),
+    ]);
+    let open = |path: &str, token: &str| {
+        let (response, client) = upgrade(&server, path, &bearer(token));
+        assert_eq!(response.status, 101, "{path}");
+        client
+    };
+    let mut on_a = open("/chat/a", &tokens[1]);
+    let mut on_b = open("/chat/b", &tokens[1]);
+    let mut sender = open("/chat?channel=a&channel=b", &tokens[0]);
+    sender.send_text("to b only");
+    assert_eq!(on_b.expect_text(), "to b only");
+    on_a.expect_silence(Duration::from_millis(200));
+}
