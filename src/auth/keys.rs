@@ -16,6 +16,8 @@ use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub use jsonwebtoken::Algorithm;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
@@ -263,6 +265,20 @@ fn jwks_keys(algorithm: Algorithm, bytes: &[u8], path: &Path) -> Result<Vec<Key>
         if !fits {
             continue;
         }
+        if let AlgorithmParameters::OctetKey(oct) = &jwk.algorithm {
+            // The same floor as a secret file: an `oct` key is a secret.
+            let len = URL_SAFE_NO_PAD.decode(&oct.value).map_or(0, |k| k.len());
+            let min = min_secret_len(algorithm);
+            if len < min {
+                return Err(KeyError::invalid(
+                    path,
+                    format!(
+                        "key {:?} has {len} bytes; {algorithm:?} needs at least {min}",
+                        common.key_id.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+        }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| {
             KeyError::invalid(
                 path,
@@ -369,6 +385,14 @@ mod tests {
         assert!(set.select(Some("one")).is_some());
         assert!(set.select(None).is_some());
         assert!(set.select(Some("two")).is_none());
+    }
+
+    #[test]
+    fn a_jwks_hmac_key_must_be_as_long_as_its_hash() {
+        // "QUJD" is 3 bytes: as weak as a 3-byte secret file, which is refused.
+        let doc = br#"{"keys":[{"kty":"oct","kid":"weak","k":"QUJD"}]}"#;
+        let err = KeySet::load(Algorithm::HS256, &KeySource::Jwks(temp("jwks4", doc))).unwrap_err();
+        assert!(err.to_string().contains("needs at least 32"), "{err}");
     }
 
     #[test]
