@@ -1766,6 +1766,28 @@ mod tests {
         }
 
         #[test]
+        fn token_expiry_holds_beside_keep_alive_pings() {
+            let mut config = auth_config();
+            config.ping_interval = ms(1000);
+            config.pong_timeout = ms(900);
+            let t = token(json!({"exp": T0 + 3, "channels": ["news"]}));
+            let mut c = Driven::accepted(config);
+            c.send(&upgrade_request(&format!("/live/news?token={t}")));
+            assert_eq!(status_line(&mut c), "HTTP/1.1 101 Switching Protocols");
+            for at in [1000, 2000] {
+                c.advance_to(at);
+                assert_eq!(c.frames(), [(OpCode::Ping, Vec::new())], "{at}");
+                c.send(&client_frame(OpCode::Pong, b""));
+            }
+            c.advance_to(2999);
+            assert!(c.take().is_empty());
+            c.advance_to(3000);
+            let frames = c.frames();
+            assert_eq!(frames.len(), 1);
+            assert_eq!(close_code(&frames[0].1), Some(CLOSE_TOKEN_EXPIRED));
+        }
+
+        #[test]
         fn missing_invalid_and_ungranted_tokens_are_refused() {
             let mut c = upgrade("/live/news");
             assert_eq!(status_line(&mut c), "HTTP/1.1 401 Unauthorized");
