@@ -537,4 +537,36 @@ mod tests {
             assert!(run(&padded, &t).is_err(), "{padded}");
         }
     }
+
+    #[test]
+    fn odd_numbers_and_header_spellings() {
+        let t = table(|_| {});
+        let payload = |claims: &str| sign_raw(br#"{"alg":"HS256"}"#, claims.as_bytes());
+        let cases = [
+            (r#"{"exp":-1}"#, Err(Failure::Expired)),
+            (r#"{"exp":1e300}"#, Ok(Some(u64::MAX))),
+            (r#"{"exp":18446744073709551616}"#, Ok(Some(u64::MAX))),
+            (r#"{"exp":1e400}"#, Err(Failure::Malformed)),
+            (
+                r#"{"exp":1800000009,"nbf":-5,"iat":-1.5}"#,
+                Ok(Some(NOW + 14)),
+            ),
+            (r#"{"exp":1800000009,"exp":1}"#, Err(Failure::Expired)),
+            (r#"{"exp":null}"#, Err(Failure::Claims)),
+            (
+                r#"{"exp":1800000009,"channels":null}"#,
+                Err(Failure::Claims),
+            ),
+        ];
+        for (claims, want) in cases {
+            assert_eq!(
+                run(&payload(claims), &t).map(|s| s.expires),
+                want,
+                "{claims}"
+            );
+        }
+        // The algorithm name is compared exactly, case included.
+        let lower = sign_raw(br#"{"alg":"hs256"}"#, br#"{"exp":1800000009}"#);
+        assert_eq!(run(&lower, &t), Err(Failure::Algorithm));
+    }
 }
