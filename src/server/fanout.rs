@@ -419,13 +419,14 @@ impl Server {
                     // and fan-out never removes a connection).
                     let count = self.conns.get(key).map_or(0, |s| s.conn.memberships.len());
                     for i in 0..count {
-                        let Some(id) = self
-                            .conns
-                            .get(key)
-                            .filter(|s| s.conn.may_relay(i))
-                            .and_then(|s| s.conn.memberships.iter().nth(i))
-                            .map(|m| m.channel())
-                        else {
+                        let Some(conn) = self.conns.get(key).map(|s| &s.conn) else {
+                            break;
+                        };
+                        // A relay claim may leave out some of its channels.
+                        if !conn.may_relay(i) {
+                            continue;
+                        }
+                        let Some(id) = conn.memberships.iter().nth(i).map(|m| m.channel()) else {
                             break;
                         };
                         self.publish_local(id, message.clone(), exclude, stamp, now);
@@ -624,11 +625,17 @@ impl Server {
         let exclude = (!to_sender).then_some(token);
         let count = self.conns.get(key).map_or(0, |s| s.conn.memberships.len());
         for i in 0..count {
-            let Some(name) = self
-                .conns
-                .get(key)
-                .filter(|s| s.conn.may_relay(i))
-                .and_then(|s| s.conn.memberships.iter().nth(i))
+            let Some(conn) = self.conns.get(key).map(|s| &s.conn) else {
+                break;
+            };
+            // A relay claim may leave out some of its channels.
+            if !conn.may_relay(i) {
+                continue;
+            }
+            let Some(name) = conn
+                .memberships
+                .iter()
+                .nth(i)
                 .and_then(|m| self.hub.name(m.channel()))
                 .map(str::to_owned)
             else {
