@@ -104,6 +104,26 @@ impl<M> Log<M> {
         Ok(self.entries.iter().skip(skip).map(|e| &e.message))
     }
 
+    /// Like [`Log::after`], but also refuses (`Expired`) when the first
+    /// message to replay was added `ttl` or more before `now`: expiry is
+    /// swept by one timer, which may run late (a reload that shortened
+    /// `history_ttl`, timer granularity), and a message older than the TTL
+    /// must never be replayed.
+    pub(crate) fn after_fresh(
+        &self,
+        offset: u64,
+        now: u64,
+        ttl: u64,
+    ) -> Result<impl Iterator<Item = &M> + Clone + '_, Loss> {
+        let run = self.after(offset)?;
+        let start = offset.saturating_add(1);
+        let skip = usize::try_from(start - self.first()).unwrap_or(usize::MAX);
+        match self.entries.get(skip) {
+            Some(first) if first.at.saturating_add(ttl) <= now => Err(Loss::Expired),
+            _ => Ok(run),
+        }
+    }
+
     fn front_seq(&self) -> Option<u64> {
         self.entries.front().map(|e| e.seq)
     }

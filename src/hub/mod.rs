@@ -395,14 +395,16 @@ impl<T: Copy, M> Hub<T, M> {
     }
 
     /// The messages after `from` in the channel's history, oldest first,
-    /// if every one of them is still kept and there are at most
-    /// `max_replay`; otherwise why not. Also returns the channel's current
-    /// position.
+    /// if every one of them is still kept, younger than `ttl` at `now`, and
+    /// there are at most `max_replay`; otherwise why not. Also returns the
+    /// channel's current position.
     pub(crate) fn recover(
         &self,
         channel: ChannelId,
         from: Position,
         max_replay: usize,
+        now: u64,
+        ttl: u64,
     ) -> Result<(Position, impl Iterator<Item = &M> + Clone + '_), (NotRecovered, Position)> {
         let Some(c) = self.channels.get(channel.0 as usize) else {
             return Err((NotRecovered::Epoch, from));
@@ -420,7 +422,7 @@ impl<T: Copy, M> Hub<T, M> {
             _ => None,
         };
         let messages = match log {
-            Some(log) => log.after(from.offset).map_err(|loss| match loss {
+            Some(log) => log.after_fresh(from.offset, now, ttl).map_err(|loss| match loss {
                 Loss::Evicted => NotRecovered::Evicted,
                 Loss::Expired => NotRecovered::Expired,
             }),
@@ -671,7 +673,7 @@ mod tests {
         max: usize,
     ) -> Result<Vec<u64>, NotRecovered> {
         let id = hub.lookup(name).expect("live channel");
-        hub.recover(id, from, max)
+        hub.recover(id, from, max, 0, LIMITS.ttl)
             .map(|(_, m)| m.copied().collect())
             .map_err(|(reason, _)| reason)
     }
@@ -749,6 +751,29 @@ mod tests {
         assert_eq!(freed, ["a"]);
         assert_eq!((hub.channel_count(), hub.history_totals()), (0, (0, 0)));
         assert_eq!(hub.lookup("a"), None);
+    }
+
+    #[test]
+    fn a_message_past_its_ttl_is_never_replayed_even_before_the_sweep() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let id = hub.subscribe("a", 1).channel();
+        let at0 = hub.position(id).unwrap();
+        publish(&mut hub, "a", 2, 0);
+        let at1 = Position { offset: 1, ..at0 };
+        publish(&mut hub, "a", 1, 40);
+        let get = |hub: &Hub<u32, u64>, from, now, ttl| {
+            hub.recover(id, from, 10, now, ttl)
+                .map(|(_, m)| m.copied().collect::<Vec<_>>())
+                .map_err(|(reason, _)| reason)
+        };
+        assert_eq!(get(&hub, at0, 99, 100), Ok(vec![1, 2, 3]));
+        // A reload shortened history_ttl to 50 while the sweep is still
+        // armed for the old one: messages 1 and 2 are too old to replay.
+        assert_eq!(get(&hub, at0, 60, 50), Err(NotRecovered::Expired));
+        assert_eq!(get(&hub, at1, 60, 50), Err(NotRecovered::Expired));
+        let at2 = Position { offset: 2, ..at0 };
+        assert_eq!(get(&hub, at2, 60, 50), Ok(vec![3]));
+        assert_eq!(hub.history_totals().0, 3, "the sweep alone drops them");
     }
 
     #[test]

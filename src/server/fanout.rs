@@ -473,7 +473,13 @@ impl Server {
         // A cluster node's log holds only what it delivered: Redis may have
         // the rest. The answer comes later; meanwhile this connection's live
         // messages of the channel are held back.
-        if history && self.cluster.is_some() && self.hub.recover(channel, from, max_replay).is_err()
+        let ttl = self.history_ttl();
+        if history
+            && self.cluster.is_some()
+            && self
+                .hub
+                .recover(channel, from, max_replay, now, ttl)
+                .is_err()
         {
             let ask = Ask {
                 position: from,
@@ -489,7 +495,7 @@ impl Server {
                 .recover(&mut self.conns, key, &w.name, outcome, env);
             return;
         }
-        match self.hub.recover(channel, from, max_replay) {
+        match self.hub.recover(channel, from, max_replay, now, ttl) {
             Ok((_, messages)) => {
                 let outcome = Recovery::Recovered { from, messages };
                 self.fanout
@@ -553,6 +559,12 @@ impl Server {
             );
         }
         self.update_hub_gauges();
+    }
+
+    /// How long history keeps a message, in milliseconds on the loop's
+    /// clock (0 while no route keeps history: nothing is kept then).
+    pub(super) fn history_ttl(&self) -> u64 {
+        self.config.history().map_or(0, |p| millis(p.ttl))
     }
 
     /// The history's timer fired: drop what expired, free the channels kept
