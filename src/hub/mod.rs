@@ -245,8 +245,9 @@ impl<T: Copy, M> Hub<T, M> {
         Some(name)
     }
 
-    /// Drops channel `key` if nothing keeps it alive any more.
-    fn free_if_unused(&mut self, key: u32) {
+    /// Drops channel `key` if nothing keeps it alive any more; returns its
+    /// name then.
+    fn free_if_unused(&mut self, key: u32) -> Option<Arc<str>> {
         if self
             .channels
             .get(key as usize)
@@ -257,7 +258,9 @@ impl<T: Copy, M> Hub<T, M> {
             if let Some(log) = &channel.history {
                 self.store.drop_log(log);
             }
+            return Some(channel.name);
         }
+        None
     }
 
     /// The names of every live channel (with subscribers or history).
@@ -310,7 +313,9 @@ impl<T: Copy, M> Hub<T, M> {
     /// history, under `limits`; the caller has made `position` the
     /// channel's newest ([`Hub::next_position`] or [`Hub::accept_position`]).
     /// Channels whose history is evicted to make room and that have no
-    /// subscribers are freed.
+    /// subscribers are freed, `freed` called with each name (a cluster node
+    /// drops its Redis subscription).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn remember(
         &mut self,
         channel: ChannelId,
@@ -319,6 +324,7 @@ impl<T: Copy, M> Hub<T, M> {
         size: usize,
         now: u64,
         limits: Limits,
+        mut freed: impl FnMut(&str),
     ) {
         let Some(c) = self.channels.get_mut(channel.0 as usize) else {
             return;
@@ -343,7 +349,9 @@ impl<T: Copy, M> Hub<T, M> {
             limits,
         );
         for key in emptied {
-            self.free_if_unused(key);
+            if let Some(name) = self.free_if_unused(key) {
+                freed(&name);
+            }
         }
     }
 
@@ -364,11 +372,7 @@ impl<T: Copy, M> Hub<T, M> {
         self.store.expire(&mut table, now, ttl);
         let next = self.store.next_expiry(&mut table, ttl);
         for key in emptied {
-            let name = self.channels.get(key as usize).map(|c| Arc::clone(&c.name));
-            self.free_if_unused(key);
-            if let Some(name) = name
-                && self.lookup(&name).is_none()
-            {
+            if let Some(name) = self.free_if_unused(key) {
                 freed(&name);
             }
         }
@@ -376,8 +380,8 @@ impl<T: Copy, M> Hub<T, M> {
     }
 
     /// Forgets all history (a reload switched it off); channels kept only
-    /// by it are freed.
-    pub(crate) fn clear_history(&mut self) {
+    /// by it are freed, `freed` called with each name.
+    pub(crate) fn clear_history(&mut self, mut freed: impl FnMut(&str)) {
         if self.store.messages() == 0 && self.channels.iter().all(|(_, c)| c.history.is_none()) {
             return;
         }
@@ -390,7 +394,9 @@ impl<T: Copy, M> Hub<T, M> {
             }
         }
         for key in unused {
-            self.free_if_unused(key);
+            if let Some(name) = self.free_if_unused(key) {
+                freed(&name);
+            }
         }
     }
 
@@ -661,7 +667,7 @@ mod tests {
         let mut last = hub.position(id).expect("position");
         for _ in 0..n {
             last = hub.next_position(id).expect("position");
-            hub.remember(id, last, last.offset, 10, now, LIMITS);
+            hub.remember(id, last, last.offset, 10, now, LIMITS, |_| {});
         }
         last
     }
@@ -789,15 +795,25 @@ mod tests {
             per_channel: 1000,
             ..LIMITS
         };
+        let mut freed = Vec::new();
         for _ in 0..100 {
             let p = hub.next_position(id).unwrap();
-            hub.remember(id, p, p.offset, 10, 1, wide);
+            hub.remember(id, p, p.offset, 10, 1, wide, |n| freed.push(n.to_owned()));
         }
         assert_eq!(hub.history_totals(), (100, 1000));
         assert_eq!(hub.lookup("old"), None);
+        assert_eq!(freed, ["old"], "told, so a cluster node unsubscribes");
         assert_eq!(hub.channel_count(), 1);
-        hub.clear_history();
+        // Switched off: a channel kept only by its history goes, and is told.
+        let gone = hub.subscribe("kept", 3);
+        let k = hub.lookup("kept").unwrap();
+        let p = hub.next_position(k).unwrap();
+        hub.remember(k, p, p.offset, 10, 1, wide, |n| freed.push(n.to_owned()));
+        hub.unsubscribe(gone);
+        hub.clear_history(|n| freed.push(n.to_owned()));
         assert_eq!(hub.history_totals(), (0, 0));
+        assert_eq!(freed, ["old", "kept"]);
+        assert_eq!(hub.channel_count(), 1);
     }
 
     #[test]
@@ -808,14 +824,14 @@ mod tests {
         let at = |epoch, offset| Position { epoch, offset };
         for offset in [10, 11] {
             assert!(hub.accept_position(id, at(e1, offset)));
-            hub.remember(id, at(e1, offset), offset, 1, 0, LIMITS);
+            hub.remember(id, at(e1, offset), offset, 1, 0, LIMITS, |_| {});
         }
         assert!(!hub.accept_position(id, at(e1, 11)), "a repeat");
         assert_eq!(replay(&hub, "a", at(e1, 10), 10), Ok(vec![11]));
         assert_eq!(replay(&hub, "a", at(e1, 8), 10), Err(NotRecovered::Evicted));
         let e2 = Epoch::new(2);
         assert!(hub.accept_position(id, at(e2, 1)));
-        hub.remember(id, at(e2, 1), 1, 1, 0, LIMITS);
+        hub.remember(id, at(e2, 1), 1, 1, 0, LIMITS, |_| {});
         assert_eq!(replay(&hub, "a", at(e1, 11), 10), Err(NotRecovered::Epoch));
         assert_eq!(replay(&hub, "a", at(e2, 0), 10), Ok(vec![1]));
         assert_eq!(hub.history_totals().0, 1);

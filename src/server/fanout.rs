@@ -540,8 +540,14 @@ impl Server {
         delivery: Rc<Delivery>,
         now: u64,
     ) {
+        let cluster = &mut self.cluster;
+        let freed = |name: &str| {
+            if let Some(cluster) = cluster.as_deref_mut() {
+                cluster.bus.channel_changed(name);
+            }
+        };
         let Some(policy) = self.config.history() else {
-            self.hub.clear_history();
+            self.hub.clear_history(freed);
             return;
         };
         let limits = Limits {
@@ -551,7 +557,7 @@ impl Server {
         };
         let size = delivery.message.frame.len();
         self.hub
-            .remember(channel, position, delivery, size, now, limits);
+            .remember(channel, position, delivery, size, now, limits, freed);
         if self.fanout.history_timer.is_none() {
             self.fanout.history_timer = Some(
                 self.timers
@@ -571,19 +577,18 @@ impl Server {
     /// only by it, and re-arm at the next expiry.
     pub(super) fn on_history_timer(&mut self, now: u64) {
         self.fanout.history_timer = None;
+        let cluster = &mut self.cluster;
+        let freed = |name: &str| {
+            if let Some(cluster) = cluster.as_deref_mut() {
+                cluster.bus.channel_changed(name);
+            }
+        };
         let next = match self.config.history() {
             None => {
-                self.hub.clear_history();
+                self.hub.clear_history(freed);
                 None
             }
-            Some(policy) => {
-                let cluster = &mut self.cluster;
-                self.hub.expire(now, millis(policy.ttl), |name| {
-                    if let Some(cluster) = cluster.as_deref_mut() {
-                        cluster.bus.channel_changed(name);
-                    }
-                })
-            }
+            Some(policy) => self.hub.expire(now, millis(policy.ttl), freed),
         };
         if let Some(at) = next {
             self.fanout.history_timer = Some(self.timers.insert(at, HISTORY_TIMER));
