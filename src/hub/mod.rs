@@ -379,6 +379,37 @@ impl<T: Copy, M> Hub<T, M> {
         next
     }
 
+    /// Applies `limits` (changed by a reload) to everything kept now: each
+    /// log trimmed to `per_channel`, the oldest evicted while over
+    /// `max_bytes`, and what is older than `ttl` at `now` expired. Frees
+    /// the channels kept only by what went (calling `freed` with each
+    /// name) and returns when the next message expires. One pass over the
+    /// channels: for a reload, never per message.
+    pub(crate) fn apply_limits(
+        &mut self,
+        limits: Limits,
+        now: u64,
+        mut freed: impl FnMut(&str),
+    ) -> Option<u64> {
+        for (_, c) in self.channels.iter_mut() {
+            if let Some(log) = c.history.as_deref_mut() {
+                self.store.trim(log, limits.per_channel);
+            }
+        }
+        let mut emptied = Vec::new();
+        let mut table = Table {
+            channels: &mut self.channels,
+            emptied: &mut emptied,
+        };
+        self.store.fit(&mut table, limits.max_bytes);
+        for key in emptied {
+            if let Some(name) = self.free_if_unused(key) {
+                freed(&name);
+            }
+        }
+        self.expire(now, limits.ttl, freed)
+    }
+
     /// Forgets all history (a reload switched it off); channels kept only
     /// by it are freed, `freed` called with each name.
     pub(crate) fn clear_history(&mut self, mut freed: impl FnMut(&str)) {
@@ -780,6 +811,45 @@ mod tests {
         let at2 = Position { offset: 2, ..at0 };
         assert_eq!(get(&hub, at2, 60, 50), Ok(vec![3]));
         assert_eq!(hub.history_totals().0, 3, "the sweep alone drops them");
+    }
+
+    #[test]
+    fn a_reload_applies_new_limits_to_what_is_kept_at_once() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let a = hub.subscribe("a", 1);
+        let at0 = hub.position(a.channel()).unwrap();
+        publish(&mut hub, "a", 5, 0);
+        hub.subscribe("b", 2);
+        publish(&mut hub, "b", 5, 30);
+        hub.unsubscribe(a);
+        assert_eq!(hub.history_totals(), (10, 100));
+        // history_size 5 -> 3: each log keeps its newest 3.
+        let smaller = Limits {
+            per_channel: 3,
+            ..LIMITS
+        };
+        let mut freed = Vec::new();
+        let next = hub.apply_limits(smaller, 10, |n| freed.push(n.to_owned()));
+        assert_eq!((next, hub.history_totals()), (Some(100), (6, 60)));
+        let at1 = Position { offset: 1, ..at0 };
+        assert_eq!(replay(&hub, "a", at1, 10), Err(NotRecovered::Evicted));
+        let at2 = Position { offset: 2, ..at0 };
+        assert_eq!(replay(&hub, "a", at2, 10), Ok(vec![3, 4, 5]));
+        // history_max_bytes 60 -> 30: the oldest (all of "a") go, and "a",
+        // kept only by its history, is freed.
+        let tight = Limits {
+            max_bytes: 30,
+            ..smaller
+        };
+        hub.apply_limits(tight, 10, |n| freed.push(n.to_owned()));
+        assert_eq!(hub.history_totals(), (3, 30));
+        assert_eq!(freed, ["a"]);
+        // history_ttl 100 -> 20: at 50, "b" (kept at 30) is not yet due...
+        let short = Limits { ttl: 20, ..tight };
+        assert_eq!(hub.apply_limits(short, 49, |_| {}), Some(50));
+        // ...and at 50 it is.
+        assert_eq!(hub.apply_limits(short, 50, |_| {}), None);
+        assert_eq!(hub.history_totals(), (0, 0));
     }
 
     #[test]

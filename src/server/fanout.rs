@@ -577,6 +577,24 @@ impl Server {
     /// only by it, and re-arm at the next expiry.
     pub(super) fn on_history_timer(&mut self, now: u64) {
         self.fanout.history_timer = None;
+        self.sweep_history(false, now);
+    }
+
+    /// A reload may have changed the history settings: what is kept now
+    /// follows them at once (a lower `history_size` or `history_max_bytes`
+    /// trims, a shorter `history_ttl` expires, history switched off drops
+    /// everything), and the timer is re-armed for the new TTL.
+    pub(super) fn reapply_history(&mut self, now: u64) {
+        if let Some(timer) = self.fanout.history_timer.take() {
+            self.timers.remove(timer);
+        }
+        self.sweep_history(true, now);
+    }
+
+    /// Expires history (with every limit applied again when `reload`),
+    /// frees the channels kept only by what went, and arms the timer at the
+    /// next expiry. The timer must not be armed.
+    fn sweep_history(&mut self, reload: bool, now: u64) {
         let cluster = &mut self.cluster;
         let freed = |name: &str| {
             if let Some(cluster) = cluster.as_deref_mut() {
@@ -587,6 +605,14 @@ impl Server {
             None => {
                 self.hub.clear_history(freed);
                 None
+            }
+            Some(policy) if reload => {
+                let limits = Limits {
+                    per_channel: policy.size,
+                    max_bytes: self.config.history_max_bytes,
+                    ttl: millis(policy.ttl),
+                };
+                self.hub.apply_limits(limits, now, freed)
             }
             Some(policy) => self.hub.expire(now, millis(policy.ttl), freed),
         };
