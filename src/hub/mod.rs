@@ -459,10 +459,12 @@ impl<T: Copy, M> Hub<T, M> {
             _ => None,
         };
         let messages = match log {
-            Some(log) => log.after_fresh(from.offset, now, ttl).map_err(|loss| match loss {
-                Loss::Evicted => NotRecovered::Evicted,
-                Loss::Expired => NotRecovered::Expired,
-            }),
+            Some(log) => log
+                .after_fresh(from.offset, now, ttl)
+                .map_err(|loss| match loss {
+                    Loss::Evicted => NotRecovered::Evicted,
+                    Loss::Expired => NotRecovered::Expired,
+                }),
             None if missed == 0 => Err(NotRecovered::NoHistory),
             None => Err(NotRecovered::Evicted),
         };

@@ -462,7 +462,10 @@ fn a_reload_applies_new_history_settings_to_what_is_kept() {
     daemon.wait_for_log("reload done");
     assert_eq!(publisher.metrics().value("wshub_history_messages"), 3);
     // Offsets 4 and 5 are kept: from 2, offset 3 is gone.
-    let from = At { offset: 2, ..start.clone() };
+    let from = At {
+        offset: 2,
+        ..start.clone()
+    };
     let mut back = RawClient::open(addr, &format!("/live/r?{}", from.query("r")));
     let v = json(&mut back);
     assert_eq!(v["reason"], "evicted", "{v}");
