@@ -6,7 +6,7 @@
 //! arriving message (deliver, drop as a repeat, hold and read the gap).
 //! Must never: do I/O or read a clock (the bus sends the reads it asks for
 //! and hands back their entries), reorder messages, deliver one twice, or
-//! hold more than [`MAX_HELD`] messages.
+//! hold more than [`MAX_HELD`] messages or [`MAX_HELD_BYTES`] bytes.
 //!
 //! Rules, for a message at `(epoch, offset)` after the last delivered
 //! `(e, o)`:
@@ -21,7 +21,7 @@
 //!   the missing ones (trimmed or expired) counted as lost, then the held
 //!   messages go through these rules again (a further gap asks for a
 //!   further read). A read that fails, or more than [`MAX_HELD`] held
-//!   messages, gives the gap up: the loss is counted and the held messages
+//!   messages (or [`MAX_HELD_BYTES`] bytes), gives the gap up: the loss is counted and the held messages
 //!   are delivered as they are, in order.
 
 use std::collections::VecDeque;
@@ -31,6 +31,23 @@ use crate::hub::position::Position;
 /// Live messages held per channel while its gap is read; past it the gap
 /// is given up rather than memory grown.
 pub(crate) const MAX_HELD: usize = 4_096;
+
+/// Bytes of live messages held per channel while its gap is read: messages
+/// may be as large as `max_message_size`, so a count alone does not bound
+/// the memory. Past it the gap is given up (a message larger than this is
+/// still held when it is the only one).
+pub(crate) const MAX_HELD_BYTES: usize = 32 * 1024 * 1024;
+
+/// What a held message counts against [`MAX_HELD_BYTES`].
+pub(crate) trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for Vec<u8> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
 
 /// What the sequencer asks of the bus.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,17 +76,31 @@ pub(crate) struct Sequencer<M> {
     last: Option<Position>,
     /// Live messages that arrived while a read was out, in arrival order.
     held: VecDeque<(Position, M)>,
+    /// The bytes of `held`.
+    held_bytes: usize,
     /// A read is out: its entries are awaited.
     reading: bool,
 }
 
-impl<M> Sequencer<M> {
+impl<M: Weight> Sequencer<M> {
     pub(crate) fn new() -> Sequencer<M> {
         Sequencer {
             last: None,
             held: VecDeque::new(),
+            held_bytes: 0,
             reading: false,
         }
+    }
+
+    fn hold(&mut self, position: Position, message: M) {
+        self.held_bytes = self.held_bytes.saturating_add(message.weight());
+        self.held.push_back((position, message));
+    }
+
+    /// Takes every held message out.
+    fn take_held(&mut self) -> VecDeque<(Position, M)> {
+        self.held_bytes = 0;
+        std::mem::take(&mut self.held)
     }
 
     /// The last position delivered.
@@ -93,11 +124,14 @@ impl<M> Sequencer<M> {
         out: &mut Vec<Step<M>>,
     ) {
         if self.reading {
-            if self.held.len() >= MAX_HELD {
+            let full = self.held.len() >= MAX_HELD
+                || (!self.held.is_empty()
+                    && self.held_bytes.saturating_add(message.weight()) > MAX_HELD_BYTES);
+            if full {
                 self.give_up(counts, out);
                 self.on_live(position, message, counts, out);
             } else {
-                self.held.push_back((position, message));
+                self.hold(position, message);
             }
             return;
         }
@@ -112,7 +146,7 @@ impl<M> Sequencer<M> {
         } else if position.offset == last.offset + 1 {
             self.deliver(position, message, out);
         } else {
-            self.held.push_back((position, message));
+            self.hold(position, message);
             self.reading = true;
             out.push(Step::Read {
                 from: last.offset,
@@ -177,7 +211,7 @@ impl<M> Sequencer<M> {
             }
         }
         self.count_gap(counts);
-        let mut held = std::mem::take(&mut self.held);
+        let mut held = self.take_held();
         // The first held message ends the gap just read, whatever it
         // lacked: it goes out now; the rest follow the rules again.
         if let Some((position, message)) = held.pop_front() {
@@ -212,7 +246,8 @@ impl<M> Sequencer<M> {
     /// the loss counted; the read's entries will be ignored.
     fn give_up(&mut self, counts: &mut Counts, out: &mut Vec<Step<M>>) {
         self.reading = false;
-        while let Some((position, message)) = self.held.pop_front() {
+        let mut held = self.take_held();
+        while let Some((position, message)) = held.pop_front() {
             if self.is_repeat(position) {
                 counts.repeats += 1;
                 continue;
@@ -247,6 +282,12 @@ mod tests {
                 Step::Read { .. } => None,
             })
             .collect()
+    }
+
+    impl Weight for u64 {
+        fn weight(&self) -> usize {
+            size_of::<u64>()
+        }
     }
 
     fn live(s: &mut Sequencer<u64>, c: &mut Counts, offset: u64) -> Vec<Step<u64>> {
@@ -367,6 +408,37 @@ mod tests {
         // The late entries are ignored.
         s.on_entries(Some([(at(1, 2), 2)]), false, &mut c, &mut out);
         assert_eq!(delivered(&out).len(), MAX_HELD + 2);
+    }
+
+    #[test]
+    fn too_many_held_bytes_give_the_gap_up_without_reordering() {
+        let mut s: Sequencer<Vec<u8>> = Sequencer::new();
+        let mut c = Counts::default();
+        let big = MAX_HELD_BYTES / 3 + 1;
+        let mut out = Vec::new();
+        s.on_live(at(1, 1), vec![1], &mut c, &mut out);
+        // Offset 2 is missing: 3 and 4 are held while it is read...
+        for o in [3u8, 4] {
+            s.on_live(at(1, u64::from(o)), vec![o; big], &mut c, &mut out);
+        }
+        assert!(s.is_reading());
+        assert_eq!(out.len(), 2, "delivered 1, asked for a read");
+        // ...a third would pass the byte bound: the gap is given up.
+        s.on_live(at(1, 5), vec![5; big], &mut c, &mut out);
+        assert!(!s.is_reading());
+        let got: Vec<u64> = out
+            .iter()
+            .filter_map(|s| match s {
+                Step::Deliver(p, _) => Some(p.offset),
+                Step::Read { .. } => None,
+            })
+            .collect();
+        assert_eq!(got, [1, 3, 4, 5]);
+        assert_eq!(c.lost, 1);
+        // One message over the bound alone is still held (never dropped).
+        let mut out = Vec::new();
+        s.on_live(at(1, 7), vec![0; MAX_HELD_BYTES + 1], &mut c, &mut out);
+        assert!(s.is_reading());
     }
 
     #[test]

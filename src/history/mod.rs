@@ -104,6 +104,26 @@ impl<M> Log<M> {
         Ok(self.entries.iter().skip(skip).map(|e| &e.message))
     }
 
+    /// Like [`Log::after`], but also refuses (`Expired`) when the first
+    /// message to replay was added `ttl` or more before `now`: expiry is
+    /// swept by one timer, which may run late (a reload that shortened
+    /// `history_ttl`, timer granularity), and a message older than the TTL
+    /// must never be replayed.
+    pub(crate) fn after_fresh(
+        &self,
+        offset: u64,
+        now: u64,
+        ttl: u64,
+    ) -> Result<impl Iterator<Item = &M> + Clone + '_, Loss> {
+        let run = self.after(offset)?;
+        let start = offset.saturating_add(1);
+        let skip = usize::try_from(start - self.first()).unwrap_or(usize::MAX);
+        match self.entries.get(skip) {
+            Some(first) if first.at.saturating_add(ttl) <= now => Err(Loss::Expired),
+            _ => Ok(run),
+        }
+    }
+
     fn front_seq(&self) -> Option<u64> {
         self.entries.front().map(|e| e.seq)
     }
@@ -211,19 +231,29 @@ impl Store {
         self.fifo.push_back(Ticket { channel, seq });
         self.bytes = self.bytes.saturating_add(size);
         self.messages += 1;
-        while log.entries.len() > limits.per_channel.max(1) {
+        self.trim(log, limits.per_channel);
+        self.fit(logs, limits.max_bytes);
+        true
+    }
+
+    /// Trims `log` to its newest `per_channel` messages (at least one).
+    pub(crate) fn trim<M>(&mut self, log: &mut Log<M>, per_channel: usize) {
+        while log.entries.len() > per_channel.max(1) {
             if let Some(size) = log.pop_front(Loss::Evicted) {
                 self.forget(size);
                 self.stale += 1;
             }
         }
-        while self.bytes > limits.max_bytes {
+    }
+
+    /// Evicts the oldest messages of any channel while over `max_bytes`.
+    pub(crate) fn fit<M>(&mut self, logs: &mut impl Logs<M>, max_bytes: usize) {
+        while self.bytes > max_bytes {
             if !self.pop_oldest(logs, Loss::Evicted) {
                 break;
             }
         }
         self.maybe_compact(logs);
-        true
     }
 
     /// Empties `log` (its messages become stale tickets) and restarts it at

@@ -195,6 +195,23 @@ mod tests {
         assert!(!is_json(b"{\"a\":1"));
         assert!(!is_json(b"{\"a\":1} x"));
         assert!(!is_json(b""));
+        assert!(is_json(b"\t\r\n\"s\"\n"), "a scalar, in JSON's whitespace");
+        assert!(is_json(b"null"));
+        // Not JSON text by RFC 8259 (a browser's JSON.parse refuses them too),
+        // so they travel as "text" rather than break the envelope.
+        assert!(!is_json(b"\xef\xbb\xbf{}"), "a leading byte order mark");
+        assert!(!is_json(b"\x0c{}"), "form feed is not JSON whitespace");
+        assert!(!is_json(b"NaN"));
+        assert!(!is_json(b"{\"a\":1,}"));
+        // Every control character and U+2028/U+2029 survive as text.
+        let all: String = (0u32..0x20)
+            .chain([0x7f, 0x2028, 0x2029, 0xfeff])
+            .filter_map(char::from_u32)
+            .collect();
+        let out = text(Kind::Text, all.as_bytes(), None);
+        assert!(out.bytes().all(|b| b >= 0x20), "{out:?}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["text"], all);
     }
 
     #[test]

@@ -245,8 +245,9 @@ impl<T: Copy, M> Hub<T, M> {
         Some(name)
     }
 
-    /// Drops channel `key` if nothing keeps it alive any more.
-    fn free_if_unused(&mut self, key: u32) {
+    /// Drops channel `key` if nothing keeps it alive any more; returns its
+    /// name then.
+    fn free_if_unused(&mut self, key: u32) -> Option<Arc<str>> {
         if self
             .channels
             .get(key as usize)
@@ -257,7 +258,9 @@ impl<T: Copy, M> Hub<T, M> {
             if let Some(log) = &channel.history {
                 self.store.drop_log(log);
             }
+            return Some(channel.name);
         }
+        None
     }
 
     /// The names of every live channel (with subscribers or history).
@@ -310,7 +313,9 @@ impl<T: Copy, M> Hub<T, M> {
     /// history, under `limits`; the caller has made `position` the
     /// channel's newest ([`Hub::next_position`] or [`Hub::accept_position`]).
     /// Channels whose history is evicted to make room and that have no
-    /// subscribers are freed.
+    /// subscribers are freed, `freed` called with each name (a cluster node
+    /// drops its Redis subscription).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn remember(
         &mut self,
         channel: ChannelId,
@@ -319,6 +324,7 @@ impl<T: Copy, M> Hub<T, M> {
         size: usize,
         now: u64,
         limits: Limits,
+        mut freed: impl FnMut(&str),
     ) {
         let Some(c) = self.channels.get_mut(channel.0 as usize) else {
             return;
@@ -343,7 +349,9 @@ impl<T: Copy, M> Hub<T, M> {
             limits,
         );
         for key in emptied {
-            self.free_if_unused(key);
+            if let Some(name) = self.free_if_unused(key) {
+                freed(&name);
+            }
         }
     }
 
@@ -364,20 +372,47 @@ impl<T: Copy, M> Hub<T, M> {
         self.store.expire(&mut table, now, ttl);
         let next = self.store.next_expiry(&mut table, ttl);
         for key in emptied {
-            let name = self.channels.get(key as usize).map(|c| Arc::clone(&c.name));
-            self.free_if_unused(key);
-            if let Some(name) = name
-                && self.lookup(&name).is_none()
-            {
+            if let Some(name) = self.free_if_unused(key) {
                 freed(&name);
             }
         }
         next
     }
 
+    /// Applies `limits` (changed by a reload) to everything kept now: each
+    /// log trimmed to `per_channel`, the oldest evicted while over
+    /// `max_bytes`, and what is older than `ttl` at `now` expired. Frees
+    /// the channels kept only by what went (calling `freed` with each
+    /// name) and returns when the next message expires. One pass over the
+    /// channels: for a reload, never per message.
+    pub(crate) fn apply_limits(
+        &mut self,
+        limits: Limits,
+        now: u64,
+        mut freed: impl FnMut(&str),
+    ) -> Option<u64> {
+        for (_, c) in self.channels.iter_mut() {
+            if let Some(log) = c.history.as_deref_mut() {
+                self.store.trim(log, limits.per_channel);
+            }
+        }
+        let mut emptied = Vec::new();
+        let mut table = Table {
+            channels: &mut self.channels,
+            emptied: &mut emptied,
+        };
+        self.store.fit(&mut table, limits.max_bytes);
+        for key in emptied {
+            if let Some(name) = self.free_if_unused(key) {
+                freed(&name);
+            }
+        }
+        self.expire(now, limits.ttl, freed)
+    }
+
     /// Forgets all history (a reload switched it off); channels kept only
-    /// by it are freed.
-    pub(crate) fn clear_history(&mut self) {
+    /// by it are freed, `freed` called with each name.
+    pub(crate) fn clear_history(&mut self, mut freed: impl FnMut(&str)) {
         if self.store.messages() == 0 && self.channels.iter().all(|(_, c)| c.history.is_none()) {
             return;
         }
@@ -390,19 +425,23 @@ impl<T: Copy, M> Hub<T, M> {
             }
         }
         for key in unused {
-            self.free_if_unused(key);
+            if let Some(name) = self.free_if_unused(key) {
+                freed(&name);
+            }
         }
     }
 
     /// The messages after `from` in the channel's history, oldest first,
-    /// if every one of them is still kept and there are at most
-    /// `max_replay`; otherwise why not. Also returns the channel's current
-    /// position.
+    /// if every one of them is still kept, younger than `ttl` at `now`, and
+    /// there are at most `max_replay`; otherwise why not. Also returns the
+    /// channel's current position.
     pub(crate) fn recover(
         &self,
         channel: ChannelId,
         from: Position,
         max_replay: usize,
+        now: u64,
+        ttl: u64,
     ) -> Result<(Position, impl Iterator<Item = &M> + Clone + '_), (NotRecovered, Position)> {
         let Some(c) = self.channels.get(channel.0 as usize) else {
             return Err((NotRecovered::Epoch, from));
@@ -420,10 +459,12 @@ impl<T: Copy, M> Hub<T, M> {
             _ => None,
         };
         let messages = match log {
-            Some(log) => log.after(from.offset).map_err(|loss| match loss {
-                Loss::Evicted => NotRecovered::Evicted,
-                Loss::Expired => NotRecovered::Expired,
-            }),
+            Some(log) => log
+                .after_fresh(from.offset, now, ttl)
+                .map_err(|loss| match loss {
+                    Loss::Evicted => NotRecovered::Evicted,
+                    Loss::Expired => NotRecovered::Expired,
+                }),
             None if missed == 0 => Err(NotRecovered::NoHistory),
             None => Err(NotRecovered::Evicted),
         };
@@ -659,7 +700,7 @@ mod tests {
         let mut last = hub.position(id).expect("position");
         for _ in 0..n {
             last = hub.next_position(id).expect("position");
-            hub.remember(id, last, last.offset, 10, now, LIMITS);
+            hub.remember(id, last, last.offset, 10, now, LIMITS, |_| {});
         }
         last
     }
@@ -671,7 +712,7 @@ mod tests {
         max: usize,
     ) -> Result<Vec<u64>, NotRecovered> {
         let id = hub.lookup(name).expect("live channel");
-        hub.recover(id, from, max)
+        hub.recover(id, from, max, 0, LIMITS.ttl)
             .map(|(_, m)| m.copied().collect())
             .map_err(|(reason, _)| reason)
     }
@@ -752,6 +793,68 @@ mod tests {
     }
 
     #[test]
+    fn a_message_past_its_ttl_is_never_replayed_even_before_the_sweep() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let id = hub.subscribe("a", 1).channel();
+        let at0 = hub.position(id).unwrap();
+        publish(&mut hub, "a", 2, 0);
+        let at1 = Position { offset: 1, ..at0 };
+        publish(&mut hub, "a", 1, 40);
+        let get = |hub: &Hub<u32, u64>, from, now, ttl| {
+            hub.recover(id, from, 10, now, ttl)
+                .map(|(_, m)| m.copied().collect::<Vec<_>>())
+                .map_err(|(reason, _)| reason)
+        };
+        assert_eq!(get(&hub, at0, 99, 100), Ok(vec![1, 2, 3]));
+        // A reload shortened history_ttl to 50 while the sweep is still
+        // armed for the old one: messages 1 and 2 are too old to replay.
+        assert_eq!(get(&hub, at0, 60, 50), Err(NotRecovered::Expired));
+        assert_eq!(get(&hub, at1, 60, 50), Err(NotRecovered::Expired));
+        let at2 = Position { offset: 2, ..at0 };
+        assert_eq!(get(&hub, at2, 60, 50), Ok(vec![3]));
+        assert_eq!(hub.history_totals().0, 3, "the sweep alone drops them");
+    }
+
+    #[test]
+    fn a_reload_applies_new_limits_to_what_is_kept_at_once() {
+        let mut hub: Hub<u32, u64> = Hub::new();
+        let a = hub.subscribe("a", 1);
+        let at0 = hub.position(a.channel()).unwrap();
+        publish(&mut hub, "a", 5, 0);
+        hub.subscribe("b", 2);
+        publish(&mut hub, "b", 5, 30);
+        hub.unsubscribe(a);
+        assert_eq!(hub.history_totals(), (10, 100));
+        // history_size 5 -> 3: each log keeps its newest 3.
+        let smaller = Limits {
+            per_channel: 3,
+            ..LIMITS
+        };
+        let mut freed = Vec::new();
+        let next = hub.apply_limits(smaller, 10, |n| freed.push(n.to_owned()));
+        assert_eq!((next, hub.history_totals()), (Some(100), (6, 60)));
+        let at1 = Position { offset: 1, ..at0 };
+        assert_eq!(replay(&hub, "a", at1, 10), Err(NotRecovered::Evicted));
+        let at2 = Position { offset: 2, ..at0 };
+        assert_eq!(replay(&hub, "a", at2, 10), Ok(vec![3, 4, 5]));
+        // history_max_bytes 60 -> 30: the oldest (all of "a") go, and "a",
+        // kept only by its history, is freed.
+        let tight = Limits {
+            max_bytes: 30,
+            ..smaller
+        };
+        hub.apply_limits(tight, 10, |n| freed.push(n.to_owned()));
+        assert_eq!(hub.history_totals(), (3, 30));
+        assert_eq!(freed, ["a"]);
+        // history_ttl 100 -> 20: at 50, "b" (kept at 30) is not yet due...
+        let short = Limits { ttl: 20, ..tight };
+        assert_eq!(hub.apply_limits(short, 49, |_| {}), Some(50));
+        // ...and at 50 it is.
+        assert_eq!(hub.apply_limits(short, 50, |_| {}), None);
+        assert_eq!(hub.history_totals(), (0, 0));
+    }
+
+    #[test]
     fn the_byte_budget_frees_channels_kept_only_by_history() {
         let mut hub: Hub<u32, u64> = Hub::new();
         let gone = hub.subscribe("old", 1);
@@ -764,15 +867,25 @@ mod tests {
             per_channel: 1000,
             ..LIMITS
         };
+        let mut freed = Vec::new();
         for _ in 0..100 {
             let p = hub.next_position(id).unwrap();
-            hub.remember(id, p, p.offset, 10, 1, wide);
+            hub.remember(id, p, p.offset, 10, 1, wide, |n| freed.push(n.to_owned()));
         }
         assert_eq!(hub.history_totals(), (100, 1000));
         assert_eq!(hub.lookup("old"), None);
+        assert_eq!(freed, ["old"], "told, so a cluster node unsubscribes");
         assert_eq!(hub.channel_count(), 1);
-        hub.clear_history();
+        // Switched off: a channel kept only by its history goes, and is told.
+        let gone = hub.subscribe("kept", 3);
+        let k = hub.lookup("kept").unwrap();
+        let p = hub.next_position(k).unwrap();
+        hub.remember(k, p, p.offset, 10, 1, wide, |n| freed.push(n.to_owned()));
+        hub.unsubscribe(gone);
+        hub.clear_history(|n| freed.push(n.to_owned()));
         assert_eq!(hub.history_totals(), (0, 0));
+        assert_eq!(freed, ["old", "kept"]);
+        assert_eq!(hub.channel_count(), 1);
     }
 
     #[test]
@@ -783,14 +896,14 @@ mod tests {
         let at = |epoch, offset| Position { epoch, offset };
         for offset in [10, 11] {
             assert!(hub.accept_position(id, at(e1, offset)));
-            hub.remember(id, at(e1, offset), offset, 1, 0, LIMITS);
+            hub.remember(id, at(e1, offset), offset, 1, 0, LIMITS, |_| {});
         }
         assert!(!hub.accept_position(id, at(e1, 11)), "a repeat");
         assert_eq!(replay(&hub, "a", at(e1, 10), 10), Ok(vec![11]));
         assert_eq!(replay(&hub, "a", at(e1, 8), 10), Err(NotRecovered::Evicted));
         let e2 = Epoch::new(2);
         assert!(hub.accept_position(id, at(e2, 1)));
-        hub.remember(id, at(e2, 1), 1, 1, 0, LIMITS);
+        hub.remember(id, at(e2, 1), 1, 1, 0, LIMITS, |_| {});
         assert_eq!(replay(&hub, "a", at(e1, 11), 10), Err(NotRecovered::Epoch));
         assert_eq!(replay(&hub, "a", at(e2, 0), 10), Ok(vec![1]));
         assert_eq!(hub.history_totals().0, 1);

@@ -807,6 +807,7 @@ impl Server {
     /// Answers hold (`key`, `channel`) if Redis's answer and the node's live
     /// feed allow it now; true when answered.
     fn settle(&mut self, key: usize, channel: ChannelId, now: u64) -> bool {
+        let ttl = self.history_ttl();
         let Some(cluster) = self.cluster.as_deref_mut() else {
             return false;
         };
@@ -846,7 +847,7 @@ impl Server {
         let name = self.hub.name(channel).unwrap_or_default();
         let env = env_of!(self, now);
         let redis = answer.deliveries.get(answer.range.clone());
-        match (redis, self.hub.recover(channel, top, usize::MAX)) {
+        match (redis, self.hub.recover(channel, top, usize::MAX, now, ttl)) {
             (Some(redis), Ok((_, later))) => {
                 let outcome = Outcome::Recovered {
                     from,

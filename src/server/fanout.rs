@@ -474,7 +474,13 @@ impl Server {
         // A cluster node's log holds only what it delivered: Redis may have
         // the rest. The answer comes later; meanwhile this connection's live
         // messages of the channel are held back.
-        if history && self.cluster.is_some() && self.hub.recover(channel, from, max_replay).is_err()
+        let ttl = self.history_ttl();
+        if history
+            && self.cluster.is_some()
+            && self
+                .hub
+                .recover(channel, from, max_replay, now, ttl)
+                .is_err()
         {
             let ask = Ask {
                 position: from,
@@ -490,7 +496,7 @@ impl Server {
                 .recover(&mut self.conns, key, &w.name, outcome, env);
             return;
         }
-        match self.hub.recover(channel, from, max_replay) {
+        match self.hub.recover(channel, from, max_replay, now, ttl) {
             Ok((_, messages)) => {
                 let outcome = Recovery::Recovered { from, messages };
                 self.fanout
@@ -535,8 +541,14 @@ impl Server {
         delivery: Rc<Delivery>,
         now: u64,
     ) {
+        let cluster = &mut self.cluster;
+        let freed = |name: &str| {
+            if let Some(cluster) = cluster.as_deref_mut() {
+                cluster.bus.channel_changed(name);
+            }
+        };
         let Some(policy) = self.config.history() else {
-            self.hub.clear_history();
+            self.hub.clear_history(freed);
             return;
         };
         let limits = Limits {
@@ -546,7 +558,7 @@ impl Server {
         };
         let size = delivery.message.frame.len();
         self.hub
-            .remember(channel, position, delivery, size, now, limits);
+            .remember(channel, position, delivery, size, now, limits, freed);
         if self.fanout.history_timer.is_none() {
             self.fanout.history_timer = Some(
                 self.timers
@@ -556,23 +568,54 @@ impl Server {
         self.update_hub_gauges();
     }
 
+    /// How long history keeps a message, in milliseconds on the loop's
+    /// clock (0 while no route keeps history: nothing is kept then).
+    pub(super) fn history_ttl(&self) -> u64 {
+        self.config.history().map_or(0, |p| millis(p.ttl))
+    }
+
     /// The history's timer fired: drop what expired, free the channels kept
     /// only by it, and re-arm at the next expiry.
     pub(super) fn on_history_timer(&mut self, now: u64) {
         self.fanout.history_timer = None;
+        self.sweep_history(false, now);
+    }
+
+    /// A reload may have changed the history settings: what is kept now
+    /// follows them at once (a lower `history_size` or `history_max_bytes`
+    /// trims, a shorter `history_ttl` expires, history switched off drops
+    /// everything), and the timer is re-armed for the new TTL.
+    pub(super) fn reapply_history(&mut self, now: u64) {
+        if let Some(timer) = self.fanout.history_timer.take() {
+            self.timers.remove(timer);
+        }
+        self.sweep_history(true, now);
+    }
+
+    /// Expires history (with every limit applied again when `reload`),
+    /// frees the channels kept only by what went, and arms the timer at the
+    /// next expiry. The timer must not be armed.
+    fn sweep_history(&mut self, reload: bool, now: u64) {
+        let cluster = &mut self.cluster;
+        let freed = |name: &str| {
+            if let Some(cluster) = cluster.as_deref_mut() {
+                cluster.bus.channel_changed(name);
+            }
+        };
         let next = match self.config.history() {
             None => {
-                self.hub.clear_history();
+                self.hub.clear_history(freed);
                 None
             }
-            Some(policy) => {
-                let cluster = &mut self.cluster;
-                self.hub.expire(now, millis(policy.ttl), |name| {
-                    if let Some(cluster) = cluster.as_deref_mut() {
-                        cluster.bus.channel_changed(name);
-                    }
-                })
+            Some(policy) if reload => {
+                let limits = Limits {
+                    per_channel: policy.size,
+                    max_bytes: self.config.history_max_bytes,
+                    ttl: millis(policy.ttl),
+                };
+                self.hub.apply_limits(limits, now, freed)
             }
+            Some(policy) => self.hub.expire(now, millis(policy.ttl), freed),
         };
         if let Some(at) = next {
             self.fanout.history_timer = Some(self.timers.insert(at, HISTORY_TIMER));

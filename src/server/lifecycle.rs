@@ -451,6 +451,7 @@ impl Server {
             }
         }
         let now = self.now();
+        self.reapply_history(now);
         self.reload_cluster(old.cluster.as_ref(), now);
         for change in &changes {
             info!("reload: {change}");

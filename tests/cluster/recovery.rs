@@ -455,3 +455,31 @@ fn a_thousand_clients_recovering_at_once_are_served_by_a_few_reads() {
         assert_eq!(message(client), (live.clone(), "m102".to_owned()));
     }
 }
+
+/// A channel kept only by its history that loses it to `history_max_bytes`
+/// (another channel's messages evict it) is freed, and the node drops its
+/// Redis subscription, as it does when that history expires.
+#[test]
+fn a_channel_freed_by_eviction_leaves_redis() {
+    let _alone = alone();
+    let redis = Redis::start();
+    // Each kept frame is a few bytes: 40 hold a handful of messages.
+    let node = node_with(&redis, 100, 100, |c| c.history_max_bytes = 40);
+    let mut publisher = RawClient::connect(node.addr);
+    let client = RawClient::open(node.addr, &format!("{LIVE_PATH}/old?meta=1"));
+    wait_numsub(&redis, "old", 1);
+    publish(&mut publisher, "old", "kept");
+    drop(client);
+    // Kept by its history alone: still subscribed in Redis.
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(node.addr, "wshub_subscriptions") == 0
+    }));
+    assert_eq!(metric(node.addr, "wshub_channels"), 1);
+    assert_eq!(redis.numsub("wshub:old"), 1);
+    let _new = RawClient::open(node.addr, &format!("{LIVE_PATH}/new?meta=1"));
+    wait_numsub(&redis, "new", 1);
+    for i in 0..20 {
+        publish(&mut publisher, "new", &format!("m{i}"));
+    }
+    wait_numsub(&redis, "old", 0);
+}

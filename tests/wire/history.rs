@@ -428,6 +428,61 @@ fn a_restarted_daemon_tells_returning_clients_the_epoch_changed() {
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// A reload that changes the history settings applies them to what is
+/// kept at once: a smaller `history_size` trims every channel, and history
+/// switched off drops everything (and the channels kept only by it), not
+/// only when the old TTL's timer fires.
+#[test]
+fn a_reload_applies_new_history_settings_to_what_is_kept() {
+    let dir = TempDir::new("history-reload");
+    let with = |extra: &str| {
+        format!(
+            "{}\n[[route]]\npath = \"/live\"\nkind = \"broadcast\"\nhistory_ttl = \"5m\"\n{extra}\n",
+            config_with("")
+        )
+    };
+    let config = dir.write("wshub.toml", &with("history_size = 100"));
+    let mut daemon = Daemon::start(&config, &[]);
+    let addr = daemon.listening_address();
+    let mut client = RawClient::open(addr, "/live/r?meta=1");
+    let start = At::of(&json(&mut client));
+    let mut publisher = RawClient::connect(addr);
+    for i in 0..5 {
+        publish(&mut publisher, "r", &format!("m{i}"));
+    }
+    let kept = RawClient::open(addr, "/live/only-history");
+    publish(&mut publisher, "only-history", "x");
+    drop(kept);
+    assert!(eventually(Duration::from_secs(5), || {
+        publisher.metrics().value("wshub_history_messages") == 6
+    }));
+
+    dir.write("wshub.toml", &with("history_size = 2"));
+    daemon.signal(Signal::HUP);
+    daemon.wait_for_log("reload done");
+    assert_eq!(publisher.metrics().value("wshub_history_messages"), 3);
+    // Offsets 4 and 5 are kept: from 2, offset 3 is gone.
+    let from = At {
+        offset: 2,
+        ..start.clone()
+    };
+    let mut back = RawClient::open(addr, &format!("/live/r?{}", from.query("r")));
+    let v = json(&mut back);
+    assert_eq!(v["reason"], "evicted", "{v}");
+
+    dir.write("wshub.toml", &with("history_size = 0"));
+    daemon.signal(Signal::HUP);
+    daemon.wait_for_log("reload done");
+    let metrics = publisher.metrics();
+    assert_eq!(metrics.value("wshub_history_messages"), 0);
+    assert_eq!(metrics.value("wshub_history_bytes"), 0);
+    // Only "r" (subscribed) is left: "only-history" went with its history.
+    assert_eq!(metrics.value("wshub_channels"), 1);
+    drop((client, back));
+    daemon.signal(Signal::TERM);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
 /// Python's `websockets` (an independent client, the library path browser
 /// code resembles) decodes all three metadata forms byte-exact. Fails
 /// (never skips) without it: `.ci/test` installs it.
