@@ -255,10 +255,10 @@ impl Connection {
         self.out.push_frame(OpCode::Text, payload);
     }
 
-    /// What is queued so far is a recovery: not counted against
+    /// The last `bytes` queued are a recovery: not counted against
     /// `max_backlog_bytes` until written.
-    pub(super) fn exempt_queued(&mut self) {
-        self.out.exempt_queued();
+    pub(super) fn exempt(&mut self, bytes: usize) {
+        self.out.exempt(bytes);
     }
 
     /// Queues the answer to this connection's publish request, with the

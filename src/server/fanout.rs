@@ -292,6 +292,7 @@ impl FanOut {
         if !slot.conn.is_open() {
             return 0;
         }
+        let queued_before = slot.conn.queued();
         let mut answer = [0u8; MAX_ANSWER_LEN];
         let mut cursor = Cursor::new(&mut answer[..]);
         let replayed = match outcome {
@@ -330,7 +331,10 @@ impl FanOut {
                 count
             }
         };
-        slot.conn.exempt_queued();
+        // Only this recovery's bytes: live messages of other channels
+        // queued before it still count.
+        let replay_bytes = slot.conn.queued().saturating_sub(queued_before);
+        slot.conn.exempt(replay_bytes);
         self.mark_dirty(slot, key);
         replayed
     }

@@ -129,13 +129,15 @@ impl OutQueue {
             .map_or(0, |i| i.len.saturating_sub(i.exempt))
     }
 
-    /// Exempts everything queued so far from the slow-consumer rule until
-    /// it is written: a recovery's replay, bounded by `max_replay` and the
-    /// history's own size, is not a sign of a slow reader. What is queued
-    /// after it is counted as usual.
-    pub(super) fn exempt_queued(&mut self) {
+    /// Exempts `bytes` more of what is queued from the slow-consumer rule
+    /// until written: a recovery's replay, bounded by `max_replay` and the
+    /// history's own size, is not a sign of a slow reader. The exemption is
+    /// an amount, used up by the first bytes written whatever they are, so
+    /// it never covers more than the replay itself (queued live messages
+    /// ahead of it only make it end sooner).
+    pub(super) fn exempt(&mut self, bytes: usize) {
         if let Some(inner) = self.inner.as_mut() {
-            inner.exempt = inner.len;
+            inner.exempt = inner.exempt.saturating_add(bytes).min(inner.len);
         }
     }
 
@@ -299,7 +301,8 @@ mod tests {
     fn an_exempt_front_is_not_counted_until_written() {
         let mut queue = OutQueue::default();
         queue.push_shared(Rc::from(vec![1u8; 100]));
-        queue.exempt_queued();
+        let queued = queue.len();
+        queue.exempt(queued);
         queue.push_shared(Rc::from(vec![2u8; 10]));
         assert_eq!((queue.len(), queue.counted_len()), (110, 10));
         let mut wire = Wire {
@@ -311,6 +314,30 @@ mod tests {
         wire.room = usize::MAX;
         queue.flush(&mut wire).unwrap();
         assert_eq!((queue.len(), queue.counted_len()), (0, 0));
+    }
+
+    #[test]
+    fn an_exemption_covers_only_its_own_bytes() {
+        // Live bytes already queued (40), then a replay of 100 exempted:
+        // the 40 still count, and the exemption is used up by whatever is
+        // written first, so it never hides more than the replay.
+        let mut queue = OutQueue::default();
+        queue.push_shared(Rc::from(vec![1u8; 40]));
+        queue.push_shared(Rc::from(vec![2u8; 100]));
+        queue.exempt(100);
+        assert_eq!((queue.len(), queue.counted_len()), (140, 40));
+        queue.exempt(1_000);
+        assert_eq!(queue.counted_len(), 0, "never more than what is queued");
+        let mut wire = Wire {
+            room: 40,
+            ..Wire::default()
+        };
+        let mut queue2 = OutQueue::default();
+        queue2.push_shared(Rc::from(vec![1u8; 40]));
+        queue2.push_shared(Rc::from(vec![2u8; 100]));
+        queue2.exempt(100);
+        queue2.flush(&mut wire).unwrap();
+        assert_eq!((queue2.len(), queue2.counted_len()), (100, 40));
     }
 
     #[test]
