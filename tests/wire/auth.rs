@@ -556,16 +556,21 @@ fn check_config_reads_the_key_files() {
     );
 }
 
-#[test]
-fn a_chat_message_is_relayed_only_to_the_channels_the_relay_claim_grants() {
-    let keys = Keys::new();
+/// A chat route whose HS256 tokens carry a relay claim named `relay`.
+fn chat_server(keys: &Keys) -> TestServer {
     let text = format!(
         "[[listener]]\naddress = \"127.0.0.1:0\"\n\
          [[route]]\npath = \"/chat\"\nkind = \"broadcast\"\nclient_messages = \"broadcast\"\nauth = \"app\"\n\
          [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {:?}\nrelay_claim = \"relay\"\naudience = \"wshub\"\n",
         keys.path("hs.secret").display().to_string()
     );
-    let server = TestServer::with_config(Config::from_toml_str(&text).expect("chat config"));
+    TestServer::with_config(Config::from_toml_str(&text).expect("chat config"))
+}
+
+#[test]
+fn a_chat_message_is_relayed_only_to_the_channels_the_relay_claim_grants() {
+    let keys = Keys::new();
+    let server = chat_server(&keys);
     let relay = |relay: &[&str]| claims_with(&["*"], json!({ "relay": relay }));
     let tokens = keys.mint(&[
         Spec::new("HS256", "hs.secret", relay(&["a"])),
@@ -600,13 +605,7 @@ fn a_chat_message_is_relayed_only_to_the_channels_the_relay_claim_grants() {
 #[test]
 fn a_relay_grant_for_a_later_channel_is_honoured() {
     let keys = Keys::new();
-    let text = format!(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\n\
-         [[route]]\npath = \"/chat\"\nkind = \"broadcast\"\nclient_messages = \"broadcast\"\nauth = \"app\"\n\
-         [auth.app]\nalgorithm = \"HS256\"\nsecret_file = {:?}\nrelay_claim = \"relay\"\naudience = \"wshub\"\n",
-        keys.path("hs.secret").display().to_string()
-    );
-    let server = TestServer::with_config(Config::from_toml_str(&text).expect("chat config"));
+    let server = chat_server(&keys);
     let relay = |relay: &[&str]| claims_with(&["*"], json!({ "relay": relay }));
     let tokens = keys.mint(&[
         Spec::new("HS256", "hs.secret", relay(&["b"])),
