@@ -308,17 +308,14 @@ impl WsConn {
         let mut filled = self.carry.len();
         scratch[..filled].copy_from_slice(&self.carry);
         self.carry.clear();
+        let (deflate, out) = (self.deflate, &mut self.out);
+        let mut take = |scratch: &mut [u8], filled| {
+            take_frames(scratch, filled, max_payload, deflate, out, &mut on_message)
+        };
         if filled > 0 {
             // Whole frames that came with the handshake's answer (or were
             // left by the last read) are delivered even if no more arrive.
-            filled = take_frames(
-                scratch,
-                filled,
-                max_payload,
-                self.deflate,
-                &mut self.out,
-                &mut on_message,
-            )?;
+            filled = take(scratch, filled)?;
         }
         let read_to_end = read_to_end || self.stream.is_tls();
         loop {
@@ -330,15 +327,7 @@ impl WsConn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Fail::run(format!("read failed: {e}"))),
             };
-            filled += n;
-            filled = take_frames(
-                scratch,
-                filled,
-                max_payload,
-                self.deflate,
-                &mut self.out,
-                &mut on_message,
-            )?;
+            filled = take(scratch, filled + n)?;
             if n < room && !read_to_end {
                 break;
             }
