@@ -29,6 +29,8 @@ pub(super) struct Wire {
     pub room: usize,
     /// The connection asked for its write side to be shut (FIN).
     pub write_shut: bool,
+    /// Writes that took bytes.
+    pub writes: usize,
 }
 
 impl Default for Wire {
@@ -37,6 +39,7 @@ impl Default for Wire {
             bytes: Vec::new(),
             room: usize::MAX,
             write_shut: false,
+            writes: 0,
         }
     }
 }
@@ -53,6 +56,7 @@ impl Sink for Wire {
             n += take;
         }
         self.room -= n;
+        self.writes += 1;
         Ok(n)
     }
 }

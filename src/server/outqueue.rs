@@ -6,8 +6,21 @@
 //! copied per recipient.
 //! The whole queue goes out in vectored writes to a [`Sink`]: the socket's
 //! transport in the loop, a `Vec` in tests.
-//! Must never: hold memory while empty (an idle connection owns no buffer),
-//! reorder bytes, or cut a frame (what it drops, it drops as whole chunks).
+//! Must never: hold memory of its own while empty (an idle connection owns
+//! no buffer), keep any after the socket took everything (so a subscriber
+//! that has received messages costs what a fresh one does), reorder bytes,
+//! or cut a frame (what it drops, it drops as whole chunks).
+//!
+//! # Broadcast frames without a queue of their own
+//!
+//! A subscriber whose queue is empty when a broadcast frame comes keeps no
+//! buffer for it: the frame is listed in the loop's [`TurnList`] (one
+//! shared list for every connection, emptied when the last listed queue is
+//! written), and the queue holds only where its entries start and end. The
+//! flush at the end of the turn writes every frame listed for it in one
+//! vectored write straight from the shared buffers. Only what the socket
+//! does not take is moved into a queue of the connection's own, the same
+//! queue that carries its own frames (handshake answer, pongs, close).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -16,7 +29,7 @@ use std::rc::Rc;
 
 use crate::protocol::frame::{self, OpCode};
 
-/// Most slices handed to one `writev` call; Linux accepts 1024, but past a
+/// Most slices handed to one vectored write; Linux accepts 1024, but past a
 /// few dozen the call is no cheaper per byte.
 const MAX_IOVECS: usize = 64;
 /// Owned buffers are not grown past this for packing small frames; a larger
@@ -40,11 +53,26 @@ impl Chunk {
     }
 }
 
-/// A connection's queue: nothing at all while empty, so an idle connection
-/// pays one pointer for it.
+/// A connection's queue: nothing at all while empty, two list indices while
+/// it holds only broadcast frames of this turn, a queue of its own only
+/// while the socket leaves bytes behind or the connection has frames of its
+/// own to send.
 #[derive(Debug, Default)]
 pub(super) struct OutQueue {
-    inner: Option<Box<Inner>>,
+    state: State,
+}
+
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Empty,
+    /// Broadcast frames only, none written yet: entries `head` to `tail`
+    /// of the [`TurnList`].
+    Listed {
+        head: u32,
+        tail: u32,
+    },
+    Queued(Box<Inner>),
 }
 
 #[derive(Debug, Default)]
@@ -67,11 +95,103 @@ struct Inner {
 const SPARE_QUEUES: usize = 256;
 /// A spare keeps its packing buffer only up to this capacity.
 const SPARE_TAIL_CAPACITY: usize = 16 * 1024;
+/// The turn list keeps the capacity of its vectors up to this many entries
+/// between turns (64 Ki entries: 512 KiB of links), and frees the rest.
+const TURN_LIST_KEPT: usize = 64 * 1024;
+/// Marks the end of a listed run.
+const NO_LINK: u32 = u32::MAX;
 
 thread_local! {
     // Boxed on purpose: a spare is handed out as the very box a queue holds.
     #[allow(clippy::vec_box)]
     static SPARE: RefCell<Vec<Box<Inner>>> = const { RefCell::new(Vec::new()) };
+    static TURN: RefCell<TurnList> = const { RefCell::new(TurnList::new()) };
+}
+
+/// The broadcast frames listed for connections this turn: each distinct
+/// frame once, and one 8-byte link per delivery. Emptied as soon as no
+/// queue is listed in it any more (the end of every turn's flush).
+#[derive(Debug)]
+struct TurnList {
+    frames: Vec<Rc<[u8]>>,
+    links: Vec<Link>,
+    /// Queues in [`State::Listed`].
+    listed: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Link {
+    frame: u32,
+    next: u32,
+}
+
+impl TurnList {
+    const fn new() -> TurnList {
+        TurnList {
+            frames: Vec::new(),
+            links: Vec::new(),
+            listed: 0,
+        }
+    }
+
+    /// Appends `frame` after `tail` (or starts a run); the new entry, or
+    /// `None` when the list is full.
+    fn append(&mut self, frame: &Rc<[u8]>, tail: Option<u32>) -> Option<u32> {
+        // The same frame usually goes to many connections in a row (one
+        // per format: look back two).
+        let n = self.frames.len();
+        let known = (n.saturating_sub(2)..n)
+            .rev()
+            .find(|&i| self.frames.get(i).is_some_and(|f| Rc::ptr_eq(f, frame)));
+        let index = match known {
+            Some(i) => i,
+            None => {
+                self.frames.push(Rc::clone(frame));
+                n
+            }
+        };
+        let at = u32::try_from(self.links.len())
+            .ok()
+            .filter(|&a| a != NO_LINK)?;
+        let frame = u32::try_from(index).ok()?;
+        self.links.push(Link {
+            frame,
+            next: NO_LINK,
+        });
+        match tail.and_then(|t| self.links.get_mut(t as usize)) {
+            Some(link) => link.next = at,
+            None => self.listed += 1,
+        }
+        Some(at)
+    }
+
+    /// The frames of the run starting at `head`, in order.
+    fn run(&self, head: u32) -> impl Iterator<Item = &Rc<[u8]>> + '_ {
+        let mut at = head;
+        std::iter::from_fn(move || {
+            let link = self.links.get(at as usize)?;
+            at = link.next;
+            self.frames.get(link.frame as usize)
+        })
+    }
+
+    /// A run is no longer listed; the last one empties the list.
+    fn release(&mut self) {
+        self.listed = self.listed.saturating_sub(1);
+        if self.listed == 0 {
+            for_reuse(&mut self.links);
+            for_reuse(&mut self.frames);
+        }
+    }
+}
+
+/// Empties `v`, keeping its capacity only up to [`TURN_LIST_KEPT`].
+fn for_reuse<T>(v: &mut Vec<T>) {
+    if v.capacity() > TURN_LIST_KEPT {
+        *v = Vec::new();
+    } else {
+        v.clear();
+    }
 }
 
 fn take_spare() -> Box<Inner> {
@@ -113,20 +233,40 @@ pub(super) enum Flush {
     Blocked,
 }
 
+impl Drop for OutQueue {
+    fn drop(&mut self) {
+        if matches!(self.state, State::Listed { .. }) {
+            // Not during the thread's own teardown, when the list is gone.
+            let _ = TURN.try_with(|t| {
+                if let Ok(mut t) = t.try_borrow_mut() {
+                    t.release();
+                }
+            });
+        }
+    }
+}
+
 impl OutQueue {
     pub(super) fn len(&self) -> usize {
-        self.inner.as_ref().map_or(0, |i| i.len)
+        match &self.state {
+            State::Empty => 0,
+            State::Listed { head, .. } => {
+                TURN.with(|t| t.borrow().run(*head).map(|f| f.len()).sum())
+            }
+            State::Queued(inner) => inner.len,
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.len() == 0
+        matches!(self.state, State::Empty)
     }
 
     /// Unsent bytes the slow-consumer rule counts: all but the exempt front.
     pub(super) fn counted_len(&self) -> usize {
-        self.inner
-            .as_ref()
-            .map_or(0, |i| i.len.saturating_sub(i.exempt))
+        match &self.state {
+            State::Queued(inner) => inner.len.saturating_sub(inner.exempt),
+            _ => self.len(),
+        }
     }
 
     /// Exempts `bytes` more of what is queued from the slow-consumer rule
@@ -136,13 +276,35 @@ impl OutQueue {
     /// it never covers more than the replay itself (queued live messages
     /// ahead of it only make it end sooner).
     pub(super) fn exempt(&mut self, bytes: usize) {
-        if let Some(inner) = self.inner.as_mut() {
-            inner.exempt = inner.exempt.saturating_add(bytes).min(inner.len);
+        if self.is_empty() {
+            return;
         }
+        let inner = self.inner();
+        inner.exempt = inner.exempt.saturating_add(bytes).min(inner.len);
     }
 
+    /// The queue of the connection's own, made from what is listed (if
+    /// anything) when first needed.
     fn inner(&mut self) -> &mut Inner {
-        self.inner.get_or_insert_with(take_spare)
+        if !matches!(self.state, State::Queued(_)) {
+            let mut inner = take_spare();
+            if let State::Listed { head, .. } = std::mem::take(&mut self.state) {
+                TURN.with(|t| {
+                    let mut t = t.borrow_mut();
+                    for frame in t.run(head) {
+                        inner.len += frame.len();
+                        inner.chunks.push_back(Chunk::Shared(Rc::clone(frame)));
+                    }
+                    t.release();
+                });
+            }
+            self.state = State::Queued(inner);
+        }
+        match &mut self.state {
+            State::Queued(inner) => inner,
+            // Just set above.
+            _ => unreachable!("the queue was just made"),
+        }
     }
 
     /// Appends one unmasked, final frame, packed with its neighbours.
@@ -171,15 +333,36 @@ impl OutQueue {
     }
 
     /// Appends a frame shared with other connections: no copy, one more
-    /// reference.
+    /// reference; and while the queue holds nothing of its own, not even a
+    /// buffer (the frame is listed for this turn's flush).
     pub(super) fn push_shared(&mut self, frame: Rc<[u8]>) {
         if frame.is_empty() {
             return;
         }
-        let inner = self.inner();
-        inner.seal_tail();
-        inner.len += frame.len();
-        inner.chunks.push_back(Chunk::Shared(frame));
+        let tail = match self.state {
+            State::Empty => None,
+            State::Listed { tail, .. } => Some(tail),
+            State::Queued(ref mut inner) => {
+                inner.seal_tail();
+                inner.len += frame.len();
+                inner.chunks.push_back(Chunk::Shared(frame));
+                return;
+            }
+        };
+        match TURN.with(|t| t.borrow_mut().append(&frame, tail)) {
+            Some(at) => {
+                self.state = match self.state {
+                    State::Listed { head, .. } => State::Listed { head, tail: at },
+                    _ => State::Listed { head: at, tail: at },
+                };
+            }
+            // The list is full (four billion entries in one turn): queue it.
+            None => {
+                let inner = self.inner();
+                inner.len += frame.len();
+                inner.chunks.push_back(Chunk::Shared(frame));
+            }
+        }
     }
 
     /// Drops every broadcast frame not yet started, keeping the one partly
@@ -187,8 +370,15 @@ impl OutQueue {
     /// (handshake answer, control frames), which are whole frames packed in
     /// order. Used before a final close frame for a slow consumer.
     pub(super) fn drop_unsent_broadcasts(&mut self) {
-        let Some(inner) = self.inner.as_mut() else {
-            return;
+        let inner = match &mut self.state {
+            State::Empty => return,
+            State::Listed { .. } => {
+                // Nothing of it was written: all of it goes.
+                self.state = State::Empty;
+                TURN.with(|t| t.borrow_mut().release());
+                return;
+            }
+            State::Queued(inner) => inner,
         };
         // `sent` counts into the front chunk, which is kept when it is nonzero.
         let started = inner.sent > 0;
@@ -206,17 +396,71 @@ impl OutQueue {
 
     /// Writes as much as the sink takes, in vectored writes.
     pub(super) fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Ok(Flush::Done);
+        if let State::Listed { head, .. } = self.state {
+            // Straight from the shared frames, in one write when they fit
+            // the slices; then nothing is left to keep.
+            match TURN.with(|t| write_run(&t.borrow(), head, sink)) {
+                Ok(Some(())) => {
+                    self.state = State::Empty;
+                    TURN.with(|t| t.borrow_mut().release());
+                    return Ok(Flush::Done);
+                }
+                Ok(None) => {
+                    self.inner();
+                }
+                Err((written, e)) => {
+                    self.inner().consume(written);
+                    if let Some(e) = e {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let result = match &mut self.state {
+            State::Queued(inner) => inner.flush(sink),
+            _ => return Ok(Flush::Done),
         };
-        let result = inner.flush(sink);
-        if inner.len == 0 {
+        if let State::Queued(inner) = &self.state
+            && inner.len == 0
+        {
             // Give every buffer back: idle connections hold nothing.
-            if let Some(inner) = self.inner.take() {
+            if let State::Queued(inner) = std::mem::take(&mut self.state) {
                 give_back(inner);
             }
         }
         result
+    }
+}
+
+/// Writes the listed run at `head` in one vectored write. `Ok(Some(()))`
+/// when all of it went; `Ok(None)` when it is too long for one write (the
+/// caller queues it); `Err((n, error))` when only `n` bytes went, with the
+/// error if the write failed (`None` for a short write or a full socket).
+fn write_run(
+    turn: &TurnList,
+    head: u32,
+    sink: &mut impl Sink,
+) -> Result<Option<()>, (usize, Option<io::Error>)> {
+    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+    let mut count = 0;
+    let mut total = 0usize;
+    for frame in turn.run(head) {
+        let Some(slot) = slices.get_mut(count) else {
+            return Ok(None);
+        };
+        *slot = IoSlice::new(frame);
+        count += 1;
+        total += frame.len();
+    }
+    loop {
+        match sink.write_vectored(&slices[..count]) {
+            Ok(n) if n == total => return Ok(Some(())),
+            Ok(0) => return Err((0, Some(io::ErrorKind::WriteZero.into()))),
+            Ok(n) => return Err((n, None)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err((0, None)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((0, Some(e))),
+        }
     }
 }
 
@@ -358,7 +602,10 @@ mod tests {
             sink.bytes,
             [0x81, 2, b'a', b'b', 7, 7, 7, 7, 7, 0x8A, 0].to_vec()
         );
-        assert!(queue.inner.is_none(), "an empty queue holds no buffer");
+        assert!(
+            matches!(queue.state, State::Empty),
+            "an empty queue holds no buffer"
+        );
     }
 
     #[test]
@@ -382,6 +629,120 @@ mod tests {
         expected.extend_from_slice(&[0x8A, 0]);
         assert_eq!(sink.bytes, expected);
         assert!(queue.is_empty());
+    }
+
+    fn listed_links() -> (usize, usize) {
+        TURN.with(|t| {
+            let t = t.borrow();
+            (t.links.len(), t.listed)
+        })
+    }
+
+    #[test]
+    fn broadcast_frames_are_written_in_one_write_and_leave_nothing_behind() {
+        let frame: Rc<[u8]> = Rc::from(vec![5u8; 10]);
+        let mut a = OutQueue::default();
+        let mut b = OutQueue::default();
+        for _ in 0..3 {
+            a.push_shared(Rc::clone(&frame));
+            b.push_shared(Rc::clone(&frame));
+        }
+        assert!(
+            matches!(a.state, State::Listed { .. }),
+            "no queue of its own"
+        );
+        assert_eq!((a.len(), a.counted_len()), (30, 30));
+        assert_eq!(listed_links(), (6, 2));
+        TURN.with(|t| assert_eq!(t.borrow().frames.len(), 1, "the frame is listed once"));
+        let mut wire = Wire::default();
+        assert_eq!(a.flush(&mut wire).unwrap(), Flush::Done);
+        assert_eq!((wire.bytes.len(), wire.writes), (30, 1));
+        assert!(matches!(a.state, State::Empty));
+        assert_eq!(listed_links(), (6, 1), "b is still listed");
+        assert_eq!(b.flush(&mut wire).unwrap(), Flush::Done);
+        assert_eq!(listed_links(), (0, 0), "the last write empties the list");
+        assert_eq!(Rc::strong_count(&frame), 1, "no reference is kept");
+    }
+
+    #[test]
+    fn what_the_socket_leaves_goes_into_a_queue_of_its_own_in_order() {
+        let mut queue = OutQueue::default();
+        queue.push_shared(Rc::from(vec![1u8; 4]));
+        queue.push_shared(Rc::from(vec![2u8; 4]));
+        let mut wire = Wire {
+            room: 6,
+            ..Wire::default()
+        };
+        assert_eq!(queue.flush(&mut wire).unwrap(), Flush::Blocked);
+        assert!(matches!(queue.state, State::Queued(_)));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(listed_links(), (0, 0));
+        queue.push_frame(OpCode::Pong, b"");
+        wire.room = 100;
+        assert_eq!(queue.flush(&mut wire).unwrap(), Flush::Done);
+        assert_eq!(wire.bytes, [1, 1, 1, 1, 2, 2, 2, 2, 0x8A, 0]);
+        assert!(matches!(queue.state, State::Empty));
+    }
+
+    #[test]
+    fn an_own_frame_after_listed_ones_keeps_its_place() {
+        let mut queue = OutQueue::default();
+        queue.push_shared(Rc::from(vec![1u8; 3]));
+        queue.push_frame(OpCode::Pong, b"");
+        queue.push_shared(Rc::from(vec![2u8; 3]));
+        assert_eq!(listed_links(), (0, 0), "moved into the queue");
+        let mut wire = Wire::default();
+        assert_eq!(queue.flush(&mut wire).unwrap(), Flush::Done);
+        assert_eq!(wire.bytes, [1, 1, 1, 0x8A, 0, 2, 2, 2]);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_frames_and_reports_the_error() {
+        let mut queue = OutQueue::default();
+        queue.push_shared(Rc::from(vec![1u8; 3]));
+        let mut broken = Broken;
+        assert!(queue.flush(&mut broken).is_err());
+        assert_eq!(queue.len(), 3);
+        assert_eq!(listed_links(), (0, 0));
+    }
+
+    #[test]
+    fn dropping_or_evicting_a_listed_queue_releases_the_list() {
+        let mut a = OutQueue::default();
+        let mut b = OutQueue::default();
+        a.push_shared(Rc::from(vec![1u8; 3]));
+        b.push_shared(Rc::from(vec![1u8; 3]));
+        drop(a);
+        assert_eq!(listed_links(), (2, 1));
+        b.drop_unsent_broadcasts();
+        assert!(b.is_empty());
+        assert_eq!(listed_links(), (0, 0));
+    }
+
+    #[test]
+    fn more_frames_than_one_write_takes_go_through_the_queue() {
+        let mut queue = OutQueue::default();
+        for i in 0..(MAX_IOVECS + 3) {
+            queue.push_shared(Rc::from(vec![i as u8; 2]));
+        }
+        let mut wire = Wire::default();
+        assert_eq!(queue.flush(&mut wire).unwrap(), Flush::Done);
+        assert_eq!(wire.bytes.len(), 2 * (MAX_IOVECS + 3));
+        assert!(
+            wire.bytes
+                .chunks(2)
+                .enumerate()
+                .all(|(i, c)| c == [i as u8; 2])
+        );
+        assert_eq!(listed_links(), (0, 0));
+    }
+
+    struct Broken;
+
+    impl Sink for Broken {
+        fn write_vectored(&mut self, _: &[IoSlice<'_>]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
     }
 
     #[test]
