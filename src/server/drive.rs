@@ -26,8 +26,8 @@ use super::transport::Transport;
 /// the connection is revisited on the next loop turn.
 const READS_PER_TURN: usize = 16;
 /// Rounds of "process held-back input, carry out its actions" per
-/// connection per turn, and of flushing what fan-outs queued; bounds how
-/// long one pipelining client holds the loop.
+/// connection per turn; bounds how long one pipelining client holds the
+/// loop.
 pub(super) const ROUNDS_PER_TURN: usize = 64;
 
 impl Server {

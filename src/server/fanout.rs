@@ -26,6 +26,7 @@
 //! messages of the channel until it answers ([`FanOut::deliver`] skips them;
 //! the answer carries them): the join is the server's `bus` module's.
 
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::rc::Rc;
 
@@ -36,7 +37,6 @@ use super::Server;
 use super::bus::{Holds, Waiter};
 use super::compress::{Broadcast, Codec, Delivery, Format, FrameCache};
 use super::conn::Action;
-use super::drive::ROUNDS_PER_TURN;
 use super::slot::{HISTORY_TIMER, Slot};
 use crate::bus::Ask;
 use crate::config::{Config, OnBacklog};
@@ -45,6 +45,14 @@ use crate::hub::meta::{self, MAX_ANSWER_LEN};
 use crate::hub::{ChannelId, NotRecovered, Position};
 use crate::metrics::Metrics;
 use crate::route::Routes;
+
+/// Subscribers whose frames are written per loop turn. A write costs a few
+/// microseconds (a system call each, the kernel's TCP work included), so a
+/// fan-out to many subscribers is written in slices of a few milliseconds,
+/// and between slices the loop polls and serves every other client (pings,
+/// handshakes, echoes, other channels, publishes). Each subscriber's frames
+/// stay in order: they are all in its own queue, written front to back.
+pub(super) const FLUSHES_PER_TURN: usize = 512;
 
 /// What happens to a frame for a subscriber whose queue holds `queued` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,9 +158,9 @@ impl Recovery<std::iter::Empty<&Rc<Delivery>>> {
 /// capacity.
 #[derive(Debug, Default)]
 pub(super) struct FanOut {
-    /// Slots given frames (or an eviction's close frame) this turn, to
-    /// flush before polling.
-    pub dirty: Vec<usize>,
+    /// Slots given frames (or an eviction's close frame), oldest first,
+    /// to flush before polling ([`FLUSHES_PER_TURN`] of them per turn).
+    pub dirty: VecDeque<usize>,
     /// Tags each fan-out so a relay through several channels reaches a
     /// subscriber of more than one of them once.
     stamp: u32,
@@ -172,10 +180,20 @@ impl FanOut {
         self.stamp
     }
 
+    /// The next slot to flush this turn, when `flushed` were already: the
+    /// oldest listed, while the turn's slice has room.
+    pub(super) fn next_dirty(&mut self, flushed: usize) -> Option<usize> {
+        if flushed < FLUSHES_PER_TURN {
+            self.dirty.pop_front()
+        } else {
+            None
+        }
+    }
+
     fn mark_dirty<T>(&mut self, slot: &mut Slot<T>, key: usize) {
         if !slot.dirty {
             slot.dirty = true;
-            self.dirty.push(key);
+            self.dirty.push_back(key);
         }
     }
 
@@ -768,25 +786,20 @@ impl Server {
         )
     }
 
-    /// Writes out what fan-outs queued this turn, one vectored write per
-    /// connection however many frames it got.
+    /// Writes out what fan-outs queued, one vectored write per connection
+    /// however many frames it got, oldest first and at most
+    /// [`FLUSHES_PER_TURN`] connections per turn: the rest wait for the
+    /// next turn, after the loop has polled and served everyone else.
+    /// Driving can resume held-back input that relays further; those
+    /// recipients join the end of the list.
     pub(super) fn flush_dirty(&mut self, now: u64) {
-        for _ in 0..ROUNDS_PER_TURN {
-            if self.fanout.dirty.is_empty() {
+        for flushed in 0.. {
+            let Some(key) = self.fanout.next_dirty(flushed) else {
                 return;
-            }
-            let mut batch = std::mem::take(&mut self.fanout.dirty);
-            for key in batch.drain(..) {
-                if let Some(slot) = self.conns.get_mut(key) {
-                    slot.dirty = false;
-                    self.drive(key, false, false, now);
-                }
-            }
-            // Driving can resume held-back input that relays further; those
-            // recipients are in `self.fanout.dirty` now. Otherwise keep the
-            // capacity.
-            if self.fanout.dirty.is_empty() {
-                self.fanout.dirty = batch;
+            };
+            if let Some(slot) = self.conns.get_mut(key) {
+                slot.dirty = false;
+                self.drive(key, false, false, now);
             }
         }
     }
@@ -1033,12 +1046,33 @@ mod tests {
         assert_eq!(room.slots[stuck].conn.queued(), 3 * FRAME);
         // It reads again: what was queued arrives, in order, then new ones.
         room.slots[stuck].io.room = usize::MAX;
-        room.fanout.dirty.push(stuck);
+        room.fanout.dirty.push_back(stuck);
         room.flush();
         assert_eq!(room.publish(5), 2);
         room.flush();
         assert_eq!(room.received(stuck), [0, 1, 2, 5]);
         assert!(room.slots[stuck].conn.is_open());
+    }
+
+    #[test]
+    fn a_big_fan_out_is_flushed_in_slices_oldest_first() {
+        let mut fanout = FanOut::default();
+        let total = FLUSHES_PER_TURN * 2 + 7;
+        fanout.dirty.extend(0..total);
+        let mut turns = Vec::new();
+        while !fanout.dirty.is_empty() {
+            let mut slice = Vec::new();
+            let mut flushed = 0;
+            while let Some(key) = fanout.next_dirty(flushed) {
+                slice.push(key);
+                flushed += 1;
+            }
+            turns.push(slice);
+        }
+        let sizes: Vec<usize> = turns.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [FLUSHES_PER_TURN, FLUSHES_PER_TURN, 7]);
+        let order: Vec<usize> = turns.concat();
+        assert_eq!(order, (0..total).collect::<Vec<_>>());
     }
 
     /// RFC 6455 §7.1.7: the frame in flight is finished, the frames queued
