@@ -37,8 +37,7 @@ impl Server {
     pub(super) fn drive(&mut self, key: usize, readable: bool, read_to_end: bool, now: u64) {
         let mut read = readable;
         let mut again = false;
-        // Read once per turn: only token checks use it.
-        let unix_ms = crate::auth::unix_ms();
+        let unix_ms = self.wall_ms;
         for _ in 0..ROUNDS_PER_TURN {
             let Some(slot) = self.conns.get_mut(key) else {
                 return;

@@ -115,6 +115,9 @@ pub struct Server {
     inflater: Inflater,
     fanout: FanOut,
     clock: Instant,
+    /// The wall clock (ms since the Unix epoch) as the current turn began,
+    /// read once per turn rather than per connection: token times only.
+    wall_ms: u64,
     /// Connections to drive again next turn: read budget used up, or input
     /// held back by backpressure that may now proceed.
     ready: VecDeque<Token>,
@@ -185,6 +188,7 @@ impl Server {
             fanout: FanOut::default(),
             config,
             clock: Instant::now(),
+            wall_ms: crate::auth::unix_ms(),
             ready: VecDeque::new(),
             per_ip: PerIp::default(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -236,6 +240,7 @@ impl Server {
                 return Err(e.into());
             }
             let now = self.now();
+            self.wall_ms = crate::auth::unix_ms();
             let mut signalled = false;
             // Redis disconnects a subscriber whose output it cannot send:
             // its socket is drained before anything else.
