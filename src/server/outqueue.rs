@@ -98,6 +98,11 @@ const SPARE_TAIL_CAPACITY: usize = 16 * 1024;
 /// The turn list keeps the capacity of its vectors up to this many entries
 /// between turns (64 Ki entries: 512 KiB of links), and frees the rest.
 const TURN_LIST_KEPT: usize = 64 * 1024;
+/// Most entries in the turn list. Past it, frames go into connections' own
+/// queues until every listed run is written and the list starts afresh: a
+/// loop that never catches up (a fan-out slice is still being written when
+/// the next message comes, turn after turn) must not grow it without bound.
+const TURN_LIST_LIMIT: usize = 1 << 20;
 /// Marks the end of a listed run.
 const NO_LINK: u32 = u32::MAX;
 
@@ -137,6 +142,9 @@ impl TurnList {
     /// Appends `frame` after `tail` (or starts a run); the new entry, or
     /// `None` when the list is full.
     fn append(&mut self, frame: &Rc<[u8]>, tail: Option<u32>) -> Option<u32> {
+        if self.links.len() >= TURN_LIST_LIMIT {
+            return None;
+        }
         // The same frame usually goes to many connections in a row (one
         // per format: look back two).
         let n = self.frames.len();
@@ -341,7 +349,18 @@ impl OutQueue {
         }
         let tail = match self.state {
             State::Empty => None,
-            State::Listed { tail, .. } => Some(tail),
+            // A run is written in one call: longer ones go into a queue.
+            State::Listed { head, tail }
+                if TURN.with(|t| t.borrow().run(head).count()) < MAX_IOVECS =>
+            {
+                Some(tail)
+            }
+            State::Listed { .. } => {
+                let inner = self.inner();
+                inner.len += frame.len();
+                inner.chunks.push_back(Chunk::Shared(frame));
+                return;
+            }
             State::Queued(ref mut inner) => {
                 inner.seal_tail();
                 inner.len += frame.len();
@@ -356,7 +375,7 @@ impl OutQueue {
                     _ => State::Listed { head: at, tail: at },
                 };
             }
-            // The list is full (four billion entries in one turn): queue it.
+            // The list is full: queue it.
             None => {
                 let inner = self.inner();
                 inner.len += frame.len();
@@ -735,6 +754,45 @@ mod tests {
                 .all(|(i, c)| c == [i as u8; 2])
         );
         assert_eq!(listed_links(), (0, 0));
+    }
+
+    #[test]
+    fn a_run_longer_than_one_write_moves_into_a_queue_of_its_own() {
+        let mut queue = OutQueue::default();
+        for i in 0..MAX_IOVECS {
+            queue.push_shared(Rc::from(vec![i as u8; 1]));
+        }
+        assert!(matches!(queue.state, State::Listed { .. }));
+        queue.push_shared(Rc::from(vec![0xFFu8; 1]));
+        assert!(matches!(queue.state, State::Queued(_)));
+        assert_eq!(queue.len(), MAX_IOVECS + 1);
+        assert_eq!(listed_links(), (0, 0));
+    }
+
+    #[test]
+    fn a_full_turn_list_sends_frames_to_queues_until_it_starts_afresh() {
+        let frame: Rc<[u8]> = Rc::from(vec![1u8; 2]);
+        let per_queue = MAX_IOVECS;
+        let mut queues: Vec<OutQueue> = (0..TURN_LIST_LIMIT / per_queue)
+            .map(|_| OutQueue::default())
+            .collect();
+        for queue in &mut queues {
+            for _ in 0..per_queue {
+                queue.push_shared(Rc::clone(&frame));
+            }
+        }
+        assert_eq!(listed_links().0, TURN_LIST_LIMIT);
+        let mut late = OutQueue::default();
+        late.push_shared(Rc::clone(&frame));
+        assert!(matches!(late.state, State::Queued(_)), "the list is full");
+        let mut wire = Wire::default();
+        for queue in &mut queues {
+            assert_eq!(queue.flush(&mut wire).unwrap(), Flush::Done);
+        }
+        assert_eq!(listed_links(), (0, 0), "every run written: afresh");
+        let mut next = OutQueue::default();
+        next.push_shared(frame);
+        assert!(matches!(next.state, State::Listed { .. }));
     }
 
     struct Broken;
