@@ -1,8 +1,9 @@
 //! `loadgen idle`: server memory per idle connection, fresh and after a few
 //! broadcasts, and one fan-out.
 //!
-//! Reads the server's VmRSS, opens N connections (every handshake
-//! completed), waits `--settle` seconds for the server's memory to settle,
+//! Reads the server's VmRSS once it is steady (a runtime such as Node.js
+//! still grows for a moment after it starts listening), opens N
+//! connections (every handshake completed), waits `--settle` seconds for the server's memory to settle,
 //! reads VmRSS again and reports (after − before) / N. Then, unless
 //! `--no-publish`, publishes one message over HTTP and reports the time
 //! until the last of the N subscribers has it. After that come
@@ -120,7 +121,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         deflate: opts.deflate,
     };
 
-    let before = rss()?;
+    let (before, _) = steady_rss_unconnected(&rss, &deadline)?;
     let cpu = stats::CpuMeter::start(pid)
         .map_err(|e| Fail::run(format!("reading /proc/{pid}/stat: {e}")))?;
     let dial_start = Instant::now();
@@ -307,6 +308,29 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         .str("status", "ok");
     println!("{}", json.finish());
     Ok(())
+}
+
+/// Reads the server's RSS every [`RSS_EVERY`] before any connection is
+/// open, until it is steady or [`STEADY_LIMIT`] has passed; returns the last
+/// reading and whether it was steady.
+fn steady_rss_unconnected(
+    rss: &impl Fn() -> Result<u64>,
+    deadline: &Deadline,
+) -> Result<(u64, bool)> {
+    let give_up = Instant::now() + STEADY_LIMIT;
+    let mut watch = RssWatch::default();
+    loop {
+        let reading = rss()?;
+        if watch.push(reading) {
+            return Ok((reading, true));
+        }
+        let now = Instant::now();
+        deadline.check(now, "waiting for the server's RSS to be steady")?;
+        if now >= give_up {
+            return Ok((reading, false));
+        }
+        std::thread::sleep(RSS_EVERY);
+    }
 }
 
 /// The payload every message of `size` bytes carries after its 16-byte head.
