@@ -93,18 +93,23 @@ if [[ " $SERVERS " == *" uws "* ]]; then
             UWS_ERROR="npm is not installed, so bench/peer-uws has no node_modules"
         else
             log "installing bench/peer-uws (npm ci) ..."
+            npm_log=$(mktemp)
             if ! (cd "$UWS_DIR" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund \
-                    > "$ROOT/target/peer-uws-npm.log" 2>&1); then
-                UWS_ERROR="npm ci in bench/peer-uws failed: $(tail -c 300 "$ROOT/target/peer-uws-npm.log" | tr '\n' ' ')"
+                    > "$npm_log" 2>&1); then
+                UWS_ERROR="npm ci in bench/peer-uws failed: $(tail -c 300 "$npm_log" | tr '\n' ' ')"
             fi
+            rm -f "$npm_log"
         fi
     fi
-    if [[ -z $UWS_ERROR ]] && ! UWS_ERROR=$(cd "$UWS_DIR" && node -e \
-            "require('@trufflesuite/uws-js-unofficial').App()" 2>&1); then
-        UWS_ERROR="uWebSockets.js does not load on Node $(node --version): $(printf '%s' "$UWS_ERROR" | tr '\n' ' ' | cut -c1-200)"
-    else
-        UWS_ERROR=
-        UWS_VERSION="uWebSockets.js $(cd "$UWS_DIR" && node -p "require('@trufflesuite/uws-js-unofficial/package.json').version") on Node $(node --version)"
+    if [[ -z $UWS_ERROR ]]; then
+        # The package's native addon must load on this Node (its binaries
+        # are built per Node ABI and platform).
+        if uws_load=$(cd "$UWS_DIR" && node -e \
+                "require('@trufflesuite/uws-js-unofficial').App()" 2>&1); then
+            UWS_VERSION="uWebSockets.js $(cd "$UWS_DIR" && node -p "require('@trufflesuite/uws-js-unofficial/package.json').version") on Node $(node --version)"
+        else
+            UWS_ERROR="uWebSockets.js does not load on Node $(node --version): $(printf '%s' "$uws_load" | tr '\n' ' ' | cut -c1-200)"
+        fi
     fi
     [[ -z $UWS_ERROR ]] || log "uws: $UWS_ERROR"
 fi
@@ -789,7 +794,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "- Date: $START$( [[ $QUICK == 1 ]] && echo ' (QUICK=1 smoke run: small sizes, not for comparison)')"
     echo "- Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), kernel $(uname -r)"
     echo "- Load average before/after: $LOAD_BEFORE / $LOAD_AFTER (other work on the machine skews results)"
-    echo "- wshub: $REVISION; peer: fastwebsockets on tokio current_thread (bench/peer); uWS: ${UWS_VERSION:-uWebSockets.js (bench/peer-uws)} (bench/peer-uws; its RSS includes the Node runtime, whose baseline the per-connection figures subtract)"
+    echo "- wshub: $REVISION; peer: fastwebsockets on tokio current_thread (bench/peer); uWS: ${UWS_VERSION:-uWebSockets.js} (bench/peer-uws; its RSS includes the Node runtime, whose baseline the per-connection figures subtract)"
     echo "- Pinning: $PINNING; $RUNS run(s) per scenario, each against a freshly started server"
     echo "- Cells: median [min–max] over the runs; ratios = wshub median / peer median, wshub median / uWS median; – = the server does not take part (reason below the table)"
     if [[ $WSHUB_FULL_OK == 0 ]]; then
