@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs wshub's standard benchmark set against wshub and against a
-# fastwebsockets server (bench/peer), then writes bench/results.md and
-# prints it. See bench/README.md for what each scenario measures.
+# Runs wshub's standard benchmark set against wshub, a fastwebsockets
+# server (bench/peer) and a uWebSockets.js server (bench/peer-uws), then
+# writes bench/results.md and prints it. See bench/README.md for what each
+# scenario measures.
 #
 # Environment knobs:
 #   QUICK=1           short smoke run: small sizes, 1 run each
 #   RUNS=N            runs per scenario (default 3, QUICK: 1)
-#   SERVERS="wshub peer"   which servers to run
+#   SERVERS="wshub peer uws"   which servers to run
 #   ONLY=REGEX        only scenarios whose name matches (e.g. ONLY=echo)
 #   SERVER_CPU=0 LOADGEN_CPU=1   cores to pin to (taskset -c)
 #   RESULTS=FILE      where to write the Markdown (default bench/results.md)
@@ -14,6 +15,7 @@
 #                     (e.g. a copy built from an earlier commit, for before/after)
 #   BC_M_W1_10K, BC_M_W16_10K, BC_M_W1_19K, BC_M_W16_19K
 #                     messages per broadcast run (see the defaults below)
+#   STALL_M=N         messages published during fanout-stall-* (default 40)
 #   CLUSTER=0         skip the cluster scenarios (cl-*: wshub nodes on a
 #                     redis-server that this script starts and stops)
 #   CL_M_W1, CL_M_W16, CL_M_WS, CL_M_HOP   messages per cluster broadcast run
@@ -27,7 +29,7 @@ cd "$ROOT"
 
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then RUNS=${RUNS:-1}; else RUNS=${RUNS:-3}; fi
-SERVERS=${SERVERS:-"wshub peer"}
+SERVERS=${SERVERS:-"wshub peer uws"}
 ONLY=${ONLY:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
@@ -42,6 +44,7 @@ if [[ $QUICK == 1 ]]; then
     SUBS_A=1000 SUBS_B=2000
     M_W1_A=${BC_M_W1_10K:-50} M_W16_A=${BC_M_W16_10K:-300}
     M_W1_B=${BC_M_W1_19K:-30} M_W16_B=${BC_M_W16_19K:-200}
+    M_STALL=${STALL_M:-20}
     SUBS_C=1500 HOP_SUBS=100
     HIST_M=${HIST_M:-10000}
     M_CW1=${CL_M_W1:-30} M_CW16=${CL_M_W16:-100} M_CWS=${CL_M_WS:-200} M_HOP=${CL_M_HOP:-300}
@@ -53,6 +56,8 @@ else
     # for more latency samples.
     M_W1_A=${BC_M_W1_10K:-60} M_W16_A=${BC_M_W16_10K:-1000}
     M_W1_B=${BC_M_W1_19K:-40} M_W16_B=${BC_M_W16_19K:-600}
+    # Messages published while the echo probe of fanout-stall-* runs.
+    M_STALL=${STALL_M:-40}
     # Cluster rows: 18,000 subscribers (6,000 on each of three nodes), so
     # loadgen stays under 20,000 open files; the Redis hop at 100. Sized
     # like the rows above: a few seconds per run.
@@ -74,6 +79,41 @@ WSHUB_BIN=${WSHUB_BIN:-$CARGO_TARGET_DIR/release/wshub}
 LOADGEN_BIN=$CARGO_TARGET_DIR/release/loadgen
 PEER_BIN=$PEER_TARGET/release/wshub-bench-peer
 
+# The uWebSockets.js server: Node and the pinned npm package
+# (bench/peer-uws/package-lock.json), installed into
+# bench/peer-uws/node_modules when missing. When any of it is unavailable,
+# the uws cells are n/a with the reason; the rest of the set still runs.
+UWS_DIR=$ROOT/bench/peer-uws
+UWS_ERROR= UWS_VERSION=
+if [[ " $SERVERS " == *" uws "* ]]; then
+    if ! command -v node >/dev/null; then
+        UWS_ERROR="node is not installed (the uWebSockets.js peer runs on Node.js)"
+    elif [[ ! -d $UWS_DIR/node_modules/@trufflesuite/uws-js-unofficial ]]; then
+        if ! command -v npm >/dev/null; then
+            UWS_ERROR="npm is not installed, so bench/peer-uws has no node_modules"
+        else
+            log "installing bench/peer-uws (npm ci) ..."
+            npm_log=$(mktemp)
+            if ! (cd "$UWS_DIR" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund \
+                    > "$npm_log" 2>&1); then
+                UWS_ERROR="npm ci in bench/peer-uws failed: $(tail -c 300 "$npm_log" | tr '\n' ' ')"
+            fi
+            rm -f "$npm_log"
+        fi
+    fi
+    if [[ -z $UWS_ERROR ]]; then
+        # The package's native addon must load on this Node (its binaries
+        # are built per Node ABI and platform).
+        if uws_load=$(cd "$UWS_DIR" && node -e \
+                "require('@trufflesuite/uws-js-unofficial').App()" 2>&1); then
+            UWS_VERSION="uWebSockets.js $(cd "$UWS_DIR" && node -p "require('@trufflesuite/uws-js-unofficial/package.json').version") on Node $(node --version)"
+        else
+            UWS_ERROR="uWebSockets.js does not load on Node $(node --version): $(printf '%s' "$uws_load" | tr '\n' ' ' | cut -c1-200)"
+        fi
+    fi
+    [[ -z $UWS_ERROR ]] || log "uws: $UWS_ERROR"
+fi
+
 # Both processes may hold up to the hard limit of open files.
 ulimit -n "$(ulimit -Hn)"
 
@@ -87,8 +127,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A self-signed certificate for the wss:// scenarios (wshub only: the peer
-# does not serve TLS). loadgen trusts it through --ca.
+# A self-signed certificate for the wss:// scenarios (wshub and uws: the
+# fastwebsockets peer does not serve TLS). loadgen trusts it through --ca.
 TLS_CERT=$WORK/tls-cert.pem TLS_KEY=$WORK/tls-key.pem
 TLS_ERROR=
 if ! command -v openssl >/dev/null; then
@@ -161,12 +201,23 @@ free_port() {
     return 1
 }
 
+# pick_tls_port: sets TLS_PORT to a free port other than PORT (for a second,
+# wss:// listener), or leaves it empty when there is no certificate.
+pick_tls_port() {
+    TLS_PORT=
+    [[ -z $TLS_ERROR ]] || return 0
+    TLS_PORT=$(free_port) || return 1
+    while [[ $TLS_PORT == "$PORT" ]]; do TLS_PORT=$(free_port) || return 1; done
+}
+
 # start_server SERVER KIND: starts it pinned on a free port and sets
-# SERVER_PID and PORT; on failure sets START_ERROR and returns 1. (Not to be
-# called in $(...): the server must be a child of this shell.)
+# SERVER_PID and PORT (and TLS_PORT for a server with a wss:// listener);
+# on failure sets START_ERROR and returns 1. (Not to be called in $(...):
+# the server must be a child of this shell.)
 start_server() {
     local server=$1 kind=$2 config
     START_ERROR=
+    TLS_PORT=
     PORT=$(free_port) || { START_ERROR="no free port found"; return 1; }
     local out=$WORK/server.log
     case $server in
@@ -187,10 +238,8 @@ start_server() {
                 sed -i "s/^ping_interval = .*/ping_interval = \"$SERVER_PING\"/" "$config"
             fi
             # A second, TLS listener (wss://) beside the plain one.
-            TLS_PORT=
-            if [[ -z $TLS_ERROR ]]; then
-                TLS_PORT=$(free_port) || { START_ERROR="no free port found"; return 1; }
-                while [[ $TLS_PORT == "$PORT" ]]; do TLS_PORT=$(free_port); done
+            pick_tls_port || { START_ERROR="no free port found"; return 1; }
+            if [[ -n $TLS_PORT ]]; then
                 printf '\n[[listener]]\naddress = "127.0.0.1:%s"\ntls = true\ncert = "%s"\nkey = "%s"\n' \
                     "$TLS_PORT" "$TLS_CERT" "$TLS_KEY" >> "$config"
             fi
@@ -201,6 +250,19 @@ start_server() {
         peer)
             "${PIN_SERVER[@]}" "$PEER_BIN" --listen "127.0.0.1:$PORT" > "$out" 2>&1 &
             ;;
+        uws)
+            if [[ -n $UWS_ERROR ]]; then
+                START_ERROR=$UWS_ERROR
+                return 1
+            fi
+            pick_tls_port || { START_ERROR="no free port found"; return 1; }
+            local tls_args=()
+            if [[ -n $TLS_PORT ]]; then
+                tls_args=(--tls-listen "127.0.0.1:$TLS_PORT" --cert "$TLS_CERT" --key "$TLS_KEY")
+            fi
+            "${PIN_SERVER[@]}" node "$UWS_DIR/server.js" --listen "127.0.0.1:$PORT" \
+                "${tls_args[@]}" > "$out" 2>&1 &
+            ;;
     esac
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -210,7 +272,7 @@ start_server() {
             START_ERROR="server exited at start: $(tail -c 300 "$out" | tr '\n' ' ')"
             return 1
         fi
-        if port_in_use "$PORT"; then
+        if port_in_use "$PORT" && { [[ -z $TLS_PORT ]] || port_in_use "$TLS_PORT"; }; then
             return 0
         fi
         sleep 0.1
@@ -380,16 +442,20 @@ SCENARIOS=(
     "wss-echo-d16|echo|Echo over TLS (wss://): 64 B, 100 connections, depth 16, ${ECHO_SECS} s|echo --url wss://127.0.0.1:@TLSPORT@/echo --ca @CA@ --conns 100 --depth 16 --size 64 --seconds $ECHO_SECS"
     "echo-d1|echo|Echo: 64 B, 100 connections, depth 1, ${ECHO_SECS} s|echo --url ws://127.0.0.1:@PORT@/echo --conns 100 --depth 1 --size 64 --seconds $ECHO_SECS"
     "wss-echo-d1|echo|Echo over TLS (wss://): 64 B, 100 connections, depth 1, ${ECHO_SECS} s|echo --url wss://127.0.0.1:@TLSPORT@/echo --ca @CA@ --conns 100 --depth 1 --size 64 --seconds $ECHO_SECS"
+    "echo-16k|echo|Echo: 16 KiB, 10 connections, depth 1, ${ECHO_SECS} s|echo --url ws://127.0.0.1:@PORT@/echo --conns 10 --depth 1 --size 16384 --seconds $ECHO_SECS"
     "bc-$SUBS_A-w1-http|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 1, HTTP publisher, $M_W1_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W1_A --window 1 --size 64 --publisher http"
     "bc-$SUBS_A-w16-http|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 16, HTTP publisher, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
     "wss-bc-$SUBS_A-w16-http|broadcast|Broadcast over TLS (wss://): 64 B to $SUBS_A subscribers, window 16, HTTP publisher on the plain listener, $M_W16_A messages|broadcast --url wss://127.0.0.1:@TLSPORT@/live/bench --ca @CA@ --publish-url http://127.0.0.1:@PORT@/publish/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
     "bc-$SUBS_A-w16-ws|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 16, WebSocket publisher (relayed), $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher ws"
     "bc-$SUBS_B-w1-http|broadcast|Broadcast: 64 B to $SUBS_B subscribers, window 1, HTTP publisher, $M_W1_B messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_B --messages $M_W1_B --window 1 --size 64 --publisher http"
     "bc-$SUBS_B-w16-http|broadcast|Broadcast: 64 B to $SUBS_B subscribers, window 16, HTTP publisher, $M_W16_B messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_B --messages $M_W16_B --window 16 --size 64 --publisher http"
+    "fanout-stall-$SUBS_B|stall|Echo latency during a big fan-out: 64 B to $SUBS_B subscribers, window 1, HTTP publisher, $M_STALL messages, while one more client does back-to-back 64 B echoes|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_B --messages $M_STALL --window 1 --size 64 --publisher http --echo-url ws://127.0.0.1:@PORT@/echo --echo-size 64"
     "bc-$SUBS_A-w16-json|broadcast|Broadcast: 1 KiB JSON-like to $SUBS_A subscribers, window 16, HTTP publisher, compression off, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 1024 --payload json --publisher http"
     "bc-$SUBS_A-w16-deflate|broadcast|Broadcast: 1 KiB JSON-like to $SUBS_A subscribers, window 16, HTTP publisher, permessage-deflate, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/deflate/bench --deflate --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 1024 --payload json --publisher http"
-    "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
-    "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
+    "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, one fan-out, RSS again after 10 broadcasts of 64 B|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
+    "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, one fan-out, RSS again after 10 broadcasts of 64 B|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
+    "idle-wss-$SUBS_A|idle|Idle over TLS (wss://): $SUBS_A subscribers, server RSS per connection, one fan-out (published over plain HTTP), RSS again after 10 broadcasts of 64 B|idle --url wss://127.0.0.1:@TLSPORT@/live/idle --ca @CA@ --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
+    "idle-wss-$SUBS_B|idle|Idle over TLS (wss://): $SUBS_B subscribers, server RSS per connection, one fan-out (published over plain HTTP), RSS again after 10 broadcasts of 64 B|idle --url wss://127.0.0.1:@TLSPORT@/live/idle --ca @CA@ --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_B"
     "idle-$SUBS_A-hs256|idle|Idle: $SUBS_A subscribers on a route that verifies an HS256 token (in the query string), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-hs256/idle?token=$HS256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
     "idle-$SUBS_A-ping|idle|Idle: $SUBS_A subscribers with keep-alive pings on (ping_interval = \"30s\", the default), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
     "idle-$SUBS_A-hs256-ping|idle|Idle: $SUBS_A subscribers on the HS256 token route with keep-alive pings on (the default 30 s), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-hs256/idle?token=$HS256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
@@ -462,9 +528,20 @@ metrics_for() {
             "loadgen_cpu_pct|loadgen CPU (% of a core)|0|-" ;;
         idle) printf '%s\n' \
             "bytes_per_conn|server RSS per connection (bytes)|0|lower" \
+            "bytes_per_conn_after|server RSS per connection after broadcasts (bytes)|0|lower" \
             "handshakes_per_s|handshakes/s while dialing|0|higher" \
             "server_cpu_us_per_handshake|server CPU per handshake (us)|1|lower" \
             "fanout_ms|one message to all (ms)|2|lower" ;;
+        stall) printf '%s\n' \
+            "echo_max_us|echo round trip during the fan-out, max (us)|0|lower" \
+            "echo_p99_us|echo round trip during the fan-out, p99 (us)|0|lower" \
+            "echo_p50_us|echo round trip during the fan-out, p50 (us)|0|lower" \
+            "echo_round_trips|echo round trips during the fan-out|0|-" \
+            "deliveries_per_s|deliveries/s|0|higher" \
+            "p99_us|publish to last receipt p99 (us)|0|lower" \
+            "server_cpu_us_per_delivery|server CPU per delivery (us)|3|lower" \
+            "server_cpu_pct|server CPU (% of a core)|0|-" \
+            "loadgen_cpu_pct|loadgen CPU (% of a core)|0|-" ;;
         recover) printf '%s\n' \
             "bytes_per_history_message|server RSS per history message (bytes)|0|lower" \
             "storm_s|all clients reconnected and recovered (s)|2|lower" \
@@ -534,44 +611,47 @@ keep_run() {
     tail -n 1 "$out" >> "$jsonl"
 }
 
+# lacks SERVER NAME KIND ARGS: prints why SERVER does not take part in a
+# scenario (a feature it does not have), or nothing. Its cells show "–".
+lacks() {
+    local server=$1 name=$2 kind=$3 args=$4 who
+    case $server in
+        peer) who="the fastwebsockets peer (bench/peer)" ;;
+        uws) who="the uWebSockets.js peer (bench/peer-uws)" ;;
+        *) return 0 ;;
+    esac
+    if [[ $name == *-ping ]]; then
+        echo "$who sends no keep-alive pings"
+    elif [[ $args == *--meta* || $args == *meta=1* || $kind == recover ]]; then
+        echo "$who has no positions, history or metadata"
+    elif [[ $args == *--deflate* ]]; then
+        echo "$who runs with compression off"
+    elif [[ $args == *token=* ]]; then
+        echo "$who does not verify tokens"
+    elif [[ $args == *wss://* && $server == peer ]]; then
+        echo "$who does not serve TLS"
+    fi
+}
+
 run_scenario() { # server index
     local server=$1 i=$2 name kind title args
     IFS='|' read -r name kind title args <<< "${SCENARIOS[$i]}"
     local jsonl=$WORK/$server.$name.jsonl err=$WORK/$server.$name.err
+    local skip=$WORK/$server.$name.skip
     : > "$jsonl"
+    local why
+    why=$(lacks "$server" "$name" "$kind" "$args")
+    if [[ -n $why ]]; then
+        echo "$why" > "$skip"
+        log "[$server] $name –: $why"
+        return
+    fi
     SERVER_PING=
-    if [[ $name == *-ping ]]; then
-        if [[ $server == peer ]]; then
-            echo "the peer (bench/peer) sends no keep-alive pings" > "$err"
-            log "[$server] $name n/a: $(cat "$err")"
-            return
-        fi
-        SERVER_PING=30s
-    fi
-    if [[ ( $args == *--meta* || $args == *meta=1* || $kind == recover ) && $server == peer ]]; then
-        echo "the peer (bench/peer) has no positions, history or metadata" > "$err"
-        log "[$server] $name n/a: $(cat "$err")"
+    [[ $name == *-ping ]] && SERVER_PING=30s
+    if [[ $args == *wss://* && -n $TLS_ERROR ]]; then
+        echo "$TLS_ERROR" > "$err"
+        log "[$server] $name n/a: $TLS_ERROR"
         return
-    fi
-    if [[ $args == *--deflate* && $server == peer ]]; then
-        echo "the peer (bench/peer) does not negotiate permessage-deflate" > "$err"
-        log "[$server] $name n/a: $(cat "$err")"
-        return
-    fi
-    if [[ $args == *token=* && $server == peer ]]; then
-        echo "the peer (bench/peer) does not verify tokens" > "$err"
-        log "[$server] $name n/a: $(cat "$err")"
-        return
-    fi
-    if [[ $args == *wss://* ]]; then
-        local why=
-        [[ $server == peer ]] && why="the peer (bench/peer) does not serve TLS"
-        [[ -n $TLS_ERROR ]] && why=$TLS_ERROR
-        if [[ -n $why ]]; then
-            echo "$why" > "$err"
-            log "[$server] $name n/a: $why"
-            return
-        fi
     fi
     for run in $(seq 1 "$RUNS"); do
         log "[$server] $name run $run/$RUNS"
@@ -654,7 +734,9 @@ median_of() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR
 
 cell() { # server name key decimals
     local jsonl=$WORK/$1.$2.jsonl err=$WORK/$1.$2.err
-    if [[ -s $err ]]; then
+    if [[ -s $WORK/$1.$2.skip ]]; then
+        echo "–"
+    elif [[ -s $err ]]; then
         echo "n/a"
     elif [[ -s $jsonl ]]; then
         local s
@@ -665,12 +747,12 @@ cell() { # server name key decimals
     fi
 }
 
-ratio() { # name key
+ratio() { # name key other: wshub's median / the other server's
     local a b
     [[ -s $WORK/wshub.$1.jsonl && ! -s $WORK/wshub.$1.err ]] || { echo "–"; return; }
-    [[ -s $WORK/peer.$1.jsonl && ! -s $WORK/peer.$1.err ]] || { echo "–"; return; }
+    [[ -s $WORK/$3.$1.jsonl && ! -s $WORK/$3.$1.err ]] || { echo "–"; return; }
     a=$(json_field "$2" < "$WORK/wshub.$1.jsonl" | median_of)
-    b=$(json_field "$2" < "$WORK/peer.$1.jsonl" | median_of)
+    b=$(json_field "$2" < "$WORK/$3.$1.jsonl" | median_of)
     awk -v a="$a" -v b="$b" 'BEGIN { if (a == "" || b == "" || b == 0) print "–"; else printf "%.2f", a / b }'
 }
 
@@ -712,9 +794,9 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "- Date: $START$( [[ $QUICK == 1 ]] && echo ' (QUICK=1 smoke run: small sizes, not for comparison)')"
     echo "- Machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), kernel $(uname -r)"
     echo "- Load average before/after: $LOAD_BEFORE / $LOAD_AFTER (other work on the machine skews results)"
-    echo "- wshub: $REVISION; peer: fastwebsockets on tokio current_thread (bench/peer)"
+    echo "- wshub: $REVISION; peer: fastwebsockets on tokio current_thread (bench/peer); uWS: ${UWS_VERSION:-uWebSockets.js} (bench/peer-uws; its RSS includes the Node runtime, whose baseline the per-connection figures subtract)"
     echo "- Pinning: $PINNING; $RUNS run(s) per scenario, each against a freshly started server"
-    echo "- Cells: median [min–max] over the runs; ratio = wshub median / peer median"
+    echo "- Cells: median [min–max] over the runs; ratios = wshub median / peer median, wshub median / uWS median; – = the server does not take part (reason below the table)"
     if [[ $WSHUB_FULL_OK == 0 ]]; then
         echo "- wshub rejected bench/wshub-bench.toml (\`$WSHUB_CONFIG_ERROR\`); its echo runs used the echo routes only"
     fi
@@ -728,19 +810,25 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
         shown=${shown//@TLSPORT@/TLSPORT}
         echo "\`loadgen ${shown//@CA@/cert.pem} --server-pid PID\`"
         echo
-        echo "| metric | wshub | peer | wshub/peer |"
-        echo "| --- | --- | --- | --- |"
+        echo "| metric | wshub | peer | uWS | wshub/peer | wshub/uWS |"
+        echo "| --- | --- | --- | --- | --- | --- |"
         while IFS='|' read -r key label decimals better; do
             local_label=$label
             [[ $better == higher ]] && local_label="$label ↑"
             [[ $better == lower ]] && local_label="$label ↓"
-            echo "| $local_label | $(cell wshub "$name" "$key" "$decimals") | $(cell peer "$name" "$key" "$decimals") | $(ratio "$name" "$key") |"
+            echo "| $local_label | $(cell wshub "$name" "$key" "$decimals") | $(cell peer "$name" "$key" "$decimals") | $(cell uws "$name" "$key" "$decimals") | $(ratio "$name" "$key" peer) | $(ratio "$name" "$key" uws) |"
         done < <(metrics_for "$kind")
-        for server in wshub peer; do
-            if [[ -s $WORK/$server.$name.err ]]; then
-                echo
-                echo "$server n/a: $(sed 's/|/\\|/g' "$WORK/$server.$name.err")"
+        notes=()
+        for server in wshub peer uws; do
+            if [[ -s $WORK/$server.$name.skip ]]; then
+                notes+=("$server –: $(cat "$WORK/$server.$name.skip")")
+            elif [[ -s $WORK/$server.$name.err ]]; then
+                notes+=("$server n/a: $(sed 's/|/\\|/g' "$WORK/$server.$name.err")")
             fi
+        done
+        for note in "${notes[@]}"; do
+            echo
+            echo "$note"
         done
         echo
     done

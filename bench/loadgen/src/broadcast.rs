@@ -25,6 +25,15 @@
 //! connection, at most W requests outstanding. Publisher `ws`: one more
 //! WebSocket client on the channel whose messages the server relays to the
 //! others (it must not receive its own).
+//!
+//! With `--echo-url`, one more client on the server's echo route does
+//! back-to-back round trips from the first measured publish until every
+//! message is done (see [`crate::probe`]): its worst round trip is how long
+//! the fan-out kept the server from answering anyone else. Loadgen reads
+//! the probe before each batch of events and again after every
+//! [`PROBE_EVERY`] subscriber events, not only when its own readiness comes
+//! up (behind thousands of subscribers'), so its own reading of the
+//! deliveries adds little to the round trips it reports.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +44,7 @@ use crate::conn::{self, DialPlan, POLL_CAP, Sizing, SourceAddrs, WsConn};
 use crate::error::{Deadline, Fail, Result};
 use crate::http::HttpPublisher;
 use crate::meta;
+use crate::probe::EchoProbe;
 use crate::report::{self, Figures};
 use crate::stats::{Histogram, Json, Rng};
 use crate::target::Target;
@@ -47,6 +57,9 @@ const WARM_EVERY: Duration = Duration::from_millis(200);
 /// How long to keep listening after the last message is done, so late
 /// duplicates are still seen.
 const DRAIN: Duration = Duration::from_millis(200);
+/// Subscriber events handled between two reads of the echo probe: a few
+/// hundred microseconds of loadgen's work at most.
+const PROBE_EVERY: usize = 128;
 
 /// What one subscriber has seen.
 struct Sub {
@@ -249,6 +262,8 @@ struct Fanout {
     publisher: Publisher,
     pub_token: usize,
     pub_stats: PubStats,
+    /// The `--echo-url` client, on token `pub_token + 1`.
+    probe: Option<EchoProbe>,
     tally: Tally,
     scratch: Vec<u8>,
     size: usize,
@@ -270,6 +285,10 @@ struct Outcome {
     losses: u64,
     compressed: u64,
     elapsed: f64,
+    /// The echo probe's round trips, if there was one.
+    echo: Option<Histogram>,
+    /// The probe's last echo never came.
+    probe_lost: bool,
 }
 
 /// What the measured phase came to.
@@ -277,11 +296,13 @@ struct Measured {
     used: report::Used,
     elapsed: f64,
     stalled: bool,
+    /// The probe's last echo did not come back in time.
+    probe_lost: bool,
 }
 
 pub fn run(opts: &BroadcastOpts) -> Result<()> {
     let deadline = Deadline::after(opts.common.timeout);
-    conn::raise_fd_limit(opts.subscribers + 1)?;
+    conn::raise_fd_limit(opts.subscribers + 2)?;
     report::check_pids(&opts.common)?;
     let dial_start = Instant::now();
     let mut fanout = Fanout::connect(opts, &deadline)?;
@@ -380,6 +401,32 @@ impl Fanout {
                 Publisher::Ws(one.remove(0))
             }
         };
+        let probe = match &opts.echo_url {
+            Some(target) => {
+                let plan = DialPlan {
+                    target,
+                    count: 1,
+                    token_base: pub_token + 1,
+                    sizing: Sizing {
+                        max_payload: opts.echo_size,
+                        out_capacity: opts.echo_size + wire::MAX_CLIENT_HEADER,
+                        deflate: false,
+                    },
+                    max_dialing: 1,
+                };
+                let mut one = conn::dial_all(
+                    &mut poll,
+                    &mut events,
+                    &plan,
+                    &mut sources,
+                    &mut rng,
+                    deadline,
+                )
+                .map_err(|e| Fail::run(format!("echo probe: {}", e.message)))?;
+                Some(EchoProbe::new(one.remove(0), opts.echo_size))
+            }
+            None => None,
+        };
         let subs = (0..n)
             .map(|_| Sub {
                 next: 0,
@@ -403,11 +450,16 @@ impl Fanout {
             publisher,
             pub_token,
             pub_stats: PubStats::default(),
+            probe,
             tally: Tally {
                 meta: opts.meta,
                 ..Tally::new(opts.size, pattern, n, opts.messages)
             },
-            scratch: sizing.scratch(),
+            scratch: Sizing {
+                max_payload: sizing.max_payload.max(opts.echo_size),
+                ..sizing
+            }
+            .scratch(),
             size: sizing.max_payload,
             clock: Instant::now(),
         })
@@ -472,6 +524,12 @@ impl Fanout {
         let start = Instant::now();
         let meters = report::start_cpu(&opts.common)?;
         self.tally.last_progress_ns = self.ns(start);
+        if let Some(probe) = &mut self.probe {
+            let now = start.duration_since(self.clock).as_nanos() as u64;
+            probe
+                .start(now, &mut self.rng)
+                .map_err(|e| Fail::run(format!("echo probe: {}", e.message)))?;
+        }
         let mut sent = 0u64;
         let mut stalled = false;
         loop {
@@ -508,11 +566,34 @@ impl Fanout {
         } else {
             self.tally.last_done_ns
         };
+        let probe_lost = self.finish_probe(opts, deadline)?;
         Ok(Measured {
             used,
             elapsed: (end_ns.saturating_sub(self.ns(start))) as f64 / 1e9,
             stalled,
+            probe_lost,
         })
+    }
+
+    /// Stops the echo probe and waits (at most `--stall`) for its last
+    /// echo, whose round trip counts too; true if it never came.
+    fn finish_probe(&mut self, opts: &BroadcastOpts, deadline: &Deadline) -> Result<bool> {
+        let Some(probe) = &mut self.probe else {
+            return Ok(false);
+        };
+        probe.stop();
+        let give_up = Instant::now() + opts.stall;
+        loop {
+            if !self.probe.as_ref().is_some_and(EchoProbe::in_flight) {
+                return Ok(false);
+            }
+            let now = Instant::now();
+            deadline.check(now, "waiting for the echo probe's last echo")?;
+            if now >= give_up {
+                return Ok(true);
+            }
+            self.step(deadline.poll_timeout(now, (give_up - now).min(POLL_CAP)))?;
+        }
     }
 
     /// Keeps listening a little, so late duplicates show up.
@@ -533,25 +614,46 @@ impl Fanout {
             .publish(seq, now, &self.tally.pattern, &mut self.rng);
     }
 
-    /// One poll and the handling of its events.
+    /// One poll and the handling of its events, with the echo probe read
+    /// first and every [`PROBE_EVERY`] events.
     fn step(&mut self, timeout: Duration) -> Result<()> {
         conn::poll_once(&mut self.poll, &mut self.events, timeout)?;
         let Fanout {
             events,
+            rng,
             subs_io,
             subs,
             publisher,
             pub_token,
             pub_stats,
+            probe,
             tally,
             scratch,
             size,
             clock,
             ..
         } = self;
-        for event in events.iter() {
+        let probe_token = *pub_token + 1;
+        // `own`: the probe's own event (read it whatever it awaits, and
+        // report a hang-up); otherwise only an awaited echo is looked for.
+        let mut pump_probe =
+            |probe: &mut Option<EchoProbe>, scratch: &mut [u8], own, hung_up| match probe {
+                Some(p) if own || p.in_flight() => p
+                    .pump(scratch, hung_up, *clock, rng)
+                    .map_err(|e| Fail::run(format!("echo probe: {}", e.message))),
+                _ => Ok(()),
+            };
+        pump_probe(probe, scratch, false, false)?;
+        for (k, event) in events.iter().enumerate() {
             let i = event.token().0;
             let hung_up = event.is_read_closed() || event.is_error();
+            if i == probe_token {
+                pump_probe(probe, scratch, true, hung_up)?;
+                continue;
+            }
+            if k % PROBE_EVERY == PROBE_EVERY - 1 {
+                pump_probe(probe, scratch, false, false)?;
+            }
             if i == *pub_token {
                 publisher_event(publisher, pub_stats, event, hung_up, scratch, *size)
                     .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
@@ -583,11 +685,13 @@ impl Fanout {
             subs,
             publisher,
             pub_stats,
+            probe,
             tally,
             ..
         } = self;
         drop(subs_io);
         drop(publisher);
+        let echo = probe.map(|p| p.hist);
         let losses: u64 = subs
             .iter()
             .map(|s| s.missing + opts.messages.saturating_sub(s.next))
@@ -605,6 +709,8 @@ impl Fanout {
             losses,
             compressed: conn::compressed_received(),
             elapsed,
+            echo,
+            probe_lost: measured.probe_lost,
         };
         print_summary(opts, setup, &outcome);
         figures.print("delivery");
@@ -632,6 +738,8 @@ fn print_summary(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) {
         losses,
         compressed,
         elapsed,
+        ref echo,
+        ..
     } = outcome;
     let n = opts.subscribers;
     let deliveries = tally.receipts;
@@ -670,6 +778,13 @@ fn print_summary(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) {
         "               publish to first receipt: {}",
         report::latency_line(&tally.first, &[0.5, 0.99])
     );
+    if let Some(h) = echo {
+        println!(
+            "  echo probe:  {} B round trips, one in flight, during the run: {}",
+            opts.echo_size,
+            report::latency_line(h, &[0.5, 0.99])
+        );
+    }
     println!(
         "  checks:      losses {losses}, duplicates {}, reordered {}",
         tally.duplicates, tally.reordered
@@ -698,9 +813,16 @@ fn problems(opts: &BroadcastOpts, stalled: bool, outcome: &Outcome) -> Vec<Strin
         ref pub_stats,
         losses,
         compressed,
+        probe_lost,
         ..
     } = outcome;
     let mut problems = Vec::new();
+    if probe_lost {
+        problems.push(format!(
+            "echo probe: no echo within {:.1} s after the last message was done",
+            opts.stall.as_secs_f64()
+        ));
+    }
     if stalled {
         problems.push(format!(
             "stalled: nothing arrived for {:.1} s with {} of {} messages done",
@@ -738,8 +860,11 @@ fn summary_json(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) -> Json 
         losses,
         compressed,
         elapsed,
+        ref echo,
+        ..
     } = outcome;
     let url = &opts.common.dial.url;
+    let echo_us = |f: fn(&Histogram) -> u64| echo.as_ref().map(|h| f(h) as f64 / 1e3);
     let deliveries = tally.receipts;
     let h = &tally.hist;
     Json::new()
@@ -785,6 +910,14 @@ fn summary_json(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) -> Json 
             pub_stats.recipients_max.map(|v| v as f64),
             0,
         )
+        .opt_num(
+            "echo_round_trips",
+            echo.as_ref().map(|h| h.count() as f64),
+            0,
+        )
+        .opt_num("echo_p50_us", echo_us(|h| h.quantile(0.5)), 1)
+        .opt_num("echo_p99_us", echo_us(|h| h.quantile(0.99)), 1)
+        .opt_num("echo_max_us", echo_us(Histogram::max), 1)
 }
 
 fn publisher_event(

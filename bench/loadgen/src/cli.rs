@@ -24,6 +24,11 @@ const DEFAULT_DIALING: usize = 100;
 /// must fit the read buffers comfortably.
 const MAX_SIZE: usize = 1 << 20;
 
+/// Broadcasts `idle` sends after its fan-out before reading RSS again, by
+/// default and at most (each waits for every subscriber).
+const DEFAULT_AFTER_BROADCASTS: u32 = 10;
+const MAX_AFTER_BROADCASTS: i64 = 1000;
+
 const AFTER_HELP: &str = "\
 --deflate offers permessage-deflate and fails unless the server accepts it
 (route setting compression = \"on\"); compressed messages are inflated and
@@ -155,6 +160,14 @@ struct BroadcastArgs {
     /// Subscribe with meta=1: messages arrive with channel and position
     #[arg(long)]
     meta: bool,
+    /// ws:// URL of the server's echo route: one more client there does
+    /// back-to-back round trips while the messages are published, and the
+    /// report gives their latency (how long the fan-out stalls the server)
+    #[arg(long, value_name = "URL")]
+    echo_url: Option<String>,
+    /// Payload bytes of the --echo-url round trips (at least 8)
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = size::<8>)]
+    echo_size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +193,15 @@ struct IdleArgs {
     /// Offer permessage-deflate and require it
     #[arg(long)]
     deflate: bool,
+    /// Messages broadcast to all after the fan-out, one at a time, before
+    /// the server's RSS is read again once steady (0: skip; skipped with
+    /// --no-publish too)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_AFTER_BROADCASTS,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_AFTER_BROADCASTS))]
+    after_broadcasts: u32,
+    /// Payload bytes of those messages (at least 16)
+    #[arg(long, value_name = "BYTES", default_value_t = 64, value_parser = size::<16>)]
+    after_size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +270,9 @@ pub struct BroadcastOpts {
     pub json: bool,
     /// Subscribers ask for the metadata format (`meta=1`).
     pub meta: bool,
+    /// The echo route a probe client times round trips on during the run.
+    pub echo_url: Option<Target>,
+    pub echo_size: usize,
 }
 
 #[derive(Debug, PartialEq)]
@@ -259,6 +284,9 @@ pub struct IdleOpts {
     /// `None` with `--no-publish`.
     pub publish_url: Option<Target>,
     pub deflate: bool,
+    /// Messages broadcast after the fan-out before RSS is read again.
+    pub after_broadcasts: u32,
+    pub after_size: usize,
 }
 
 #[derive(Debug, PartialEq)]
@@ -382,6 +410,16 @@ fn broadcast(args: BroadcastArgs) -> Result<BroadcastOpts> {
         }
         None => target::publish_url_for(&common.dial.url),
     };
+    let echo_url = match args.echo_url {
+        Some(text) => {
+            let url = target::parse_ws(&text)?;
+            if url.wss {
+                return Err(Fail::usage("--echo-url takes a ws:// URL"));
+            }
+            Some(url)
+        }
+        None => None,
+    };
     Ok(BroadcastOpts {
         common,
         subscribers: args.subscribers,
@@ -394,6 +432,8 @@ fn broadcast(args: BroadcastArgs) -> Result<BroadcastOpts> {
         deflate: args.deflate,
         json: args.payload == Payload::Json,
         meta: args.meta,
+        echo_url,
+        echo_size: args.echo_size,
     })
 }
 
@@ -423,6 +463,8 @@ fn idle(args: IdleArgs) -> Result<IdleOpts> {
         size: args.size,
         publish_url,
         deflate: args.deflate,
+        after_broadcasts: args.after_broadcasts,
+        after_size: args.after_size,
     })
 }
 
@@ -561,6 +603,31 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_takes_an_echo_probe() {
+        let Command::Broadcast(o) = command("broadcast --url ws://127.0.0.1:9/live/b") else {
+            panic!("not broadcast");
+        };
+        assert_eq!(o.echo_url, None);
+        let Command::Broadcast(o) = command(
+            "broadcast --url ws://127.0.0.1:9/live/b --echo-url ws://127.0.0.1:9/echo \
+             --echo-size 16",
+        ) else {
+            panic!("not broadcast");
+        };
+        let echo = o.echo_url.expect("--echo-url parsed");
+        assert_eq!((echo.addr.port(), echo.path.as_str()), (9, "/echo"));
+        assert_eq!(o.echo_size, 16);
+        for bad in [
+            "--echo-url wss://127.0.0.1:9/echo",
+            "--echo-url ws://10.0.0.1:9/echo",
+            "--echo-url ws://127.0.0.1:9/echo --echo-size 4",
+        ] {
+            let line = format!("broadcast --url ws://127.0.0.1:9/live/b {bad}");
+            assert_eq!(exit_status(&line), Some(2), "{bad}");
+        }
+    }
+
+    #[test]
     fn broadcast_spreads_over_several_urls() {
         let Command::Broadcast(o) = command(
             "broadcast --url ws://127.0.0.1:9/live/b --url ws://127.0.0.1:10/live/b \
@@ -594,6 +661,30 @@ mod tests {
         };
         assert_eq!(o.publish_url, None);
         assert_eq!(o.common.server_pids, ["42"]);
+    }
+
+    #[test]
+    fn idle_broadcasts_after_the_fan_out() {
+        let Command::Idle(o) = command("idle --url ws://127.0.0.1:9/live/i --server-pid 1") else {
+            panic!("not idle");
+        };
+        assert_eq!(o.after_broadcasts, DEFAULT_AFTER_BROADCASTS);
+        assert_eq!(o.after_size, 64);
+        let Command::Idle(o) = command(
+            "idle --url ws://127.0.0.1:9/live/i --server-pid 1 --after-broadcasts 0 \
+             --after-size 16",
+        ) else {
+            panic!("not idle");
+        };
+        assert_eq!((o.after_broadcasts, o.after_size), (0, 16));
+        for bad in [
+            "--after-broadcasts 1001",
+            "--after-broadcasts -1",
+            "--after-size 8",
+        ] {
+            let line = format!("idle --url ws://127.0.0.1:9/live/i --server-pid 1 {bad}");
+            assert_eq!(exit_status(&line), Some(2), "{bad}");
+        }
     }
 
     #[test]

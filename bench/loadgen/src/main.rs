@@ -10,8 +10,10 @@
 //! Scenarios (see `loadgen --help` and bench/README.md):
 //! - `echo`: request/response throughput and per-message latency;
 //! - `broadcast`: fan-out to many subscribers, with loss/duplicate/order
-//!   checks, on one server or spread over several (a cluster's nodes);
-//! - `idle`: server memory per idle connection and one fan-out;
+//!   checks, on one server or spread over several (a cluster's nodes),
+//!   optionally timing echo round trips on the side (`--echo-url`);
+//! - `idle`: server memory per idle connection, fresh and after a few
+//!   broadcasts, and one fan-out;
 //! - `recover`: memory per history message, then many clients recovering
 //!   what they missed at once.
 //!
@@ -26,6 +28,7 @@ mod error;
 mod http;
 mod idle;
 mod meta;
+mod probe;
 mod recover;
 mod report;
 mod stats;
