@@ -48,11 +48,11 @@ use crate::route::Routes;
 
 /// Subscribers whose frames are written per loop turn. A write costs a few
 /// microseconds (a system call each, the kernel's TCP work included), so a
-/// fan-out to many subscribers is written in slices of a few milliseconds,
+/// fan-out to many subscribers is written in slices of a millisecond or two,
 /// and between slices the loop polls and serves every other client (pings,
 /// handshakes, echoes, other channels, publishes). Each subscriber's frames
 /// stay in order: they are all in its own queue, written front to back.
-pub(super) const FLUSHES_PER_TURN: usize = 512;
+pub(super) const FLUSHES_PER_TURN: usize = 256;
 
 /// What happens to a frame for a subscriber whose queue holds `queued` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
