@@ -67,10 +67,14 @@ enum State {
     #[default]
     Empty,
     /// Broadcast frames only, none written yet: entries `head` to `tail`
-    /// of the [`TurnList`].
+    /// of the [`TurnList`], `count` frames of `bytes` in all (kept here,
+    /// in what the enum's size has room for anyway, so that neither is a
+    /// walk of the run).
     Listed {
         head: u32,
         tail: u32,
+        bytes: u32,
+        count: u16,
     },
     Queued(Box<Inner>),
 }
@@ -258,9 +262,7 @@ impl OutQueue {
     pub(super) fn len(&self) -> usize {
         match &self.state {
             State::Empty => 0,
-            State::Listed { head, .. } => {
-                TURN.with(|t| t.borrow().run(*head).map(|f| f.len()).sum())
-            }
+            State::Listed { bytes, .. } => *bytes as usize,
             State::Queued(inner) => inner.len,
         }
     }
@@ -347,20 +349,14 @@ impl OutQueue {
         if frame.is_empty() {
             return;
         }
-        let tail = match self.state {
-            State::Empty => None,
+        let added = u32::try_from(frame.len()).ok();
+        let (tail, count, bytes) = match self.state {
+            State::Empty => (None, 0, 0),
             // A run is written in one call: longer ones go into a queue.
-            State::Listed { head, tail }
-                if TURN.with(|t| t.borrow().run(head).count()) < MAX_IOVECS =>
-            {
-                Some(tail)
-            }
-            State::Listed { .. } => {
-                let inner = self.inner();
-                inner.len += frame.len();
-                inner.chunks.push_back(Chunk::Shared(frame));
-                return;
-            }
+            State::Listed {
+                tail, count, bytes, ..
+            } if usize::from(count) < MAX_IOVECS => (Some(tail), count, bytes),
+            State::Listed { .. } => return self.queue_shared(frame),
             State::Queued(ref mut inner) => {
                 inner.seal_tail();
                 inner.len += frame.len();
@@ -368,20 +364,30 @@ impl OutQueue {
                 return;
             }
         };
-        match TURN.with(|t| t.borrow_mut().append(&frame, tail)) {
-            Some(at) => {
-                self.state = match self.state {
-                    State::Listed { head, .. } => State::Listed { head, tail: at },
-                    _ => State::Listed { head: at, tail: at },
-                };
-            }
-            // The list is full: queue it.
-            None => {
-                let inner = self.inner();
-                inner.len += frame.len();
-                inner.chunks.push_back(Chunk::Shared(frame));
-            }
-        }
+        let Some(bytes) = added.and_then(|a| bytes.checked_add(a)) else {
+            return self.queue_shared(frame);
+        };
+        // `None` when the list is full.
+        let Some(at) = TURN.with(|t| t.borrow_mut().append(&frame, tail)) else {
+            return self.queue_shared(frame);
+        };
+        let head = match self.state {
+            State::Listed { head, .. } => head,
+            _ => at,
+        };
+        self.state = State::Listed {
+            head,
+            tail: at,
+            bytes,
+            count: count + 1,
+        };
+    }
+
+    /// Appends a shared frame to the queue of the connection's own.
+    fn queue_shared(&mut self, frame: Rc<[u8]>) {
+        let inner = self.inner();
+        inner.len += frame.len();
+        inner.chunks.push_back(Chunk::Shared(frame));
     }
 
     /// Drops every broadcast frame not yet started, keeping the one partly
