@@ -37,6 +37,7 @@ use super::Server;
 use super::bus::{Holds, Waiter};
 use super::compress::{Broadcast, Codec, Delivery, Format, FrameCache};
 use super::conn::Action;
+use super::outqueue::Flush;
 use super::slot::{HISTORY_TIMER, Slot};
 use crate::bus::Ask;
 use crate::config::{Config, OnBacklog};
@@ -797,10 +798,24 @@ impl Server {
             let Some(key) = self.fanout.next_dirty(flushed) else {
                 return;
             };
-            if let Some(slot) = self.conns.get_mut(key) {
-                slot.dirty = false;
-                self.drive(key, false, false, now);
+            let Some(slot) = self.conns.get_mut(key) else {
+                continue;
+            };
+            slot.dirty = false;
+            // The common case: an open subscriber with nothing else to do
+            // takes all it was given. Nothing about it changed then (no
+            // interest, no deadline), so there is nothing more to settle.
+            if slot.conn.is_open()
+                && !slot.write_interest
+                && !slot.io.wants_write()
+                && !slot.conn.has_pending_input()
+                && matches!(slot.conn.flush(&mut slot.io), Ok(Flush::Done))
+            {
+                continue;
             }
+            // Otherwise (a full socket, an error, a closing connection):
+            // the whole turn of the connection settles it.
+            self.drive(key, false, false, now);
         }
     }
 
