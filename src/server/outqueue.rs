@@ -170,8 +170,12 @@ impl TurnList {
             frame,
             next: NO_LINK,
         });
-        match tail.and_then(|t| self.links.get_mut(t as usize)) {
-            Some(link) => link.next = at,
+        match tail {
+            Some(t) => {
+                if let Some(link) = self.links.get_mut(t as usize) {
+                    link.next = at;
+                }
+            }
             None => self.listed += 1,
         }
         Some(at)
