@@ -25,6 +25,7 @@ pub mod daemon;
 mod history;
 mod hub;
 mod metrics;
+mod page;
 mod protocol;
 mod route;
 pub mod server;

@@ -9,7 +9,7 @@
 
 use std::ops::Deref;
 
-use crate::config::{Config, HEALTH_CHECK_PATH, METRICS_PATH, RouteConfig, RouteKind};
+use crate::config::{Config, HEALTH_CHECK_PATH, METRICS_PATH, PAGE_PATH, RouteConfig, RouteKind};
 use crate::protocol::deflate::DeflateConfig;
 
 /// Index of a route in the table; small so connections can store it cheaply.
@@ -72,6 +72,8 @@ pub struct RouteTableFull;
 pub enum Target<'a> {
     Health,
     Metrics,
+    /// The watch page (`page = true`).
+    Page,
     /// `<publish_prefix>/<channel>`: `channel` is everything after the slash.
     Publish {
         channel: &'a str,
@@ -93,6 +95,8 @@ pub enum Target<'a> {
 pub struct Routes {
     routes: Vec<Route>,
     publish_prefix: String,
+    /// The watch page is served (`page`).
+    page: bool,
 }
 
 impl Routes {
@@ -100,6 +104,7 @@ impl Routes {
         Routes {
             routes: config.routes.iter().map(Route::from_config).collect(),
             publish_prefix: config.publish_prefix.clone(),
+            page: config.page,
         }
     }
 
@@ -162,6 +167,7 @@ impl Routes {
             }
         }
         self.publish_prefix.clone_from(&config.publish_prefix);
+        self.page = config.page;
         Ok(changes)
     }
 
@@ -171,6 +177,9 @@ impl Routes {
         }
         if path == METRICS_PATH {
             return Target::Metrics;
+        }
+        if self.page && path == PAGE_PATH {
+            return Target::Page;
         }
         if let Some(channel) = under(path, &self.publish_prefix) {
             return match channel.strip_prefix('/') {

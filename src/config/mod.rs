@@ -40,7 +40,7 @@ pub(crate) use auth::RELAY_CHANNELS;
 pub use auth::{AuthConfig, DEFAULT_CHANNELS_CLAIM, DEFAULT_LEEWAY, DEFAULT_PUBLISH_CLAIM};
 pub use cluster::{ClusterConfig, RedisUrl};
 pub use listener::{ListenerConfig, ListenerTls};
-pub use route::{HEALTH_CHECK_PATH, HistoryPolicy, METRICS_PATH, RouteConfig};
+pub use route::{HEALTH_CHECK_PATH, HistoryPolicy, METRICS_PATH, PAGE_PATH, RouteConfig};
 pub use validate::check_publish_token;
 pub use values::{ClientMessages, Compression, OnBacklog, RouteKind, Secret};
 
@@ -51,7 +51,10 @@ pub use values::{ClientMessages, Compression, OnBacklog, RouteKind, Secret};
 /// take their built-in defaults. `config/wshub.toml` documents all settings
 /// and equals this config (a test checks).
 pub const DEFAULT_CONFIG_TOML: &str = r#"# Built-in configuration: the default listener (127.0.0.1:8080) and
-# settings, an echo route and a broadcast hub.
+# settings, an echo route, a broadcast hub, and the watch page at
+# http://127.0.0.1:8080/ to see it work.
+page = true
+
 [[route]]
 path = "/echo"
 kind = "echo"
@@ -162,6 +165,11 @@ pub struct Config {
     /// `[cluster]`: run as one node of several sharing channels over Redis;
     /// `None` (no table) is a single node.
     pub cluster: Option<ClusterConfig>,
+    /// Serve the watch page (one self-contained HTML file compiled into the
+    /// binary) at `/`: subscribe to a channel over WebSocket or SSE, see
+    /// messages with their positions, publish from loopback. No route may
+    /// then be at `/`.
+    pub page: bool,
 }
 
 impl Default for Config {
@@ -195,6 +203,7 @@ impl Default for Config {
             max_connections_per_ip: 0,
             history_max_bytes: 64 * 1024 * 1024,
             cluster: None,
+            page: false,
         }
     }
 }

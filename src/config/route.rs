@@ -21,6 +21,9 @@ pub const HEALTH_CHECK_PATH: &str = "/healthz";
 /// Request path of the server's metrics endpoint, so no route may claim it.
 pub const METRICS_PATH: &str = "/metrics";
 
+/// Request path of the watch page, when `page = true`.
+pub const PAGE_PATH: &str = "/";
+
 /// The paths above and what answers them, for error messages.
 pub(super) const RESERVED_PATHS: [(&str, &str); 2] = [
     (HEALTH_CHECK_PATH, "the health check"),

@@ -60,6 +60,7 @@ fn documented_defaults() -> Config {
         max_connections_per_ip: 0,
         history_max_bytes: 67_108_864,
         cluster: None,
+        page: false,
     }
 }
 
@@ -98,12 +99,13 @@ fn empty_file_uses_all_defaults() {
 }
 
 /// What `wshub` runs with when given no file: the defaults plus a broadcast
-/// route at `/live` beside `/echo`.
+/// route at `/live` beside `/echo`, and the watch page.
 fn embedded_config() -> Config {
     let mut config = documented_defaults();
     config
         .routes
         .push(RouteConfig::new("/live", RouteKind::Broadcast));
+    config.page = true;
     config
 }
 
@@ -119,8 +121,20 @@ fn embedded_default_serves_echo_and_live() {
 
 #[test]
 fn example_file_documents_the_defaults() {
+    // The production example leaves the watch page off; all else is what
+    // `wshub` runs with when given no file.
     let example = Config::from_toml_str(include_str!("../../config/wshub.toml")).unwrap();
-    assert_eq!(example, embedded_config());
+    let mut expected = embedded_config();
+    expected.page = false;
+    assert_eq!(example, expected);
+}
+
+#[test]
+fn the_page_cannot_share_its_path_with_a_route() {
+    let text = "page = true\n[[route]]\npath = \"/\"\nkind = \"echo\"\n";
+    assert_eq!(invalid_key(text), "page");
+    let text = "page = false\n[[route]]\npath = \"/\"\nkind = \"echo\"\n";
+    assert!(Config::from_toml_str(text).is_ok());
 }
 
 /// The keys a table accepts, as serde's derive lists them: a deserializer

@@ -8,7 +8,7 @@
 use super::auth::check_auth;
 use super::listener::check_listeners;
 use super::route::{
-    RESERVED_PATHS, check_path_syntax, check_routes, is_path_prefix, paths_overlap,
+    PAGE_PATH, RESERVED_PATHS, check_path_syntax, check_routes, is_path_prefix, paths_overlap,
 };
 use super::{CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, Config, ConfigError};
 
@@ -88,6 +88,14 @@ impl Config {
         }
         check_listeners(&self.listeners)?;
         check_routes(&self.routes)?;
+        if self.page && self.routes.iter().any(|r| r.path == PAGE_PATH) {
+            return Err(ConfigError::invalid(
+                "page",
+                format!(
+                    "the watch page is served at {PAGE_PATH:?}, where a route is;                      set page = false or move the route"
+                ),
+            ));
+        }
         self.validate_publish_prefix()
     }
 

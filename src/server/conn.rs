@@ -39,6 +39,7 @@ use crate::hub::names::{Wanted, parse_options, parse_subscription};
 use crate::hub::publish::{self, Access, PublishBody, Refusal};
 use crate::hub::{Memberships, Position};
 use crate::metrics::{Metrics, Refused};
+use crate::page;
 use crate::protocol::close::{self, CloseCode};
 use crate::protocol::deflate::{self, Params};
 use crate::protocol::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
@@ -577,11 +578,16 @@ impl Connection {
         }
         let keep_alive = publish::keep_alive(head);
         match ctx.routes.resolve(&head.path) {
-            Target::Health | Target::Metrics if head.method != "GET" => {
+            Target::Health | Target::Metrics | Target::Page if head.method != "GET" => {
                 self.refuse(405, &[("Allow", "GET")], "use GET\n", ctx);
             }
-            Target::Health | Target::Metrics if !matches!(publish::body_length(head), Ok(0)) => {
+            Target::Health | Target::Metrics | Target::Page
+                if !matches!(publish::body_length(head), Ok(0)) =>
+            {
                 self.refuse(400, &[], "this request takes no body\n", ctx);
+            }
+            Target::Page => {
+                self.respond(200, page::HEADERS, page::HTML.as_bytes(), keep_alive);
             }
             Target::Health => match ctx.degraded {
                 None => self.respond(200, &[], b"ok\n", keep_alive),

@@ -13,6 +13,7 @@
 /// nobody uses.
 #[path = "../support"]
 mod support {
+    pub mod browser;
     pub mod client;
     pub mod daemon;
     pub mod data;
@@ -28,6 +29,7 @@ mod support {
 mod auth;
 mod binary;
 mod broadcast;
+mod browser;
 mod cli_publish;
 mod close;
 mod deflate;
