@@ -149,9 +149,7 @@ pub(crate) fn write_response_head(cors_origin: Option<&[u8]>, out: &mut Vec<u8>)
     if let Some(origin) = cors_origin {
         out.extend_from_slice(b"Access-Control-Allow-Origin: ");
         out.extend_from_slice(origin);
-        out.extend_from_slice(
-            b"\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n",
-        );
+        out.extend_from_slice(b"\r\nAccess-Control-Allow-Credentials: true\r\nVary: Origin\r\n");
     }
     let _ = write!(out, "\r\nretry: {RETRY_MS}\n: wshub event stream\n\n");
 }
@@ -398,7 +396,10 @@ mod tests {
         write_event(Some(at(2)), None, Data::Binary(&payload), &mut out);
         assert!(out.len() <= max_event_len(Data::Binary(&payload)));
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, "id: 0000000000000abc:2\nevent: binary\ndata: AP8HCg0=\n\n");
+        assert_eq!(
+            text,
+            "id: 0000000000000abc:2\nevent: binary\ndata: AP8HCg0=\n\n"
+        );
         let (events, _) = parse_stream(&text);
         assert_eq!(events[0].kind, "binary");
         assert_eq!(STANDARD.decode(&events[0].data).unwrap(), payload);
@@ -447,7 +448,10 @@ mod tests {
         let get = |extra: &str, path: &str| {
             head(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n"))
         };
-        assert!(wants_stream(&get("Accept: text/event-stream\r\n", "/live/a")));
+        assert!(wants_stream(&get(
+            "Accept: text/event-stream\r\n",
+            "/live/a"
+        )));
         assert!(wants_stream(&get(
             "Accept: text/html, Text/Event-Stream;q=0.9\r\n",
             "/live/a"
@@ -515,7 +519,10 @@ mod tests {
             resume("Last-Event-ID: nope\r\n", ""),
             Err(ResumeError::Malformed)
         );
-        assert_eq!(resume("", "?last_event_id=1:2"), Err(ResumeError::Malformed));
+        assert_eq!(
+            resume("", "?last_event_id=1:2"),
+            Err(ResumeError::Malformed)
+        );
         assert_eq!(
             resume(
                 "Last-Event-ID: 0000000000000abc:5\r\nLast-Event-ID: 0000000000000abc:5\r\n",
