@@ -2220,6 +2220,201 @@ mod tests {
         }
     }
 
+    mod event_stream_fan_out {
+        //! Event streams among WebSocket subscribers in the fan-out: one
+        //! event per message shared by every stream, replay and refusal as
+        //! events, and the slow-consumer rule.
+
+        use std::rc::Rc;
+
+        use slab::Slab;
+
+        use super::*;
+        use crate::config::{OnBacklog, RouteConfig};
+        use crate::hub::Epoch;
+        use crate::server::compress::{Delivery, FrameCache};
+        use crate::server::fanout::{FanOut, Outgoing, Recovery, env_of};
+        use crate::server::harness::{self, Wire, open_slot, peer, server_frames};
+        use crate::server::slot::Slot;
+
+        fn env(adjust: impl FnOnce(&mut Config)) -> harness::Env {
+            let mut config = Config::default();
+            let mut live = RouteConfig::new("/live", RouteKind::Broadcast);
+            live.history_size = 10;
+            config.routes = vec![live];
+            adjust(&mut config);
+            harness::Env::new(config)
+        }
+
+        /// A slot whose connection opened an event stream on `path`; its
+        /// first bytes are taken and its subscription dropped.
+        fn stream_slot(env: &mut harness::Env, path: &str) -> Slot<Wire> {
+            let mut conn = Connection::new(peer(), env.now);
+            let mut request =
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+                    .into_bytes();
+            conn.on_input(&mut request, &mut env.ctx());
+            env.actions.clear();
+            let mut wire = Wire::default();
+            conn.flush(&mut wire).expect("in-memory wire");
+            assert!(wire.bytes.starts_with(b"HTTP/1.1 200 OK"));
+            wire.bytes.clear();
+            assert!(conn.sse());
+            Slot::new(wire, conn, 1, None)
+        }
+
+        fn at(offset: u64) -> Option<Position> {
+            Some(Position {
+                epoch: Epoch::new(5),
+                offset,
+            })
+        }
+
+        fn flush(fanout: &mut FanOut, slots: &mut Slab<Slot<Wire>>) {
+            for key in fanout.dirty.drain(..) {
+                let slot = &mut slots[key];
+                slot.dirty = false;
+                slot.conn.flush(&mut slot.io).expect("in-memory wire");
+                if slot.conn.poll_shutdown_write() {
+                    slot.io.write_shut = true;
+                }
+            }
+        }
+
+        fn text(slot: &mut Slot<Wire>) -> String {
+            String::from_utf8(std::mem::take(&mut slot.io.bytes)).expect("text")
+        }
+
+        #[test]
+        fn every_stream_gets_the_same_event_and_websockets_their_frames() {
+            let mut env = env(|_| {});
+            let mut slots = Slab::new();
+            let a = slots.insert(stream_slot(&mut env, "/live/feed"));
+            let b = slots.insert(stream_slot(&mut env, "/live/feed"));
+            let plain = slots.insert(open_slot(&mut env, "/live/feed"));
+            let meta = slots.insert(open_slot(&mut env, "/live/feed?meta=1"));
+            env.actions.clear();
+            let mut fanout = FanOut::default();
+            let delivery = Delivery::new(Broadcast::new(OpCode::Text, b"x\ny"), at(3));
+            let out = Outgoing {
+                channel: "feed",
+                message: &delivery.message,
+                position: delivery.position,
+                frames: &delivery.frames,
+                held: None,
+            };
+            let stamp = fanout.next_stamp();
+            let keys = [a, b, plain, meta].map(|k| k as u32);
+            let sent = fanout.deliver(
+                &mut slots,
+                keys.into_iter(),
+                out,
+                None,
+                stamp,
+                env_of!(env, 0),
+            );
+            assert_eq!(sent, 4);
+            let event = "id: 0000000000000005:3\ndata: x\ndata: y\n\n";
+            // One event made once, the same bytes shared by both streams.
+            let made = delivery.frames.frame_for(
+                &delivery.message,
+                Format::Sse { id: at(3) },
+                None,
+                None,
+                &mut env.codec,
+            );
+            assert_eq!(&*made, event.as_bytes());
+            flush(&mut fanout, &mut slots);
+            assert_eq!(text(&mut slots[a]), event);
+            assert_eq!(text(&mut slots[b]), event);
+            let (frames, _) = server_frames(&slots[plain].io.bytes);
+            assert_eq!(frames, [(OpCode::Text, b"x\ny".to_vec())]);
+            let (frames, _) = server_frames(&slots[meta].io.bytes);
+            assert!(frames[0].1.starts_with(b"{\"channel\":\"feed\""));
+            let gauges = env.metrics_text();
+            assert!(
+                gauges.contains("wshub_sse_connections{route=\"/live\"} 2"),
+                "{gauges}"
+            );
+            assert!(gauges.contains("wshub_websocket_connections{route=\"/live\"} 2"));
+        }
+
+        #[test]
+        fn a_recovery_replays_events_with_ids_and_a_refusal_is_an_event() {
+            let mut env = env(|_| {});
+            let mut slots = Slab::new();
+            let key = slots.insert(stream_slot(&mut env, "/live/feed"));
+            let mut fanout = FanOut::default();
+            let missed: Vec<Rc<Delivery>> = (1..=2)
+                .map(|i| {
+                    let message = Broadcast::new(OpCode::Binary, &[i as u8]);
+                    Rc::new(Delivery::new(message, at(i)))
+                })
+                .collect();
+            let outcome = Recovery::Recovered {
+                from: at(0).expect("a position"),
+                messages: missed.iter(),
+            };
+            let replayed = fanout.recover(&mut slots, key, "feed", outcome, env_of!(env, 0));
+            assert_eq!(replayed, 2);
+            let refused = Recovery::refused(NotRecovered::TooMany, at(9).expect("a position"));
+            fanout.recover(&mut slots, key, "feed", refused, env_of!(env, 0));
+            flush(&mut fanout, &mut slots);
+            assert_eq!(
+                text(&mut slots[key]),
+                concat!(
+                    "id: 0000000000000005:1\nevent: binary\ndata: AQ==\n\n",
+                    "id: 0000000000000005:2\nevent: binary\ndata: Ag==\n\n",
+                    "id: 0000000000000005:9\nevent: not-recovered\n",
+                    "data: {\"channel\":\"feed\",\"recovered\":false,\"reason\":\"too_many\",",
+                    "\"epoch\":\"0000000000000005\",\"offset\":9}\n\n",
+                )
+            );
+        }
+
+        #[test]
+        fn a_stuck_stream_misses_events_with_drop_and_ends_with_close() {
+            for policy in [OnBacklog::Drop, OnBacklog::Close] {
+                let mut env = env(|c| {
+                    c.max_backlog_bytes = 100;
+                    c.on_backlog = policy;
+                });
+                let mut slots = Slab::new();
+                let key = slots.insert(stream_slot(&mut env, "/live/feed"));
+                slots[key].io.room = 0;
+                let mut fanout = FanOut::default();
+                for i in 0..4u64 {
+                    let delivery = Delivery::new(Broadcast::new(OpCode::Text, &[b'x'; 40]), at(i));
+                    let out = Outgoing {
+                        channel: "feed",
+                        message: &delivery.message,
+                        position: delivery.position,
+                        frames: &FrameCache::default(),
+                        held: None,
+                    };
+                    let stamp = fanout.next_stamp();
+                    let keys = std::iter::once(key as u32);
+                    fanout.deliver(&mut slots, keys, out, None, stamp, env_of!(env, 0));
+                    flush(&mut fanout, &mut slots);
+                }
+                let slot = &mut slots[key];
+                match policy {
+                    OnBacklog::Drop => {
+                        assert!(slot.conn.is_open());
+                        // One ~70-byte event fits under 100 bytes; the rest miss.
+                        assert_eq!(env.metrics.slow_consumer_drops, 3);
+                    }
+                    OnBacklog::Close => {
+                        assert!(!slot.conn.is_open(), "the stream ends");
+                        assert_eq!(env.metrics.slow_consumer_closes, 1);
+                        assert!(slot.io.write_shut, "its end is sent at once");
+                        assert!(slot.io.bytes.is_empty(), "nothing was started");
+                    }
+                }
+            }
+        }
+    }
+
     mod token_auth {
         //! Token auth at the upgrade and the expiry of an open connection,
         //! on the virtual clock.
