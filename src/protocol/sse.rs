@@ -439,8 +439,7 @@ mod tests {
 
     fn head(request: &str) -> RequestHead {
         let mut reader = HeadReader::default();
-        let mut bytes = request.as_bytes().to_vec();
-        reader.feed(&mut bytes).unwrap().unwrap().0
+        reader.feed(request.as_bytes()).unwrap().unwrap().0
     }
 
     #[test]

@@ -163,6 +163,9 @@ pub(super) enum Format<'a> {
 /// Formats a message can be sent in.
 const FORMATS: usize = 2;
 
+/// A message as an event, without and with its `id:` line.
+type Events = [OnceCell<Rc<[u8]>>; 2];
+
 /// Compressed frames of one message: per format, per window size.
 type Compressed = [[OnceCell<Rc<[u8]>>; WINDOWS]; FORMATS];
 
@@ -181,7 +184,7 @@ pub(super) struct FrameCache {
     compressed: OnceCell<Box<Compressed>>,
     /// The event-stream forms, without and with the `id:` line; allocated
     /// for the first event-stream recipient only (8 bytes otherwise).
-    sse: OnceCell<Box<[OnceCell<Rc<[u8]>>; 2]>>,
+    sse: OnceCell<Box<Events>>,
 }
 
 impl FrameCache {

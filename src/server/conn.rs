@@ -6,7 +6,8 @@
 //! until a request upgrades it to WebSocket, or opens a Server-Sent Events
 //! stream on a broadcast route (then `Open` means the stream: broadcast
 //! events go out, keep-alive comments replace pings, input is discarded,
-//! and the stream ends where a WebSocket would get a close frame). On a cluster node several
+//! and the stream ends where a WebSocket would get a close frame; see
+//! [`crate::protocol::sse`]). On a cluster node several
 //! publishes may be out at Redis at once (at most [`MAX_QUEUED_RESPONSES`]
 //! responses queued); every response, a `100 Continue` or a refusal
 //! included, still leaves in request order, and an upgrade waits until the
@@ -512,7 +513,8 @@ impl Connection {
         )
     }
 
-    /// Broadcast frames may be queued: the connection is an open WebSocket.
+    /// Broadcast frames may be queued: the connection is an open WebSocket
+    /// or event stream.
     pub(super) fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open)
     }
