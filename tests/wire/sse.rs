@@ -16,9 +16,9 @@ use rustix::process::Signal;
 use serde_json::Value;
 use wshub::config::{Config, RouteConfig, RouteKind};
 
-use crate::support::client::{RawClient, connect_tcp, op};
+use crate::support::client::{RawClient, connect_tcp, op, reset};
 use crate::support::daemon::Daemon;
-use crate::support::http::metric;
+use crate::support::http::{metric, wait_for_metric};
 use crate::support::positions::{At, publish_text};
 use crate::support::server::{TestServer, test_config};
 use crate::support::tempdir::TempDir;
@@ -467,6 +467,46 @@ fn shutdown_sends_a_shutdown_event_and_ends_the_stream() {
     ws.send_close(1001, b"");
     let status = daemon.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
+}
+
+#[test]
+fn streams_are_counted_apart_until_they_close_or_reset() {
+    let server = TestServer::with_config(config(|_| {}));
+    let sse = "wshub_sse_connections{route=\"/plain\"}";
+    let ws = "wshub_websocket_connections{route=\"/plain\"}";
+    let closed = Stream::open(server.addr, "/plain/a", "");
+    let reset_one = Stream::open(server.addr, "/plain/a", "");
+    let _socket = RawClient::open(server.addr, "/plain/a");
+    assert_eq!(metric(server.addr, sse), 2);
+    assert_eq!(metric(server.addr, ws), 1);
+    assert_eq!(metric(server.addr, "wshub_sse_streams_total"), 2);
+    assert_eq!(metric(server.addr, "wshub_handshakes_accepted_total"), 1);
+    drop(closed);
+    reset(reset_one.reader.into_inner());
+    let within = Duration::from_secs(5);
+    assert_eq!(wait_for_metric(server.addr, sse, 0, within), 0);
+    assert_eq!(metric(server.addr, ws), 1);
+    assert_eq!(metric(server.addr, "wshub_subscriptions"), 1);
+}
+
+#[test]
+fn a_stream_keeps_going_across_a_reload() {
+    let dir = TempDir::new("sse-reload");
+    let route = "[[route]]\npath = \"/live\"\nkind = \"broadcast\"\n";
+    let listener = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
+    let path = dir.write("wshub.toml", &format!("{listener}{route}"));
+    let mut daemon = Daemon::start(&path, &[]);
+    let addr = daemon.listening_address();
+    let mut stream = Stream::open(addr, "/live/news", "");
+    dir.write(
+        "wshub.toml",
+        &format!("idle_timeout = \"10m\"\n{listener}{route}"),
+    );
+    daemon.signal(Signal::HUP);
+    daemon.wait_for_log("reload done");
+    let mut publisher = RawClient::connect(addr);
+    publish_text(&mut publisher, "news", "after the reload");
+    assert_eq!(stream.event().data, "after the reload");
 }
 
 #[test]
