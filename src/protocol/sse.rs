@@ -161,12 +161,16 @@ pub(crate) enum Data<'a> {
     Binary(&'a [u8]),
 }
 
-/// How long [`write_event`]'s output is, at most (to size its buffer).
+/// How long [`write_event`]'s output is, at most: the data lines exactly
+/// (one pass over a text payload, to size a buffer once) plus room for the
+/// `id:` and `event:` lines.
 pub(crate) fn max_event_len(data: Data<'_>) -> usize {
+    const LINE: usize = "data: \n".len();
     let data = match data {
-        // A line break may take one byte of payload and cost a `data: ` line.
-        Data::Text(text) => text.len().saturating_mul(7).saturating_add(7),
-        Data::Binary(bytes) => bytes.len().div_ceil(3).saturating_mul(4).saturating_add(7),
+        Data::Text(text) => lines(text).map(|piece| piece.len() + LINE).sum(),
+        Data::Binary(bytes) => base64::encoded_len(bytes.len(), true)
+            .unwrap_or(usize::MAX)
+            .saturating_add(LINE),
     };
     data.saturating_add(MAX_OVERHEAD)
 }
@@ -325,7 +329,11 @@ mod tests {
     fn text_event(payload: &str, id: Option<Position>) -> String {
         let mut out = Vec::new();
         write_event(id, None, Data::Text(payload.as_bytes()), &mut out);
-        assert!(out.len() <= max_event_len(Data::Text(payload.as_bytes())));
+        let bound = max_event_len(Data::Text(payload.as_bytes()));
+        assert!(
+            out.len() <= bound && bound - out.len() <= MAX_OVERHEAD,
+            "sized once"
+        );
         String::from_utf8(out).unwrap()
     }
 
