@@ -22,6 +22,7 @@ use crate::support::http::{metric, wait_for_metric};
 use crate::support::positions::{At, publish_text};
 use crate::support::server::{TestServer, test_config};
 use crate::support::tempdir::TempDir;
+use crate::support::tls::{DualServer, tls_over};
 
 /// A broadcast route that keeps history, and one that keeps none.
 const LIVE: &str = "/live";
@@ -507,6 +508,30 @@ fn a_stream_keeps_going_across_a_reload() {
     let mut publisher = RawClient::connect(addr);
     publish_text(&mut publisher, "news", "after the reload");
     assert_eq!(stream.event().data, "after the reload");
+}
+
+#[test]
+fn a_stream_over_tls_gets_events_published_on_the_plain_listener() {
+    let server = DualServer::start(config(|_| {}));
+    let mut tls = tls_over(connect_tcp(server.tls), server.client_config());
+    tls.write_all(
+        b"GET /plain/secure HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .expect("send over TLS");
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut read_until = |tls: &mut _, needle: &[u8], received: &mut Vec<u8>| {
+        while !received.windows(needle.len()).any(|w| w == needle) {
+            let n = Read::read(tls, &mut chunk).expect("read over TLS");
+            assert!(n > 0, "ended: {}", String::from_utf8_lossy(received));
+            received.extend_from_slice(&chunk[..n]);
+        }
+    };
+    read_until(&mut tls, b": wshub event stream\n\n", &mut received);
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let mut publisher = RawClient::connect(server.plain);
+    publish_text(&mut publisher, "secure", "over tls");
+    read_until(&mut tls, b"data: over tls\n\n", &mut received);
 }
 
 #[test]
