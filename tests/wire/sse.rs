@@ -2,8 +2,9 @@
 //! bytes, published text, JSON and binary arriving as events byte for byte,
 //! resume with `Last-Event-ID` (exactly what was missed, then live), what
 //! cannot be resumed, origins and CORS, tokens in the query and in the
-//! cookie, shutdown, a thousand streams beside a thousand WebSockets, and
-//! Python's standard library reading a stream as an independent client.
+//! cookie, gauges by transport, reload, TLS, shutdown, a thousand streams
+//! beside a thousand WebSockets, and Python's standard library reading a
+//! stream as an independent client.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
