@@ -9,6 +9,36 @@ use std::io::Write as _;
 
 use crate::auth::Failure;
 use crate::hub::NotRecovered;
+use crate::route::RouteId;
+
+/// How an open subscriber connection receives messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    WebSocket,
+    /// A Server-Sent Events stream.
+    Sse,
+}
+
+/// Transports, in the order [`Metrics::open_by_route`] keeps them per route.
+const TRANSPORTS: usize = 2;
+
+/// The gauge of [`Metrics::open_by_route`] that counts one open connection:
+/// its route's, for its transport. `usize::from(gauge)` is its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Gauge {
+    pub route: RouteId,
+    pub transport: Transport,
+}
+
+impl From<Gauge> for usize {
+    fn from(gauge: Gauge) -> usize {
+        usize::from(gauge.route.0) * TRANSPORTS + gauge.transport as usize
+    }
+}
+
+/// An open connection as the gauges count it (`.0` is its gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Counted(pub Gauge);
 
 /// Why a handshake or plain HTTP request was refused (a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,12 +126,16 @@ const NOT_RECOVERED: [NotRecovered; 6] = [
 /// Every number `/metrics` reports. Counters only grow; gauges are set.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Metrics {
-    /// Open WebSocket connections per route (gauge), indexed like the route
-    /// table; grows with it when a reload adds routes ([`Metrics::set_routes`]).
+    /// Open connections per route and transport (gauges), indexed by
+    /// [`Gauge`]: two per entry of the route table, WebSocket then event
+    /// stream; grows with the table when a reload adds routes
+    /// ([`Metrics::set_routes`]).
     pub open_by_route: Vec<u64>,
     /// All accepted TCP connections currently held, in any phase (gauge).
     pub connections: u64,
     pub handshakes_accepted: u64,
+    /// Server-Sent Events streams opened.
+    pub sse_streams_accepted: u64,
     refused: [u64; Refused::ALL.len()],
     pub messages_in: u64,
     pub bytes_in: u64,
@@ -144,7 +178,7 @@ pub(crate) struct ClusterGauges {
 impl Metrics {
     pub(crate) fn new(routes: usize) -> Metrics {
         Metrics {
-            open_by_route: vec![0; routes],
+            open_by_route: vec![0; routes * TRANSPORTS],
             ..Metrics::default()
         }
     }
@@ -152,9 +186,25 @@ impl Metrics {
     /// Makes room for a route table that grew to `routes` entries (a table
     /// never shrinks, so neither does this).
     pub(crate) fn set_routes(&mut self, routes: usize) {
-        if routes > self.open_by_route.len() {
-            self.open_by_route.resize(routes, 0);
+        if routes * TRANSPORTS > self.open_by_route.len() {
+            self.open_by_route.resize(routes * TRANSPORTS, 0);
         }
+    }
+
+    /// Counts a connection just opened on `gauge`'s route and transport.
+    pub(crate) fn opened(&mut self, gauge: Gauge) {
+        if let Some(open) = self.open_by_route.get_mut(usize::from(gauge)) {
+            *open += 1;
+        }
+    }
+
+    /// Open connections of one transport on all routes.
+    pub(crate) fn open(&self, transport: Transport) -> u64 {
+        self.open_by_route
+            .iter()
+            .skip(transport as usize)
+            .step_by(TRANSPORTS)
+            .sum()
     }
 
     /// Counts a recovery refused for `why`.
@@ -218,29 +268,45 @@ impl Metrics {
             "TCP connections held, in any phase",
         )?;
         writeln!(out, "wshub_connections {}", self.connections)?;
-        header(
-            out,
-            "wshub_websocket_connections",
-            "gauge",
-            "Open WebSocket connections by route",
-        )?;
         // A path appears twice in the table when a reload changed its
         // route's kind; one series per path, so add those up.
-        let mut by_path: Vec<(&str, u64)> = Vec::with_capacity(self.open_by_route.len());
-        for (path, open) in route_paths.zip(&self.open_by_route) {
+        let mut by_path: Vec<(&str, [u64; TRANSPORTS])> = Vec::new();
+        for (path, open) in route_paths.zip(self.open_by_route.chunks_exact(TRANSPORTS)) {
+            let open = [open[0], open[1]];
             match by_path.iter_mut().find(|(p, _)| *p == path) {
-                Some((_, sum)) => *sum += open,
-                None => by_path.push((path, *open)),
+                Some((_, sum)) => {
+                    sum[0] += open[0];
+                    sum[1] += open[1];
+                }
+                None => by_path.push((path, open)),
             }
         }
-        for (path, open) in by_path {
-            labelled(out, "wshub_websocket_connections", "route", path, open)?;
+        let gauges = [
+            (
+                "wshub_websocket_connections",
+                "Open WebSocket connections by route",
+            ),
+            (
+                "wshub_sse_connections",
+                "Open Server-Sent Events streams by route",
+            ),
+        ];
+        for (transport, (name, help)) in gauges.into_iter().enumerate() {
+            header(out, name, "gauge", help)?;
+            for (path, open) in &by_path {
+                labelled(out, name, "route", path, open[transport])?;
+            }
         }
         let counters = [
             (
                 "wshub_handshakes_accepted_total",
                 "WebSocket handshakes accepted",
                 self.handshakes_accepted,
+            ),
+            (
+                "wshub_sse_streams_total",
+                "Server-Sent Events streams opened",
+                self.sse_streams_accepted,
             ),
             (
                 "wshub_messages_received_total",
@@ -546,7 +612,16 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_and_type() {
         let mut m = Metrics::new(2);
-        m.open_by_route[1] = 7;
+        let live = |transport| Gauge {
+            route: RouteId(1),
+            transport,
+        };
+        for _ in 0..7 {
+            m.opened(live(Transport::WebSocket));
+        }
+        m.opened(live(Transport::Sse));
+        assert_eq!(m.open(Transport::WebSocket), 7);
+        assert_eq!(m.open(Transport::Sse), 1);
         m.deliveries = 42;
         m.refuse(Refused::from_status(404));
         m.refuse(Refused::NotFound);
@@ -555,6 +630,8 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("wshub_websocket_connections{route=\"/live\"} 7\n"));
         assert!(text.contains("wshub_websocket_connections{route=\"/echo\"} 0\n"));
+        assert!(text.contains("wshub_sse_connections{route=\"/live\"} 1\n"));
+        assert!(text.contains("wshub_sse_connections{route=\"/echo\"} 0\n"));
         assert!(text.contains("wshub_deliveries_total 42\n"));
         assert!(text.contains("wshub_requests_refused_total{reason=\"not_found\"} 2\n"));
         assert_eq!(m.refused(Refused::NotFound), 2);
@@ -571,7 +648,7 @@ mod tests {
         let mut m = Metrics::new(2);
         m.set_routes(3);
         m.open_by_route[0] = 2;
-        m.open_by_route[2] = 5;
+        m.open_by_route[4] = 5;
         let mut out = Vec::new();
         m.render(["/a", "/b", "/a"].into_iter(), &mut out);
         let text = String::from_utf8(out).unwrap();
@@ -579,7 +656,9 @@ mod tests {
             text.contains("wshub_websocket_connections{route=\"/a\"} 7\n"),
             "{text}"
         );
-        assert_eq!(text.matches("route=\"/a\"").count(), 1, "{text}");
+        let series = "wshub_websocket_connections{route=\"/a\"}";
+        assert_eq!(text.matches(series).count(), 1, "{text}");
+        assert_eq!(text.matches("route=\"/a\"").count(), 2, "one per transport");
     }
 
     #[test]
@@ -608,7 +687,7 @@ mod tests {
     #[test]
     fn route_labels_are_escaped_in_the_exposition() {
         let mut m = Metrics::new(3);
-        m.open_by_route = vec![1, 2, 3];
+        m.open_by_route = vec![1, 0, 2, 0, 3, 0];
         let mut out = Vec::new();
         m.render(
             ["/q\"uote", "/back\\slash", "/new\nline"].into_iter(),

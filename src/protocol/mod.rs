@@ -11,4 +11,5 @@ pub(crate) mod frame;
 pub mod handshake;
 pub mod http;
 pub mod message;
+pub(crate) mod sse;
 pub(crate) mod utf8;

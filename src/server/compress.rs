@@ -5,10 +5,11 @@
 //! [`crate::protocol::message::Inflater`], owned by the loop next to it),
 //! turning an outgoing message into the frame a connection should get, and
 //! the per-message cache that encodes a broadcast once per format (plain,
-//! or with metadata) and compresses it once per format and server window
-//! size among its recipients.
+//! with metadata, or as a Server-Sent Event with or without its id) and
+//! compresses it once per format and server window size among its
+//! recipients (event streams are never compressed).
 //! Must never: keep anything per connection (a connection stores only its
-//! negotiated [`Params`] and its one metadata bit), or send a compressed
+//! negotiated [`Params`] and its format), or send a compressed
 //! frame that is not smaller than the plain one.
 
 use std::cell::OnceCell;
@@ -18,6 +19,7 @@ use crate::hub::Position;
 use crate::hub::meta::{self, Kind};
 use crate::protocol::deflate::{self, Compressor, DeflateConfig, Params, WindowBits};
 use crate::protocol::frame::{self, OpCode};
+use crate::protocol::sse;
 
 /// Distinct server window sizes: 9..=15 bits.
 const WINDOWS: usize = (WindowBits::MAX.get() - WindowBits::MIN.get() + 1) as usize;
@@ -141,8 +143,9 @@ impl Broadcast {
     }
 }
 
-/// How a recipient wants messages: as published, or wrapped with their
-/// channel and position (see [`crate::hub::meta`]).
+/// How a recipient wants messages: as published, wrapped with their
+/// channel and position (see [`crate::hub::meta`]), or as an event of a
+/// Server-Sent Events stream (see [`crate::protocol::sse`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Format<'a> {
     Plain,
@@ -150,10 +153,18 @@ pub(super) enum Format<'a> {
         channel: &'a str,
         position: Option<Position>,
     },
+    /// An event, with `id:` when `id` is given (the message's position, on
+    /// a route that keeps history).
+    Sse {
+        id: Option<Position>,
+    },
 }
 
 /// Formats a message can be sent in.
 const FORMATS: usize = 2;
+
+/// A message as an event, without and with its `id:` line.
+type Events = [OnceCell<Rc<[u8]>>; 2];
 
 /// Compressed frames of one message: per format, per window size.
 type Compressed = [[OnceCell<Rc<[u8]>>; WINDOWS]; FORMATS];
@@ -171,6 +182,9 @@ pub(super) struct FrameCache {
     /// Allocated for the first recipient that negotiated deflate;
     /// `Some(uncompressed frame)` where compressing did not pay off.
     compressed: OnceCell<Box<Compressed>>,
+    /// The event-stream forms, without and with the `id:` line; allocated
+    /// for the first event-stream recipient only (8 bytes otherwise).
+    sse: OnceCell<Box<Events>>,
 }
 
 impl FrameCache {
@@ -192,6 +206,7 @@ impl FrameCache {
         codec: &mut Codec,
     ) -> Rc<[u8]> {
         let (plain, header_len, index) = match format {
+            Format::Sse { id } => return self.event(message, id),
             Format::Plain => (&message.frame, message.header_len, 0),
             Format::Meta { channel, position } => {
                 let (frame, header_len) = self.meta.get_or_init(|| {
@@ -235,6 +250,24 @@ impl FrameCache {
             frame
         });
         Rc::clone(frame)
+    }
+
+    /// The message as one Server-Sent Event (a text payload as `data:`
+    /// lines, a binary one base64 in a `binary` event), with its `id` line
+    /// when given; made once per form, then shared.
+    fn event(&self, message: &Broadcast, id: Option<Position>) -> Rc<[u8]> {
+        let cells = self.sse.get_or_init(Box::default);
+        let cell = &cells[usize::from(id.is_some())];
+        Rc::clone(cell.get_or_init(|| {
+            let payload = message.payload();
+            let data = match message.kind {
+                Kind::Binary => sse::Data::Binary(payload),
+                Kind::Text | Kind::Json => sse::Data::Text(payload),
+            };
+            let mut buf = Vec::with_capacity(sse::max_event_len(data));
+            sse::write_event(id, None, data, &mut buf);
+            Rc::from(buf)
+        }))
     }
 }
 
@@ -330,6 +363,33 @@ mod tests {
         assert!(Rc::ptr_eq(&x, &y));
         assert!(!Rc::ptr_eq(&x, &z));
         assert_eq!(x[0], 0x80 | 0x40 | 0x2, "FIN, RSV1, binary");
+    }
+
+    #[test]
+    fn each_event_form_is_encoded_once_and_never_compressed() {
+        let mut codec = Codec::default();
+        let config = Some(DeflateConfig {
+            level: 6,
+            min_size: 0,
+        });
+        let full = params(b"permessage-deflate");
+        let position = Some(Position {
+            epoch: crate::hub::Epoch::new(1),
+            offset: 7,
+        });
+        let message = Broadcast::json(b"{\"a\":\n1}");
+        let cache = FrameCache::default();
+        let with_id = Format::Sse { id: position };
+        let a = cache.frame_for(&message, with_id, None, None, &mut codec);
+        let b = cache.frame_for(&message, with_id, full, config, &mut codec);
+        assert!(Rc::ptr_eq(&a, &b));
+        assert_eq!(&*a, b"id: 0000000000000001:7\ndata: {\"a\":\ndata: 1}\n\n");
+        let bare = cache.frame_for(&message, Format::Sse { id: None }, None, None, &mut codec);
+        assert_eq!(&*bare, b"data: {\"a\":\ndata: 1}\n\n");
+        let binary = Broadcast::new(OpCode::Binary, &[0xff, 0]);
+        let cache = FrameCache::default();
+        let event = cache.frame_for(&binary, Format::Sse { id: None }, None, None, &mut codec);
+        assert_eq!(&*event, b"event: binary\ndata: /wA=\n\n");
     }
 
     #[test]

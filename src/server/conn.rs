@@ -3,7 +3,11 @@
 //!
 //! While awaiting a handshake the connection speaks HTTP/1.1: health checks,
 //! metrics and publishes are answered (keep-alive, pipelined, with bodies)
-//! until a request upgrades it to WebSocket. On a cluster node several
+//! until a request upgrades it to WebSocket, or opens a Server-Sent Events
+//! stream on a broadcast route (then `Open` means the stream: broadcast
+//! events go out, keep-alive comments replace pings, input is discarded,
+//! and the stream ends where a WebSocket would get a close frame; see
+//! [`crate::protocol::sse`]). On a cluster node several
 //! publishes may be out at Redis at once (at most [`MAX_QUEUED_RESPONSES`]
 //! responses queued); every response, a `100 Continue` or a refusal
 //! included, still leaves in request order, and an upgrade waits until the
@@ -31,14 +35,15 @@ use std::rc::Rc;
 
 use log::debug;
 
-use super::compress::{Broadcast, Codec};
+use super::compress::{Broadcast, Codec, Format};
 use super::outqueue::{Flush, OutQueue, Sink};
 use crate::auth::{self, CLOSE_TOKEN_EXPIRED, Failure, TOKEN_EXPIRED_REASON};
 use crate::config::{ClientMessages, Config, RELAY_CHANNELS, RouteKind};
+use crate::hub::NotRecovered;
 use crate::hub::names::{Wanted, parse_options, parse_subscription};
 use crate::hub::publish::{self, Access, PublishBody, Refusal};
 use crate::hub::{Memberships, Position};
-use crate::metrics::{Metrics, Refused};
+use crate::metrics::{Counted, Gauge, Metrics, Refused, Transport};
 use crate::page;
 use crate::protocol::close::{self, CloseCode};
 use crate::protocol::deflate::{self, Params};
@@ -46,6 +51,7 @@ use crate::protocol::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN, OpCode};
 use crate::protocol::handshake;
 use crate::protocol::http::{self, HeadReader, RequestHead};
 use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
+use crate::protocol::sse;
 use crate::route::{RouteId, Routes, Target};
 
 /// The reason in the close frame of an evicted slow consumer.
@@ -98,6 +104,32 @@ impl Ctx<'_> {
             max_message_size: self.config.max_message_size,
         }
     }
+}
+
+/// How an open connection receives broadcasts: one byte of state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// WebSocket frames as published.
+    Plain,
+    /// WebSocket frames with channel and position (`meta=1` or a recovery).
+    Meta,
+    /// A Server-Sent Events stream (one channel, positions as event ids).
+    Sse,
+}
+
+/// What a subscriber is told of a channel as it subscribes (see
+/// [`Connection::send_notice`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Notice {
+    /// Where the channel stands (no recovery asked for).
+    Subscribed(Position),
+    /// The replay that follows is everything missed.
+    Recovered,
+    /// What was missed cannot be replayed; the channel stands at `current`.
+    NotRecovered {
+        reason: NotRecovered,
+        current: Position,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -193,9 +225,10 @@ pub(super) struct Connection {
     /// Cluster publishes out at Redis (at most [`MAX_QUEUED_RESPONSES`]):
     /// responses to requests after them wait in the HTTP state's queue.
     outstanding: u8,
-    /// The client asked for messages with their channel and position
-    /// (`meta=1` or a recovery): the one bit of state metadata costs.
-    meta: bool,
+    /// How broadcasts reach this client: plain frames, frames with their
+    /// channel and position (`meta=1` or a recovery), or events of a
+    /// stream — the one byte of state metadata and event streams cost.
+    mode: Mode,
     /// Token auth: when the token expires, in whole seconds on the loop's
     /// clock (rounded up); 0 when no token bounds the connection.
     token_expires: u32,
@@ -224,7 +257,7 @@ impl Connection {
             write_shut: false,
             peer_loopback: peer.ip().to_canonical().is_loopback(),
             outstanding: 0,
-            meta: false,
+            mode: Mode::Plain,
             token_expires: 0,
             relay_mask: u32::MAX,
         }
@@ -241,9 +274,38 @@ impl Connection {
         self.out.counted_len()
     }
 
-    /// The client wants messages with their channel and position.
+    /// The client wants messages with their channel and position (a
+    /// metadata WebSocket or an event stream, whose ids are positions).
     pub(super) fn meta(&self) -> bool {
-        self.meta
+        self.mode != Mode::Plain
+    }
+
+    /// The connection is a Server-Sent Events stream.
+    pub(super) fn sse(&self) -> bool {
+        self.mode == Mode::Sse
+    }
+
+    /// The form in which this connection gets a message of `channel` at
+    /// `position`. An event stream's events carry the position as their id
+    /// on a route that keeps history (the only kind a client can resume on).
+    pub(super) fn format<'a>(
+        &self,
+        channel: &'a str,
+        position: Option<Position>,
+        routes: &Routes,
+    ) -> Format<'a> {
+        match self.mode {
+            Mode::Plain => Format::Plain,
+            Mode::Meta => Format::Meta { channel, position },
+            Mode::Sse => {
+                let history = routes
+                    .get(self.route)
+                    .is_some_and(|r| r.history().is_some());
+                Format::Sse {
+                    id: position.filter(|_| history),
+                }
+            }
+        }
     }
 
     /// Queues a broadcast frame shared with other recipients.
@@ -251,9 +313,34 @@ impl Connection {
         self.out.push_shared(frame);
     }
 
-    /// Queues a text frame of this connection's own (a recovery answer).
-    pub(super) fn send_text(&mut self, payload: &[u8]) {
-        self.out.push_frame(OpCode::Text, payload);
+    /// Queues what a subscriber is told of a channel as it subscribes;
+    /// `json` is the metadata answer (see [`crate::hub::meta`]). A WebSocket
+    /// gets it as a text frame. An event stream gets `position` or
+    /// `not-recovered` events with `json` as data and the position to resume
+    /// from as id (none when the route keeps no history), and nothing for a
+    /// successful recovery: the replayed events carry their own ids.
+    pub(super) fn send_notice(&mut self, notice: Notice, json: &[u8]) {
+        if self.mode != Mode::Sse {
+            self.out.push_frame(OpCode::Text, json);
+            return;
+        }
+        let (event, id) = match notice {
+            Notice::Recovered => return,
+            Notice::Subscribed(current) => (sse::EVENT_POSITION, Some(current)),
+            Notice::NotRecovered { reason, current } => (
+                sse::EVENT_NOT_RECOVERED,
+                (reason != NotRecovered::NoHistory).then_some(current),
+            ),
+        };
+        self.push_event(id, event, json);
+    }
+
+    /// Queues an event of this stream's own.
+    fn push_event(&mut self, id: Option<Position>, event: &str, data: &[u8]) {
+        let data = sse::Data::Text(data);
+        self.out.push_sized(sse::max_event_len(data), |buf| {
+            sse::write_event(id, Some(event), data, buf);
+        });
     }
 
     /// The last `bytes` queued are a recovery: not counted against
@@ -427,7 +514,8 @@ impl Connection {
         )
     }
 
-    /// Broadcast frames may be queued: the connection is an open WebSocket.
+    /// Broadcast frames may be queued: the connection is an open WebSocket
+    /// or event stream.
     pub(super) fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open)
     }
@@ -442,9 +530,20 @@ impl Connection {
         self.deflate
     }
 
-    /// The route whose open-connection gauge counts this connection.
-    pub(super) fn counted_route(&self) -> Option<RouteId> {
-        self.upgraded.then_some(self.route)
+    /// The open-connection gauge (route and transport) that counts this
+    /// connection.
+    pub(super) fn counted_route(&self) -> Option<Counted> {
+        self.upgraded.then_some(Counted(self.gauge()))
+    }
+
+    fn gauge(&self) -> Gauge {
+        Gauge {
+            route: self.route,
+            transport: match self.mode {
+                Mode::Sse => Transport::Sse,
+                Mode::Plain | Mode::Meta => Transport::WebSocket,
+            },
+        }
     }
 
     /// The peer closed its side of the TCP connection: nothing more will
@@ -729,6 +828,14 @@ impl Connection {
     }
 
     fn on_upgrade(&mut self, head: &RequestHead, id: RouteId, rest: &str, ctx: &mut Ctx<'_>) {
+        let broadcast = ctx
+            .routes
+            .get(id)
+            .is_some_and(|r| r.kind == RouteKind::Broadcast);
+        if broadcast && sse::wants_stream(head) {
+            self.on_stream(head, id, rest, ctx);
+            return;
+        }
         let upgrade = match handshake::validate(head) {
             Ok(upgrade) => upgrade,
             Err(rejection) => {
@@ -757,7 +864,7 @@ impl Connection {
             self.refuse(400, &[], &body, ctx);
             return;
         }
-        if !self.authorize_upgrade(head, id, rest, ctx) {
+        if !self.authorize_upgrade(head, id, rest, None, ctx) {
             return;
         }
         if route.kind == RouteKind::Broadcast {
@@ -768,7 +875,7 @@ impl Connection {
                 .and_then(|channels| parse_options(channels, query).map_err(|e| e.to_string()));
             match parsed {
                 Ok((meta, wanted)) => {
-                    self.meta = meta;
+                    self.mode = if meta { Mode::Meta } else { Mode::Plain };
                     ctx.actions.push(Action::Subscribe(wanted));
                 }
                 Err(e) => {
@@ -793,10 +900,70 @@ impl Connection {
         self.set_phase(Phase::Open);
         self.upgraded = true;
         ctx.metrics.handshakes_accepted += 1;
-        if let Some(open) = ctx.metrics.open_by_route.get_mut(usize::from(id.0)) {
-            *open += 1;
-        }
+        ctx.metrics.opened(self.gauge());
         debug!("websocket open on {}", head.path);
+    }
+
+    /// Opens a Server-Sent Events stream of one channel on broadcast route
+    /// `id`, under the rules of a WebSocket subscriber there: the Origin
+    /// allow-list, token auth (the token also in the [`sse::TOKEN_COOKIE`]
+    /// cookie), channel grants; the resume position comes from
+    /// `Last-Event-ID` or `last_event_id=`. Refusals are plain HTTP errors.
+    fn on_stream(&mut self, head: &RequestHead, id: RouteId, rest: &str, ctx: &mut Ctx<'_>) {
+        let origin = head.header("Origin").map(http::trim_ows);
+        let origin_text = origin.and_then(|o| std::str::from_utf8(o).ok());
+        let allowed = &ctx.config.allowed_origins;
+        if origin.is_some_and(|_| origin_text.is_none())
+            || !handshake::origin_allowed(origin_text, allowed)
+        {
+            debug!("origin {origin_text:?} refused on {}", head.path);
+            self.refuse(403, &[], "this Origin may not connect\n", ctx);
+            return;
+        }
+        if !matches!(publish::body_length(head), Ok(0)) {
+            self.refuse(400, &[], "this request takes no body\n", ctx);
+            return;
+        }
+        if !self.authorize_upgrade(head, id, rest, Some(sse::TOKEN_COOKIE), ctx) {
+            return;
+        }
+        let query = head.query.as_deref();
+        let max = ctx.config.max_channels_per_connection;
+        let wanted = parse_subscription(rest, query, max)
+            .map_err(|e| e.to_string())
+            .and_then(|mut channels| match (channels.pop(), channels.is_empty()) {
+                (Some(name), true) => Ok(name),
+                _ => Err(
+                    "an event stream follows one channel: name exactly one (Last-Event-ID holds one position)"
+                        .to_owned(),
+                ),
+            })
+            .and_then(|name| {
+                let from = sse::resume_position(head).map_err(|e| e.to_string())?;
+                Ok(Wanted { name, from })
+            });
+        let wanted = match wanted {
+            Ok(wanted) => wanted,
+            Err(e) => {
+                debug!("event stream refused on {}: {e}", head.path);
+                self.refuse(400, &[], &format!("{e}\n"), ctx);
+                return;
+            }
+        };
+        // CORS only for an Origin the allow-list names: with no list, no
+        // other site may read a stream (the cookie makes it the user's).
+        let cors = origin.filter(|_| !allowed.is_empty());
+        self.out
+            .push_with(|buf| sse::write_response_head(cors, buf));
+        ctx.actions.push(Action::Subscribe(vec![wanted]));
+        self.mode = Mode::Sse;
+        self.route = id;
+        self.set_phase(Phase::Open);
+        self.since = ctx.now;
+        self.upgraded = true;
+        ctx.metrics.sse_streams_accepted += 1;
+        ctx.metrics.opened(self.gauge());
+        debug!("event stream open on {}", head.path);
     }
 
     /// Token auth of an upgrade on a route with `auth`: the token must
@@ -804,11 +971,14 @@ impl Connection {
     /// go on (the token's expiry and relay grants are then kept); otherwise
     /// the 401 or 403 is queued and counted. A subscription the route would
     /// refuse anyway is left to that check (400).
+    /// `cookie` is where else to look for the token when the auth table
+    /// names no cookie of its own (an event stream's [`sse::TOKEN_COOKIE`]).
     fn authorize_upgrade(
         &mut self,
         head: &RequestHead,
         id: RouteId,
         rest: &str,
+        cookie: Option<&str>,
         ctx: &mut Ctx<'_>,
     ) -> bool {
         let (routes, config) = (ctx.routes, ctx.config);
@@ -823,7 +993,8 @@ impl Connection {
             .get(name)
             .ok_or(Failure::UnknownKey)
             .and_then(|table| {
-                let (token, source) = auth::token::find(head, table.cookie.as_deref())?;
+                let cookie = table.cookie.as_deref().or(cookie);
+                let (token, source) = auth::token::find(head, cookie)?;
                 let channels = match route.kind {
                     RouteKind::Broadcast => parse_subscription(
                         rest,
@@ -912,6 +1083,10 @@ impl Connection {
     }
 
     fn feed_open(&mut self, input: &mut [u8], ctx: &mut Ctx<'_>) {
+        if self.mode == Mode::Sse {
+            // An event stream's client has nothing to say: discarded unread.
+            return;
+        }
         let limits = ctx.limits();
         let backlog = ctx.config.max_backlog_bytes;
         let route = ctx.routes.get(self.route);
@@ -1039,9 +1214,34 @@ impl Connection {
         true
     }
 
+    /// The server shuts down: a WebSocket gets a close frame with `code`
+    /// and `reason`, an event stream a `shutdown` event (data `restart`)
+    /// and its end (its client reconnects by itself, elsewhere or later).
+    pub(super) fn shut_down(&mut self, code: CloseCode, reason: &str, now: u64) {
+        if self.mode == Mode::Sse {
+            let data = sse::SHUTDOWN_DATA.as_bytes();
+            self.end_stream(Some((sse::EVENT_SHUTDOWN, data)), now);
+        } else {
+            self.send_close(code, reason, now);
+        }
+    }
+
+    /// Ends an open event stream, after `last` (an event name and its data)
+    /// when given: the write side is shut once it is out, and the
+    /// connection lingers until the client is gone or `close_timeout`.
+    fn end_stream(&mut self, last: Option<(&str, &[u8])>, now: u64) {
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        if let Some((event, data)) = last {
+            self.push_event(None, event, data);
+        }
+        self.enter_closing(false, now);
+    }
+
     /// Starts the closing handshake from our side (or answers the peer's).
     pub(super) fn send_close(&mut self, code: CloseCode, reason: &str, now: u64) {
-        if !matches!(self.phase, Phase::Open) {
+        if !matches!(self.phase, Phase::Open) || self.mode == Mode::Sse {
             return;
         }
         let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
@@ -1059,7 +1259,12 @@ impl Connection {
             return;
         }
         self.out.drop_unsent_broadcasts();
-        self.send_close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER_REASON, now);
+        if self.mode == Mode::Sse {
+            // The event in flight is finished; its client resumes from it.
+            self.end_stream(None, now);
+        } else {
+            self.send_close(CloseCode::TRY_AGAIN_LATER, SLOW_CONSUMER_REASON, now);
+        }
     }
 
     fn enter_closing(&mut self, websocket: bool, now: u64) {
@@ -1076,6 +1281,13 @@ impl Connection {
         match self.phase {
             Phase::AwaitingHandshake => Some(after(self.since, config.handshake_timeout)),
             Phase::Closing { .. } => Some(after(self.since, config.close_timeout)),
+            // An event stream: a keep-alive comment every `ping_interval`
+            // (no answer expected, no idle timeout: its client never sends).
+            Phase::Open if self.mode == Mode::Sse => {
+                let keep_alive = (!config.ping_interval.is_zero())
+                    .then(|| after(self.since, config.ping_interval));
+                keep_alive.into_iter().chain(self.token_deadline()).min()
+            }
             Phase::Open => {
                 let ping = (!config.ping_interval.is_zero()).then(|| {
                     if self.ping_outstanding && self.last_recv < self.since {
@@ -1116,6 +1328,22 @@ impl Connection {
                 if now >= after(self.since, config.close_timeout) {
                     debug!("close timeout");
                     return false;
+                }
+            }
+            Phase::Open if self.mode == Mode::Sse => {
+                if self.token_deadline().is_some_and(|at| now >= at) {
+                    debug!("token expired");
+                    metrics.auth_expired_closes += 1;
+                    let last = (sse::EVENT_EXPIRED, TOKEN_EXPIRED_REASON.as_bytes());
+                    self.end_stream(Some(last), now);
+                    return true;
+                }
+                if !config.ping_interval.is_zero() && now >= after(self.since, config.ping_interval)
+                {
+                    self.out.push_sized(sse::KEEP_ALIVE.len(), |buf| {
+                        buf.extend_from_slice(sse::KEEP_ALIVE);
+                    });
+                    self.since = now;
                 }
             }
             Phase::Open => {
@@ -1701,6 +1929,498 @@ mod tests {
         n.send(b"hi");
         n.answer(1, Ok(1));
         assert_eq!(n.responses(), [published("b", 1)]);
+    }
+
+    mod event_streams {
+        //! Server-Sent Events streams on the virtual clock: the entry rules,
+        //! keep-alive comments, no idle timeout, token expiry, shutdown.
+
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        use serde_json::json;
+
+        use super::*;
+        use crate::config::{Algorithm, AuthConfig, KeySet, RouteConfig};
+        use crate::server::harness::UNIX_MS_AT_ZERO;
+
+        const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+        fn stream_config(adjust: impl FnOnce(&mut Config)) -> Config {
+            config(|c| {
+                let mut live = RouteConfig::new("/live", RouteKind::Broadcast);
+                live.history_size = 10;
+                c.routes = vec![live, RouteConfig::new("/echo", RouteKind::Echo)];
+                adjust(c);
+            })
+        }
+
+        fn get(path: &str, extra: &str) -> Vec<u8> {
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n")
+                .into_bytes()
+        }
+
+        /// A stream opened on `path` at time 0: the head and first bytes
+        /// are checked and taken, the subscription action returned.
+        fn open_stream(config: Config, path: &str, extra: &str) -> (Driven, Vec<Wanted>) {
+            let mut c = Driven::accepted(config);
+            let mut input = get(path, extra);
+            c.conn.on_input(&mut input, &mut c.env.ctx());
+            let wanted = match c.env.actions.pop() {
+                Some(Action::Subscribe(wanted)) => wanted,
+                other => panic!("not a subscription: {other:?}"),
+            };
+            c.settle();
+            let bytes = c.take();
+            let text = String::from_utf8(bytes).expect("text");
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("\r\nContent-Type: text/event-stream\r\n"));
+            assert!(text.ends_with("\r\n\r\nretry: 2000\n: wshub event stream\n\n"));
+            assert!(c.conn.is_open() && c.conn.sse() && c.conn.meta());
+            (c, wanted)
+        }
+
+        fn status_of(c: &mut Driven) -> String {
+            let bytes = c.take();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            text.lines().next().unwrap_or("").to_owned()
+        }
+
+        fn refused(config: Config, path: &str, extra: &str) -> (String, String) {
+            let mut c = Driven::accepted(config);
+            c.send(&get(path, extra));
+            assert!(!c.conn.is_open());
+            let bytes = c.take();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+            (
+                head.lines().next().unwrap_or("").to_owned(),
+                body.to_owned(),
+            )
+        }
+
+        #[test]
+        fn a_stream_subscribes_one_channel_from_its_last_event_id() {
+            let (_, wanted) = open_stream(stream_config(|_| {}), "/live/news", "");
+            assert_eq!(
+                wanted,
+                [Wanted {
+                    name: "news".into(),
+                    from: None
+                }]
+            );
+            let id = "Last-Event-ID: 00000000000000ff:12\r\n";
+            let (c, wanted) = open_stream(stream_config(|_| {}), "/live?channel=a&sse=1", id);
+            let from = Position {
+                epoch: crate::hub::Epoch::new(0xff),
+                offset: 12,
+            };
+            assert_eq!(
+                wanted,
+                [Wanted {
+                    name: "a".into(),
+                    from: Some(from)
+                }]
+            );
+            let text = c.env.metrics_text();
+            assert!(
+                text.contains("wshub_sse_connections{route=\"/live\"} 1"),
+                "{text}"
+            );
+            assert!(text.contains("wshub_websocket_connections{route=\"/live\"} 0"));
+            assert!(text.contains("wshub_sse_streams_total 1"));
+            assert_eq!(
+                c.conn.counted_route().map(|counted| usize::from(counted.0)),
+                Some(1),
+                "route 0, second transport"
+            );
+        }
+
+        #[test]
+        fn what_a_stream_may_not_ask_for_is_refused_with_the_reason() {
+            let (status, body) = refused(stream_config(|_| {}), "/live?channel=a&channel=b", "");
+            assert_eq!(status, "HTTP/1.1 400 Bad Request");
+            assert!(body.contains("one channel"), "{body}");
+            let (status, body) = refused(stream_config(|_| {}), "/live/a", "Last-Event-ID: 17\r\n");
+            assert_eq!(status, "HTTP/1.1 400 Bad Request");
+            assert!(body.contains("malformed event id"), "{body}");
+            let (status, _) = refused(stream_config(|_| {}), "/live/a?last_event_id=x:1", "");
+            assert_eq!(status, "HTTP/1.1 400 Bad Request");
+            let (status, _) = refused(stream_config(|_| {}), "/live/bad%20name", "");
+            assert_eq!(status, "HTTP/1.1 400 Bad Request");
+            let allow = |c: &mut Config| c.allowed_origins = vec!["https://app.example".into()];
+            let (status, _) = refused(
+                stream_config(allow),
+                "/live/a",
+                "Origin: https://evil.example\r\n",
+            );
+            assert_eq!(status, "HTTP/1.1 403 Forbidden");
+            // Not a stream: the echo route and a plain GET keep their answers.
+            let mut c = Driven::accepted(stream_config(|_| {}));
+            c.send(&get("/echo", ""));
+            assert_eq!(status_of(&mut c), "HTTP/1.1 426 Upgrade Required");
+            let mut c = Driven::accepted(stream_config(|_| {}));
+            c.send(b"GET /live/a HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(status_of(&mut c), "HTTP/1.1 426 Upgrade Required");
+        }
+
+        #[test]
+        fn an_allowed_origin_gets_the_cors_headers_and_no_list_none() {
+            let allow = |c: &mut Config| c.allowed_origins = vec!["https://app.example".into()];
+            let mut c = Driven::accepted(stream_config(allow));
+            c.send(&get("/live/a", "Origin: https://app.example\r\n"));
+            let text = String::from_utf8(c.take()).expect("text");
+            assert!(text.contains("\r\nAccess-Control-Allow-Origin: https://app.example\r\n"));
+            assert!(text.contains("\r\nAccess-Control-Allow-Credentials: true\r\n"));
+            assert!(text.contains("\r\nVary: Origin\r\n"));
+            let mut c = Driven::accepted(stream_config(|_| {}));
+            c.send(&get("/live/a", "Origin: https://any.example\r\n"));
+            let text = String::from_utf8(c.take()).expect("text");
+            assert!(text.starts_with("HTTP/1.1 200"));
+            assert!(!text.contains("Access-Control"), "{text}");
+        }
+
+        #[test]
+        fn keep_alive_comments_every_ping_interval_and_no_idle_timeout() {
+            let config = stream_config(|c| {
+                c.ping_interval = ms(1000);
+                c.pong_timeout = ms(100);
+                c.idle_timeout = ms(1500);
+            });
+            let (mut c, _) = open_stream(config, "/live/a", "");
+            assert_eq!(c.conn.next_deadline(&c.env.config), Some(1000));
+            c.advance_to(999);
+            assert!(c.take().is_empty());
+            for at in [1000, 2000, 3000] {
+                c.advance_to(at);
+                assert_eq!(c.take(), b":\n\n", "at {at}");
+            }
+            c.advance_to(10_000);
+            assert_eq!(c.take(), b":\n\n".repeat(7), "one per interval");
+            assert!(c.dropped.is_none(), "no pong and no idle timeout");
+            assert!(c.conn.is_open());
+            // Anything the client sends is discarded, and changes nothing.
+            c.send(&client_frame(OpCode::Close, b""));
+            c.send(b"garbage that is no frame at all");
+            assert!(c.take().is_empty());
+            assert!(c.conn.is_open() && c.conn.wants_read());
+            assert!(!c.conn.has_pending_input());
+            c.advance_to(11_000);
+            assert_eq!(c.take(), b":\n\n");
+            c.eof();
+            assert!(c.dropped.is_some(), "gone with its client");
+        }
+
+        #[test]
+        fn bytes_pipelined_after_the_request_are_discarded() {
+            let mut c = Driven::accepted(stream_config(|_| {}));
+            let mut input = get("/live/a", "");
+            input.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            c.send(&input);
+            let text = String::from_utf8(c.take()).expect("text");
+            assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+            assert!(c.conn.is_open());
+        }
+
+        #[test]
+        fn the_stream_ends_with_an_expired_event_when_its_token_expires() {
+            let config = stream_config(|c| {
+                c.ping_interval = ms(1000);
+                if let Some(route) = c.routes.first_mut() {
+                    route.auth = Some("app".to_owned());
+                }
+                let text = "algorithm = \"HS256\"\nsecret_file = \"unused\"\nleeway = \"0s\"\n";
+                let mut table: AuthConfig = toml::from_str(text).expect("table");
+                table.keys = KeySet::from_secret(Algorithm::HS256, SECRET).expect("keys");
+                c.auth.insert("app".to_owned(), table);
+            });
+            let t0 = UNIX_MS_AT_ZERO / 1000;
+            let claims = json!({"exp": t0 + 3, "channels": ["news"]});
+            let token = encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .expect("token");
+            let (status, _) = refused(config.clone(), "/live/news", "");
+            assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+            let (status, _) = refused(config.clone(), &format!("/live/other?token={token}"), "");
+            assert_eq!(status, "HTTP/1.1 403 Forbidden");
+            // The token in the cookie, then in the query.
+            let cookie = format!("Cookie: theme=dark; wshub_token={token}\r\n");
+            let (mut c, _) = open_stream(config.clone(), "/live/news", &cookie);
+            c.advance_to(2000);
+            assert_eq!(c.take(), b":\n\n:\n\n");
+            c.advance_to(3000);
+            assert_eq!(
+                String::from_utf8(c.take()).expect("text"),
+                "event: expired\ndata: token expired\n\n"
+            );
+            assert!(c.wire.write_shut, "the stream ends");
+            assert!(!c.conn.is_open());
+            assert!(
+                c.env
+                    .metrics_text()
+                    .contains("wshub_auth_expired_closes_total 1")
+            );
+            let (mut c, _) = open_stream(config, &format!("/live/news?token={token}"), "");
+            c.advance_to(3000);
+            assert!(
+                String::from_utf8(c.take())
+                    .expect("text")
+                    .ends_with("event: expired\ndata: token expired\n\n")
+            );
+        }
+
+        #[test]
+        fn shutdown_sends_a_shutdown_event_and_ends_the_stream() {
+            let config = stream_config(|c| c.close_timeout = ms(500));
+            let (mut c, _) = open_stream(config, "/live/a", "");
+            c.conn.shut_down(CloseCode::GOING_AWAY, "going away", 0);
+            c.settle();
+            assert_eq!(
+                String::from_utf8(c.take()).expect("text"),
+                "event: shutdown\ndata: restart\n\n"
+            );
+            assert!(c.wire.write_shut);
+            c.advance_to(499);
+            assert!(c.dropped.is_none(), "lingers for the client's FIN");
+            c.advance_to(500);
+            assert_eq!(c.dropped, Some(500));
+        }
+
+        #[test]
+        fn an_evicted_stream_just_ends() {
+            let (mut c, _) = open_stream(stream_config(|_| {}), "/live/a", "");
+            c.conn.evict_slow(0);
+            c.settle();
+            assert!(c.take().is_empty());
+            assert!(c.wire.write_shut);
+        }
+
+        #[test]
+        fn notices_become_events_with_the_position_to_resume_from() {
+            let (mut c, _) = open_stream(stream_config(|_| {}), "/live/a", "");
+            let current = Position {
+                epoch: crate::hub::Epoch::new(1),
+                offset: 4,
+            };
+            c.conn
+                .send_notice(Notice::Subscribed(current), b"{\"s\":1}");
+            c.conn.send_notice(Notice::Recovered, b"{\"r\":1}");
+            let refused = Notice::NotRecovered {
+                reason: NotRecovered::Evicted,
+                current,
+            };
+            c.conn.send_notice(refused, b"{\"n\":1}");
+            let no_history = Notice::NotRecovered {
+                reason: NotRecovered::NoHistory,
+                current,
+            };
+            c.conn.send_notice(no_history, b"{\"n\":2}");
+            c.settle();
+            assert_eq!(
+                String::from_utf8(c.take()).expect("text"),
+                concat!(
+                    "id: 0000000000000001:4\nevent: position\ndata: {\"s\":1}\n\n",
+                    "id: 0000000000000001:4\nevent: not-recovered\ndata: {\"n\":1}\n\n",
+                    "event: not-recovered\ndata: {\"n\":2}\n\n",
+                )
+            );
+        }
+    }
+
+    mod event_stream_fan_out {
+        //! Event streams among WebSocket subscribers in the fan-out: one
+        //! event per message shared by every stream, replay and refusal as
+        //! events, and the slow-consumer rule.
+
+        use std::rc::Rc;
+
+        use slab::Slab;
+
+        use super::*;
+        use crate::config::{OnBacklog, RouteConfig};
+        use crate::hub::Epoch;
+        use crate::server::compress::{Delivery, FrameCache};
+        use crate::server::fanout::{FanOut, Outgoing, Recovery, env_of};
+        use crate::server::harness::{self, Wire, open_slot, peer, server_frames};
+        use crate::server::slot::Slot;
+
+        fn env(adjust: impl FnOnce(&mut Config)) -> harness::Env {
+            let mut config = Config::default();
+            let mut live = RouteConfig::new("/live", RouteKind::Broadcast);
+            live.history_size = 10;
+            config.routes = vec![live];
+            adjust(&mut config);
+            harness::Env::new(config)
+        }
+
+        /// A slot whose connection opened an event stream on `path`; its
+        /// first bytes are taken and its subscription dropped.
+        fn stream_slot(env: &mut harness::Env, path: &str) -> Slot<Wire> {
+            let mut conn = Connection::new(peer(), env.now);
+            let mut request =
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+                    .into_bytes();
+            conn.on_input(&mut request, &mut env.ctx());
+            env.actions.clear();
+            let mut wire = Wire::default();
+            conn.flush(&mut wire).expect("in-memory wire");
+            assert!(wire.bytes.starts_with(b"HTTP/1.1 200 OK"));
+            wire.bytes.clear();
+            assert!(conn.sse());
+            Slot::new(wire, conn, 1, None)
+        }
+
+        fn at(offset: u64) -> Option<Position> {
+            Some(Position {
+                epoch: Epoch::new(5),
+                offset,
+            })
+        }
+
+        fn flush(fanout: &mut FanOut, slots: &mut Slab<Slot<Wire>>) {
+            for key in fanout.dirty.drain(..) {
+                let slot = &mut slots[key];
+                slot.dirty = false;
+                slot.conn.flush(&mut slot.io).expect("in-memory wire");
+                if slot.conn.poll_shutdown_write() {
+                    slot.io.write_shut = true;
+                }
+            }
+        }
+
+        fn text(slot: &mut Slot<Wire>) -> String {
+            String::from_utf8(std::mem::take(&mut slot.io.bytes)).expect("text")
+        }
+
+        #[test]
+        fn every_stream_gets_the_same_event_and_websockets_their_frames() {
+            let mut env = env(|_| {});
+            let mut slots = Slab::new();
+            let a = slots.insert(stream_slot(&mut env, "/live/feed"));
+            let b = slots.insert(stream_slot(&mut env, "/live/feed"));
+            let plain = slots.insert(open_slot(&mut env, "/live/feed"));
+            let meta = slots.insert(open_slot(&mut env, "/live/feed?meta=1"));
+            env.actions.clear();
+            let mut fanout = FanOut::default();
+            let delivery = Delivery::new(Broadcast::new(OpCode::Text, b"x\ny"), at(3));
+            let out = Outgoing {
+                channel: "feed",
+                message: &delivery.message,
+                position: delivery.position,
+                frames: &delivery.frames,
+                held: None,
+            };
+            let stamp = fanout.next_stamp();
+            let keys = [a, b, plain, meta].map(|k| k as u32);
+            let sent = fanout.deliver(
+                &mut slots,
+                keys.into_iter(),
+                out,
+                None,
+                stamp,
+                env_of!(env, 0),
+            );
+            assert_eq!(sent, 4);
+            let event = "id: 0000000000000005:3\ndata: x\ndata: y\n\n";
+            // One event made once, the same bytes shared by both streams.
+            let made = delivery.frames.frame_for(
+                &delivery.message,
+                Format::Sse { id: at(3) },
+                None,
+                None,
+                &mut env.codec,
+            );
+            assert_eq!(&*made, event.as_bytes());
+            flush(&mut fanout, &mut slots);
+            assert_eq!(text(&mut slots[a]), event);
+            assert_eq!(text(&mut slots[b]), event);
+            let (frames, _) = server_frames(&slots[plain].io.bytes);
+            assert_eq!(frames, [(OpCode::Text, b"x\ny".to_vec())]);
+            let (frames, _) = server_frames(&slots[meta].io.bytes);
+            assert!(frames[0].1.starts_with(b"{\"channel\":\"feed\""));
+            let gauges = env.metrics_text();
+            assert!(
+                gauges.contains("wshub_sse_connections{route=\"/live\"} 2"),
+                "{gauges}"
+            );
+            assert!(gauges.contains("wshub_websocket_connections{route=\"/live\"} 2"));
+        }
+
+        #[test]
+        fn a_recovery_replays_events_with_ids_and_a_refusal_is_an_event() {
+            let mut env = env(|_| {});
+            let mut slots = Slab::new();
+            let key = slots.insert(stream_slot(&mut env, "/live/feed"));
+            let mut fanout = FanOut::default();
+            let missed: Vec<Rc<Delivery>> = (1..=2)
+                .map(|i| {
+                    let message = Broadcast::new(OpCode::Binary, &[i as u8]);
+                    Rc::new(Delivery::new(message, at(i)))
+                })
+                .collect();
+            let outcome = Recovery::Recovered {
+                from: at(0).expect("a position"),
+                messages: missed.iter(),
+            };
+            let replayed = fanout.recover(&mut slots, key, "feed", outcome, env_of!(env, 0));
+            assert_eq!(replayed, 2);
+            let refused = Recovery::refused(NotRecovered::TooMany, at(9).expect("a position"));
+            fanout.recover(&mut slots, key, "feed", refused, env_of!(env, 0));
+            flush(&mut fanout, &mut slots);
+            assert_eq!(
+                text(&mut slots[key]),
+                concat!(
+                    "id: 0000000000000005:1\nevent: binary\ndata: AQ==\n\n",
+                    "id: 0000000000000005:2\nevent: binary\ndata: Ag==\n\n",
+                    "id: 0000000000000005:9\nevent: not-recovered\n",
+                    "data: {\"channel\":\"feed\",\"recovered\":false,\"reason\":\"too_many\",",
+                    "\"epoch\":\"0000000000000005\",\"offset\":9}\n\n",
+                )
+            );
+        }
+
+        #[test]
+        fn a_stuck_stream_misses_events_with_drop_and_ends_with_close() {
+            for policy in [OnBacklog::Drop, OnBacklog::Close] {
+                let mut env = env(|c| {
+                    c.max_backlog_bytes = 100;
+                    c.on_backlog = policy;
+                });
+                let mut slots = Slab::new();
+                let key = slots.insert(stream_slot(&mut env, "/live/feed"));
+                slots[key].io.room = 0;
+                let mut fanout = FanOut::default();
+                for i in 0..4u64 {
+                    let delivery = Delivery::new(Broadcast::new(OpCode::Text, &[b'x'; 40]), at(i));
+                    let out = Outgoing {
+                        channel: "feed",
+                        message: &delivery.message,
+                        position: delivery.position,
+                        frames: &FrameCache::default(),
+                        held: None,
+                    };
+                    let stamp = fanout.next_stamp();
+                    let keys = std::iter::once(key as u32);
+                    fanout.deliver(&mut slots, keys, out, None, stamp, env_of!(env, 0));
+                    flush(&mut fanout, &mut slots);
+                }
+                let slot = &mut slots[key];
+                match policy {
+                    OnBacklog::Drop => {
+                        assert!(slot.conn.is_open());
+                        // One ~70-byte event fits under 100 bytes; the rest miss.
+                        assert_eq!(env.metrics.slow_consumer_drops, 3);
+                    }
+                    OnBacklog::Close => {
+                        assert!(!slot.conn.is_open(), "the stream ends");
+                        assert_eq!(env.metrics.slow_consumer_closes, 1);
+                        assert!(slot.io.write_shut, "its end is sent at once");
+                        assert!(slot.io.bytes.is_empty(), "nothing was started");
+                    }
+                }
+            }
+        }
     }
 
     mod token_auth {

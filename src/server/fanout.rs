@@ -35,8 +35,8 @@ use slab::Slab;
 
 use super::Server;
 use super::bus::{Holds, Waiter};
-use super::compress::{Broadcast, Codec, Delivery, Format, FrameCache};
-use super::conn::Action;
+use super::compress::{Broadcast, Codec, Delivery, FrameCache};
+use super::conn::{Action, Notice};
 use super::outqueue::Flush;
 use super::slot::{HISTORY_TIMER, Slot};
 use crate::bus::Ask;
@@ -242,14 +242,7 @@ impl FanOut {
             slot.delivery_stamp = stamp;
             let conn = &mut slot.conn;
             let compression = env.routes.get(conn.route()).and_then(|r| r.deflate);
-            let format = if conn.meta() {
-                Format::Meta {
-                    channel: out.channel,
-                    position: out.position,
-                }
-            } else {
-                Format::Plain
-            };
+            let format = conn.format(out.channel, out.position, env.routes);
             let frame =
                 out.frames
                     .frame_for(out.message, format, conn.deflate(), compression, env.codec);
@@ -318,21 +311,19 @@ impl FanOut {
             Recovery::NotRecovered { reason, current } => {
                 meta::write_not_recovered(channel, reason, current, &mut cursor);
                 env.metrics.count_not_recovered(reason);
-                slot.conn.send_text(written(&cursor));
+                let notice = Notice::NotRecovered { reason, current };
+                slot.conn.send_notice(notice, written(&cursor));
                 0
             }
             Recovery::Recovered { from, messages } => {
                 let count = messages.clone().count();
                 meta::write_recovered(channel, from, count, &mut cursor);
-                slot.conn.send_text(written(&cursor));
+                slot.conn.send_notice(Notice::Recovered, written(&cursor));
                 let compression = env.routes.get(slot.conn.route()).and_then(|r| r.deflate);
                 let mut bytes = 0u64;
                 for delivery in messages {
                     let out = Outgoing::of(channel, delivery);
-                    let format = Format::Meta {
-                        channel,
-                        position: out.position,
-                    };
+                    let format = slot.conn.format(channel, out.position, env.routes);
                     let frame = out.frames.frame_for(
                         out.message,
                         format,
@@ -374,7 +365,8 @@ impl FanOut {
         let mut answer = [0u8; MAX_ANSWER_LEN];
         let mut cursor = Cursor::new(&mut answer[..]);
         meta::write_subscribed(channel, current, &mut cursor);
-        slot.conn.send_text(written(&cursor));
+        slot.conn
+            .send_notice(Notice::Subscribed(current), written(&cursor));
         self.mark_dirty(slot, key);
     }
 }
@@ -483,6 +475,10 @@ impl Server {
             return;
         };
         let Some(from) = w.from else {
+            // An event stream is told its position only where it can resume.
+            if slot.conn.sse() && !history {
+                return;
+            }
             // A cluster node with nothing of the channel yet knows only its
             // own epoch: Redis's position is asked for.
             if !(history

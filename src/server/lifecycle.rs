@@ -23,6 +23,7 @@ use super::slot::{BUS_TIMER, SHUTDOWN_TIMER, SIGNAL_TOKEN, STATUS_TIMER, WATCHDO
 use super::{Server, ServerError};
 use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError};
 use crate::daemon::notify::Notifier;
+use crate::metrics::Transport;
 use crate::protocol::close::CloseCode;
 use crate::timer::TimerKey;
 
@@ -191,7 +192,7 @@ impl Server {
 
     /// The status line shown by `systemctl status`.
     fn status_line(&self) -> String {
-        let open: u64 = self.metrics.open_by_route.iter().sum();
+        let open = self.metrics.open(Transport::WebSocket);
         let line = format!(
             "{} connections, {open} open websockets, {} channels",
             self.metrics.connections, self.metrics.channels
@@ -321,7 +322,7 @@ impl Server {
                 continue;
             };
             if let Some(slot) = self.conns.get_mut(key) {
-                slot.conn.send_close(shutdown.code, shutdown.reason, now);
+                slot.conn.shut_down(shutdown.code, shutdown.reason, now);
                 self.drive(key, false, false, now);
             }
         }

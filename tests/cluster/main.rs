@@ -31,6 +31,7 @@ mod support {
 }
 
 mod recovery;
+mod sse;
 
 use support::client::{RawClient, op};
 use support::data::eventually;

@@ -48,6 +48,7 @@ mod origin_protocols;
 mod publish_http;
 mod reuse_port;
 mod signals;
+mod sse;
 mod tls;
 mod tls_reload;
 mod units;
