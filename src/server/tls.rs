@@ -72,51 +72,135 @@
 //! TLS 1.3 resumption cache lives in the shared `ServerConfig` (256
 //! entries, a few hundred bytes each), not per connection.
 
+use std::cell::Cell;
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
+use std::mem;
 use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, ReadTraffic,
+    UnbufferedStatus, WriteTraffic,
+};
 
-/// Cap on what rustls holds for sending: plaintext written before the
-/// handshake ends, and encrypted records the socket has not taken. Four full
-/// records, so one `writev` can fill a socket buffer, while a stalled reader
-/// costs at most this much beyond the connection's own outbound queue.
+/// Cap on what one connection holds for sending beside the loop's own
+/// queue: plaintext written before the handshake ends, and encrypted records
+/// the socket has not taken. Four full records, so one `write_vectored` can
+/// fill a socket buffer, while a stalled reader costs at most this much
+/// (plus record overhead) beyond the connection's outbound queue.
 pub(crate) const SEND_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// The ALPN name a WebSocket client offers (RFC 6455 runs over HTTP/1.1).
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 
-/// One TLS connection: rustls's state machine over a non-blocking socket.
-#[derive(Debug)]
+/// Plaintext per record we send: the TLS maximum (2^14), so a large write
+/// costs one AEAD call and 22-29 bytes of overhead per 16 KiB.
+const MAX_FRAGMENT_LEN: usize = 16 * 1024;
+
+/// Room reserved per record when encrypting, above its plaintext: header
+/// (5), TLS 1.2 explicit nonce (8), tag (16), TLS 1.3 content type (1), with
+/// margin. rustls says so if it needs more, and the buffer grows.
+const RECORD_OVERHEAD: usize = 64;
+
+/// The largest record a peer may send: 5-byte header, 2^14 bytes of
+/// plaintext and up to 2,048 bytes of expansion (RFC 5246 6.2.3; TLS 1.3
+/// allows only 256). An incomplete record is never longer than this.
+const MAX_RECORD_LEN: usize = 5 + 16 * 1024 + 2048;
+
+/// Size of the loop-wide receive scratch: a carried-over partial record plus
+/// room for reads (at least `RECV_SCRATCH_LEN - MAX_RECORD_LEN`).
+const RECV_SCRATCH_LEN: usize = 64 * 1024;
+
+/// Socket reads ask for at least this much even when the caller's buffer is
+/// nearly full; decrypted input that does not fit waits in the stream (at
+/// most about one record plus this) for the next read.
+const MIN_SOCKET_READ: usize = 4 * 1024;
+
+// An incomplete record plus one socket read always fit the scratch.
+const _: () = assert!(RECV_SCRATCH_LEN >= MAX_RECORD_LEN + MIN_SOCKET_READ);
+
+thread_local! {
+    /// Ciphertext being processed by a read: the connection's carried-over
+    /// partial record, then what the socket gave. Shared by every
+    /// connection of the loop's thread; a connection keeps only the
+    /// incomplete tail, in a `Vec` of its own.
+    static RECV_SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// Plaintext gathered from several slices into one record, and the
+    /// records encrypted from it before the socket takes them.
+    static SEND_SCRATCH: Cell<SendScratch> = const {
+        Cell::new(SendScratch { plain: Vec::new(), records: Vec::new() })
+    };
+}
+
+#[derive(Default)]
+struct SendScratch {
+    plain: Vec<u8>,
+    records: Vec<u8>,
+}
+
+/// One TLS connection: rustls's unbuffered state machine over a
+/// non-blocking socket, with buffers that exist only while they hold bytes.
 pub(crate) struct TlsStream {
-    conn: ServerConnection,
+    conn: UnbufferedServerConnection,
+    io: Io,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("io", &self.io)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything but the state machine, apart so the two can be borrowed
+/// separately while a rustls state borrows the connection.
+#[derive(Debug)]
+struct Io {
     tcp: TcpStream,
+    /// Ciphertext received and not yet processed: the head of a record
+    /// whose tail has not arrived. Empty and unallocated between records.
+    incoming: Vec<u8>,
+    /// Records the socket has not taken: handshake messages, alerts, the
+    /// tail of a write. Empty and unallocated unless the socket is full.
+    outgoing: Vec<u8>,
+    /// Decrypted input that did not fit the caller's buffer, handed over by
+    /// the next read. Empty and unallocated unless a read ended full.
+    plaintext: Vec<u8>,
+    /// Plaintext written before the handshake completed; encrypted as soon
+    /// as it has. Empty and unallocated otherwise.
+    early: Vec<u8>,
     /// A socket error met after plaintext was already gathered for the
     /// caller; that plaintext is returned first, the error on the next read
     /// (socket errors such as ECONNRESET are reported by the kernel once).
     deferred_error: Option<io::Error>,
-    /// `shutdown_write` was called: FIN follows once close_notify is out.
+    /// The peer's stream ended (close_notify, or TCP EOF after the
+    /// handshake): reads return what is left, then Ok(0).
+    read_closed: bool,
+    /// `shutdown_write` was called: close_notify, then FIN.
     closing: bool,
+    /// close_notify is encoded (in `outgoing` or sent).
+    close_notify_queued: bool,
     /// FIN was sent.
     write_shut: bool,
 }
 
-/// What the plaintext side of rustls has for us right now.
-enum Plaintext {
-    Got(usize),
-    Nothing,
-    /// The peer sent close_notify and everything before it was read.
-    Closed,
-    /// TCP EOF without close_notify and everything before it was read.
-    Truncated,
+/// Where processing the buffered ciphertext stopped.
+enum Progress {
+    /// Everything complete was processed; more input is needed.
+    NeedInput,
+    /// The peer sent close_notify; everything before it was delivered.
+    PeerClosed,
 }
 
 impl TlsStream {
@@ -129,14 +213,20 @@ impl TlsStream {
         config: Arc<ServerConfig>,
         tcp: TcpStream,
     ) -> Result<TlsStream, rustls::Error> {
-        let mut conn = ServerConnection::new(config)?;
-        conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
         Ok(TlsStream {
-            conn,
-            tcp,
-            deferred_error: None,
-            closing: false,
-            write_shut: false,
+            conn: UnbufferedServerConnection::new(config)?,
+            io: Io {
+                tcp,
+                incoming: Vec::new(),
+                outgoing: Vec::new(),
+                plaintext: Vec::new(),
+                early: Vec::new(),
+                deferred_error: None,
+                read_closed: false,
+                closing: false,
+                close_notify_queued: false,
+                write_shut: false,
+            },
         })
     }
 
@@ -148,144 +238,320 @@ impl TlsStream {
     /// so the next input comes with a new readiness edge. Ok(0) for a
     /// non-empty `buf`: clean end of the peer's stream.
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(e) = self.deferred_error.take() {
+        if let Some(e) = self.io.deferred_error.take() {
             return Err(e);
         }
-        let mut filled = 0;
-        loop {
-            let Some(rest) = buf.get_mut(filled..) else {
-                return Ok(filled);
-            };
-            if rest.is_empty() {
-                return Ok(filled);
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut filled = take_front(&mut self.io.plaintext, buf);
+        if filled == buf.len() || self.io.read_closed {
+            return Ok(filled);
+        }
+        let mut scratch = RECV_SCRATCH.take();
+        if scratch.len() < RECV_SCRATCH_LEN {
+            scratch.resize(RECV_SCRATCH_LEN, 0);
+        }
+        let mut held = self.io.incoming.len();
+        let result = match scratch.get_mut(..held) {
+            Some(head) => {
+                head.copy_from_slice(&self.io.incoming);
+                self.io.incoming = Vec::new();
+                self.read_via(&mut scratch, &mut held, buf, &mut filled)
             }
-            match self.take_plaintext(rest)? {
-                Plaintext::Got(n) => {
-                    filled += n;
-                    continue;
+            // Cannot happen: `incoming` is shorter than one record.
+            None => Err(io::Error::other("TLS input buffer overrun")),
+        };
+        if let Some(tail) = scratch.get(..held) {
+            self.io.incoming = tail.to_vec();
+        }
+        RECV_SCRATCH.set(scratch);
+        match result {
+            Ok(()) => Ok(filled),
+            Err(e) => self.io.fail_after(filled, e),
+        }
+    }
+
+    /// The body of [`TlsStream::read`]: `rx[..*held]` is unprocessed
+    /// ciphertext; on return it holds at most one incomplete record.
+    fn read_via(
+        &mut self,
+        rx: &mut [u8],
+        held: &mut usize,
+        buf: &mut [u8],
+        filled: &mut usize,
+    ) -> io::Result<()> {
+        loop {
+            match self.process(rx, held, buf, filled)? {
+                Progress::PeerClosed => {
+                    self.io.read_closed = true;
+                    return Ok(());
                 }
-                Plaintext::Closed => return Ok(filled),
-                Plaintext::Truncated => {
-                    if filled > 0 || !self.conn.is_handshaking() {
-                        return Ok(filled);
+                Progress::NeedInput => {}
+            }
+            if *filled == buf.len() {
+                return Ok(());
+            }
+            let want = (buf.len() - *filled).max(MIN_SOCKET_READ);
+            let end = held.saturating_add(want).min(rx.len());
+            let Some(space) = rx.get_mut(*held..end).filter(|s| !s.is_empty()) else {
+                return Err(io::Error::other("TLS input buffer overrun"));
+            };
+            match self.io.tcp.read(space) {
+                Ok(0) => {
+                    if self.conn.is_handshaking() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "peer closed the connection during the TLS handshake",
+                        ));
                     }
+                    // WebSocket has its own close frame: a truncation
+                    // shows one level up.
+                    self.io.read_closed = true;
+                    return Ok(());
+                }
+                Ok(n) => *held += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return if *filled > 0 { Ok(()) } else { Err(e) };
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs every complete record in `rx[..*held]` through rustls: answers
+    /// the handshake, delivers plaintext into `buf[*filled..]` (the rest into
+    /// `io.plaintext`), sends what becomes sendable. Leaves the incomplete
+    /// tail at the front of `rx`.
+    fn process(
+        &mut self,
+        rx: &mut [u8],
+        held: &mut usize,
+        buf: &mut [u8],
+        filled: &mut usize,
+    ) -> io::Result<Progress> {
+        let TlsStream { conn, io } = self;
+        loop {
+            let Some(input) = rx.get_mut(..*held) else {
+                return Err(io::Error::other("TLS input buffer overrun"));
+            };
+            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(input);
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    discard_front(rx, held, discard);
+                    io.send_alert(conn, rx, held);
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            };
+            let stop = match state {
+                ConnectionState::ReadTraffic(traffic) => {
+                    let rest = buf.get_mut(*filled..).unwrap_or_default();
+                    let (n, extra) = io.deliver(traffic, rest)?;
+                    *filled += n;
+                    discard += extra;
+                    None
+                }
+                ConnectionState::EncodeTlsData(data) => {
+                    io.encode(data)?;
+                    None
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    // Ours to send from here on, whether or not the socket
+                    // takes it all now.
+                    transmit.done();
+                    io.flush_outgoing()?;
+                    None
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    io.on_write_traffic(&mut traffic)?;
+                    io.flush_outgoing()?;
+                    Some(Progress::NeedInput)
+                }
+                ConnectionState::BlockedHandshake => Some(Progress::NeedInput),
+                ConnectionState::PeerClosed | ConnectionState::Closed => Some(Progress::PeerClosed),
+                ConnectionState::ReadEarlyData(_) => {
+                    // The config never accepts 0-RTT data.
                     return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "peer closed the connection during the TLS handshake",
+                        io::ErrorKind::InvalidData,
+                        "unexpected TLS early data",
                     ));
                 }
-                Plaintext::Nothing => {}
-            }
-            // rustls reads into its own buffer, a few KiB per call; Ok(0) is
-            // TCP EOF, which it records and the reader reports next round.
-            match self.conn.read_tls(&mut self.tcp) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return if filled > 0 { Ok(filled) } else { Err(e) };
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.fail_after(filled, e),
-            }
-            if let Err(e) = self.conn.process_new_packets() {
-                // Not TLS, or a protocol violation: rustls has queued an
-                // alert; send it if the socket takes it, then give up.
-                let _ = self.flush();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-            // Handshake replies (and, once it completes, plaintext written
-            // during it) must leave now: nothing else would send them, as the
-            // peer waits for them before sending more.
-            if self.conn.wants_write()
-                && let Err(e) = self.flush()
-            {
-                return self.fail_after(filled, e);
+                _ => Some(Progress::NeedInput),
+            };
+            discard_front(rx, held, discard);
+            if let Some(stop) = stop {
+                return Ok(stop);
             }
         }
     }
 
-    fn take_plaintext(&mut self, buf: &mut [u8]) -> io::Result<Plaintext> {
-        match self.conn.reader().read(buf) {
-            // `buf` is never empty here, so 0 means close_notify.
-            Ok(0) => Ok(Plaintext::Closed),
-            Ok(n) => Ok(Plaintext::Got(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Plaintext::Nothing),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Plaintext::Truncated),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Returns what was gathered and keeps `e` for the next call, so no
-    /// plaintext is lost to a socket error met later in the same read.
-    fn fail_after(&mut self, filled: usize, e: io::Error) -> io::Result<usize> {
-        if filled > 0 {
-            self.deferred_error = Some(e);
-            Ok(filled)
-        } else {
-            Err(e)
-        }
-    }
-
-    /// Takes plaintext into rustls (encrypting it once the handshake is
-    /// done) and sends what the socket takes. Returns how much plaintext was
-    /// taken; `WouldBlock` when rustls's buffer is full (see
-    /// [`SEND_BUFFER_LIMIT`]): after the handshake that means the socket is
-    /// full too; during it, the handshake finishing (driven by reads) makes
-    /// room. Taken bytes the socket did not accept yet show as
-    /// [`TlsStream::wants_write`].
+    /// Takes plaintext, encrypts it and sends what the socket takes.
+    /// Returns how much plaintext was taken; `WouldBlock` when records of an
+    /// earlier write still wait for the socket (so it is full and a WRITABLE
+    /// edge follows), or, during the handshake, when [`SEND_BUFFER_LIMIT`]
+    /// bytes already wait for it to finish (reads drive it). Taken bytes the
+    /// socket did not accept show as [`TlsStream::wants_write`]; at most
+    /// about [`SEND_BUFFER_LIMIT`] of them.
     pub(crate) fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
-        // Older records first, which also makes room under the limit.
-        self.flush()?;
-        let taken = self.conn.writer().write_vectored(bufs)?;
-        if taken == 0 {
+        if !self.io.flush_outgoing()? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.flush()?;
-        Ok(taken)
+        if self.io.closing {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the TLS stream was shut down",
+            ));
+        }
+        if self.conn.is_handshaking() {
+            return self.io.hold_early(bufs);
+        }
+        let mut scratch = SEND_SCRATCH.take();
+        let result = self.encrypt_and_send(bufs, &mut scratch);
+        scratch.plain.clear();
+        scratch.records.clear();
+        SEND_SCRATCH.set(scratch);
+        result
+    }
+
+    /// Encrypts `bufs` batch by batch (about [`SEND_BUFFER_LIMIT`] of
+    /// records each) into the scratch and writes each batch straight to the
+    /// socket, keeping what it does not take and stopping there.
+    fn encrypt_and_send(
+        &mut self,
+        bufs: &[IoSlice<'_>],
+        scratch: &mut SendScratch,
+    ) -> io::Result<usize> {
+        let mut cursor = Cursor::default();
+        let mut taken = 0;
+        loop {
+            scratch.records.clear();
+            let batch = self.with_write_traffic(|traffic, io| {
+                io.on_write_traffic(traffic)?;
+                if !io.outgoing.is_empty() {
+                    // Early data or close_notify queued ahead: send in order.
+                    return Ok(0);
+                }
+                encrypt_batch(traffic, bufs, &mut cursor, scratch)
+            })?;
+            let Some(batch) = batch else {
+                // The handshake is not complete after all.
+                return if taken > 0 {
+                    Ok(taken)
+                } else {
+                    self.io.hold_early(bufs)
+                };
+            };
+            taken += batch;
+            // Records rustls queued, or plaintext held from the handshake,
+            // go before this batch; the closure encrypted nothing then.
+            if !self.io.flush_outgoing()? {
+                return if taken > 0 {
+                    Ok(taken)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            if !self.io.send_records(&scratch.records)? || cursor.current(bufs).is_none() {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// Drives rustls to the state where application data may be encrypted
+    /// (sending handshake or key-update records it queued on the way) and
+    /// runs `f` there. `None`: the handshake is still going on.
+    fn with_write_traffic<R>(
+        &mut self,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Io) -> io::Result<R>,
+    ) -> io::Result<Option<R>> {
+        let TlsStream { conn, io } = self;
+        // `incoming` holds less than a record, so nothing is decrypted here;
+        // passing it keeps rustls's view of the input consistent.
+        let mut incoming = mem::take(&mut io.incoming);
+        let mut f = Some(f);
+        let result = loop {
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming);
+            let mut extra = 0;
+            let step = match state {
+                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Ok(ConnectionState::EncodeTlsData(data)) => io.encode(data).map(|()| None),
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    io.flush_outgoing().map(|_| None)
+                }
+                Ok(ConnectionState::ReadTraffic(traffic)) => {
+                    io.deliver(traffic, &mut []).map(|(_, more)| {
+                        extra = more;
+                        None
+                    })
+                }
+                Ok(ConnectionState::PeerClosed) => {
+                    io.read_closed = true;
+                    Ok(None)
+                }
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match f.take() {
+                    Some(f) => f(&mut traffic, io).map(|r| Some(Some(r))),
+                    None => Ok(Some(None)),
+                },
+                Ok(_) => Ok(Some(None)),
+            };
+            let n = (discard + extra).min(incoming.len());
+            incoming.drain(..n);
+            match step {
+                Ok(None) => {}
+                Ok(Some(r)) => break Ok(r),
+                Err(e) => break Err(e),
+            }
+        };
+        io.incoming = if incoming.is_empty() {
+            Vec::new()
+        } else {
+            incoming
+        };
+        result
     }
 
     /// True while records are waiting for the socket; the loop keeps
     /// WRITABLE interest until this is false.
     pub(crate) fn wants_write(&self) -> bool {
-        self.conn.wants_write()
+        !self.io.outgoing.is_empty()
     }
 
     /// Writes pending records until done (Ok(true)) or the socket is full
     /// (Ok(false)); after [`TlsStream::shutdown_write`], also sends the FIN
     /// once everything is out.
     pub(crate) fn flush(&mut self) -> io::Result<bool> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut self.tcp) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        if !self.io.flush_outgoing()? {
+            return Ok(false);
         }
-        if self.closing && !self.write_shut {
-            self.write_shut = true;
-            self.tcp.shutdown(Shutdown::Write)?;
+        if self.io.closing && !self.io.write_shut {
+            self.io.write_shut = true;
+            self.io.tcp.shutdown(Shutdown::Write)?;
         }
         Ok(true)
     }
 
     /// Ends our direction: close_notify, then FIN once it is flushed (now,
     /// or from a later [`TlsStream::flush`]). Reading goes on, so the peer's
-    /// close frame and close_notify can still arrive.
+    /// close frame and close_notify can still arrive. Before the handshake
+    /// has keys to protect it, only the FIN is sent.
     pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
-        if !self.closing {
-            self.closing = true;
-            self.conn.send_close_notify();
+        if !self.io.closing {
+            self.io.closing = true;
+            // After any plaintext held from the handshake.
+            self.with_write_traffic(|traffic, io| io.on_write_traffic(traffic))?;
         }
         self.flush().map(drop)
     }
 
     /// The socket to register with the poller.
     pub(crate) fn source(&mut self) -> &mut TcpStream {
-        &mut self.tcp
+        &mut self.io.tcp
     }
 
     #[cfg(test)]
@@ -297,6 +563,303 @@ impl TlsStream {
     #[cfg(test)]
     pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
+    }
+}
+
+impl Io {
+    /// Returns what was gathered and keeps `e` for the next call, so no
+    /// plaintext is lost to a socket error met later in the same read.
+    fn fail_after(&mut self, filled: usize, e: io::Error) -> io::Result<usize> {
+        if filled > 0 {
+            self.deferred_error = Some(e);
+            Ok(filled)
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Hands every decrypted record to `buf`, the overflow to `plaintext`.
+    /// Returns the bytes put in `buf` and the extra ciphertext to discard.
+    fn deliver(
+        &mut self,
+        mut traffic: ReadTraffic<'_, '_, ServerConnectionData>,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, usize)> {
+        let mut filled = 0;
+        let mut discard = 0;
+        while let Some(record) = traffic.next_record() {
+            let record = record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            discard += record.discard;
+            let rest = buf.get_mut(filled..).unwrap_or_default();
+            let n = rest.len().min(record.payload.len());
+            let (now, later) = record.payload.split_at(n);
+            if let Some(dst) = rest.get_mut(..n) {
+                dst.copy_from_slice(now);
+            }
+            filled += n;
+            self.plaintext.extend_from_slice(later);
+        }
+        Ok((filled, discard))
+    }
+
+    /// Appends a handshake record or alert to `outgoing`. Handshakes
+    /// allocate anyway; `outgoing` is freed once the socket took it.
+    fn encode(&mut self, mut data: EncodeTlsData<'_, ServerConnectionData>) -> io::Result<()> {
+        let start = self.outgoing.len();
+        let mut room = 0;
+        loop {
+            self.outgoing.resize(start + room, 0);
+            let dst = self.outgoing.get_mut(start..).unwrap_or_default();
+            match data.encode(dst) {
+                Ok(n) => {
+                    self.outgoing.truncate(start + n);
+                    return Ok(());
+                }
+                Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                    if required_size > room =>
+                {
+                    room = required_size;
+                }
+                Err(e) => {
+                    self.outgoing.truncate(start);
+                    return Err(io::Error::other(e));
+                }
+            }
+        }
+    }
+
+    /// In the state that may encrypt: sends plaintext held from the
+    /// handshake, then close_notify once `shutdown_write` asked for it.
+    fn on_write_traffic(
+        &mut self,
+        traffic: &mut WriteTraffic<'_, ServerConnectionData>,
+    ) -> io::Result<()> {
+        if !self.early.is_empty() {
+            let early = mem::take(&mut self.early);
+            encrypt_append(traffic, &early, &mut self.outgoing)?;
+        }
+        if self.closing && !self.close_notify_queued {
+            self.close_notify_queued = true;
+            let start = self.outgoing.len();
+            let mut room = RECORD_OVERHEAD;
+            loop {
+                self.outgoing.resize(start + room, 0);
+                let dst = self.outgoing.get_mut(start..).unwrap_or_default();
+                match traffic.queue_close_notify(dst) {
+                    Ok(n) => {
+                        self.outgoing.truncate(start + n);
+                        break;
+                    }
+                    Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                        required_size,
+                    })) if required_size > room => room = required_size,
+                    Err(e) => {
+                        self.outgoing.truncate(start);
+                        return Err(io::Error::other(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps plaintext written during the handshake, up to
+    /// [`SEND_BUFFER_LIMIT`].
+    fn hold_early(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut taken = 0;
+        for b in bufs {
+            let room = SEND_BUFFER_LIMIT.saturating_sub(self.early.len());
+            let n = room.min(b.len());
+            self.early.extend_from_slice(b.get(..n).unwrap_or_default());
+            taken += n;
+            if n < b.len() {
+                break;
+            }
+        }
+        if taken == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
+    }
+
+    /// Writes `outgoing` until it is empty (Ok(true), and its memory freed)
+    /// or the socket is full (Ok(false)).
+    fn flush_outgoing(&mut self) -> io::Result<bool> {
+        let mut sent = 0;
+        let result = loop {
+            let Some(rest) = self.outgoing.get(sent..).filter(|r| !r.is_empty()) else {
+                break Ok(true);
+            };
+            match self.tcp.write(rest) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if sent >= self.outgoing.len() {
+            self.outgoing = Vec::new();
+        } else if sent > 0 {
+            self.outgoing.drain(..sent);
+        }
+        result
+    }
+
+    /// Writes freshly encrypted records straight from the scratch; what the
+    /// socket does not take is copied to `outgoing`. Ok(false): the socket
+    /// is full. Call with `outgoing` empty, so order is kept.
+    fn send_records(&mut self, records: &[u8]) -> io::Result<bool> {
+        let mut sent = 0;
+        while let Some(rest) = records.get(sent..).filter(|r| !r.is_empty()) {
+            match self.tcp.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.outgoing.extend_from_slice(rest);
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// After a protocol error: rustls queued an alert; send it if the socket
+    /// takes it at once, and give up on the connection either way.
+    fn send_alert(&mut self, conn: &mut UnbufferedServerConnection, rx: &mut [u8], held: &usize) {
+        let Some(input) = rx.get_mut(..*held) else {
+            return;
+        };
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(input);
+        if let Ok(ConnectionState::EncodeTlsData(data)) = state
+            && self.encode(data).is_ok()
+        {
+            let _ = self.flush_outgoing();
+        }
+    }
+}
+
+/// How far `write_vectored` got through its slices.
+#[derive(Default)]
+struct Cursor {
+    slice: usize,
+    offset: usize,
+}
+
+impl Cursor {
+    /// The unread rest of the current slice, moving past finished ones.
+    fn current<'b>(&mut self, bufs: &'b [IoSlice<'_>]) -> Option<&'b [u8]> {
+        loop {
+            let b = bufs.get(self.slice)?;
+            match b.get(self.offset..).filter(|r| !r.is_empty()) {
+                Some(rest) => return Some(rest),
+                None => {
+                    self.slice += 1;
+                    self.offset = 0;
+                }
+            }
+        }
+    }
+}
+
+/// Encrypts plaintext from `bufs` at `cursor` into `scratch.records` until
+/// about [`SEND_BUFFER_LIMIT`] of records are there or the plaintext ends.
+/// Small slices (frame headers, short messages) are gathered into one
+/// record through `scratch.plain`; long ones are encrypted in place.
+fn encrypt_batch(
+    traffic: &mut WriteTraffic<'_, ServerConnectionData>,
+    bufs: &[IoSlice<'_>],
+    cursor: &mut Cursor,
+    scratch: &mut SendScratch,
+) -> io::Result<usize> {
+    let mut taken = 0;
+    while scratch.records.len() < SEND_BUFFER_LIMIT {
+        let Some(rest) = cursor.current(bufs) else {
+            break;
+        };
+        if rest.len() >= MAX_FRAGMENT_LEN {
+            let budget = SEND_BUFFER_LIMIT - scratch.records.len();
+            let n = rest.len().min(budget.max(MAX_FRAGMENT_LEN));
+            encrypt_append(
+                traffic,
+                rest.get(..n).unwrap_or_default(),
+                &mut scratch.records,
+            )?;
+            cursor.offset += n;
+            taken += n;
+            continue;
+        }
+        scratch.plain.clear();
+        while scratch.plain.len() < MAX_FRAGMENT_LEN {
+            let Some(rest) = cursor.current(bufs) else {
+                break;
+            };
+            let n = rest.len().min(MAX_FRAGMENT_LEN - scratch.plain.len());
+            scratch
+                .plain
+                .extend_from_slice(rest.get(..n).unwrap_or_default());
+            cursor.offset += n;
+        }
+        taken += scratch.plain.len();
+        encrypt_append(traffic, &scratch.plain, &mut scratch.records)?;
+    }
+    Ok(taken)
+}
+
+/// Encrypts `plain` into records appended to `out`.
+fn encrypt_append(
+    traffic: &mut WriteTraffic<'_, ServerConnectionData>,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let start = out.len();
+    let mut room = plain.len() + (plain.len() / MAX_FRAGMENT_LEN + 1) * RECORD_OVERHEAD;
+    loop {
+        out.resize(start + room, 0);
+        let dst = out.get_mut(start..).unwrap_or_default();
+        match traffic.encrypt(plain, dst) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > room =>
+            {
+                room = required_size;
+            }
+            Err(e) => {
+                out.truncate(start);
+                return Err(io::Error::other(e));
+            }
+        }
+    }
+}
+
+/// Moves the front of `held` into `buf`; frees `held` once it is empty.
+fn take_front(held: &mut Vec<u8>, buf: &mut [u8]) -> usize {
+    if held.is_empty() {
+        return 0;
+    }
+    let n = held.len().min(buf.len());
+    if let (Some(dst), Some(src)) = (buf.get_mut(..n), held.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+    if n == held.len() {
+        *held = Vec::new();
+    } else {
+        held.drain(..n);
+    }
+    n
+}
+
+/// Drops the first `n` of the `*held` bytes at the front of `rx`.
+fn discard_front(rx: &mut [u8], held: &mut usize, n: usize) {
+    let n = n.min(*held);
+    if n > 0 {
+        rx.copy_within(n..*held, 0);
+        *held -= n;
     }
 }
 
@@ -1111,9 +1674,9 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     fn reports_sizes() {
         // Printed for the memory notes in the module doc.
         eprintln!(
-            "TlsStream {} B, ServerConnection {} B, Transport {} B",
+            "TlsStream {} B, UnbufferedServerConnection {} B, Transport {} B",
             size_of::<TlsStream>(),
-            size_of::<ServerConnection>(),
+            size_of::<UnbufferedServerConnection>(),
             size_of::<super::super::Transport>(),
         );
         // The boxed variant must not make plain connections bigger.
