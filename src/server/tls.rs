@@ -1683,6 +1683,295 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
         assert!(size_of::<super::super::Transport>() <= 16);
     }
 
+    /// Counts every allocation of the lib's test binary (a few atomic adds
+    /// each), so [`idle_connection_heap`] can tell what a connection holds.
+    #[global_allocator]
+    static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+    /// Handshakes that fill the server's session cache (256 entries; up to
+    /// two per TLS 1.3 handshake, one per TLS 1.2 full handshake).
+    const SESSION_CACHE_FILL: usize = 300;
+
+    /// What an idle connection may hold on the heap besides its box.
+    const IDLE_HEAP_BUDGET: isize = 2560;
+
+    /// Set in the child process that runs [`idle_connection_heap`] alone.
+    const HEAP_PROBE_ENV: &str = "WSHUB_TLS_HEAP_PROBE";
+
+    /// Heap the server side holds: bytes and blocks allocated minus freed
+    /// while server code ran. The client runs on the same thread between
+    /// those calls, so its allocations do not count.
+    #[derive(Clone, Copy, Debug, Default)]
+    struct Held {
+        bytes: isize,
+        blocks: isize,
+    }
+
+    fn server_side<R>(held: &mut Held, f: impl FnOnce() -> R) -> R {
+        let region = stats_alloc::Region::new(HEAP);
+        let result = f();
+        let change = region.change();
+        // stats_alloc already counts a realloc's growth or shrinkage in
+        // these two; its `bytes_reallocated` is the same change again.
+        held.bytes += change.bytes_allocated as isize - change.bytes_deallocated as isize;
+        held.blocks += change.allocations as isize - change.deallocations as isize;
+        result
+    }
+
+    /// One connection driven by a single thread: the rustls client over a
+    /// non-blocking std socket, our server over the accepted mio socket.
+    struct Pair {
+        client: ClientConnection,
+        sock: StdTcpStream,
+        server: TlsStream,
+        held: Held,
+    }
+
+    impl Pair {
+        fn open(
+            listener: &TcpListener,
+            server_config: &Arc<ServerConfig>,
+            client_config: &Arc<ClientConfig>,
+        ) -> Pair {
+            let sock = connect_tcp(listener.local_addr().unwrap());
+            sock.set_nonblocking(true).unwrap();
+            let started = Instant::now();
+            let tcp = loop {
+                match listener.accept() {
+                    Ok((tcp, _)) => break tcp,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(started.elapsed() < DEADLINE, "accept timed out");
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
+            let mut held = Held::default();
+            let server = server_side(&mut held, || {
+                TlsStream::new(server_config.clone(), tcp).unwrap()
+            });
+            let name = ServerName::try_from("localhost").unwrap();
+            let client = ClientConnection::new(client_config.clone(), name).unwrap();
+            let mut pair = Pair {
+                client,
+                sock,
+                server,
+                held,
+            };
+            let mut sink = Vec::new();
+            pair.pump(&mut sink, |p| {
+                !p.client.is_handshaking() && !p.server.is_handshaking()
+            });
+            // The server's last flight (TLS 1.3 tickets) read by the client.
+            pair.pump(&mut sink, |_| true);
+            assert!(sink.is_empty());
+            pair
+        }
+
+        /// Moves bytes both ways until `done` holds after a round with no
+        /// progress left, collecting what the server reads.
+        fn pump(&mut self, received: &mut Vec<u8>, done: impl Fn(&Pair) -> bool) {
+            let started = Instant::now();
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                assert!(started.elapsed() < DEADLINE, "pump timed out");
+                let mut progress = false;
+                while self.client.wants_write() {
+                    self.client.write_tls(&mut self.sock).unwrap();
+                    progress = true;
+                }
+                let Pair { server, held, .. } = self;
+                loop {
+                    match server_side(held, || server.read(&mut buf)) {
+                        Ok(0) => panic!("server read EOF"),
+                        Ok(n) => {
+                            received.extend_from_slice(&buf[..n]);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                assert!(server_side(held, || server.flush()).unwrap());
+                match self.client.read_tls(&mut self.sock) {
+                    Ok(0) => panic!("client read EOF"),
+                    Ok(_) => {
+                        self.client.process_new_packets().unwrap();
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+                if !progress && done(self) {
+                    return;
+                }
+                if !progress {
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+
+        /// `count` messages of `size` bytes each way, one record each.
+        fn exchange(&mut self, count: usize, size: usize) {
+            let message = pattern(size);
+            let mut received = Vec::new();
+            for _ in 0..count {
+                self.client.writer().write_all(&message).unwrap();
+                self.pump(&mut received, |_| true);
+            }
+            assert_eq!(received.len(), count * size);
+            let Pair { server, held, .. } = self;
+            for _ in 0..count {
+                let n = server_side(held, || {
+                    server.write_vectored(&[IoSlice::new(&message)]).unwrap()
+                });
+                assert_eq!(n, size);
+            }
+            let mut echoed = Vec::new();
+            let started = Instant::now();
+            while echoed.len() < count * size {
+                assert!(started.elapsed() < DEADLINE, "client read timed out");
+                match self.client.read_tls(&mut self.sock) {
+                    Ok(_) => {
+                        self.client.process_new_packets().unwrap();
+                        self.client.reader().read_to_end(&mut echoed).ok();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(echoed.len(), count * size);
+        }
+    }
+
+    /// Heap held per connection by `conns` established connections, fresh,
+    /// after 100 messages each way and after 100 more.
+    fn heap_per_connection(
+        server_config: &Arc<ServerConfig>,
+        client_config: &Arc<ClientConfig>,
+        conns: usize,
+    ) -> [Held; 3] {
+        let (listener, _) = listen();
+        // The loop-wide scratch buffers are allocated by the first
+        // connection that uses them, and the config's session cache (TLS 1.3
+        // tickets, TLS 1.2 session IDs) grows to its 256 entries and then
+        // replaces old ones: neither is per connection, so both are filled
+        // before counting.
+        let mut warm = Pair::open(&listener, server_config, client_config);
+        warm.exchange(10, 64);
+        for _ in 0..SESSION_CACHE_FILL {
+            drop(Pair::open(&listener, server_config, client_config));
+        }
+        let mut pairs: Vec<Pair> = (0..conns)
+            .map(|_| Pair::open(&listener, server_config, client_config))
+            .collect();
+        let per_conn = |pairs: &[Pair]| Held {
+            bytes: pairs.iter().map(|p| p.held.bytes).sum::<isize>() / conns as isize,
+            blocks: pairs.iter().map(|p| p.held.blocks).sum::<isize>() / conns as isize,
+        };
+        let fresh = per_conn(&pairs);
+        for pair in &mut pairs {
+            pair.exchange(100, 64);
+        }
+        let after = per_conn(&pairs);
+        for pair in &mut pairs {
+            pair.exchange(100, 64);
+        }
+        [fresh, after, per_conn(&pairs)]
+    }
+
+    fn client_config_with(
+        root: &CertificateDer<'static>,
+        suite: Option<rustls::SupportedCipherSuite>,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Arc<ClientConfig> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(suite) = suite {
+            provider.cipher_suites = vec![suite];
+        }
+        let mut roots = RootCertStore::empty();
+        roots.add(root.clone()).unwrap();
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // As browsers do for wss://.
+        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        Arc::new(config)
+    }
+
+    /// What an idle established connection holds on the heap, for the
+    /// numbers in the module doc. Runs in a child process of its own, as
+    /// the allocation counters are process-wide.
+    #[test]
+    fn idle_connection_heap() {
+        if std::env::var_os(HEAP_PROBE_ENV).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "server::tls::tests::idle_connection_heap",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(HEAP_PROBE_ENV, "1")
+                .output()
+                .unwrap();
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "the heap probe failed");
+            return;
+        }
+        let identity = ec_identity();
+        let server_config = load_server_config(&identity.cert, &identity.key, true).unwrap();
+        use rustls::crypto::ring::cipher_suite as cs;
+        let cases = [
+            (
+                "TLS 1.3 AES-128-GCM",
+                Some(cs::TLS13_AES_128_GCM_SHA256),
+                &rustls::version::TLS13,
+            ),
+            (
+                "TLS 1.3 AES-256-GCM",
+                Some(cs::TLS13_AES_256_GCM_SHA384),
+                &rustls::version::TLS13,
+            ),
+            (
+                "TLS 1.3 CHACHA20-POLY1305",
+                Some(cs::TLS13_CHACHA20_POLY1305_SHA256),
+                &rustls::version::TLS13,
+            ),
+            (
+                "TLS 1.2 ECDHE-ECDSA-AES-128-GCM",
+                Some(cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+                &rustls::version::TLS12,
+            ),
+            (
+                "TLS 1.2 ECDHE-ECDSA-CHACHA20-POLY1305",
+                Some(cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+                &rustls::version::TLS12,
+            ),
+        ];
+        for (name, suite, version) in cases {
+            let client_config = client_config_with(&identity.der, suite, version);
+            let [fresh, after, later] = heap_per_connection(&server_config, &client_config, 20);
+            eprintln!(
+                "{name}: fresh {} B in {} blocks, after 100 messages each way {} B in {} blocks",
+                fresh.bytes, fresh.blocks, after.bytes, after.blocks
+            );
+            // Traffic leaves nothing behind once rustls's own queues have
+            // their first few slots: every buffer of ours is freed once empty.
+            assert!(
+                later.bytes <= after.bytes && later.blocks <= after.blocks,
+                "{name}: {later:?} after 200 messages, {after:?} after 100"
+            );
+            // rustls's own state (see the module doc); with its buffered API
+            // this was over 6 KiB more.
+            assert!(after.bytes <= IDLE_HEAP_BUDGET, "{name}: {after:?}");
+        }
+    }
+
     #[test]
     fn config_errors_name_the_problem() {
         let identity = ec_identity();
