@@ -1,13 +1,16 @@
 //! TLS (wss://) for one connection over a non-blocking socket, driven by the
 //! edge-triggered loop.
 //!
-//! Owns: one rustls [`ServerConnection`] and the TCP socket under it; moving
-//! ciphertext between them (including the handshake, which is driven from
+//! Owns: one rustls [`UnbufferedServerConnection`] and the TCP socket under
+//! it; the bytes between them: a connection's own buffers, which exist only
+//! while they hold bytes, and the loop-wide scratch buffers that records are
+//! decrypted and encrypted in (the handshake is driven from
 //! [`TlsStream::read`]); loading certificate and key files into a shareable
 //! [`ServerConfig`].
 //! Must never: block, interpret the plaintext it carries, buffer without
-//! bound, or report a short read while input it could still deliver sits in
-//! the socket or in rustls (the loop only reads again after a new edge).
+//! bound, keep an empty buffer allocated, or report a short read while input
+//! it could still deliver sits in the socket or in the stream (the loop only
+//! reads again after a new edge).
 //!
 //! # Using it from the loop
 //!
@@ -33,10 +36,12 @@
 //!   with the last data is reported by the next read, which the loop makes
 //!   on the hang-up event (`read_to_end`); a close_notify without FIN is
 //!   seen at the next readable edge or the close timeout.
-//! - Writes: [`TlsStream::write_vectored`] takes plaintext into rustls and
-//!   sends what the socket takes. It returns `WouldBlock` only when rustls's
-//!   bounded buffer is full, which after the handshake means the socket is
-//!   blocked too, so a WRITABLE edge follows.
+//! - Writes: [`TlsStream::write_vectored`] encrypts plaintext (small slices
+//!   gathered into one record) and sends what the socket takes; the rest of
+//!   the records, at most about [`SEND_BUFFER_LIMIT`], waits in the stream.
+//!   It returns `WouldBlock` only while such records wait, which means the
+//!   socket is blocked, so a WRITABLE edge follows; during the handshake,
+//!   plaintext waits (up to the same limit) until the handshake completes.
 //! - Interest: keep WRITABLE while [`TlsStream::wants_write`] is true even
 //!   if the outbound queue is empty (handshake records, the tail of the
 //!   last write, close_notify), and call [`TlsStream::flush`] on WRITABLE.
@@ -49,28 +54,56 @@
 //!
 //! # Memory per connection
 //!
-//! `size_of::<TlsStream>()` is 1,184 bytes in release builds (1,200 in
-//! debug), nearly all of it rustls's `ServerConnection` (1,168), kept behind
-//! the `Box` in `Transport::Tls`. The variant makes `Transport` 16 bytes in
-//! every build (plain TCP alone was 4 in release), so a plain `Connection`
-//! grows from 160 to 168 bytes in release and stays 168 in debug.
+//! rustls's unbuffered API leaves every buffer to the caller. Ciphertext is
+//! read into, and records are encrypted in, scratch buffers shared by every
+//! connection of the loop's thread (a `thread_local!`: 64 KiB to receive,
+//! up to about 80 KiB to send). A connection keeps bytes in `Vec`s of its
+//! own only while there are some: the head of a record whose tail has not
+//! arrived, records the socket did not take, decrypted input that did not
+//! fit the caller's buffer, plaintext written during the handshake. Each is
+//! freed (capacity 0) as soon as it is empty, so an idle connection holds
+//! none. Our code allocates nothing per message in the steady state;
+//! rustls 0.23 itself still copies each decrypted record into a `Vec` and
+//! builds each encrypted record in one before copying it out, one
+//! short-lived allocation per record each way.
 //!
-//! On the heap, an established idle connection holds about 8 KiB besides
-//! that box (measured with a counting allocator over 200 handshakes with
-//! ring, TLS 1.3 and 1.2 alike). The largest part is rustls's record reader
-//! buffer: it grows by 4 KiB steps up to one full record (~16.7 KiB) while a
-//! record arrives and shrinks back to 4 KiB on the next read once empty; the
-//! read that ends in `WouldBlock` is such a read, so idle connections sit at
-//! 4 KiB. The rest is the traffic keys of both directions (ring's AES-GCM
-//! keeps an expanded key and a GHASH table each), the key schedule kept for
-//! key updates, and small queue headers. None of this can be dropped
-//! between messages with rustls's buffered API.
+//! What an idle established connection holds (measured by
+//! `tests::idle_connection_heap` with a counting allocator, after the shared
+//! session cache is full; ring provider, SNI and ALPN `http/1.1` sent):
 //!
-//! Under load, decrypted input is handed on as it is decrypted (rustls
-//! bounds it at 16 KiB plus one record anyway), and what rustls holds for
-//! sending is capped by [`SEND_BUFFER_LIMIT`] via `set_buffer_limit`. The
-//! TLS 1.3 resumption cache lives in the shared `ServerConfig` (256
-//! entries, a few hundred bytes each), not per connection.
+//! | what | bytes | blocks |
+//! |---|---:|---:|
+//! | `TlsStream` box: rustls's connection (1,088) and our `Io` (socket, 4 empty `Vec`s, flags); 1,216 in debug builds | 1,200 | 1 |
+//! | rustls handshake deframer span table (16 spans, allocated at creation, kept for life) | 640 | 1 |
+//! | record layer, send direction: ring's AES-GCM key (expanded AES key, GHASH table) and IV | 560 | 1 |
+//! | record layer, receive direction: the same | 560 | 1 |
+//! | state box: TLS 1.3 `ExpectTraffic` with the key schedule kept for key updates (traffic and exporter secrets); TLS 1.2: 120 | 224 | 1 |
+//! | queue of records to send, 4 slots kept from the handshake | 96 | 1 |
+//! | SNI name (here "localhost") and agreed ALPN ("http/1.1") | 17 | 2 |
+//! | queue of received plaintext, 4 slots kept after the first message | 96 | 1 |
+//!
+//! Fresh after the handshake: the box and 2,097 heap bytes in 7 blocks
+//! (TLS 1.2: 1,993); after 100 messages each way, 2,193 in 8 blocks (TLS
+//! 1.2: 2,089), and no more after 200. With malloc's per-block overhead that
+//! is about 3.5 KiB per idle wss:// connection on top of the ~170 B of a
+//! ws:// one. Before this design (rustls's buffered `ServerConnection`) an
+//! idle connection held about 8 KiB: the same state plus a 4 KiB record
+//! reader buffer and send and receive queues.
+//!
+//! The target of 1 KiB per idle subscriber cannot be met with TLS
+//! in user space: rustls's own state is about 3.2 KB (the 1,088-byte
+//! connection and 2.1 KB on the heap), of which the keys are 1,120 bytes
+//! and the span table 640. A cipher suite with a smaller key state would not
+//! help: with ring, AES-256-GCM and ChaCha20-Poly1305 keys take the same 560
+//! bytes per direction as AES-128-GCM (the key type is sized for the largest
+//! algorithm), so preferring one changes nothing. Moving the record layer
+//! into the kernel (kTLS) after the handshake would take all of it out of
+//! the process (the keys then live in kernel memory, not in RSS).
+//!
+//! Beside the connections: the TLS 1.3 session cache lives in the shared
+//! `ServerConfig` (256 entries of about 170 bytes), and the scratch buffers
+//! exist once per loop thread. `Transport` stays 16 bytes, so plain
+//! connections do not pay for TLS.
 
 use std::cell::Cell;
 use std::fs;
