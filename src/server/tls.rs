@@ -105,6 +105,8 @@
 //! exist once per loop thread. `Transport` stays 16 bytes, so plain
 //! connections do not pay for TLS.
 
+mod ktls;
+
 use std::cell::Cell;
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
@@ -113,6 +115,7 @@ use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use log::debug;
 use mio::net::TcpStream;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -183,14 +186,28 @@ struct SendScratch {
 /// One TLS connection: rustls's unbuffered state machine over a
 /// non-blocking socket, with buffers that exist only while they hold bytes.
 pub(crate) struct TlsStream {
-    conn: UnbufferedServerConnection,
+    /// rustls's state, boxed so that it can go on its own: `None` once the
+    /// kernel took the record layer (kTLS).
+    conn: Option<Box<UnbufferedServerConnection>>,
     io: Io,
+}
+
+/// Where the record layer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ktls {
+    /// In rustls, for good.
+    Off,
+    /// In rustls; to be handed to the kernel once the handshake is done and
+    /// no record is held in either direction.
+    Wanted,
+    /// In the kernel: the socket reads and writes plaintext.
+    Kernel,
 }
 
 impl std::fmt::Debug for TlsStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsStream")
-            .field("handshaking", &self.conn.is_handshaking())
+            .field("handshaking", &self.is_handshaking())
             .field("io", &self.io)
             .finish_non_exhaustive()
     }
@@ -226,6 +243,7 @@ struct Io {
     close_notify_queued: bool,
     /// FIN was sent.
     write_shut: bool,
+    ktls: Ktls,
 }
 
 /// Where processing the buffered ciphertext stopped.
@@ -246,8 +264,14 @@ impl TlsStream {
         config: Arc<ServerConfig>,
         tcp: TcpStream,
     ) -> Result<TlsStream, rustls::Error> {
+        // Secret extraction is enabled only for listeners with `ktls = true`.
+        let ktls = if config.enable_secret_extraction {
+            Ktls::Wanted
+        } else {
+            Ktls::Off
+        };
         Ok(TlsStream {
-            conn: UnbufferedServerConnection::new(config)?,
+            conn: Some(Box::new(UnbufferedServerConnection::new(config)?)),
             io: Io {
                 tcp,
                 incoming: Vec::new(),
@@ -259,6 +283,7 @@ impl TlsStream {
                 closing: false,
                 close_notify_queued: false,
                 write_shut: false,
+                ktls,
             },
         })
     }
@@ -273,6 +298,9 @@ impl TlsStream {
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(e) = self.io.deferred_error.take() {
             return Err(e);
+        }
+        if self.conn.is_none() {
+            return self.io.read_kernel(buf);
         }
         if buf.is_empty() {
             return Ok(0);
@@ -300,8 +328,51 @@ impl TlsStream {
         }
         RECV_SCRATCH.set(scratch);
         match result {
-            Ok(()) => Ok(filled),
+            Ok(()) => {
+                if self.io.ktls == Ktls::Wanted {
+                    self.try_kernel();
+                }
+                Ok(filled)
+            }
             Err(e) => self.io.fail_after(filled, e),
+        }
+    }
+
+    /// Hands the record layer to the kernel once the handshake is done and
+    /// nothing is held in either direction; tried once. Where the kernel
+    /// cannot take it, the connection stays in user space (counted).
+    fn try_kernel(&mut self) {
+        let Some(conn) = self.conn.as_deref() else {
+            return;
+        };
+        let io = &self.io;
+        let idle = io.incoming.is_empty()
+            && io.outgoing.is_empty()
+            && io.plaintext.is_empty()
+            && io.early.is_empty();
+        if conn.is_handshaking() || !idle || io.closing || io.read_closed {
+            // Tried again after a later read (not at all once closing).
+            return;
+        }
+        self.io.ktls = Ktls::Off;
+        if let Some(why) = ktls::unsuitable(conn) {
+            ktls::fall_back(why);
+            return;
+        }
+        if let Err(e) = ktls::attach(&self.io.tcp) {
+            ktls::fall_back(format_args!("cannot attach the kernel's tls protocol: {e}"));
+            return;
+        }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        match ktls::install(&self.io.tcp, *conn) {
+            Ok(()) => self.io.ktls = Ktls::Kernel,
+            Err(e) => {
+                // rustls's state is gone: the connection ends here.
+                debug!("handing TLS to the kernel failed: {e}");
+                self.io.deferred_error = Some(e);
+            }
         }
     }
 
@@ -332,7 +403,7 @@ impl TlsStream {
             };
             match self.io.tcp.read(space) {
                 Ok(0) => {
-                    if self.conn.is_handshaking() {
+                    if self.is_handshaking() {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "peer closed the connection during the TLS handshake",
@@ -365,6 +436,9 @@ impl TlsStream {
         filled: &mut usize,
     ) -> io::Result<Progress> {
         let TlsStream { conn, io } = self;
+        let Some(conn) = conn.as_deref_mut() else {
+            return Err(gone());
+        };
         loop {
             let Some(input) = rx.get_mut(..*held) else {
                 return Err(io::Error::other("TLS input buffer overrun"));
@@ -431,6 +505,9 @@ impl TlsStream {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
+        if self.conn.is_none() {
+            return self.io.write_kernel(bufs);
+        }
         if !self.io.flush_outgoing()? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -440,7 +517,7 @@ impl TlsStream {
                 "write after the TLS stream was shut down",
             ));
         }
-        if self.conn.is_handshaking() {
+        if self.is_handshaking() {
             return self.io.hold_early(bufs);
         }
         let mut scratch = SEND_SCRATCH.take();
@@ -503,6 +580,10 @@ impl TlsStream {
         f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Io) -> io::Result<R>,
     ) -> io::Result<Option<R>> {
         let TlsStream { conn, io } = self;
+        let Some(conn) = conn.as_deref_mut() else {
+            // The kernel has the record layer: no close_notify from us.
+            return Ok(None);
+        };
         // `incoming` holds less than a record, so nothing is decrypted here;
         // passing it keeps rustls's view of the input consistent.
         let mut incoming = mem::take(&mut io.incoming);
@@ -587,19 +668,62 @@ impl TlsStream {
         &mut self.io.tcp
     }
 
-    #[cfg(test)]
+    /// True until the handshake is complete (never once the kernel has the
+    /// record layer).
     pub(crate) fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        self.conn.as_ref().is_some_and(|c| c.is_handshaking())
     }
 
     /// The protocol agreed through ALPN, once the handshake got that far.
     #[cfg(test)]
     pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        self.conn.as_ref().and_then(|c| c.alpn_protocol())
     }
 }
 
+/// A handover to the kernel failed after rustls gave up its keys.
+fn gone() -> io::Error {
+    io::Error::other("TLS state lost handing the connection to the kernel")
+}
+
 impl Io {
+    /// Reads once the kernel decrypts (kTLS): a plain socket read. The
+    /// kernel hands over only data records; a control record (the peer's
+    /// close_notify, or a TLS 1.3 key update it cannot follow) fails the
+    /// read with EIO, taken here as the end of the peer's stream.
+    fn read_kernel(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ktls != Ktls::Kernel {
+            return Err(gone());
+        }
+        if self.read_closed || buf.is_empty() {
+            return Ok(0);
+        }
+        match self.tcp.read(buf) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EIO) => {
+                self.read_closed = true;
+                Ok(0)
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBADMSG) => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+            other => other,
+        }
+    }
+
+    /// Writes once the kernel encrypts (kTLS): one `writev`.
+    fn write_kernel(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.ktls != Ktls::Kernel {
+            return Err(gone());
+        }
+        if self.closing {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the TLS stream was shut down",
+            ));
+        }
+        self.tcp.write_vectored(bufs)
+    }
+
     /// Returns what was gathered and keeps `e` for the next call, so no
     /// plaintext is lost to a socket error met later in the same read.
     fn fail_after(&mut self, filled: usize, e: io::Error) -> io::Result<usize> {
@@ -943,7 +1067,9 @@ pub enum TlsConfigError {
 /// leaf's private key as PKCS#8, PKCS#1 (RSA) or SEC1 (EC). Both may be the
 /// same file. TLS 1.3 and 1.2, no client certificates; with `alpn_http11`
 /// the server agrees to ALPN `http/1.1` (a client that offers ALPN without
-/// it is then refused, as RFC 7301 asks).
+/// it is then refused, as RFC 7301 asks). With `ktls`, connections hand
+/// their record layer to the kernel after the handshake where it can take
+/// it (see [`TlsStream`]).
 ///
 /// Pure apart from reading the two files, so it serves start-up,
 /// `--check-config` and SIGHUP reload alike.
@@ -951,6 +1077,7 @@ pub(crate) fn load_server_config(
     cert_path: &Path,
     key_path: &Path,
     alpn_http11: bool,
+    ktls: bool,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let certs = load_certs(cert_path)?;
     let key = load_key(key_path)?;
@@ -971,6 +1098,9 @@ pub(crate) fn load_server_config(
     if alpn_http11 {
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     }
+    // Lets a connection hand its keys to the kernel; only then does
+    // `TlsStream` try to (the flag is how it knows).
+    config.enable_secret_extraction = ktls;
     Ok(Arc::new(config))
 }
 
@@ -1453,7 +1583,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     }
 
     fn assert_echo(identity: &Identity, len: usize, trickle: bool, tls12_only: bool) {
-        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let config = load_server_config(&identity.cert, &identity.key, false, false).unwrap();
         let client_config = client_config(&identity.der, false, tls12_only);
         let data = pattern(len);
         let sent = data.clone();
@@ -1510,7 +1640,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     #[test]
     fn negotiates_http11_alpn() {
         let identity = ec_identity();
-        let config = load_server_config(&identity.cert, &identity.key, true).unwrap();
+        let config = load_server_config(&identity.cert, &identity.key, true, false).unwrap();
         let client_config = client_config(&identity.der, true, false);
         let (report, client_alpn) = with_echo_server(config, move |addr| {
             let mut client = connect(addr, client_config, false);
@@ -1522,10 +1652,54 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
         assert_eq!(report.alpn.as_deref(), Some(ALPN_HTTP11));
     }
 
+    /// With `ktls = true` the connection tries the kernel after the
+    /// handshake. Where the kernel lacks the `tls` module (as on the
+    /// machines the tests run on) it stays in user space, counted, and
+    /// serves exactly as without; where the kernel takes it, the echo works
+    /// all the same, though our close then has no close_notify.
+    #[test]
+    fn ktls_falls_back_or_hands_over_and_echoes() {
+        let identity = ec_identity();
+        let client_config = client_config(&identity.der, true, false);
+        for tls12_only in [false, true] {
+            let config = load_server_config(&identity.cert, &identity.key, true, true).unwrap();
+            assert!(config.enable_secret_extraction);
+            let client_config = if tls12_only {
+                super::tests::client_config(&identity.der, true, true)
+            } else {
+                client_config.clone()
+            };
+            let (fallbacks, handed_over) = ktls::counts();
+            let data = pattern(100_000);
+            let sent = data.clone();
+            let (report, echoed) = with_echo_server(config, move |addr| {
+                let mut client = connect(addr, client_config, false);
+                client.write_all(&sent).unwrap();
+                client.flush().unwrap();
+                let mut echoed = vec![0; sent.len()];
+                client.read_exact(&mut echoed).unwrap();
+                client.conn.send_close_notify();
+                client.flush().unwrap();
+                // close_notify back in user space, a bare FIN from the kernel.
+                let _ = client.read_to_end(&mut Vec::new());
+                echoed
+            });
+            assert!(report.error.is_none(), "server failed: {:?}", report.error);
+            assert!(report.clean_eof);
+            assert!(echoed == data, "echo differs");
+            let (fallbacks_now, handed_over_now) = ktls::counts();
+            // Other tests run in parallel, so only "at least one more".
+            assert!(
+                fallbacks_now + handed_over_now > fallbacks + handed_over,
+                "no kTLS attempt was made"
+            );
+        }
+    }
+
     /// Sends `garbage` in the clear and returns what the server made of it.
     fn send_garbage(garbage: &'static [u8]) -> Report {
         let identity = ec_identity();
-        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let config = load_server_config(&identity.cert, &identity.key, false, false).unwrap();
         let (report, ()) = with_echo_server(config, move |addr| {
             let mut tcp = connect_tcp(addr);
             tcp.write_all(garbage).unwrap();
@@ -1564,7 +1738,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     #[test]
     fn close_notify_reads_as_eof() {
         let identity = ec_identity();
-        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let config = load_server_config(&identity.cert, &identity.key, false, false).unwrap();
         let client_config = client_config(&identity.der, false, false);
         let (report, ()) = with_echo_server(config, move |addr| {
             let mut client = connect(addr, client_config, false);
@@ -1584,7 +1758,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     #[test]
     fn tcp_eof_after_handshake_reads_as_eof() {
         let identity = ec_identity();
-        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let config = load_server_config(&identity.cert, &identity.key, false, false).unwrap();
         let client_config = client_config(&identity.der, false, false);
         let (report, ()) = with_echo_server(config, move |addr| {
             let mut client = connect(addr, client_config, false);
@@ -1603,7 +1777,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     #[test]
     fn tcp_eof_during_handshake_is_unexpected() {
         let identity = ec_identity();
-        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let config = load_server_config(&identity.cert, &identity.key, false, false).unwrap();
         let (report, ()) = with_echo_server(config, move |addr| {
             let tcp = connect_tcp(addr);
             // Half a record header, then FIN.
@@ -1623,7 +1797,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     #[test]
     fn stalled_reader_blocks_writes_and_flush_finishes_them() {
         let identity = ec_identity();
-        let config = load_server_config(&identity.cert, &identity.key, false).unwrap();
+        let config = load_server_config(&identity.cert, &identity.key, false, false).unwrap();
         let client_config = client_config(&identity.der, false, false);
         let (mut listener, addr) = listen();
         let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -1725,8 +1899,9 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
     /// two per TLS 1.3 handshake, one per TLS 1.2 full handshake).
     const SESSION_CACHE_FILL: usize = 300;
 
-    /// What an idle connection may hold on the heap besides its box.
-    const IDLE_HEAP_BUDGET: isize = 2560;
+    /// What an idle connection may hold on the heap besides the
+    /// `TlsStream` itself: rustls's boxed connection and what it allocates.
+    const IDLE_HEAP_BUDGET: isize = 3584;
 
     /// Set in the child process that runs [`idle_connection_heap`] alone.
     const HEAP_PROBE_ENV: &str = "WSHUB_TLS_HEAP_PROBE";
@@ -1957,7 +2132,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
             return;
         }
         let identity = ec_identity();
-        let server_config = load_server_config(&identity.cert, &identity.key, true).unwrap();
+        let server_config = load_server_config(&identity.cert, &identity.key, true, false).unwrap();
         use rustls::crypto::ring::cipher_suite as cs;
         let cases = [
             (
@@ -2000,7 +2175,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
                 "{name}: {later:?} after 200 messages, {after:?} after 100"
             );
             // rustls's own state (see the module doc); with its buffered API
-            // this was over 6 KiB more.
+            // this was about 4 KiB more.
             assert!(after.bytes <= IDLE_HEAP_BUDGET, "{name}: {after:?}");
         }
     }
@@ -2012,37 +2187,37 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
         let missing = dir.0.join("missing.pem");
         let empty = dir.write("empty.pem", "");
 
-        match load_server_config(&missing, &identity.key, false) {
+        match load_server_config(&missing, &identity.key, false, false) {
             Err(TlsConfigError::Read { path, source }) => {
                 assert_eq!(path, missing);
                 assert_eq!(source.kind(), io::ErrorKind::NotFound);
             }
             other => panic!("{other:?}"),
         }
-        match load_server_config(&identity.cert, &missing, false) {
+        match load_server_config(&identity.cert, &missing, false, false) {
             Err(TlsConfigError::Read { path, .. }) => assert_eq!(path, missing),
             other => panic!("{other:?}"),
         }
-        match load_server_config(&empty, &identity.key, false) {
+        match load_server_config(&empty, &identity.key, false, false) {
             Err(TlsConfigError::NoCertificate { path }) => assert_eq!(path, empty),
             other => panic!("{other:?}"),
         }
         // A key file where the certificate should be: no certificate in it.
-        match load_server_config(&identity.key, &identity.key, false) {
+        match load_server_config(&identity.key, &identity.key, false, false) {
             Err(TlsConfigError::NoCertificate { .. }) => {}
             other => panic!("{other:?}"),
         }
         // The certificate file given as the key file: a certificate without key.
-        match load_server_config(&identity.cert, &identity.cert, false) {
+        match load_server_config(&identity.cert, &identity.cert, false, false) {
             Err(TlsConfigError::NoKey { path }) => assert_eq!(path, identity.cert),
             other => panic!("{other:?}"),
         }
-        match load_server_config(&identity.cert, &empty, false) {
+        match load_server_config(&identity.cert, &empty, false, false) {
             Err(TlsConfigError::NoKey { .. }) => {}
             other => panic!("{other:?}"),
         }
         let other = ec_identity();
-        match load_server_config(&identity.cert, &other.key, false) {
+        match load_server_config(&identity.cert, &other.key, false, false) {
             Err(e @ TlsConfigError::KeyMismatch { .. }) => {
                 let message = e.to_string();
                 assert!(message.contains("does not match"), "{message}");
@@ -2053,7 +2228,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
             "broken.pem",
             "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
         );
-        match load_server_config(&broken, &identity.key, false) {
+        match load_server_config(&broken, &identity.key, false, false) {
             Err(TlsConfigError::Pem { path, .. }) => assert_eq!(path, broken),
             other => panic!("{other:?}"),
         }
@@ -2069,7 +2244,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
             fs::read_to_string(&identity.key).unwrap()
         );
         let both = dir.write("both.pem", &combined);
-        let config = load_server_config(&both, &both, true).unwrap();
+        let config = load_server_config(&both, &both, true, false).unwrap();
         assert_eq!(config.alpn_protocols, vec![ALPN_HTTP11.to_vec()]);
     }
 }
