@@ -5,8 +5,9 @@
 //! it; the bytes between them: a connection's own buffers, which exist only
 //! while they hold bytes, and the loop-wide scratch buffers that records are
 //! decrypted and encrypted in (the handshake is driven from
-//! [`TlsStream::read`]); loading certificate and key files into a shareable
-//! [`ServerConfig`].
+//! [`TlsStream::read`]); with kTLS, handing the record layer to the kernel
+//! after the handshake (through [`ktls`]); loading certificate and key files
+//! into a shareable [`ServerConfig`].
 //! Must never: block, interpret the plaintext it carries, buffer without
 //! bound, keep an empty buffer allocated, or report a short read while input
 //! it could still deliver sits in the socket or in the stream (the loop only
@@ -47,7 +48,7 @@
 //!   last write, close_notify), and call [`TlsStream::flush`] on WRITABLE.
 //! - Close: [`TlsStream::shutdown_write`] queues close_notify and sends FIN
 //!   once it is out; if the socket was full, the FIN goes from the
-//!   [`TlsStream::flush`] that empties it.
+//!   [`TlsStream::flush`] that empties it. Under kTLS, only the FIN.
 //! - Never write to the socket directly (e.g. the canned 503 for accepts
 //!   over `max_connections`): a TLS client would take it for a broken
 //!   record. Close such sockets without a word instead.
@@ -73,7 +74,8 @@
 //!
 //! | what | bytes | blocks |
 //! |---|---:|---:|
-//! | `TlsStream` box: rustls's connection (1,088) and our `Io` (socket, 4 empty `Vec`s, flags); 1,216 in debug builds | 1,200 | 1 |
+//! | `TlsStream` in `Transport`'s box: socket, 4 empty `Vec`s, flags, the pointer below (136 in debug builds) | 128 | 1 |
+//! | rustls's `UnbufferedServerConnection` (common state, record layer, handshake joiner), boxed so kTLS can drop it | 1,088 | 1 |
 //! | rustls handshake deframer span table (16 spans, allocated at creation, kept for life) | 640 | 1 |
 //! | record layer, send direction: ring's AES-GCM key (expanded AES key, GHASH table) and IV | 560 | 1 |
 //! | record layer, receive direction: the same | 560 | 1 |
@@ -82,28 +84,49 @@
 //! | SNI name (here "localhost") and agreed ALPN ("http/1.1") | 17 | 2 |
 //! | queue of received plaintext, 4 slots kept after the first message | 96 | 1 |
 //!
-//! Fresh after the handshake: the box and 2,097 heap bytes in 7 blocks
-//! (TLS 1.2: 1,993); after 100 messages each way, 2,193 in 8 blocks (TLS
-//! 1.2: 2,089), and no more after 200. With malloc's per-block overhead that
-//! is about 3.5 KiB per idle wss:// connection on top of the ~170 B of a
-//! ws:// one. Before this design (rustls's buffered `ServerConnection`) an
-//! idle connection held about 8 KiB: the same state plus a 4 KiB record
+//! Fresh after the handshake, beside the `TlsStream`: 3,185 heap bytes in 8
+//! blocks (TLS 1.2: 3,081); after 100 messages each way, 3,281 in 9 (TLS
+//! 1.2: 3,177), and no more after 200. With malloc's per-block overhead that
+//! is about 3.6 KiB per idle wss:// connection on top of the ~170 B of a
+//! ws:// one (measured: 3.9 KB of RSS per connection at 5,000 idle wss://
+//! subscribers). Before this design (rustls's buffered `ServerConnection`)
+//! an idle connection held about 8 KiB: the same state plus a 4 KiB record
 //! reader buffer and send and receive queues.
 //!
 //! The target of 1 KiB per idle subscriber cannot be met with TLS
-//! in user space: rustls's own state is about 3.2 KB (the 1,088-byte
-//! connection and 2.1 KB on the heap), of which the keys are 1,120 bytes
-//! and the span table 640. A cipher suite with a smaller key state would not
-//! help: with ring, AES-256-GCM and ChaCha20-Poly1305 keys take the same 560
-//! bytes per direction as AES-128-GCM (the key type is sized for the largest
-//! algorithm), so preferring one changes nothing. Moving the record layer
-//! into the kernel (kTLS) after the handshake would take all of it out of
-//! the process (the keys then live in kernel memory, not in RSS).
+//! in user space: rustls's own state is 3.2 KB (the 1,088-byte connection
+//! and 2.1 KB it allocates), of which the keys are 1,120 bytes and the span
+//! table 640. A cipher suite with a smaller key state would not help: with
+//! ring, AES-256-GCM and ChaCha20-Poly1305 keys take the same 560 bytes per
+//! direction as AES-128-GCM (the key type is sized for the largest
+//! algorithm), so preferring one changes nothing. Only handing the record
+//! layer to the kernel does (below).
 //!
 //! Beside the connections: the TLS 1.3 session cache lives in the shared
 //! `ServerConfig` (256 entries of about 170 bytes), and the scratch buffers
 //! exist once per loop thread. `Transport` stays 16 bytes, so plain
 //! connections do not pay for TLS.
+//!
+//! # Kernel TLS
+//!
+//! With `ktls = true` on the listener (the config then allows secret
+//! extraction, which is how [`TlsStream::new`] knows), a connection whose
+//! handshake is done and which holds no record either way (checked after
+//! each read that drained the socket) attaches the kernel's `tls`
+//! upper-layer protocol and hands it the traffic keys, IVs and sequence
+//! numbers; rustls's connection is then dropped, and the stream reads and
+//! writes the socket as plain TCP. An idle connection then holds only the
+//! `TlsStream` box; the keys live in kernel memory, not in RSS. What the
+//! kernel cannot do for us: a close_notify or a TLS 1.3 key update from the
+//! peer makes its read fail (EIO), taken as the end of the peer's stream
+//! (WebSocket has its own close frame); our own close sends no close_notify,
+//! only the FIN. Where the module is absent (`setsockopt(TCP_ULP, "tls")`
+//! fails with ENOENT) or the cipher suite is not one the kernel knows, the
+//! connection stays in user space as above, logged once at info and counted
+//! (`ktls::counts`). A kernel that takes the ULP but refuses the keys ends
+//! that connection, as rustls has given its state up by then. Only the
+//! fallback is exercised by the tests; the machines they run on lack the
+//! module.
 
 mod ktls;
 
@@ -327,13 +350,15 @@ impl TlsStream {
             self.io.incoming = tail.to_vec();
         }
         RECV_SCRATCH.set(scratch);
+        let drained = match &result {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        if drained && self.io.ktls == Ktls::Wanted {
+            self.try_kernel();
+        }
         match result {
-            Ok(()) => {
-                if self.io.ktls == Ktls::Wanted {
-                    self.try_kernel();
-                }
-                Ok(filled)
-            }
+            Ok(()) => Ok(filled),
             Err(e) => self.io.fail_after(filled, e),
         }
     }
