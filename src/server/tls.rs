@@ -464,15 +464,20 @@ impl TlsStream {
         let Some(conn) = conn.as_deref_mut() else {
             return Err(gone());
         };
-        loop {
-            let Some(input) = rx.get_mut(..*held) else {
-                return Err(io::Error::other("TLS input buffer overrun"));
+        // Processed bytes are skipped, not moved: the tail is moved to the
+        // front once, when processing stops (a read can hold hundreds of
+        // small records).
+        let mut start = 0;
+        let result = loop {
+            let Some(input) = rx.get_mut(start..*held) else {
+                break Err(io::Error::other("TLS input buffer overrun"));
             };
             let UnbufferedStatus { mut discard, state } = conn.process_tls_records(input);
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
-                    discard_front(rx, held, discard);
+                    start += discard;
+                    discard_front(rx, held, start);
                     io.send_alert(conn, rx, held);
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
@@ -480,43 +485,45 @@ impl TlsStream {
             let stop = match state {
                 ConnectionState::ReadTraffic(traffic) => {
                     let rest = buf.get_mut(*filled..).unwrap_or_default();
-                    let (n, extra) = io.deliver(traffic, rest)?;
-                    *filled += n;
-                    discard += extra;
-                    None
+                    match io.deliver(traffic, rest) {
+                        Ok((n, extra)) => {
+                            *filled += n;
+                            discard += extra;
+                            None
+                        }
+                        Err(e) => Some(Err(e)),
+                    }
                 }
-                ConnectionState::EncodeTlsData(data) => {
-                    io.encode(data)?;
-                    None
-                }
+                ConnectionState::EncodeTlsData(data) => io.encode(data).err().map(Err),
                 ConnectionState::TransmitTlsData(transmit) => {
                     // Ours to send from here on, whether or not the socket
                     // takes it all now.
                     transmit.done();
-                    io.flush_outgoing()?;
-                    None
+                    io.flush_outgoing().err().map(Err)
                 }
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    io.on_write_traffic(&mut traffic)?;
-                    io.flush_outgoing()?;
-                    Some(Progress::NeedInput)
+                ConnectionState::WriteTraffic(mut traffic) => Some(
+                    io.on_write_traffic(&mut traffic)
+                        .and_then(|()| io.flush_outgoing())
+                        .map(|_| Progress::NeedInput),
+                ),
+                ConnectionState::BlockedHandshake => Some(Ok(Progress::NeedInput)),
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    Some(Ok(Progress::PeerClosed))
                 }
-                ConnectionState::BlockedHandshake => Some(Progress::NeedInput),
-                ConnectionState::PeerClosed | ConnectionState::Closed => Some(Progress::PeerClosed),
-                ConnectionState::ReadEarlyData(_) => {
-                    // The config never accepts 0-RTT data.
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "unexpected TLS early data",
-                    ));
-                }
-                _ => Some(Progress::NeedInput),
+                // The config never accepts 0-RTT data.
+                ConnectionState::ReadEarlyData(_) => Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unexpected TLS early data",
+                ))),
+                _ => Some(Ok(Progress::NeedInput)),
             };
-            discard_front(rx, held, discard);
+            start += discard;
             if let Some(stop) = stop {
-                return Ok(stop);
+                break stop;
             }
-        }
+        };
+        discard_front(rx, held, start);
+        result
     }
 
     /// Takes plaintext, encrypts it and sends what the socket takes.
