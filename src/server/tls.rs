@@ -1965,10 +1965,23 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
         sock: StdTcpStream,
         server: TlsStream,
         held: Held,
+        /// Plaintext the client received while pumping.
+        client_received: Vec<u8>,
     }
 
     impl Pair {
         fn open(
+            listener: &TcpListener,
+            server_config: &Arc<ServerConfig>,
+            client_config: &Arc<ClientConfig>,
+        ) -> Pair {
+            let mut pair = Pair::accept(listener, server_config, client_config);
+            pair.handshake();
+            pair
+        }
+
+        /// Connected, the handshake not started.
+        fn accept(
             listener: &TcpListener,
             server_config: &Arc<ServerConfig>,
             client_config: &Arc<ClientConfig>,
@@ -1992,20 +2005,44 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
             });
             let name = ServerName::try_from("localhost").unwrap();
             let client = ClientConnection::new(client_config.clone(), name).unwrap();
-            let mut pair = Pair {
+            Pair {
                 client,
                 sock,
                 server,
                 held,
-            };
+                client_received: Vec::new(),
+            }
+        }
+
+        fn handshake(&mut self) {
             let mut sink = Vec::new();
-            pair.pump(&mut sink, |p| {
+            self.pump(&mut sink, |p| {
                 !p.client.is_handshaking() && !p.server.is_handshaking()
             });
             // The server's last flight (TLS 1.3 tickets) read by the client.
-            pair.pump(&mut sink, |_| true);
+            self.pump(&mut sink, |_| true);
             assert!(sink.is_empty());
-            pair
+        }
+
+        /// Everything the client can read within a short while.
+        fn client_reads(&mut self, want: usize) -> Vec<u8> {
+            let mut got = mem::take(&mut self.client_received);
+            let started = Instant::now();
+            while got.len() < want {
+                assert!(started.elapsed() < DEADLINE, "client read timed out");
+                match self.client.read_tls(&mut self.sock) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        self.client.process_new_packets().unwrap();
+                        let _ = self.client.reader().read_to_end(&mut got);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            got
         }
 
         /// Moves bytes both ways until `done` holds after a round with no
@@ -2037,6 +2074,7 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
                     Ok(0) => panic!("client read EOF"),
                     Ok(_) => {
                         self.client.process_new_packets().unwrap();
+                        let _ = self.client.reader().read_to_end(&mut self.client_received);
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -2141,6 +2179,81 @@ dqI7bYJHhU84qPS65yhnGFLkJVEvMr6nDrGwB7Nwk5H+DRxJT5I/wk26
         // As browsers do for wss://.
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
         Arc::new(config)
+    }
+
+    /// Plaintext written before the handshake completes waits (bounded) and
+    /// goes out, in order, once it has.
+    #[test]
+    fn writes_during_the_handshake_wait_for_it() {
+        let identity = ec_identity();
+        let server_config = load_server_config(&identity.cert, &identity.key, true, false).unwrap();
+        for tls12_only in [false, true] {
+            let client_config = client_config(&identity.der, true, tls12_only);
+            let (listener, _) = listen();
+            let mut pair = Pair::accept(&listener, &server_config, &client_config);
+            let first = pattern(1000);
+            let second = pattern(SEND_BUFFER_LIMIT);
+            assert_eq!(
+                pair.server.write_vectored(&[IoSlice::new(&first)]).unwrap(),
+                1000
+            );
+            // Only up to the limit is held; the rest must wait.
+            let taken = pair
+                .server
+                .write_vectored(&[IoSlice::new(&second)])
+                .unwrap();
+            assert_eq!(taken, SEND_BUFFER_LIMIT - 1000);
+            let blocked = pair.server.write_vectored(&[IoSlice::new(&second)]);
+            assert_eq!(blocked.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+            assert!(!pair.server.wants_write());
+            pair.handshake();
+            let mut expected = first.clone();
+            expected.extend_from_slice(&second[..taken]);
+            assert!(pair.client_reads(expected.len()) == expected);
+            assert!(pair.server.io.early.capacity() == 0);
+        }
+    }
+
+    /// A read into a small buffer returns it full while decrypted input is
+    /// left (the rest waits in the stream, not in the socket), and short
+    /// only once everything is handed over.
+    #[test]
+    fn small_reads_are_full_until_the_input_is_drained() {
+        let identity = ec_identity();
+        let server_config = load_server_config(&identity.cert, &identity.key, true, false).unwrap();
+        let client_config = client_config(&identity.der, true, false);
+        let (listener, _) = listen();
+        let mut pair = Pair::open(&listener, &server_config, &client_config);
+        // Within what the client buffers for sending.
+        let data = pattern(60_000);
+        pair.client.writer().write_all(&data).unwrap();
+        while pair.client.wants_write() {
+            pair.client.write_tls(&mut pair.sock).unwrap();
+        }
+        // Let every record reach the server's socket.
+        thread::sleep(Duration::from_millis(50));
+        let mut received = Vec::new();
+        let mut buf = [0; 1000];
+        loop {
+            match pair.server.read(&mut buf) {
+                Ok(n) => {
+                    received.extend_from_slice(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            received == data,
+            "{} of {} bytes",
+            received.len(),
+            data.len()
+        );
+        assert_eq!(pair.server.io.plaintext.capacity(), 0);
+        assert_eq!(pair.server.io.incoming.capacity(), 0);
     }
 
     /// What an idle established connection holds on the heap, for the
