@@ -49,7 +49,7 @@ pub(super) fn fall_back(why: impl Display) {
     FALLBACKS.fetch_add(1, Ordering::Relaxed);
     if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
         info!(
-            "kTLS not used, TLS stays in user space: {why} (logged once, every such connection is counted)"
+            "kTLS not used, TLS stays in user space: {why} (logged once; later connections fall back silently)"
         );
     }
 }
