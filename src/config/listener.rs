@@ -75,6 +75,9 @@ pub struct ListenerTls {
     pub key: PathBuf,
     /// Agree to ALPN `http/1.1` when the client offers it.
     pub alpn: bool,
+    /// After the handshake, hand the record layer to the kernel (kTLS)
+    /// where it can take it; user-space TLS otherwise.
+    pub ktls: bool,
 }
 
 /// A `[[listener]]` table as written: flat, with the TLS keys optional.
@@ -88,6 +91,7 @@ struct ListenerTable {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     alpn: Option<bool>,
+    ktls: Option<bool>,
     #[serde(default)]
     reuse_port: bool,
 }
@@ -96,7 +100,7 @@ impl TryFrom<ListenerTable> for ListenerConfig {
     type Error = ConfigError;
 
     /// `cert` and `key` are required with `tls = true` and refused without
-    /// it, as is `alpn`, so a half-configured TLS listener never serves
+    /// it, as are `alpn` and `ktls`, so a half-configured TLS listener never serves
     /// plain ws:// by mistake.
     ///
     /// `reuse_port` needs a fixed port: with port 0 every process would be
@@ -117,6 +121,7 @@ impl TryFrom<ListenerTable> for ListenerConfig {
                 ("listener.cert", table.cert.is_some()),
                 ("listener.key", table.key.is_some()),
                 ("listener.alpn", table.alpn.is_some()),
+                ("listener.ktls", table.ktls.is_some()),
             ];
             if let Some((key, _)) = set.iter().find(|(_, given)| *given) {
                 return Err(ConfigError::invalid(
@@ -143,6 +148,7 @@ impl TryFrom<ListenerTable> for ListenerConfig {
                 cert: required(table.cert, "listener.cert")?,
                 key: required(table.key, "listener.key")?,
                 alpn: table.alpn.unwrap_or(true),
+                ktls: table.ktls.unwrap_or(false),
             }),
             reuse_port,
         })
@@ -237,11 +243,15 @@ mod tests {
                 cert: "/etc/wshub/fullchain.pem".into(),
                 key: "/etc/wshub/privkey.pem".into(),
                 alpn: true,
+                ktls: false,
             })
         );
         let no_alpn = format!("{text}alpn = false\n");
         let c = Config::from_toml_str(&no_alpn).unwrap();
         assert!(c.listeners[1].tls.as_ref().is_some_and(|t| !t.alpn));
+        let ktls = format!("{text}ktls = true\n");
+        let c = Config::from_toml_str(&ktls).unwrap();
+        assert!(c.listeners[1].tls.as_ref().is_some_and(|t| t.ktls));
     }
 
     #[test]
@@ -257,6 +267,7 @@ mod tests {
             ("cert = \"c.pem\"\nkey = \"k.pem\"\n", "listener.cert"),
             ("tls = false\nkey = \"k.pem\"\n", "listener.key"),
             ("alpn = true\n", "listener.alpn"),
+            ("ktls = true\n", "listener.ktls"),
         ] {
             // Reported while parsing, so the message also has the line.
             let msg = parse_err(&format!("{base}{extra}"));
@@ -301,6 +312,7 @@ mod tests {
                 cert: cert.into(),
                 key: "k.pem".into(),
                 alpn: true,
+                ktls: false,
             }),
             ..plain.clone()
         };
@@ -331,6 +343,7 @@ mod tests {
                 cert: "c.pem".into(),
                 key: "k.pem".into(),
                 alpn: true,
+                ktls: false,
             }),
             ..shared
         };

@@ -522,6 +522,7 @@ mod tests {
                 cert: cert.to_path_buf(),
                 key: key.to_path_buf(),
                 alpn: true,
+                ktls: false,
             }),
             reuse_port: false,
         }

@@ -153,7 +153,7 @@ impl Listener {
             return;
         };
         let files = &state.files;
-        match tls::load_server_config(&files.cert, &files.key, files.alpn) {
+        match tls::load_server_config(&files.cert, &files.key, files.alpn, files.ktls) {
             Ok(config) => {
                 info!(
                     "reload: wss://{addr}: certificate {} and key {} loaded; new connections use them",
@@ -205,13 +205,12 @@ fn load_tls_state(listener: &ListenerConfig) -> Result<Option<ListenerTlsState>,
     let Some(files) = &listener.tls else {
         return Ok(None);
     };
-    let config =
-        tls::load_server_config(&files.cert, &files.key, files.alpn).map_err(|source| {
-            ServerError::Tls {
-                addr: listener.address,
-                source: Box::new(source),
-            }
-        })?;
+    let config = tls::load_server_config(&files.cert, &files.key, files.alpn, files.ktls).map_err(
+        |source| ServerError::Tls {
+            addr: listener.address,
+            source: Box::new(source),
+        },
+    )?;
     Ok(Some(ListenerTlsState {
         files: files.clone(),
         config,
@@ -226,7 +225,7 @@ pub fn load_listener_tls(
 ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsConfigError> {
     match &listener.tls {
         None => Ok(None),
-        Some(tls) => tls::load_server_config(&tls.cert, &tls.key, tls.alpn).map(Some),
+        Some(tls) => tls::load_server_config(&tls.cert, &tls.key, tls.alpn, tls.ktls).map(Some),
     }
 }
 

@@ -17,7 +17,7 @@ use super::tls::TlsStream;
 #[derive(Debug)]
 pub(super) enum Transport {
     Plain(TcpStream),
-    // Boxed: rustls state is kilobytes, and plain connections must not pay
+    // Boxed: rustls state is over a kilobyte, and plain connections must not pay
     // for it in the slab.
     Tls(Box<TlsStream>),
 }

@@ -149,6 +149,7 @@ pub fn tls_listener(identity: &Identity, dir: &TempDir) -> ListenerConfig {
             cert,
             key,
             alpn: true,
+            ktls: false,
         }),
         reuse_port: false,
     }

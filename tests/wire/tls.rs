@@ -9,8 +9,11 @@ use tungstenite::Message;
 use wshub::config::ClientMessages;
 
 use crate::support::client::{RawClient, connect_tcp, read_until_closed, upgrade_request};
-use crate::support::server::{broadcast_config, test_config};
-use crate::support::tls::{DualServer, Trickle, client_config, tls_over, wss_connect};
+use crate::support::server::{TestServer, broadcast_config, test_config};
+use crate::support::tempdir::TempDir;
+use crate::support::tls::{
+    DualServer, Identity, Trickle, client_config, tls_listener, tls_over, wss_connect,
+};
 
 #[test]
 fn wss_echo_with_tungstenite_beside_plain_ws() {
@@ -172,4 +175,46 @@ fn over_capacity_tls_connections_are_closed_without_plaintext() {
 
     first.send(Message::text("unaffected")).unwrap();
     assert_eq!(first.read().unwrap(), Message::text("unaffected"));
+}
+
+/// With `ktls = true` each connection tries the kernel after its
+/// handshake; where the kernel lacks the `tls` module (the machines these
+/// tests run on) it stays in user space and serves as without, TLS 1.3 and
+/// 1.2 alike; where the kernel has it, the same exchange runs through kTLS.
+#[test]
+fn wss_with_ktls_asked_serves_either_way() {
+    let dir = TempDir::new("ktls");
+    let identity = Identity::new(&[0x4b]);
+    let mut listener = tls_listener(&identity, &dir);
+    if let Some(tls) = listener.tls.as_mut() {
+        tls.ktls = true;
+    }
+    let mut config = test_config();
+    config.listeners = vec![listener];
+    let server = TestServer::with_config(config);
+    let address = server.endpoints[0].0;
+    for tls12_only in [false, true] {
+        let config = client_config(&[&identity.der], tls12_only);
+        let mut ws = wss_connect(connect_tcp(address), config, "/echo");
+        for text in ["over ktls or not", ""] {
+            ws.send(Message::text(text)).unwrap();
+            assert_eq!(ws.read().unwrap(), Message::text(text));
+        }
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i * 13) as u8).collect();
+        ws.send(Message::binary(big.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::binary(big));
+        ws.close(None).unwrap();
+        // The close handshake completes; the TLS close under it may be a
+        // close_notify (user space) or a bare FIN (kernel).
+        loop {
+            match ws.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    break;
+                }
+                Err(e) => panic!("unclean close: {e}"),
+            }
+        }
+    }
 }
