@@ -66,6 +66,48 @@ with sync_playwright() as p:
     );
 }
 
+/// The same over Server-Sent Events: the page's `EventSource` gets text,
+/// JSON and binary messages with their positions (the event ids).
+#[test]
+fn the_watch_page_follows_a_channel_over_server_sent_events() {
+    let server = TestServer::with_config(embedded_with_history());
+    let script = r##"
+import urllib.request
+port = sys.argv[2]
+def publish(body, kind):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/publish/news", data=body,
+                                     headers={"Content-Type": kind}, method="POST")
+    urllib.request.urlopen(request, timeout=5).read()
+with sync_playwright() as p:
+    browser = launch(p)
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{port}/?channel=news&transport=sse")
+    wait_for(page, "document.body.dataset.state === 'open'", "the event stream to open")
+    publish(b"one\ntwo", "text/plain")
+    publish(b'{"n":2}', "application/json")
+    publish(bytes([0, 1, 2, 255]), "application/octet-stream")
+    wait_for(page, "document.querySelectorAll('li[data-message]').length >= 3", "three events")
+    rows = page.eval_on_selector_all("li[data-message]",
+        "rows => rows.map(r => [r.querySelector('.pos').textContent, r.dataset.message])")
+    rows.reverse()
+    print(json.dumps(rows))
+    browser.close()
+"##;
+    let out = run_browser_script(script, &[&server.addr.port().to_string()]);
+    let rows: Vec<(String, String)> = serde_json::from_str(out.trim()).unwrap();
+    let messages: Vec<&str> = rows.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["one\ntwo", "{\"n\":2}", "binary, 4 B: 00 01 02 ff"]
+    );
+    for (i, (position, _)) in rows.iter().enumerate() {
+        assert!(
+            position.ends_with(&format!("#{}", i + 1)),
+            "offsets 1, 2, 3 in order: {rows:?}"
+        );
+    }
+}
+
 /// `allowed_origins` holds for a real browser: the watch page served from
 /// the allowed origin (`http://127.0.0.1:<port>`) connects; the same page
 /// loaded as `http://localhost:<port>`, another origin, is refused at the
