@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 /// each, so it allows dead code in those. `redis` is used here alone.
 #[path = "../support"]
 mod support {
+    pub mod browser;
     #[allow(dead_code)]
     pub mod client;
     #[allow(dead_code)]
@@ -30,6 +31,7 @@ mod support {
     pub mod tls;
 }
 
+mod browser;
 mod recovery;
 mod sse;
 
