@@ -17,7 +17,7 @@ pub const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every script starts with: `launch()` opens a headless Chromium
 /// whose host resolver maps no name but `localhost` to anything, and
-/// `wait_for` polls a JavaScript condition.
+/// `wait_for` polls a JavaScript condition and returns its first truthy value.
 const PRELUDE: &str = r#"
 import json, sys, time
 from playwright.sync_api import sync_playwright
@@ -31,8 +31,9 @@ def launch(p):
 def wait_for(page, condition, what, timeout=15.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if page.evaluate(condition):
-            return
+        value = page.evaluate(condition)
+        if value:
+            return value
         time.sleep(0.05)
     raise SystemExit(f"timed out waiting for {what}: " + page.evaluate("document.body.innerText"))
 "#;

@@ -134,9 +134,10 @@ with sync_playwright() as p:
     for host in ["127.0.0.1", "localhost"]:
         page = browser.new_page()
         page.goto(f"http://{host}:{port}/?channel=news&transport=ws")
-        wait_for(page, "document.body.dataset.state === 'open' || document.getElementById('state').textContent.includes('closed')",
-                 "the socket to open or be refused at " + host)
-        results[host] = page.inner_text("#state")
+        # Read in the same step as the check: a refused page retries soon after.
+        settled = """(() => { const s = document.getElementById('state').textContent;
+            return s === 'open' || s.includes('closed') ? s : null; })()"""
+        results[host] = wait_for(page, settled, "the socket to open or be refused at " + host)
     browser.close()
 print(json.dumps(results))
 "##;
