@@ -445,6 +445,8 @@ SCENARIOS=(
     "echo-16k|echo|Echo: 16 KiB, 10 connections, depth 1, ${ECHO_SECS} s|echo --url ws://127.0.0.1:@PORT@/echo --conns 10 --depth 1 --size 16384 --seconds $ECHO_SECS"
     "bc-$SUBS_A-w1-http|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 1, HTTP publisher, $M_W1_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W1_A --window 1 --size 64 --publisher http"
     "bc-$SUBS_A-w16-http|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 16, HTTP publisher, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
+    "bc-sse-$SUBS_A-w1-http|broadcast|Broadcast to event streams (Server-Sent Events): 64 B of text to $SUBS_A SSE subscribers, window 1, HTTP publisher, $M_W1_A messages (compare bc-$SUBS_A-w1-http)|broadcast --url ws://127.0.0.1:@PORT@/live/bench --sse --subscribers $SUBS_A --messages $M_W1_A --window 1 --size 64 --payload text --publisher http"
+    "bc-sse-$SUBS_A-w16-http|broadcast|Broadcast to event streams (Server-Sent Events): 64 B of text to $SUBS_A SSE subscribers, window 16, HTTP publisher, $M_W16_A messages (compare bc-$SUBS_A-w16-http)|broadcast --url ws://127.0.0.1:@PORT@/live/bench --sse --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --payload text --publisher http"
     "wss-bc-$SUBS_A-w16-http|broadcast|Broadcast over TLS (wss://): 64 B to $SUBS_A subscribers, window 16, HTTP publisher on the plain listener, $M_W16_A messages|broadcast --url wss://127.0.0.1:@TLSPORT@/live/bench --ca @CA@ --publish-url http://127.0.0.1:@PORT@/publish/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher http"
     "bc-$SUBS_A-w16-ws|broadcast|Broadcast: 64 B to $SUBS_A subscribers, window 16, WebSocket publisher (relayed), $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 64 --publisher ws"
     "bc-$SUBS_B-w1-http|broadcast|Broadcast: 64 B to $SUBS_B subscribers, window 1, HTTP publisher, $M_W1_B messages|broadcast --url ws://127.0.0.1:@PORT@/live/bench --subscribers $SUBS_B --messages $M_W1_B --window 1 --size 64 --publisher http"
@@ -454,6 +456,8 @@ SCENARIOS=(
     "bc-$SUBS_A-w16-deflate|broadcast|Broadcast: 1 KiB JSON-like to $SUBS_A subscribers, window 16, HTTP publisher, permessage-deflate, $M_W16_A messages|broadcast --url ws://127.0.0.1:@PORT@/deflate/bench --deflate --subscribers $SUBS_A --messages $M_W16_A --window 16 --size 1024 --payload json --publisher http"
     "idle-$SUBS_A|idle|Idle: $SUBS_A subscribers, server RSS per connection, one fan-out, RSS again after 10 broadcasts of 64 B|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_A"
     "idle-$SUBS_B|idle|Idle: $SUBS_B subscribers, server RSS per connection, one fan-out, RSS again after 10 broadcasts of 64 B|idle --url ws://127.0.0.1:@PORT@/live/idle --conns $SUBS_B"
+    "idle-sse-$SUBS_A|idle|Idle event streams (Server-Sent Events): $SUBS_A SSE subscribers, server RSS per connection, one fan-out, RSS again after 10 broadcasts of 64 B (binary events, base64)|idle --url ws://127.0.0.1:@PORT@/live/idle --sse --conns $SUBS_A"
+    "idle-sse-$SUBS_B|idle|Idle event streams (Server-Sent Events): $SUBS_B SSE subscribers, server RSS per connection, one fan-out, RSS again after 10 broadcasts of 64 B (binary events, base64)|idle --url ws://127.0.0.1:@PORT@/live/idle --sse --conns $SUBS_B"
     "idle-wss-$SUBS_A|idle|Idle over TLS (wss://): $SUBS_A subscribers, server RSS per connection, one fan-out (published over plain HTTP), RSS again after 10 broadcasts of 64 B|idle --url wss://127.0.0.1:@TLSPORT@/live/idle --ca @CA@ --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
     "idle-wss-$SUBS_B|idle|Idle over TLS (wss://): $SUBS_B subscribers, server RSS per connection, one fan-out (published over plain HTTP), RSS again after 10 broadcasts of 64 B|idle --url wss://127.0.0.1:@TLSPORT@/live/idle --ca @CA@ --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_B"
     "idle-$SUBS_A-hs256|idle|Idle: $SUBS_A subscribers on a route that verifies an HS256 token (in the query string), server RSS per connection, then one fan-out|idle --url ws://127.0.0.1:@PORT@/auth-hs256/idle?token=$HS256_TOKEN --publish-url http://127.0.0.1:@PORT@/publish/idle --conns $SUBS_A"
@@ -624,6 +628,8 @@ lacks() {
         echo "$who sends no keep-alive pings"
     elif [[ $args == *--meta* || $args == *meta=1* || $kind == recover ]]; then
         echo "$who has no positions, history or metadata"
+    elif [[ $args == *--sse* ]]; then
+        echo "$who serves no Server-Sent Events"
     elif [[ $args == *--deflate* ]]; then
         echo "$who runs with compression off"
     elif [[ $args == *token=* ]]; then

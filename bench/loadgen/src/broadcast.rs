@@ -8,6 +8,15 @@
 //! Payload layout (binary): bytes 0..8 sequence number (little-endian; bit
 //! 63 marks warm-up messages), 8..16 send time in nanoseconds since the run
 //! started, then a fixed byte pattern that every receipt is checked against.
+//! With `--payload text` the message is text throughout, published as text:
+//! the same two numbers as 16 lowercase hex digits each, then printable
+//! ASCII (see [`Head`]).
+//!
+//! With `--sse` the subscribers read the channel's event stream (Server-Sent
+//! Events) instead of a WebSocket, on the same poller; their events are
+//! checked exactly as frames are (`--payload text` makes them text events,
+//! other payloads arrive as base64 `event: binary`). The publisher stays
+//! HTTP or WebSocket.
 //!
 //! Each subscriber tracks the next sequence number it expects. A number
 //! beyond it opens a gap (tentative losses); one below it fills a gap
@@ -39,10 +48,10 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
-use crate::cli::{BroadcastOpts, PublisherKind};
+use crate::cli::{BroadcastOpts, Payload, PublisherKind};
 use crate::conn::{self, DialPlan, POLL_CAP, Sizing, SourceAddrs, WsConn};
 use crate::error::{Deadline, Fail, Result};
-use crate::http::HttpPublisher;
+use crate::http::{self, HttpPublisher};
 use crate::meta;
 use crate::probe::EchoProbe;
 use crate::report::{self, Figures};
@@ -60,6 +69,72 @@ const DRAIN: Duration = Duration::from_millis(200);
 /// Subscriber events handled between two reads of the echo probe: a few
 /// hundred microseconds of loadgen's work at most.
 const PROBE_EVERY: usize = 128;
+
+/// How a message's head (sequence number, send time) is written: 16 bytes
+/// little-endian, or, in a text message, 32 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Head {
+    Binary,
+    Text,
+}
+
+impl Head {
+    /// Longest head: two numbers of 16 hex digits.
+    const MAX: usize = 32;
+
+    fn len(self) -> usize {
+        match self {
+            Head::Binary => 16,
+            Head::Text => Head::MAX,
+        }
+    }
+
+    /// The opcode a message with this head travels as.
+    fn opcode(self) -> u8 {
+        match self {
+            Head::Binary => wire::OP_BINARY,
+            Head::Text => wire::OP_TEXT,
+        }
+    }
+
+    /// The head of a message; its first [`Head::len`] bytes are used.
+    fn write(self, seq: u64, sent: u64) -> [u8; Head::MAX] {
+        let mut head = [0u8; Head::MAX];
+        match self {
+            Head::Binary => {
+                head[..8].copy_from_slice(&seq.to_le_bytes());
+                head[8..16].copy_from_slice(&sent.to_le_bytes());
+            }
+            Head::Text => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                for (k, value) in [seq, sent].into_iter().enumerate() {
+                    for (i, digit) in head[16 * k..16 * (k + 1)].iter_mut().enumerate() {
+                        *digit = HEX[(value >> (60 - 4 * i) & 0xf) as usize];
+                    }
+                }
+            }
+        }
+        head
+    }
+
+    /// Sequence number and send time from a message's head; `None` if a
+    /// text head is not hex digits.
+    fn read(self, payload: &[u8]) -> Option<(u64, u64)> {
+        match self {
+            Head::Binary => Some((read_u64(payload.get(..8)?), read_u64(payload.get(8..16)?))),
+            Head::Text => {
+                let hex = |digits: &[u8]| {
+                    let text = std::str::from_utf8(digits).ok()?;
+                    match text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        true => u64::from_str_radix(text, 16).ok(),
+                        false => None,
+                    }
+                };
+                Some((hex(payload.get(..16)?)?, hex(payload.get(16..32)?)?))
+            }
+        }
+    }
+}
 
 /// What one subscriber has seen.
 struct Sub {
@@ -88,6 +163,8 @@ struct Tally {
     last_done_ns: u64,
     /// Messages arrive in the metadata format (`--meta`).
     meta: bool,
+    /// How messages carry their sequence number and send time.
+    head: Head,
 }
 
 impl Tally {
@@ -107,6 +184,7 @@ impl Tally {
             last_progress_ns: 0,
             last_done_ns: 0,
             meta: false,
+            head: Head::Binary,
         }
     }
 
@@ -119,9 +197,10 @@ impl Tally {
                 None => return Ok(()),
             },
         };
-        if opcode != wire::OP_BINARY {
+        if opcode != self.head.opcode() {
             return Err(Fail::run(format!(
-                "published binary, received opcode {opcode:#x}"
+                "published opcode {:#x}, received opcode {opcode:#x}",
+                self.head.opcode()
             )));
         }
         if payload.len() != self.size {
@@ -131,12 +210,15 @@ impl Tally {
                 self.size
             )));
         }
-        if payload[16..] != self.pattern[16..] {
+        let head = self.head.len();
+        if payload[head..] != self.pattern[head..] {
             return Err(Fail::run(
                 "received message differs from what was published",
             ));
         }
-        let seq = read_u64(&payload[..8]);
+        let Some((seq, sent)) = self.head.read(payload) else {
+            return Err(Fail::run("received message has a malformed head"));
+        };
         if seq & WARM != 0 {
             if !sub.warmed {
                 sub.warmed = true;
@@ -161,7 +243,7 @@ impl Tally {
         self.receipts += 1;
         self.last_progress_ns = now;
         if *left > 0 {
-            let latency = now.saturating_sub(read_u64(&payload[8..16]));
+            let latency = now.saturating_sub(sent);
             if *left == self.subscribers {
                 self.first.record(latency);
             }
@@ -197,6 +279,13 @@ fn json_pattern(size: usize) -> Box<[u8]> {
     text.into_bytes()[..size].into()
 }
 
+/// `size` bytes of printable ASCII: the body of a text message.
+fn text_pattern(size: usize) -> Box<[u8]> {
+    (0..size)
+        .map(|j| b'!' + ((j.wrapping_mul(7) ^ 0x5a) % 94) as u8)
+        .collect()
+}
+
 /// Subscribers of `n` that server `k` of `servers` gets: as many as
 /// dealing them out in turn would give it.
 fn share(n: usize, servers: usize, k: usize) -> usize {
@@ -220,18 +309,12 @@ impl Publisher {
         }
     }
 
-    fn publish(&mut self, seq: u64, now: u64, pattern: &[u8], rng: &mut Rng) {
-        let mut head = [0u8; 16];
-        head[..8].copy_from_slice(&seq.to_le_bytes());
-        head[8..].copy_from_slice(&now.to_le_bytes());
+    fn publish(&mut self, head: Head, seq: u64, now: u64, pattern: &[u8], rng: &mut Rng) {
+        let bytes = head.write(seq, now);
+        let parts: [&[u8]; 2] = [&bytes[..head.len()], &pattern[head.len()..]];
         match self {
-            Publisher::Http(h) => h.post(&[&head, &pattern[16..]]),
-            Publisher::Ws(c) => wire::encode_masked(
-                &mut c.out,
-                wire::OP_BINARY,
-                rng.mask(),
-                &[&head, &pattern[16..]],
-            ),
+            Publisher::Http(h) => h.post(&parts),
+            Publisher::Ws(c) => wire::encode_masked(&mut c.out, head.opcode(), rng.mask(), &parts),
         }
     }
 
@@ -325,6 +408,10 @@ impl Fanout {
     /// publisher.
     fn connect(opts: &BroadcastOpts, deadline: &Deadline) -> Result<Fanout> {
         let n = opts.subscribers;
+        let head = match opts.payload {
+            Payload::Text => Head::Text,
+            Payload::Pattern | Payload::Json => Head::Binary,
+        };
         let dial = &opts.common.dial;
         let mut poll = Poll::new().map_err(|e| Fail::run(format!("epoll: {e}")))?;
         let mut events = Events::with_capacity(EVENTS);
@@ -333,6 +420,7 @@ impl Fanout {
             max_payload: opts.size + if opts.meta { meta::ROOM } else { 0 },
             out_capacity: 0,
             deflate: opts.deflate,
+            sse: opts.sse,
         };
         let mut sources = SourceAddrs::new(dial.url.addr, dial.source_base, dial.per_source);
         let meta_urls: Vec<Target> = match opts.meta {
@@ -373,6 +461,10 @@ impl Fanout {
             PublisherKind::Http => Publisher::Http(HttpPublisher::connect(
                 &opts.publish_url,
                 opts.size,
+                match head {
+                    Head::Binary => http::BINARY,
+                    Head::Text => http::TEXT,
+                },
                 opts.window,
                 poll.registry(),
                 Token(pub_token),
@@ -386,6 +478,7 @@ impl Fanout {
                         max_payload: opts.size,
                         out_capacity: opts.window * (opts.size + wire::MAX_CLIENT_HEADER),
                         deflate: opts.deflate,
+                        sse: false,
                     },
                     max_dialing: 1,
                 };
@@ -411,6 +504,7 @@ impl Fanout {
                         max_payload: opts.echo_size,
                         out_capacity: opts.echo_size + wire::MAX_CLIENT_HEADER,
                         deflate: false,
+                        sse: false,
                     },
                     max_dialing: 1,
                 };
@@ -434,12 +528,12 @@ impl Fanout {
                 warmed: false,
             })
             .collect();
-        let pattern = if opts.json {
-            json_pattern(opts.size)
-        } else {
-            (0..opts.size)
+        let pattern = match opts.payload {
+            Payload::Json => json_pattern(opts.size),
+            Payload::Text => text_pattern(opts.size),
+            Payload::Pattern => (0..opts.size)
                 .map(|j| (j.wrapping_mul(7) ^ 0x5a) as u8)
-                .collect()
+                .collect(),
         };
         Ok(Fanout {
             poll,
@@ -453,6 +547,7 @@ impl Fanout {
             probe,
             tally: Tally {
                 meta: opts.meta,
+                head,
                 ..Tally::new(opts.size, pattern, n, opts.messages)
             },
             scratch: Sizing {
@@ -610,8 +705,13 @@ impl Fanout {
 
     fn publish(&mut self, seq: u64, at: Instant) {
         let now = self.ns(at);
-        self.publisher
-            .publish(seq, now, &self.tally.pattern, &mut self.rng);
+        self.publisher.publish(
+            self.tally.head,
+            seq,
+            now,
+            &self.tally.pattern,
+            &mut self.rng,
+        );
     }
 
     /// One poll and the handling of its events, with the echo probe read
@@ -749,8 +849,20 @@ fn print_summary(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) {
         PublisherKind::Ws => "ws (relayed by the server, sender excluded)",
     };
     println!(
-        "broadcast: {n} subscribers, {} messages of {} B, window {}, publisher {publisher_name}",
-        opts.messages, opts.size, opts.window
+        "broadcast: {n} subscribers{}, {} messages of {} B{}, window {}, publisher {publisher_name}",
+        if opts.sse {
+            " on event streams (Server-Sent Events)"
+        } else {
+            ""
+        },
+        opts.messages,
+        opts.size,
+        if opts.payload == Payload::Text {
+            " of text"
+        } else {
+            ""
+        },
+        opts.window
     );
     let servers = 1 + opts.common.dial.more_urls.len();
     if servers > 1 {
@@ -883,7 +995,15 @@ fn summary_json(opts: &BroadcastOpts, setup: &Setup, outcome: &Outcome) -> Json 
         .int("window", opts.window as u64)
         .int("size", opts.size as u64)
         .str("deflate", if opts.deflate { "on" } else { "off" })
-        .str("payload", if opts.json { "json" } else { "pattern" })
+        .str(
+            "payload",
+            match opts.payload {
+                Payload::Pattern => "pattern",
+                Payload::Json => "json",
+                Payload::Text => "text",
+            },
+        )
+        .str("transport", if opts.sse { "sse" } else { "websocket" })
         .str("meta", if opts.meta { "on" } else { "off" })
         .int("compressed_receipts", compressed)
         .num("connect_s", setup.dial_time.as_secs_f64(), 3)
@@ -1030,6 +1150,35 @@ mod tests {
         t.receive(&mut s, wire::OP_BINARY, &p, 2).unwrap();
         assert_eq!(t.warmed, 1);
         assert_eq!(t.receipts, 0);
+    }
+
+    #[test]
+    fn text_heads_round_trip_and_are_checked() {
+        let head = Head::Text.write(WARM | 0x1234, 987_654_321);
+        assert_eq!(&head[..16], b"8000000000001234");
+        assert_eq!(Head::Text.read(&head), Some((WARM | 0x1234, 987_654_321)));
+        let mut bad = head;
+        bad[3] = b'g';
+        assert_eq!(Head::Text.read(&bad), None);
+        bad[3] = b'+';
+        assert_eq!(Head::Text.read(&bad), None, "from_str_radix takes a sign");
+        let binary = Head::Binary.write(7, 9);
+        assert_eq!(Head::Binary.read(&binary[..16]), Some((7, 9)));
+
+        let pattern = text_pattern(64);
+        assert!(pattern.iter().all(|b| b.is_ascii_graphic()));
+        let mut t = Tally {
+            head: Head::Text,
+            ..Tally::new(64, pattern.clone(), 1, 2)
+        };
+        let mut s = sub();
+        let mut message = pattern.to_vec();
+        message[..32].copy_from_slice(&Head::Text.write(0, 100));
+        t.receive(&mut s, wire::OP_TEXT, &message, 150).unwrap();
+        assert_eq!((t.done, t.hist.max()), (1, 50));
+        assert!(t.receive(&mut s, wire::OP_BINARY, &message, 150).is_err());
+        message[40] ^= 1;
+        assert!(t.receive(&mut s, wire::OP_TEXT, &message, 150).is_err());
     }
 
     #[test]

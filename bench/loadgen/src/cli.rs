@@ -154,9 +154,15 @@ struct BroadcastArgs {
     /// Offer permessage-deflate and require it
     #[arg(long)]
     deflate: bool,
-    /// Byte pattern, or compressible JSON-like text
+    /// Byte pattern, compressible JSON-like bytes, or text (text frames or
+    /// events, all UTF-8; --size at least 32)
     #[arg(long, value_enum, default_value_t = Payload::Pattern)]
     payload: Payload,
+    /// Subscribe to the channel's event stream (Server-Sent Events: GET
+    /// with Accept: text/event-stream and ?sse=1) instead of a WebSocket;
+    /// --url stays the route's ws:// URL
+    #[arg(long, conflicts_with_all = ["deflate", "meta"])]
+    sse: bool,
     /// Subscribe with meta=1: messages arrive with channel and position
     #[arg(long)]
     meta: bool,
@@ -193,6 +199,10 @@ struct IdleArgs {
     /// Offer permessage-deflate and require it
     #[arg(long)]
     deflate: bool,
+    /// Open event streams (Server-Sent Events) instead of WebSockets; the
+    /// messages arrive as binary events (base64)
+    #[arg(long, conflicts_with = "deflate")]
+    sse: bool,
     /// Messages broadcast to all after the fan-out, one at a time, before
     /// the server's RSS is read again once steady (0: skip; skipped with
     /// --no-publish too)
@@ -229,11 +239,20 @@ pub enum PublisherKind {
     Ws,
 }
 
+/// What a broadcast message carries after its head (see
+/// [`crate::broadcast`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Payload {
+pub enum Payload {
+    /// A byte pattern, sent binary.
     Pattern,
+    /// JSON-like text after a binary head, sent binary.
     Json,
+    /// Printable text with a text head, sent as text.
+    Text,
 }
+
+/// The smallest `--payload text` message: its head is text (32 hex digits).
+pub const MIN_TEXT_SIZE: usize = 32;
 
 /// Settings shared by all scenarios.
 #[derive(Debug, PartialEq)]
@@ -266,8 +285,10 @@ pub struct BroadcastOpts {
     pub publish_url: Target,
     pub stall: Duration,
     pub deflate: bool,
-    /// Fill messages with JSON-like text rather than the byte pattern.
-    pub json: bool,
+    /// What the messages carry.
+    pub payload: Payload,
+    /// Subscribers read event streams (Server-Sent Events).
+    pub sse: bool,
     /// Subscribers ask for the metadata format (`meta=1`).
     pub meta: bool,
     /// The echo route a probe client times round trips on during the run.
@@ -284,6 +305,8 @@ pub struct IdleOpts {
     /// `None` with `--no-publish`.
     pub publish_url: Option<Target>,
     pub deflate: bool,
+    /// Connections are event streams (Server-Sent Events).
+    pub sse: bool,
     /// Messages broadcast after the fan-out before RSS is read again.
     pub after_broadcasts: u32,
     pub after_size: usize,
@@ -410,6 +433,16 @@ fn broadcast(args: BroadcastArgs) -> Result<BroadcastOpts> {
         }
         None => target::publish_url_for(&common.dial.url),
     };
+    if args.payload == Payload::Text && args.meta {
+        return Err(Fail::usage(
+            "--meta takes binary payloads (text messages come without the metadata envelope)",
+        ));
+    }
+    if args.payload == Payload::Text && args.size < MIN_TEXT_SIZE {
+        return Err(Fail::usage(format!(
+            "--payload text needs --size {MIN_TEXT_SIZE} or more (its head is text)"
+        )));
+    }
     let echo_url = match args.echo_url {
         Some(text) => {
             let url = target::parse_ws(&text)?;
@@ -430,7 +463,8 @@ fn broadcast(args: BroadcastArgs) -> Result<BroadcastOpts> {
         publish_url,
         stall: args.stall,
         deflate: args.deflate,
-        json: args.payload == Payload::Json,
+        payload: args.payload,
+        sse: args.sse,
         meta: args.meta,
         echo_url,
         echo_size: args.echo_size,
@@ -463,6 +497,7 @@ fn idle(args: IdleArgs) -> Result<IdleOpts> {
         size: args.size,
         publish_url,
         deflate: args.deflate,
+        sse: args.sse,
         after_broadcasts: args.after_broadcasts,
         after_size: args.after_size,
     })
@@ -589,17 +624,42 @@ mod tests {
         assert_eq!(o.publisher, PublisherKind::Ws);
         assert_eq!(o.publish_url.path, "/publish/bench");
         assert_eq!(o.window, 16);
-        assert!(!o.deflate && !o.json);
+        assert!(!o.deflate && !o.sse && o.payload == Payload::Pattern);
         let Command::Broadcast(o) =
             command("broadcast --url ws://127.0.0.1:9/live/b --deflate --payload json")
         else {
             panic!("not broadcast");
         };
-        assert!(o.deflate && o.json);
+        assert!(o.deflate && o.payload == Payload::Json);
         assert_eq!(
             exit_status("broadcast --url ws://127.0.0.1:9/live/b --payload xml"),
             Some(2)
         );
+    }
+
+    #[test]
+    fn sse_subscribers_and_text_payloads() {
+        let Command::Broadcast(o) =
+            command("broadcast --url ws://127.0.0.1:9/live/b --sse --payload text --size 32")
+        else {
+            panic!("not broadcast");
+        };
+        assert!(o.sse && o.payload == Payload::Text);
+        assert_eq!(o.publish_url.path, "/publish/b");
+        let Command::Idle(o) = command("idle --url ws://127.0.0.1:9/live/i --server-pid 1 --sse")
+        else {
+            panic!("not idle");
+        };
+        assert!(o.sse);
+        for bad in [
+            "broadcast --url ws://127.0.0.1:9/live/b --sse --deflate",
+            "broadcast --url ws://127.0.0.1:9/live/b --sse --meta",
+            "broadcast --url ws://127.0.0.1:9/live/b --payload text --size 31",
+            "broadcast --url ws://127.0.0.1:9/live/b --payload text --meta",
+            "idle --url ws://127.0.0.1:9/live/i --server-pid 1 --sse --deflate",
+        ] {
+            assert_eq!(exit_status(bad), Some(2), "{bad}");
+        }
     }
 
     #[test]
@@ -699,6 +759,9 @@ mod tests {
             "idle --url ws://127.0.0.1:1/live/idle --conns 10000 --deflate",
             "recover --url ws://127.0.0.1:1/hist/r --history 100000 --clients 10000 --missed 100",
             "broadcast --url ws://127.0.0.1:1/live/bench --meta --subscribers 10 --messages 10",
+            "idle --url ws://127.0.0.1:1/live/idle --sse --conns 10000",
+            "broadcast --url ws://127.0.0.1:1/live/bench --sse --subscribers 10000 --messages 60 \
+             --window 1 --size 64 --payload text --publisher http",
         ] {
             command(&format!("{line} {tail}"));
         }

@@ -18,6 +18,11 @@
 //! sockets ([`Io::Tls`]): one `ClientConnection` each, fed from the socket
 //! when it is readable and flushed to it on every write.
 //!
+//! With [`Sizing::sse`] a connection is a Server-Sent Events subscriber
+//! instead: it asks for the channel's event stream (see [`crate::sse`]) and
+//! its reads hand on the stream's messages exactly as a WebSocket
+//! connection's hand on frames, on the same poller and sweeps.
+//!
 //! Dialing keeps a bounded number of handshakes in flight so the server's
 //! listen backlog never overflows (an overflowing backlog shows up as
 //! one-second SYN retransmits, which would distort connect times).
@@ -33,6 +38,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::{Context, Deadline, Fail, Result};
+use crate::sse;
 use crate::stats::Rng;
 use crate::target::{Target, TlsClient};
 use crate::wire::{self, OutBuf};
@@ -118,6 +124,9 @@ pub struct Sizing {
     /// Offer permessage-deflate and require the server to accept it;
     /// compressed messages are inflated before `on_message` sees them.
     pub deflate: bool,
+    /// Subscribe to the channel's event stream (Server-Sent Events) rather
+    /// than open a WebSocket.
+    pub sse: bool,
 }
 
 thread_local! {
@@ -134,11 +143,19 @@ pub fn compressed_received() -> u64 {
 }
 
 impl Sizing {
+    /// The longest frame (or event) that carries a message: what a
+    /// connection may carry over from one read to the next.
+    fn max_unit(&self) -> usize {
+        match self.sse {
+            true => sse::max_event_len(self.max_payload),
+            false => self.max_payload + wire::MAX_SERVER_HEADER,
+        }
+    }
+
     /// A shared read buffer big enough for any carried-over partial frame
     /// plus a useful amount of fresh input.
     pub fn scratch(&self) -> Vec<u8> {
-        let frame = self.max_payload + wire::MAX_SERVER_HEADER;
-        vec![0; 2 * frame + 64 * 1024]
+        vec![0; 2 * self.max_unit() + 64 * 1024]
     }
 }
 
@@ -265,34 +282,38 @@ impl TlsIo {
     }
 }
 
-/// An open WebSocket connection.
+/// An open WebSocket connection, or an event stream ([`Sizing::sse`]).
 pub struct WsConn {
     stream: Io,
-    /// A partial frame left over from the last read; capacity is one frame,
-    /// so it never reallocates.
+    /// A partial frame (or event) left over from the last read; capacity is
+    /// one frame, so it never reallocates.
     carry: Vec<u8>,
-    /// Frames waiting to be written.
+    /// Frames waiting to be written (never any on an event stream).
     pub out: OutBuf,
     /// permessage-deflate was negotiated.
     deflate: bool,
+    /// The connection is an event stream.
+    sse: bool,
 }
 
 impl WsConn {
     fn new(stream: Io, early: &[u8], sizing: Sizing) -> WsConn {
-        let mut carry = Vec::with_capacity(sizing.max_payload + wire::MAX_SERVER_HEADER);
+        let mut carry = Vec::with_capacity(sizing.max_unit());
         carry.extend_from_slice(early);
         WsConn {
             stream,
             carry,
             out: OutBuf::with_capacity(sizing.out_capacity),
             deflate: sizing.deflate,
+            sse: sizing.sse,
         }
     }
 
     /// Reads what the socket has and hands each complete message to
     /// `on_message(out, opcode, payload)`; `out` is this connection's
     /// output buffer, for replies. Answers pings, fails on a close frame,
-    /// fragmented messages, or the connection closing.
+    /// fragmented messages, or the connection closing. An event stream's
+    /// messages come as text or binary ones (see [`crate::sse`]).
     ///
     /// Stops after a short read: with edge-triggered readiness, data that
     /// arrives later raises a new event, so reading on until `WouldBlock`
@@ -308,9 +329,10 @@ impl WsConn {
         let mut filled = self.carry.len();
         scratch[..filled].copy_from_slice(&self.carry);
         self.carry.clear();
-        let (deflate, out) = (self.deflate, &mut self.out);
-        let mut take = |scratch: &mut [u8], filled| {
-            take_frames(scratch, filled, max_payload, deflate, out, &mut on_message)
+        let (deflate, sse, out) = (self.deflate, self.sse, &mut self.out);
+        let mut take = |scratch: &mut [u8], filled| match sse {
+            true => take_events(scratch, filled, max_payload, out, &mut on_message),
+            false => take_frames(scratch, filled, max_payload, deflate, out, &mut on_message),
         };
         if filled > 0 {
             // Whole frames that came with the handshake's answer (or were
@@ -376,6 +398,21 @@ fn take_frames(
 ) -> Result<usize> {
     let used = parse_frames(&scratch[..filled], max_payload, deflate, out, |o, op, p| {
         on_message(o, op, p)
+    })?;
+    scratch.copy_within(used..filled, 0);
+    Ok(filled - used)
+}
+
+/// Like [`take_frames`], for an event stream's events.
+fn take_events(
+    scratch: &mut [u8],
+    filled: usize,
+    max_payload: usize,
+    out: &mut OutBuf,
+    on_message: &mut impl FnMut(&mut OutBuf, u8, &[u8]) -> Result<()>,
+) -> Result<usize> {
+    let used = sse::parse_events(&scratch[..filled], max_payload, |op, p| {
+        on_message(out, op, p)
     })?;
     scratch.copy_within(used..filled, 0);
     Ok(filled - used)
@@ -460,7 +497,8 @@ struct Dialing {
     source: Option<SocketAddr>,
     request: Vec<u8>,
     sent: usize,
-    accept: String,
+    /// The Sec-WebSocket-Accept expected; `None` for an event stream.
+    accept: Option<String>,
     response: Vec<u8>,
     deflate: bool,
 }
@@ -472,7 +510,7 @@ impl Dialing {
         registry: &mio::Registry,
         token: Token,
         rng: &mut Rng,
-        deflate: bool,
+        sizing: Sizing,
     ) -> Result<Dialing> {
         let socket = Socket::new(
             Domain::for_address(target.addr),
@@ -519,8 +557,18 @@ impl Dialing {
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .context(|| "register socket".to_owned())?;
         let stream = Io::new(stream, target.tls.as_ref())?;
-        let (request, accept) =
-            wire::handshake_request(&target.host, &target.path, rng.nonce(), deflate);
+        let (request, accept) = match sizing.sse {
+            true => (sse::request(&target.host, &target.path), None),
+            false => {
+                let (request, accept) = wire::handshake_request(
+                    &target.host,
+                    &target.path,
+                    rng.nonce(),
+                    sizing.deflate,
+                );
+                (request, Some(accept))
+            }
+        };
         Ok(Dialing {
             stream,
             source,
@@ -528,7 +576,7 @@ impl Dialing {
             sent: 0,
             accept,
             response: Vec::with_capacity(HANDSHAKE_BUF),
-            deflate,
+            deflate: sizing.deflate,
         })
     }
 
@@ -563,12 +611,7 @@ impl Dialing {
             match self.stream.read(&mut buf) {
                 Ok(0) => {
                     // Show whatever the server said before closing.
-                    wire::check_handshake_response(
-                        &self.response,
-                        &self.accept,
-                        path,
-                        self.deflate,
-                    )?;
+                    self.check_response(path)?;
                     return Err(Fail::run(
                         "server closed the connection during the handshake",
                     ));
@@ -582,7 +625,17 @@ impl Dialing {
                 return Err(Fail::run("handshake response head is over 64 KiB"));
             }
         }
-        wire::check_handshake_response(&self.response, &self.accept, path, self.deflate)
+        self.check_response(path)
+    }
+
+    /// The response head's length once it is complete and accepts.
+    fn check_response(&self, path: &str) -> Result<Option<usize>> {
+        match &self.accept {
+            Some(accept) => {
+                wire::check_handshake_response(&self.response, accept, path, self.deflate)
+            }
+            None => sse::check_response(&self.response, path),
+        }
     }
 }
 
@@ -640,8 +693,8 @@ pub fn dial_scenario(
     dial_all(poll, events, &plan, &mut sources, rng, deadline)
 }
 
-/// Opens the planned WebSocket connections and returns them once every
-/// handshake has completed. Events for other tokens that arrive meanwhile
+/// Opens the planned WebSocket connections (or event streams) and returns
+/// them once every handshake has completed. Events for other tokens that arrive meanwhile
 /// are dropped, so callers sweep their older connections afterwards.
 pub fn dial_all(
     poll: &mut Poll,
@@ -658,6 +711,14 @@ pub fn dial_all(
         sizing,
         max_dialing,
     } = *plan;
+    let streams;
+    let target = match sizing.sse {
+        true => {
+            streams = sse::stream_target(target);
+            &streams
+        }
+        false => target,
+    };
     let mut slots: Vec<Slot> = (0..count).map(|_| Slot::Waiting).collect();
     let (mut next, mut dialing, mut open) = (0, 0, 0);
     while open < count {
@@ -669,7 +730,7 @@ pub fn dial_all(
                 poll.registry(),
                 Token(token_base + next),
                 rng,
-                sizing.deflate,
+                sizing,
             )
             .map_err(|e| {
                 Fail::run(format!(

@@ -60,6 +60,7 @@ pub fn run(opts: &EchoOpts) -> Result<()> {
         max_payload: opts.size,
         out_capacity: opts.depth * frame,
         deflate: false,
+        sse: false,
     };
     let mut scratch = sizing.scratch();
     // Fail before dialing if the pid is wrong, not after the run.

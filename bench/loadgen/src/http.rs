@@ -16,6 +16,12 @@ use mio::{Interest, Registry, Token};
 use crate::error::{Context, Fail, Result};
 use crate::target::Target;
 
+/// The content type of a binary message: the server sends it on as binary.
+pub const BINARY: &str = "application/octet-stream";
+/// The content type of a text message (its body must be UTF-8): the server
+/// sends it on as text.
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
 /// Room for responses read at once; a response must fit entirely.
 const IN_BUF: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,10 +40,12 @@ pub struct HttpPublisher {
 
 impl HttpPublisher {
     /// Connects to `target` and prepares requests with `body_len`-byte
-    /// binary bodies. `window` sizes the output buffer.
+    /// bodies of `content_type` ([`BINARY`] or [`TEXT`]). `window` sizes
+    /// the output buffer.
     pub fn connect(
         target: &Target,
         body_len: usize,
+        content_type: &str,
         window: usize,
         registry: &Registry,
         token: Token,
@@ -52,7 +60,7 @@ impl HttpPublisher {
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .context(|| "register publisher".to_owned())?;
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
              Content-Length: {body_len}\r\n\r\n",
             target.path, target.host
         )

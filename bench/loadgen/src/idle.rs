@@ -16,6 +16,11 @@
 //! rate and the server's CPU time per handshake (what a route's token
 //! verification, or TLS, costs shows there).
 //!
+//! With `--sse` the connections are event streams (Server-Sent Events) on
+//! the same channel: the same figures for stream subscribers, whose
+//! messages (binary) arrive as base64 `event: binary` events, decoded and
+//! checked like WebSocket ones.
+//!
 //! Must never: publish the next message before every subscriber has the
 //! last, or wait unbounded (every wait has its own limit and the run's
 //! deadline).
@@ -27,7 +32,7 @@ use mio::{Events, Poll, Token};
 use crate::cli::IdleOpts;
 use crate::conn::{self, POLL_CAP, Sizing, WsConn};
 use crate::error::{Deadline, Fail, Result};
-use crate::http::HttpPublisher;
+use crate::http::{self, HttpPublisher};
 use crate::stats::{self, Json, Rng};
 use crate::wire;
 
@@ -119,6 +124,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         max_payload: opts.size.max(opts.after_size),
         out_capacity: 0,
         deflate: opts.deflate,
+        sse: opts.sse,
     };
 
     let (before, _) = steady_rss_unconnected(&rss, &deadline)?;
@@ -162,8 +168,14 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     let mut after_broadcasts: Option<After> = None;
     if let Some(url) = &opts.publish_url {
         let pattern = pattern(opts.size);
-        let mut publisher =
-            HttpPublisher::connect(url, opts.size, 1, subs.poll.registry(), Token(n))?;
+        let mut publisher = HttpPublisher::connect(
+            url,
+            opts.size,
+            http::BINARY,
+            1,
+            subs.poll.registry(),
+            Token(n),
+        )?;
         let expected = Expected {
             seq: FANOUT_SEQ,
             pattern: &pattern,
@@ -177,6 +189,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
             let mut publisher = HttpPublisher::connect(
                 url,
                 opts.after_size,
+                http::BINARY,
                 1,
                 subs.poll.registry(),
                 Token(n + 1),
@@ -203,7 +216,12 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     drop(subs);
 
     println!(
-        "idle: {n} connections to {}{}{} (connect: {:.2} s, settle: {:.1} s)",
+        "idle: {n} {} to {}{}{} (connect: {:.2} s, settle: {:.1} s)",
+        if opts.sse {
+            "event streams (Server-Sent Events)"
+        } else {
+            "connections"
+        },
         opts.common.dial.url.path,
         if opts.common.dial.url.wss {
             " over TLS"
@@ -265,6 +283,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
                 opts.common.dial.url.path
             ),
         )
+        .str("transport", if opts.sse { "sse" } else { "websocket" })
         .int("conns", n as u64)
         .str("deflate", if opts.deflate { "negotiated" } else { "off" })
         .num("connect_s", dial_time.as_secs_f64(), 3)

@@ -31,6 +31,7 @@ mod meta;
 mod probe;
 mod recover;
 mod report;
+mod sse;
 mod stats;
 mod target;
 mod wire;

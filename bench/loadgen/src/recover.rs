@@ -19,7 +19,7 @@ use mio::{Events, Poll, Token};
 use crate::cli::RecoverOpts;
 use crate::conn::{self, POLL_CAP, Sizing, SourceAddrs, WsConn};
 use crate::error::{Deadline, Fail, Result};
-use crate::http::HttpPublisher;
+use crate::http::{self, HttpPublisher};
 use crate::meta;
 use crate::stats::{self, CpuMeter, Json, Rng};
 use crate::wire;
@@ -54,6 +54,7 @@ pub fn run(opts: &RecoverOpts) -> Result<()> {
         max_payload: opts.size + meta::ROOM,
         out_capacity: 0,
         deflate: false,
+        sse: false,
     };
     let mut scratch = sizing.scratch();
     let dial = &opts.common.dial;
@@ -78,6 +79,7 @@ pub fn run(opts: &RecoverOpts) -> Result<()> {
     let mut publisher = HttpPublisher::connect(
         &opts.publish_url,
         opts.size,
+        http::BINARY,
         WINDOW,
         poll.registry(),
         Token(pub_token),
