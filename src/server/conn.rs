@@ -959,7 +959,9 @@ impl Connection {
         };
         // CORS only for an Origin the allow-list names: with no list, no
         // other site may read a stream (the cookie makes it the user's).
-        let cors = origin.filter(|_| !allowed.is_empty());
+        // Never for the opaque origin `null`, which any page can send from
+        // a sandboxed frame: listed, it may connect, not read with cookies.
+        let cors = origin.filter(|o| !allowed.is_empty() && !o.eq_ignore_ascii_case(b"null"));
         self.out
             .push_with(|buf| sse::write_response_head(cors, buf));
         ctx.actions.push(Action::Subscribe(vec![wanted]));
@@ -2099,6 +2101,21 @@ mod tests {
             c.send(&get("/live/a", "Origin: https://any.example\r\n"));
             let text = String::from_utf8(c.take()).expect("text");
             assert!(text.starts_with("HTTP/1.1 200"));
+            assert!(!text.contains("Access-Control"), "{text}");
+        }
+
+        #[test]
+        fn an_opaque_origin_never_gets_credentialed_cors() {
+            // Every sandboxed iframe of every site sends `Origin: null`: a
+            // listed `null` may connect, but its stream is not made
+            // readable (with the user's cookie) to whichever page that is.
+            let allow = |c: &mut Config| {
+                c.allowed_origins = vec!["https://app.example".into(), "null".into()];
+            };
+            let mut c = Driven::accepted(stream_config(allow));
+            c.send(&get("/live/a", "Origin: null\r\n"));
+            let text = String::from_utf8(c.take()).expect("text");
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
             assert!(!text.contains("Access-Control"), "{text}");
         }
 

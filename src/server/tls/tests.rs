@@ -539,8 +539,7 @@ fn send_garbage(garbage: &'static [u8]) -> Report {
 
 #[test]
 fn plaintext_http_is_invalid_data() {
-    let report =
-        send_garbage(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\r\n");
+    let report = send_garbage(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\r\n");
     let error = report.error.expect("the server accepted plaintext HTTP");
     assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
     assert_eq!(report.received, 0);
