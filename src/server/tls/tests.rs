@@ -1050,6 +1050,38 @@ fn small_reads_are_full_until_the_input_is_drained() {
     assert_eq!(pair.server.io.incoming.capacity(), 0);
 }
 
+/// A TLS 1.3 client may ask for a key update (update_requested); the
+/// server's own `key_update`, encrypted under its old key, must reach the
+/// client before any record under the new one, or the client cannot
+/// decrypt what follows. Several writes, one slice and several at once.
+#[test]
+fn a_key_update_the_client_asks_for_goes_before_the_next_records() {
+    let identity = ec_identity();
+    let server_config = load_server_config(&identity.cert, &identity.key, true, false).unwrap();
+    let client_config = client_config(&identity.der, true, false);
+    let (listener, _) = listen();
+    let mut pair = Pair::open(&listener, &server_config, &client_config);
+    for round in 0..3u8 {
+        pair.client.refresh_traffic_keys().unwrap();
+        pair.client.writer().write_all(&[round]).unwrap();
+        let mut received = Vec::new();
+        pair.pump(&mut received, |_| true);
+        assert_eq!(received, [round]);
+        let first = pattern(100);
+        let second = pattern(40_000);
+        let n = pair.server.write_vectored(&[IoSlice::new(&first)]).unwrap();
+        assert_eq!(n, first.len());
+        let slices = [IoSlice::new(&second), IoSlice::new(b"end")];
+        let n = pair.server.write_vectored(&slices).unwrap();
+        assert_eq!(n, second.len() + 3, "round {round}");
+        assert!(pair.server.flush().unwrap());
+        let want = first.len() + second.len() + 3;
+        let got = pair.client_reads(want);
+        assert_eq!(got.len(), want, "round {round}");
+        assert!(got.ends_with(b"end"));
+    }
+}
+
 /// What an idle established connection holds on the heap, for the
 /// numbers in the module doc. Runs in a child process of its own, as
 /// the allocation counters are process-wide.
