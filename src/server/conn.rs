@@ -2121,10 +2121,12 @@ mod tests {
 
         #[test]
         fn a_stream_whose_client_stopped_reading_is_dropped_like_a_silent_websocket() {
-            // A reader that takes nothing (a zero TCP window) on a quiet
-            // channel: no backlog builds up, yet the stream must not hold
-            // its slot for ever. Its keep-alive plays the ping: not taken
-            // within `pong_timeout`, the connection goes.
+            // A reader that takes nothing (its socket full, a zero TCP
+            // window) whose queue stays under `max_backlog_bytes` (a quiet
+            // channel after a burst, or `on_backlog = "drop"`, where the
+            // backlog rule never ends it): the stream must not hold its
+            // slot and queue for ever. Its keep-alive plays the ping: not
+            // taken within `pong_timeout`, the connection goes.
             let config = stream_config(|c| {
                 c.ping_interval = ms(1000);
                 c.pong_timeout = ms(300);
