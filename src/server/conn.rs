@@ -211,8 +211,10 @@ pub(super) struct Connection {
     /// When anything was last received.
     last_recv: u64,
     /// When the current wait began: accept or last HTTP request, the
-    /// outstanding ping, or the close.
+    /// outstanding ping (an event stream's last keep-alive), or the close.
     since: u64,
+    /// A ping awaits its pong; on an event stream, the last keep-alive
+    /// comment was queued and the queue has not run dry since.
     ping_outstanding: bool,
     /// Counted as an open WebSocket connection of `route`.
     upgraded: bool,
@@ -468,7 +470,12 @@ impl Connection {
 
     /// Writes queued bytes into `sink` until it is full or they are all out.
     pub(super) fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
-        self.out.flush(sink)
+        let flushed = self.out.flush(sink);
+        if self.mode == Mode::Sse && self.out.is_empty() {
+            // The client took everything, its last keep-alive included.
+            self.ping_outstanding = false;
+        }
+        flushed
     }
 
     /// True once, when our last bytes are out and the write side should be
@@ -952,7 +959,9 @@ impl Connection {
         };
         // CORS only for an Origin the allow-list names: with no list, no
         // other site may read a stream (the cookie makes it the user's).
-        let cors = origin.filter(|_| !allowed.is_empty());
+        // Never for the opaque origin `null`, which any page can send from
+        // a sandboxed frame: listed, it may connect, not read with cookies.
+        let cors = origin.filter(|o| !allowed.is_empty() && !o.eq_ignore_ascii_case(b"null"));
         self.out
             .push_with(|buf| sse::write_response_head(cors, buf));
         ctx.actions.push(Action::Subscribe(vec![wanted]));
@@ -1282,10 +1291,16 @@ impl Connection {
             Phase::AwaitingHandshake => Some(after(self.since, config.handshake_timeout)),
             Phase::Closing { .. } => Some(after(self.since, config.close_timeout)),
             // An event stream: a keep-alive comment every `ping_interval`
-            // (no answer expected, no idle timeout: its client never sends).
+            // (no idle timeout: its client never sends); a comment still
+            // queued after `pong_timeout` is a client that stopped reading.
             Phase::Open if self.mode == Mode::Sse => {
-                let keep_alive = (!config.ping_interval.is_zero())
-                    .then(|| after(self.since, config.ping_interval));
+                let keep_alive = (!config.ping_interval.is_zero()).then(|| {
+                    if self.ping_outstanding {
+                        after(self.since, config.pong_timeout)
+                    } else {
+                        after(self.since, config.ping_interval)
+                    }
+                });
                 keep_alive.into_iter().chain(self.token_deadline()).min()
             }
             Phase::Open => {
@@ -1338,11 +1353,22 @@ impl Connection {
                     self.end_stream(Some(last), now);
                     return true;
                 }
-                if !config.ping_interval.is_zero() && now >= after(self.since, config.ping_interval)
-                {
+                if config.ping_interval.is_zero() {
+                    return true;
+                }
+                if self.ping_outstanding {
+                    // Nothing the stream was given has been taken since the
+                    // keep-alive (a zero TCP window, no FIN): the slot, the
+                    // queue and the socket go, as for an unanswered ping.
+                    if now >= after(self.since, config.pong_timeout) {
+                        debug!("event stream not read within the pong timeout");
+                        return false;
+                    }
+                } else if now >= after(self.since, config.ping_interval) {
                     self.out.push_sized(sse::KEEP_ALIVE.len(), |buf| {
                         buf.extend_from_slice(sse::KEEP_ALIVE);
                     });
+                    self.ping_outstanding = true;
                     self.since = now;
                 }
             }
@@ -2076,6 +2102,60 @@ mod tests {
             let text = String::from_utf8(c.take()).expect("text");
             assert!(text.starts_with("HTTP/1.1 200"));
             assert!(!text.contains("Access-Control"), "{text}");
+        }
+
+        #[test]
+        fn an_opaque_origin_never_gets_credentialed_cors() {
+            // Every sandboxed iframe of every site sends `Origin: null`: a
+            // listed `null` may connect, but its stream is not made
+            // readable (with the user's cookie) to whichever page that is.
+            let allow = |c: &mut Config| {
+                c.allowed_origins = vec!["https://app.example".into(), "null".into()];
+            };
+            let mut c = Driven::accepted(stream_config(allow));
+            c.send(&get("/live/a", "Origin: null\r\n"));
+            let text = String::from_utf8(c.take()).expect("text");
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(!text.contains("Access-Control"), "{text}");
+        }
+
+        #[test]
+        fn a_stream_whose_client_stopped_reading_is_dropped_like_a_silent_websocket() {
+            // A reader that takes nothing (its socket full, a zero TCP
+            // window) whose queue stays under `max_backlog_bytes` (a quiet
+            // channel after a burst, or `on_backlog = "drop"`, where the
+            // backlog rule never ends it): the stream must not hold its
+            // slot and queue for ever. Its keep-alive plays the ping: not
+            // taken within `pong_timeout`, the connection goes.
+            let config = stream_config(|c| {
+                c.ping_interval = ms(1000);
+                c.pong_timeout = ms(300);
+            });
+            let (mut c, _) = open_stream(config, "/live/a", "");
+            c.wire.room = 0;
+            c.advance_to(1000);
+            assert!(c.dropped.is_none());
+            assert_eq!(c.conn.next_deadline(&c.env.config), Some(1300));
+            c.advance_to(1299);
+            assert!(c.dropped.is_none());
+            c.advance_to(1300);
+            assert_eq!(c.dropped, Some(1300), "the keep-alive was never taken");
+
+            // A reader that takes its keep-alives keeps its stream, however
+            // late it takes one within the timeout.
+            let config = stream_config(|c| {
+                c.ping_interval = ms(1000);
+                c.pong_timeout = ms(300);
+            });
+            let (mut c, _) = open_stream(config, "/live/a", "");
+            c.wire.room = 0;
+            c.advance_to(1200);
+            c.wire.room = usize::MAX;
+            c.settle();
+            assert_eq!(c.take(), b":\n\n");
+            c.advance_to(10_000);
+            assert!(c.dropped.is_none());
+            assert_eq!(c.take(), b":\n\n".repeat(9));
         }
 
         #[test]

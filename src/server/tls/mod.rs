@@ -25,7 +25,10 @@
 //!   `Transport::Tls(Box::new(..))`, registered through
 //!   [`TlsStream::source`] like a plain socket.
 //! - Reads: [`TlsStream::read`] keeps the plain-socket contract the loop
-//!   relies on. A full read may leave more behind; a short read (or
+//!   relies on. A full read may leave more behind, and so may
+//!   `Interrupted` (retry, as for a plain socket): a read takes at most
+//!   about four times its buffer of ciphertext from the socket, so records
+//!   that carry a byte or none cannot hold the loop; a short read (or
 //!   `WouldBlock`) means the socket was drained to `WouldBlock` and all
 //!   decrypted input was handed over. `Ok(0)` is a clean end: close_notify,
 //!   or TCP EOF once the handshake is done (WebSocket has its own close
@@ -187,6 +190,22 @@ const MIN_SOCKET_READ: usize = 4 * 1024;
 // An incomplete record plus one socket read always fit the scratch.
 const _: () = assert!(RECV_SCRATCH_LEN >= MAX_RECORD_LEN + MIN_SOCKET_READ);
 
+/// Ciphertext one [`TlsStream::read`] may take from the socket per byte of
+/// the caller's buffer. Ordinary traffic stays well below (full records
+/// cost 1.002, one WebSocket frame of a few bytes per record under 4), so
+/// its reads end full or drained; records that carry one byte or none
+/// (up to 23 and ~750 bytes of ciphertext per byte delivered) would
+/// otherwise keep one read decrypting while the rest of the loop waits.
+const MAX_CIPHERTEXT_PER_BYTE: usize = 4;
+
+/// The ciphertext one read into a buffer of `len` bytes may take from the
+/// socket: [`MAX_CIPHERTEXT_PER_BYTE`] per byte, and always one whole
+/// record, so every read makes progress.
+fn read_budget(len: usize) -> usize {
+    len.saturating_mul(MAX_CIPHERTEXT_PER_BYTE)
+        .saturating_add(MAX_RECORD_LEN)
+}
+
 thread_local! {
     /// Ciphertext being processed by a read: the connection's carried-over
     /// partial record, then what the socket gave. Shared by every
@@ -314,10 +333,11 @@ impl TlsStream {
     /// Reads plaintext, pulling ciphertext from the socket until it would
     /// block (or `buf` is full) and answering the handshake on the way.
     ///
-    /// Ok(n == buf.len()): there may be more; call again. Ok(n < buf.len())
-    /// or `WouldBlock`: the socket is drained and nothing decrypted is left,
-    /// so the next input comes with a new readiness edge. Ok(0) for a
-    /// non-empty `buf`: clean end of the peer's stream.
+    /// Ok(n == buf.len()) or `Interrupted` (a read's work is bounded, see
+    /// [`read_budget`]; nothing is lost): there may be more; call again.
+    /// Ok(n < buf.len()) or `WouldBlock`: the socket is drained and nothing
+    /// decrypted is left, so the next input comes with a new readiness
+    /// edge. Ok(0) for a non-empty `buf`: clean end of the peer's stream.
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(e) = self.io.deferred_error.take() {
             return Err(e);
@@ -359,6 +379,14 @@ impl TlsStream {
         }
         match result {
             Ok(()) => Ok(filled),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                // Over budget: what was gathered goes first next time (the
+                // held plaintext is empty, as `buf` is not full).
+                let mut gathered = buf.get(..filled).unwrap_or_default().to_vec();
+                gathered.append(&mut self.io.plaintext);
+                self.io.plaintext = gathered;
+                Err(e)
+            }
             Err(e) => self.io.fail_after(filled, e),
         }
     }
@@ -403,6 +431,8 @@ impl TlsStream {
 
     /// The body of [`TlsStream::read`]: `rx[..*held]` is unprocessed
     /// ciphertext; on return it holds at most one incomplete record.
+    /// `Interrupted` once [`read_budget`] of ciphertext was taken from the
+    /// socket with `buf` still not full (more may be waiting there).
     fn read_via(
         &mut self,
         rx: &mut [u8],
@@ -410,6 +440,7 @@ impl TlsStream {
         buf: &mut [u8],
         filled: &mut usize,
     ) -> io::Result<()> {
+        let mut budget = read_budget(buf.len());
         loop {
             match self.process(rx, held, buf, filled)? {
                 Progress::PeerClosed => {
@@ -421,7 +452,10 @@ impl TlsStream {
             if *filled == buf.len() {
                 return Ok(());
             }
-            let want = (buf.len() - *filled).max(MIN_SOCKET_READ);
+            if budget == 0 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let want = (buf.len() - *filled).max(MIN_SOCKET_READ).min(budget);
             let end = held.saturating_add(want).min(rx.len());
             let Some(space) = rx.get_mut(*held..end).filter(|s| !s.is_empty()) else {
                 return Err(io::Error::other("TLS input buffer overrun"));
@@ -439,7 +473,10 @@ impl TlsStream {
                     self.io.read_closed = true;
                     return Ok(());
                 }
-                Ok(n) => *held += n,
+                Ok(n) => {
+                    *held += n;
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return if *filled > 0 { Ok(()) } else { Err(e) };
                 }

@@ -318,6 +318,7 @@ fn serve_echo(mut listener: TcpListener, config: Arc<ServerConfig>) -> Report {
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
                             report.error = Some(e);
                             return report;
@@ -860,6 +861,7 @@ impl Pair {
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => panic!("{e}"),
                 }
             }
@@ -1048,6 +1050,105 @@ fn small_reads_are_full_until_the_input_is_drained() {
     );
     assert_eq!(pair.server.io.plaintext.capacity(), 0);
     assert_eq!(pair.server.io.incoming.capacity(), 0);
+}
+
+/// A TLS 1.3 client may ask for a key update (update_requested); the
+/// server's own `key_update`, encrypted under its old key, must reach the
+/// client before any record under the new one, or the client cannot
+/// decrypt what follows. Several writes, one slice and several at once.
+#[test]
+fn a_key_update_the_client_asks_for_goes_before_the_next_records() {
+    let identity = ec_identity();
+    let server_config = load_server_config(&identity.cert, &identity.key, true, false).unwrap();
+    let client_config = client_config(&identity.der, true, false);
+    let (listener, _) = listen();
+    let mut pair = Pair::open(&listener, &server_config, &client_config);
+    for round in 0..3u8 {
+        pair.client.refresh_traffic_keys().unwrap();
+        pair.client.writer().write_all(&[round]).unwrap();
+        let mut received = Vec::new();
+        pair.pump(&mut received, |_| true);
+        assert_eq!(received, [round]);
+        let first = pattern(100);
+        let second = pattern(40_000);
+        let n = pair.server.write_vectored(&[IoSlice::new(&first)]).unwrap();
+        assert_eq!(n, first.len());
+        let slices = [IoSlice::new(&second), IoSlice::new(b"end")];
+        let n = pair.server.write_vectored(&slices).unwrap();
+        assert_eq!(n, second.len() + 3, "round {round}");
+        assert!(pair.server.flush().unwrap());
+        let want = first.len() + second.len() + 3;
+        let got = pair.client_reads(want);
+        assert_eq!(got.len(), want, "round {round}");
+        assert!(got.ends_with(b"end"));
+    }
+}
+
+/// A peer whose records carry next to no plaintext (one byte each here;
+/// empty records are worse) cannot make one read decrypt without bound
+/// while the rest of the loop waits: past its budget a read says
+/// `Interrupted` (call again), losing nothing and reordering nothing.
+#[test]
+fn one_read_decrypts_a_bounded_amount_of_tiny_records() {
+    let identity = ec_identity();
+    let server_config = load_server_config(&identity.cert, &identity.key, true, false).unwrap();
+    let client_config = client_config(&identity.der, true, false);
+    let (listener, _) = listen();
+    let mut pair = Pair::open(&listener, &server_config, &client_config);
+    // Each one-byte write is one record of 22 or more bytes.
+    let sent: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8).collect();
+    let mut queued = 0;
+    'send: for byte in &sent {
+        pair.client.writer().write_all(&[*byte]).unwrap();
+        queued += 1;
+        while pair.client.wants_write() {
+            match pair.client.write_tls(&mut pair.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 'send,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    thread::sleep(Duration::from_millis(50));
+    let mut buf = [0; 4000];
+    let budget_records = read_budget(buf.len()) / 22 + 1;
+    assert!(queued > 2 * budget_records, "only {queued} records sent");
+    let mut received = Vec::new();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls < 10_000, "no progress");
+        let before = received.len() + pair.server.io.plaintext.len();
+        match pair.server.read(&mut buf) {
+            Ok(n) => {
+                received.extend_from_slice(&buf[..n]);
+                let decrypted = received.len() + pair.server.io.plaintext.len() - before;
+                assert!(
+                    decrypted <= budget_records,
+                    "{decrypted} records in one read"
+                );
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                let decrypted = received.len() + pair.server.io.plaintext.len() - before;
+                assert!(
+                    decrypted <= budget_records,
+                    "{decrypted} records in one read"
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        received.len(),
+        queued,
+        "every record read once the socket is drained"
+    );
+    assert_eq!(received, sent[..queued]);
+    assert_eq!(pair.server.io.plaintext.capacity(), 0);
 }
 
 /// What an idle established connection holds on the heap, for the
