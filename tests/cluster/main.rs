@@ -22,6 +22,7 @@ mod support {
     pub mod http;
     #[allow(dead_code)]
     pub mod positions;
+    pub mod python;
     pub mod redis;
     #[allow(dead_code)]
     pub mod server;

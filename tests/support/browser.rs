@@ -6,14 +6,10 @@
 //! only loopback addresses; every host name but `localhost` resolves to
 //! nothing, so no test can reach past the machine even by mistake.
 
-use std::process::Command;
-use std::time::Duration;
+use super::python::run_python;
 
 /// Where the distribution installs Chromium (`.ci/test` installs it).
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// The longest a browser script may run before the test fails.
-pub const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every script starts with: `launch()` opens a headless Chromium
 /// whose host resolver maps no name but `localhost` to anything, and
@@ -47,25 +43,12 @@ pub fn run_browser_script(script: &str, args: &[&str]) -> String {
         "this test needs Chromium at {CHROMIUM}: apt-get install chromium (.ci/test does)"
     );
     let program = format!("{PRELUDE}\n{script}");
-    let output = Command::new("timeout")
-        .arg(BROWSER_TIMEOUT.as_secs().to_string())
-        .arg("python3")
-        .arg("-c")
-        .arg(program)
-        .arg(CHROMIUM)
-        .args(args)
-        .output()
-        .expect("python3 must be installed to run this test");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'playwright'"),
-        "this test needs Playwright for Python: pip install playwright (.ci/test does)"
-    );
-    assert!(
-        output.status.success(),
-        "browser script failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    stdout
+    let mut argv = vec![CHROMIUM];
+    argv.extend_from_slice(args);
+    run_python(
+        &program,
+        &argv,
+        "playwright",
+        "pip install playwright (.ci/test does)",
+    )
 }
