@@ -482,16 +482,15 @@ impl Fanout {
                     },
                     max_dialing: 1,
                 };
-                let mut one = conn::dial_all(
-                    &mut poll,
-                    &mut events,
+                let one = dial_one(
+                    (&mut poll, &mut events),
                     &plan,
                     &mut sources,
                     &mut rng,
                     deadline,
-                )
-                .map_err(|e| Fail::run(format!("publisher: {}", e.message)))?;
-                Publisher::Ws(one.remove(0))
+                    "publisher",
+                )?;
+                Publisher::Ws(one)
             }
         };
         let probe = match &opts.echo_url {
@@ -508,16 +507,15 @@ impl Fanout {
                     },
                     max_dialing: 1,
                 };
-                let mut one = conn::dial_all(
-                    &mut poll,
-                    &mut events,
+                let one = dial_one(
+                    (&mut poll, &mut events),
                     &plan,
                     &mut sources,
                     &mut rng,
                     deadline,
-                )
-                .map_err(|e| Fail::run(format!("echo probe: {}", e.message)))?;
-                Some(EchoProbe::new(one.remove(0), opts.echo_size))
+                    "echo probe",
+                )?;
+                Some(EchoProbe::new(one, opts.echo_size))
             }
             None => None,
         };
@@ -1070,6 +1068,23 @@ fn publisher_event(
             c.flush()
         }
     }
+}
+
+/// Dials the one connection `plan` describes (a publisher, the echo probe);
+/// `what` names it in errors.
+fn dial_one(
+    (poll, events): (&mut Poll, &mut Events),
+    plan: &DialPlan<'_>,
+    sources: &mut SourceAddrs,
+    rng: &mut Rng,
+    deadline: &Deadline,
+    what: &str,
+) -> Result<WsConn> {
+    conn::dial_all(poll, events, plan, sources, rng, deadline)
+        .map_err(|e| Fail::run(format!("{what}: {}", e.message)))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Fail::run(format!("{what}: not dialed")))
 }
 
 #[cfg(test)]

@@ -127,7 +127,11 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
         sse: opts.sse,
     };
 
-    let (before, _) = steady_rss_unconnected(&rss, &deadline)?;
+    let (before, _) = steady_rss(&rss, |until| {
+        deadline.check(Instant::now(), "waiting for the server's RSS to be steady")?;
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        Ok(())
+    })?;
     let cpu = stats::CpuMeter::start(pid)
         .map_err(|e| Fail::run(format!("reading /proc/{pid}/stat: {e}")))?;
     let dial_start = Instant::now();
@@ -203,7 +207,7 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
             }
             drop(publisher);
             let done = Instant::now();
-            let (rss, steady) = subs.steady_rss(&rss, &deadline)?;
+            let (rss, steady) = steady_rss(&rss, |until| subs.idle_until(until, &deadline))?;
             after_broadcasts = Some(After {
                 rss,
                 per_conn: (rss as f64 - before as f64) / n as f64,
@@ -329,12 +333,13 @@ pub fn run(opts: &IdleOpts) -> Result<()> {
     Ok(())
 }
 
-/// Reads the server's RSS every [`RSS_EVERY`] before any connection is
-/// open, until it is steady or [`STEADY_LIMIT`] has passed; returns the last
-/// reading and whether it was steady.
-fn steady_rss_unconnected(
+/// Reads the server's RSS every [`RSS_EVERY`], calling `wait` between
+/// readings (sleeping, or keeping connections read meanwhile), until it is
+/// steady or [`STEADY_LIMIT`] has passed; returns the last reading and
+/// whether it was steady.
+fn steady_rss(
     rss: &impl Fn() -> Result<u64>,
-    deadline: &Deadline,
+    mut wait: impl FnMut(Instant) -> Result<()>,
 ) -> Result<(u64, bool)> {
     let give_up = Instant::now() + STEADY_LIMIT;
     let mut watch = RssWatch::default();
@@ -344,11 +349,10 @@ fn steady_rss_unconnected(
             return Ok((reading, true));
         }
         let now = Instant::now();
-        deadline.check(now, "waiting for the server's RSS to be steady")?;
         if now >= give_up {
             return Ok((reading, false));
         }
-        std::thread::sleep(RSS_EVERY);
+        wait(now + RSS_EVERY)?;
     }
 }
 
@@ -502,28 +506,6 @@ impl Subscribers {
             }
         }
         Ok((last.duration_since(start), recipients))
-    }
-
-    /// Reads the server's RSS every [`RSS_EVERY`], keeping the connections
-    /// read meanwhile, until it is steady or [`STEADY_LIMIT`] has passed;
-    /// returns the last reading and whether it was steady.
-    fn steady_rss(
-        &mut self,
-        rss: &impl Fn() -> Result<u64>,
-        deadline: &Deadline,
-    ) -> Result<(u64, bool)> {
-        let give_up = Instant::now() + STEADY_LIMIT;
-        let mut watch = RssWatch::default();
-        loop {
-            let reading = rss()?;
-            if watch.push(reading) {
-                return Ok((reading, true));
-            }
-            if Instant::now() >= give_up {
-                return Ok((reading, false));
-            }
-            self.idle_until(Instant::now() + RSS_EVERY, deadline)?;
-        }
     }
 }
 
