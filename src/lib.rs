@@ -22,6 +22,7 @@ mod auth;
 mod bus;
 pub mod config;
 pub mod daemon;
+pub mod handover;
 mod history;
 mod hub;
 mod metrics;

@@ -8,6 +8,7 @@
 //! Must never: touch connections or run its own thread or loop; the event
 //! loop in [`crate::server`] decides when anything here is called.
 
+pub mod fdstore;
 pub mod listenfd;
 pub mod logging;
 pub mod notify;

@@ -1,0 +1,1 @@
+//! The versioned state handed to a new process.

@@ -1,0 +1,1 @@
+//! The channel between the old and the new process.
