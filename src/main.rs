@@ -184,7 +184,7 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
         }
         Err(message) => log::warn!("{message}"),
     }
-    let inherited = listenfd::take()?;
+    let inherited = listenfd::take()?.listeners;
     let mut server = if inherited.is_empty() {
         Server::bind(config).map_err(|e| format!("cannot start: {}", describe_start_error(&e)))?
     } else {
