@@ -6,7 +6,9 @@
 //! buffer of a message still being received. Compressed messages
 //! (permessage-deflate, RSV1 on the first frame) are buffered whole and
 //! inflated by the loop's shared [`Inflater`] under `max_message_size`;
-//! their UTF-8 is checked on the inflated bytes.
+//! their UTF-8 is checked on the inflated bytes. The state between two
+//! inputs can be exported and imported ([`ReceiverState`]) so a handover
+//! carries a partly received frame or message to the next process.
 //! Must never: hold a buffer, or any state of a frame, while no frame or
 //! message is partially received (idle connections cost two words),
 //! allocate for a message that arrives whole in one input slice (it is

@@ -5,7 +5,8 @@
 //! frames broadcast to many connections are shared by reference count, never
 //! copied per recipient.
 //! The whole queue goes out in vectored writes to a [`Sink`]: the socket's
-//! transport in the loop, a `Vec` in tests.
+//! transport in the loop, a `Vec` in tests. For a handover, every unsent
+//! byte can be taken out in order and a queue rebuilt from them.
 //! Must never: hold memory of its own while empty (an idle connection owns
 //! no buffer), keep any after the socket took everything (so a subscriber
 //! that has received messages costs what a fresh one does), reorder bytes,
