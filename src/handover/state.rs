@@ -156,7 +156,14 @@ mod tests {
 
     #[test]
     fn another_version_keeps_its_farewells_readable() {
-        let mut bytes = encode(&[farewell()], &Body { names: vec![], n: 1 }).unwrap();
+        let mut bytes = encode(
+            &[farewell()],
+            &Body {
+                names: vec![],
+                n: 1,
+            },
+        )
+        .unwrap();
         let at = MAGIC.len();
         bytes[at..at + 4].copy_from_slice(&(VERSION + 1).to_le_bytes());
         let envelope = open(&bytes).unwrap();
@@ -170,7 +177,14 @@ mod tests {
     #[test]
     fn garbage_and_truncation_are_errors_not_panics() {
         assert!(matches!(open(b"hello"), Err(StateError::NotAState)));
-        let bytes = encode(&[farewell()], &Body { names: vec!["x".into()], n: 1 }).unwrap();
+        let bytes = encode(
+            &[farewell()],
+            &Body {
+                names: vec!["x".into()],
+                n: 1,
+            },
+        )
+        .unwrap();
         for cut in 0..bytes.len() {
             if let Ok(envelope) = open(&bytes[..cut]) {
                 assert!(decode_body::<Body>(&envelope).is_err(), "cut {cut}");
