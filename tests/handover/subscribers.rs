@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use mio::{Events, Interest, Poll, Token};
 use rustix::process::Signal;
 
 use crate::common::{LIVE, Publisher, start};
@@ -47,10 +48,11 @@ fn seq_of(payload: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// Subscribers read by one thread: raw bytes split into frames, each
-/// message checked against the next number expected.
+/// Subscribers read by one thread on a poller of its own: raw bytes split
+/// into frames, each message checked against the next number expected.
 struct Readers {
-    streams: Vec<TcpStream>,
+    poll: Poll,
+    streams: Vec<mio::net::TcpStream>,
     pending: Vec<Vec<u8>>,
     /// The number each subscriber expects next.
     next: Vec<u64>,
@@ -60,11 +62,22 @@ struct Readers {
 
 impl Readers {
     fn new(streams: Vec<TcpStream>) -> Readers {
-        for stream in &streams {
-            stream.set_nonblocking(true).unwrap();
-        }
+        let poll = Poll::new().expect("a poller");
+        let streams: Vec<mio::net::TcpStream> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, stream)| {
+                stream.set_nonblocking(true).unwrap();
+                let mut stream = mio::net::TcpStream::from_std(stream);
+                poll.registry()
+                    .register(&mut stream, Token(i), Interest::READABLE)
+                    .expect("register a subscriber");
+                stream
+            })
+            .collect();
         let n = streams.len();
         Readers {
+            poll,
             streams,
             pending: vec![Vec::new(); n],
             next: vec![1; n],
@@ -72,25 +85,20 @@ impl Readers {
         }
     }
 
-    /// One pass over every subscriber; true if any byte came.
-    fn pass(&mut self, chunk: &mut [u8]) -> bool {
-        let mut progress = false;
-        for i in 0..self.streams.len() {
-            if self.faults[i].is_some() {
-                continue;
-            }
+    /// Reads subscriber `i` until the socket is drained (edge-triggered).
+    fn drain(&mut self, i: usize, chunk: &mut [u8]) {
+        while self.faults[i].is_none() {
             match self.streams[i].read(chunk) {
                 Ok(0) => self.faults[i] = Some("the connection was closed (EOF)".into()),
                 Ok(n) => {
-                    progress = true;
                     self.pending[i].extend_from_slice(&chunk[..n]);
                     self.frames(i);
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => self.faults[i] = Some(format!("read failed: {e}")),
             }
         }
-        progress
     }
 
     fn frames(&mut self, i: usize) {
@@ -118,40 +126,56 @@ impl Readers {
         }
     }
 
+    /// True once every subscriber has message `last` or has failed.
+    fn done(&self, last: u64) -> bool {
+        (0..self.streams.len()).all(|i| self.faults[i].is_some() || self.next[i] > last)
+    }
+
     /// Reads until every subscriber has message `last` (once `last`, 0
     /// until known, is set), or `DRAIN_LIMIT` after that.
     fn run(mut self, last: &AtomicU64) -> Readers {
         let mut chunk = vec![0u8; 64 * 1024];
+        let mut events = Events::with_capacity(1024);
         let mut known: Option<(u64, Instant)> = None;
         loop {
-            let progress = self.pass(&mut chunk);
+            self.poll
+                .poll(&mut events, Some(Duration::from_millis(50)))
+                .or_else(|e| {
+                    if e.kind() == ErrorKind::Interrupted {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .expect("poll the subscribers");
+            for event in events.iter() {
+                self.drain(event.token().0, &mut chunk);
+            }
             if known.is_none() {
                 let value = last.load(Ordering::SeqCst);
                 if value != 0 {
                     known = Some((value, Instant::now()));
                 }
             }
-            if let Some((value, since)) = known {
-                let done = (0..self.streams.len())
-                    .all(|i| self.faults[i].is_some() || self.next[i] > value);
-                if done {
-                    // A last look: anything more is a duplicate or worse.
-                    std::thread::sleep(Duration::from_millis(100));
-                    self.pass(&mut chunk);
-                    return self;
+            let Some((value, since)) = known else {
+                continue;
+            };
+            if self.done(value) {
+                // A last look: anything more is a duplicate or worse.
+                std::thread::sleep(Duration::from_millis(200));
+                for i in 0..self.streams.len() {
+                    self.drain(i, &mut chunk);
                 }
-                if since.elapsed() > DRAIN_LIMIT {
-                    for i in 0..self.streams.len() {
-                        if self.faults[i].is_none() && self.next[i] <= value {
-                            self.faults[i] =
-                                Some(format!("stuck before m{} (last is m{value})", self.next[i]));
-                        }
-                    }
-                    return self;
-                }
+                return self;
             }
-            if !progress {
-                std::thread::sleep(Duration::from_millis(1));
+            if since.elapsed() > DRAIN_LIMIT {
+                for i in 0..self.streams.len() {
+                    if self.faults[i].is_none() && self.next[i] <= value {
+                        self.faults[i] =
+                            Some(format!("stuck before m{} (last is m{value})", self.next[i]));
+                    }
+                }
+                return self;
             }
         }
     }
