@@ -174,7 +174,7 @@ for size in $SIZES; do
         ms=$(printf '%s' "$handed" | sed -n 's/.* in \([0-9.]*\) *ms.*/\1/p')
         if (( rc != 0 )) || [[ -z $ms ]]; then
             why=$(head -c 300 "$WORK/err.txt" | tr '\n' ' ')
-            [[ -n $ms ]] || why="$why no handover line in the server's log: $(grep -F 'handover' "$WORK/server.log" | tail -n 2 | tr '\n' ' ')"
+            [[ -n $ms ]] || why="$why no handover line in the server's log: $( (grep -F 'handover' "$WORK/server.log" || true) | tail -n 2 | tr '\n' ' ')"
             FAILURES+=("$size/$run: $why")
             log "    failed: $why"
         else
@@ -201,7 +201,7 @@ done
     done
     echo
     echo "- Cells: median [min–max] over the runs that succeeded; – = none did"
-    echo "- Machine: $(nproc) CPUs, $(uname -sr); $PINNING; wshub $("$WSHUB_BIN" --version 2>/dev/null | head -n 1)"
+    echo "- Machine: $(nproc) CPUs, $(uname -sr); $PINNING; $("$WSHUB_BIN" --version 2>/dev/null | head -n 1)"
     for failure in "${FAILURES[@]}"; do
         echo "- Failed run $failure"
     done
