@@ -58,6 +58,9 @@ enum Scenario {
     Idle(IdleArgs),
     /// Memory per history message, then many clients recovering at once
     Recover(RecoverArgs),
+    /// Idle subscribers, an echo probe and a publisher through a handover
+    /// started by SIGUSR2 to --server-pid: the longest pause each saw
+    Handover(HandoverArgs),
 }
 
 /// Options for every scenario.
@@ -233,6 +236,27 @@ struct RecoverArgs {
     size: usize,
 }
 
+#[derive(Debug, Args)]
+struct HandoverArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Idle subscribers on the --url channel
+    #[arg(long, default_value_t = 1000, value_parser = count::<1_000_000>)]
+    conns: usize,
+    /// ws:// URL of the server's echo route, for the echo probe
+    #[arg(long, value_name = "URL", required = true)]
+    echo_url: String,
+    /// http:// URL to POST to [default: /publish/CHANNEL on the --url server]
+    #[arg(long, value_name = "URL")]
+    publish_url: Option<String>,
+    /// Seconds between two messages (each waits for the last one's answer)
+    #[arg(long, value_name = "SECONDS", default_value = "0.01", value_parser = positive_seconds)]
+    every: Duration,
+    /// Seconds of publishing after the signal
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = positive_seconds)]
+    after: Duration,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PublisherKind {
     Http,
@@ -323,11 +347,22 @@ pub struct RecoverOpts {
 }
 
 #[derive(Debug, PartialEq)]
+pub struct HandoverOpts {
+    pub common: Common,
+    pub conns: usize,
+    pub echo_url: Target,
+    pub publish_url: Target,
+    pub every: Duration,
+    pub after: Duration,
+}
+
+#[derive(Debug, PartialEq)]
 pub enum Command {
     Echo(EchoOpts),
     Broadcast(BroadcastOpts),
     Idle(IdleOpts),
     Recover(RecoverOpts),
+    Handover(HandoverOpts),
 }
 
 /// What parsing the command line came to: a scenario to run, or clap's
@@ -352,6 +387,7 @@ where
         Scenario::Broadcast(args) => Command::Broadcast(broadcast(args)?),
         Scenario::Idle(args) => Command::Idle(idle(args)?),
         Scenario::Recover(args) => Command::Recover(recover(args)?),
+        Scenario::Handover(args) => Command::Handover(handover(args)?),
     })))
 }
 
@@ -522,6 +558,35 @@ fn recover(args: RecoverArgs) -> Result<RecoverOpts> {
         missed: args.missed,
         size: args.size,
         publish_url,
+    })
+}
+
+fn handover(args: HandoverArgs) -> Result<HandoverOpts> {
+    let common = common(args.common)?;
+    one_url(&common, "handover")?;
+    if common.server_pids.len() != 1 || common.dial.url.wss {
+        return Err(Fail::usage(
+            "handover needs a ws:// --url and one --server-pid: the process to signal",
+        ));
+    }
+    let echo_url = target::parse_ws(&args.echo_url)?;
+    if echo_url.wss {
+        return Err(Fail::usage("--echo-url takes a ws:// URL"));
+    }
+    let publish_url = match args.publish_url {
+        Some(url) => target::parse_http(&url)?,
+        None => target::publish_url_for(&common.dial.url),
+    };
+    if args.after >= common.timeout {
+        return Err(Fail::usage("--timeout must be longer than --after"));
+    }
+    Ok(HandoverOpts {
+        common,
+        conns: args.conns,
+        echo_url,
+        publish_url,
+        every: args.every,
+        after: args.after,
     })
 }
 
@@ -764,6 +829,32 @@ mod tests {
              --window 1 --size 64 --payload text --publisher http",
         ] {
             command(&format!("{line} {tail}"));
+        }
+    }
+
+    #[test]
+    fn handover_signals_one_server_and_probes_its_echo_route() {
+        let Command::Handover(o) = command(
+            "handover --url ws://127.0.0.1:9/live/h --echo-url ws://127.0.0.1:9/echo \
+             --server-pid 42 --conns 19000 --every 0.02",
+        ) else {
+            panic!("not handover");
+        };
+        assert_eq!(o.conns, 19000);
+        assert_eq!(o.common.server_pids, ["42"]);
+        assert_eq!(o.publish_url.path, "/publish/h");
+        assert_eq!(o.echo_url.path, "/echo");
+        assert_eq!(o.every, Duration::from_millis(20));
+        assert_eq!(o.after, Duration::from_secs(3));
+        for bad in [
+            "handover --url ws://127.0.0.1:9/live/h --echo-url ws://127.0.0.1:9/echo",
+            "handover --url ws://127.0.0.1:9/live/h --server-pid 1",
+            "handover --url ws://127.0.0.1:9/live/h --echo-url wss://127.0.0.1:9/echo \
+             --server-pid 1",
+            "handover --url ws://127.0.0.1:9/live/h --echo-url ws://127.0.0.1:9/echo \
+             --server-pid 1 --after 200",
+        ] {
+            assert_eq!(exit_status(bad), Some(2), "{bad}");
         }
     }
 

@@ -15,7 +15,9 @@
 //! - `idle`: server memory per idle connection, fresh and after a few
 //!   broadcasts, and one fan-out;
 //! - `recover`: memory per history message, then many clients recovering
-//!   what they missed at once.
+//!   what they missed at once;
+//! - `handover`: idle subscribers, an echo probe and a publisher through a
+//!   handover to a new server process, started by the run's own SIGUSR2.
 //!
 //! Only loopback targets are accepted. Every loop is bounded by a global
 //! deadline (`--timeout`).
@@ -25,6 +27,7 @@ mod cli;
 mod conn;
 mod echo;
 mod error;
+mod handover;
 mod http;
 mod idle;
 mod meta;
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             Command::Broadcast(opts) => broadcast::run(&opts),
             Command::Idle(opts) => idle::run(&opts),
             Command::Recover(opts) => recover::run(&opts),
+            Command::Handover(opts) => handover::run(&opts),
         },
     });
     match result {

@@ -1,0 +1,149 @@
+//! What else a daemon serves through a handover: TLS connections are not
+//! handed over (they get 1012 and reconnect to the new process), an idle
+//! keep-alive HTTP connection goes on working, and with history on a
+//! metadata client keeps its positions (the epoch does not change), so a
+//! client recovering from a position taken before the handover gets
+//! exactly what followed it.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+use crate::common::{LIVE, Publisher, config, write_config};
+use crate::support::client::RawClient;
+use crate::support::daemon::Daemon;
+use crate::support::handover::{HANDOVER_TIMEOUT, upgrade, wait_for_nth};
+use crate::support::positions::{At, json, message};
+use crate::support::tempdir::TempDir;
+use crate::support::tls::{Identity, TlsStream, client_config, wss_connect};
+
+const CHANNEL: &str = "mixed";
+
+/// The address after `marker` in the first log line holding it.
+fn address(daemon: &Daemon, marker: &str) -> SocketAddr {
+    let line = wait_for_nth(daemon, marker, 1, HANDOVER_TIMEOUT);
+    let (_, rest) = line.split_once(marker).expect("the marker");
+    rest.split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+fn wss(
+    addr: SocketAddr,
+    roots: &Arc<rustls::ClientConfig>,
+    path: &str,
+) -> WebSocket<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).expect("connect to the TLS listener");
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    wss_connect(tcp, Arc::clone(roots), path)
+}
+
+fn text(socket: &mut WebSocket<TlsStream<TcpStream>>) -> String {
+    match socket.read().expect("a message over TLS") {
+        Message::Text(text) => text.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+#[test]
+fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
+    let _alone = crate::alone();
+    let dir = TempDir::new("ho-mixed");
+    let identity = Identity::new(&[0x16, 0x01]);
+    let (cert, key) = identity.write_to(&dir);
+    let tls_listener = format!(
+        "\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let path = write_config(&dir, &config("", &tls_listener, "history_size = 100"));
+    let daemon = Daemon::start(&path, &[]);
+    let addr = address(&daemon, "listening on ws://");
+    let tls_addr = address(&daemon, "listening on wss://");
+    let roots = client_config(&[&identity.der], false);
+    let channel_path = format!("{LIVE}/{CHANNEL}");
+
+    let mut secure = wss(tls_addr, &roots, &channel_path);
+    let mut keep_alive = RawClient::connect(addr);
+    assert_eq!(keep_alive.get("/healthz").status, 200);
+    let mut meta = RawClient::open(addr, &format!("{channel_path}?meta=1"));
+    let subscribed = json(&mut meta);
+    assert_eq!(subscribed["subscribed"], true, "{subscribed}");
+    let epoch = At::of(&subscribed).epoch;
+    let mut publisher = Publisher::new(addr);
+    for i in 1..=3u64 {
+        let answer = publisher.publish(CHANNEL, &format!("before {i}"));
+        assert_eq!(
+            At::of(&answer),
+            At {
+                epoch: epoch.clone(),
+                offset: i
+            }
+        );
+        assert_eq!(text(&mut secure), format!("before {i}"));
+    }
+
+    let handover = upgrade(&daemon, daemon.pid());
+    eprintln!("{} / {}", handover.handed, handover.taken);
+
+    // TLS: the ordinary restart close, then back on the new process.
+    match secure.read().expect("a close over TLS") {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Restart, "{frame:?}"),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let _ = secure.flush();
+    let mut secure = wss(tls_addr, &roots, &channel_path);
+
+    for i in 4..=6u64 {
+        let answer = publisher.publish(CHANNEL, &format!("after {i}"));
+        assert_eq!(
+            At::of(&answer),
+            At {
+                epoch: epoch.clone(),
+                offset: i
+            },
+            "same epoch"
+        );
+        assert_eq!(text(&mut secure), format!("after {i}"));
+    }
+    for i in 1..=6u64 {
+        let (at, body) = message(&mut meta);
+        assert_eq!(
+            at,
+            At {
+                epoch: epoch.clone(),
+                offset: i
+            }
+        );
+        let when = if i <= 3 { "before" } else { "after" };
+        assert_eq!(body, format!("{when} {i}"));
+    }
+    assert_eq!(keep_alive.get("/healthz").status, 200, "keep-alive after");
+
+    // A position from before the handover recovers what followed it.
+    let query = At {
+        epoch: epoch.clone(),
+        offset: 2,
+    }
+    .query(CHANNEL);
+    let mut back = RawClient::open(addr, &format!("{channel_path}?{query}"));
+    let answer = json(&mut back);
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(answer["replayed"], 4, "{answer}");
+    for i in 3..=6u64 {
+        let (at, _) = message(&mut back);
+        assert_eq!(at.offset, i);
+    }
+
+    let mut daemon = daemon;
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let mut successor = handover.successor;
+    successor.signal(Signal::TERM);
+    drop((secure, meta, back, keep_alive));
+    assert_eq!(successor.wait_exit(Duration::from_secs(30)), Some(0));
+}

@@ -1,0 +1,373 @@
+//! Ten thousand idle subscribers and a publisher through two handovers:
+//! every subscriber gets every message exactly once and in order, none sees
+//! a close or the end of its stream, the old process exits 0, and the new
+//! one serves new connections (and hands over again in its turn). An echo
+//! client measures its longest pause meanwhile.
+
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+use rustix::process::Signal;
+
+use crate::common::{LIVE, Publisher, start};
+use crate::support::client::{ECHO_PATH, RawClient, op, split_frames};
+use crate::support::handover::upgrade;
+use crate::support::load::{connect_from, ensure_nofile, source_address};
+use crate::support::tempdir::TempDir;
+
+const SUBSCRIBERS: usize = 10_000;
+/// Source addresses 127.0.0.2 ..= 127.0.0.9.
+const SOURCE_ADDRESSES: usize = 8;
+/// Threads that open the subscribers, then read them.
+const THREADS: usize = 4;
+const CHANNEL: &str = "through";
+/// The publisher's pace: 1,000 messages a second at most (a debug build
+/// fanning out to ten thousand sockets is slower; the rate reached is
+/// printed).
+const PUBLISH_EVERY: Duration = Duration::from_millis(1);
+/// Bounds the run whatever the pace.
+const MAX_MESSAGES: u64 = 20_000;
+/// Publishing goes on this long before, between and after the handovers.
+const STRETCH: Duration = Duration::from_millis(700);
+/// How long the readers may take to see the last message once it is out.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+/// The longest pause the echo client may see: generous, the handover of
+/// ten thousand connections in a debug build on a shared machine.
+const ECHO_PAUSE_BOUND: Duration = Duration::from_secs(20);
+
+/// The sequence number in a message `m<seq>`.
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    std::str::from_utf8(payload)
+        .ok()?
+        .strip_prefix('m')?
+        .parse()
+        .ok()
+}
+
+/// Subscribers read by one thread on a poller of its own: raw bytes split
+/// into frames, each message checked against the next number expected.
+struct Readers {
+    poll: Poll,
+    streams: Vec<mio::net::TcpStream>,
+    pending: Vec<Vec<u8>>,
+    /// The number each subscriber expects next.
+    next: Vec<u64>,
+    /// What went wrong on each subscriber, first fault only.
+    faults: Vec<Option<String>>,
+}
+
+impl Readers {
+    fn new(streams: Vec<TcpStream>) -> Readers {
+        let poll = Poll::new().expect("a poller");
+        let streams: Vec<mio::net::TcpStream> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, stream)| {
+                stream.set_nonblocking(true).unwrap();
+                let mut stream = mio::net::TcpStream::from_std(stream);
+                poll.registry()
+                    .register(&mut stream, Token(i), Interest::READABLE)
+                    .expect("register a subscriber");
+                stream
+            })
+            .collect();
+        let n = streams.len();
+        Readers {
+            poll,
+            streams,
+            pending: vec![Vec::new(); n],
+            next: vec![1; n],
+            faults: vec![None; n],
+        }
+    }
+
+    /// Reads subscriber `i` until the socket is drained (edge-triggered).
+    fn drain(&mut self, i: usize, chunk: &mut [u8]) {
+        while self.faults[i].is_none() {
+            match self.streams[i].read(chunk) {
+                Ok(0) => self.faults[i] = Some("the connection was closed (EOF)".into()),
+                Ok(n) => {
+                    self.pending[i].extend_from_slice(&chunk[..n]);
+                    self.frames(i);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => self.faults[i] = Some(format!("read failed: {e}")),
+            }
+        }
+    }
+
+    fn frames(&mut self, i: usize) {
+        let (frames, rest) = split_frames(&self.pending[i]);
+        let used = self.pending[i].len() - rest;
+        self.pending[i].drain(..used);
+        for frame in frames {
+            if self.faults[i].is_some() {
+                return;
+            }
+            match (frame.opcode, seq_of(&frame.payload)) {
+                (op::TEXT, Some(seq)) if seq == self.next[i] => self.next[i] += 1,
+                (op::TEXT, Some(seq)) => {
+                    self.faults[i] = Some(format!("got m{seq}, expected m{}", self.next[i]));
+                }
+                (op::CLOSE, _) => {
+                    self.faults[i] = Some(format!(
+                        "close frame {:?} {:?}",
+                        frame.close_code(),
+                        frame.close_reason()
+                    ));
+                }
+                _ => self.faults[i] = Some(format!("unexpected frame {frame:?}")),
+            }
+        }
+    }
+
+    /// True once every subscriber has message `last` or has failed.
+    fn done(&self, last: u64) -> bool {
+        (0..self.streams.len()).all(|i| self.faults[i].is_some() || self.next[i] > last)
+    }
+
+    /// Reads until every subscriber has message `last` (once `last`, 0
+    /// until known, is set), or `DRAIN_LIMIT` after that.
+    fn run(mut self, last: &AtomicU64) -> Readers {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut events = Events::with_capacity(1024);
+        let mut known: Option<(u64, Instant)> = None;
+        loop {
+            self.poll
+                .poll(&mut events, Some(Duration::from_millis(50)))
+                .or_else(|e| {
+                    if e.kind() == ErrorKind::Interrupted {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .expect("poll the subscribers");
+            for event in events.iter() {
+                self.drain(event.token().0, &mut chunk);
+            }
+            if known.is_none() {
+                let value = last.load(Ordering::SeqCst);
+                if value != 0 {
+                    known = Some((value, Instant::now()));
+                }
+            }
+            let Some((value, since)) = known else {
+                continue;
+            };
+            if self.done(value) {
+                // A last look: anything more is a duplicate or worse.
+                std::thread::sleep(Duration::from_millis(200));
+                for i in 0..self.streams.len() {
+                    self.drain(i, &mut chunk);
+                }
+                return self;
+            }
+            if since.elapsed() > DRAIN_LIMIT {
+                for i in 0..self.streams.len() {
+                    if self.faults[i].is_none() && self.next[i] <= value {
+                        self.faults[i] =
+                            Some(format!("stuck before m{} (last is m{value})", self.next[i]));
+                    }
+                }
+                return self;
+            }
+        }
+    }
+}
+
+/// The echo client's round trips until `stop`: the longest one and how
+/// many there were.
+fn echo_probe(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> (Duration, usize) {
+    let mut client = RawClient::open(addr, ECHO_PATH);
+    client.set_read_timeout(Duration::from_secs(60));
+    let mut longest = Duration::ZERO;
+    let mut count = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let begin = Instant::now();
+        client.send_text("ping");
+        assert_eq!(client.expect_text(), "ping");
+        longest = longest.max(begin.elapsed());
+        count += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (longest, count)
+}
+
+struct Published {
+    last: u64,
+    elapsed: Duration,
+    fewest_recipients: u64,
+    retries: Vec<String>,
+}
+
+fn publish_until(addr: std::net::SocketAddr, stop: &AtomicBool, count: &AtomicU64) -> Published {
+    let mut publisher = Publisher::new(addr);
+    let begin = Instant::now();
+    let mut fewest = u64::MAX;
+    let mut seq = 0;
+    while !stop.load(Ordering::SeqCst) && seq < MAX_MESSAGES {
+        seq += 1;
+        let due = begin + PUBLISH_EVERY * seq as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        fewest = fewest.min(publisher.publish_count(CHANNEL, &format!("m{seq}")));
+        count.store(seq, Ordering::SeqCst);
+    }
+    Published {
+        last: seq,
+        elapsed: begin.elapsed(),
+        fewest_recipients: fewest,
+        retries: publisher.retries,
+    }
+}
+
+/// Waits until the publisher has had `n` more messages answered.
+fn wait_published(count: &AtomicU64, n: u64) {
+    let target = count.load(Ordering::SeqCst) + n;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::SeqCst) < target {
+        assert!(Instant::now() < deadline, "the publisher is stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
+    let _alone = crate::alone();
+    ensure_nofile(SUBSCRIBERS as u64 + 512);
+    let dir = TempDir::new("ho-subscribers");
+    let (mut daemon, addr) = start(&dir, "");
+    let path = format!("{LIVE}/{CHANNEL}");
+
+    let per_thread = SUBSCRIBERS / THREADS;
+    let groups: Vec<Vec<TcpStream>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let path = &path;
+                s.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| {
+                            let n = t * per_thread + i;
+                            let stream = connect_from(source_address(n, SOURCE_ADDRESSES), addr)
+                                .unwrap_or_else(|e| panic!("subscriber {n}: connect: {e}"));
+                            let mut client = RawClient::from_stream(stream);
+                            client.handshake(path);
+                            client.stream
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    let last = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = groups
+        .into_iter()
+        .map(|streams| {
+            let last = Arc::clone(&last);
+            std::thread::spawn(move || Readers::new(streams).run(&last))
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+        std::thread::spawn(move || publish_until(addr, &stop, &count))
+    };
+    let echo = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || echo_probe(addr, stop))
+    };
+
+    wait_published(&count, 1);
+    std::thread::sleep(STRETCH);
+    let mut first = upgrade(&daemon, daemon.pid());
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
+    wait_published(&count, 1);
+    std::thread::sleep(STRETCH);
+
+    // The new process serves new connections.
+    let mut fresh = RawClient::open(addr, &path);
+    let frame = fresh.read_server_frame();
+    assert!(seq_of(&frame.payload).is_some(), "{frame:?}");
+    let mut echo_client = RawClient::open(addr, ECHO_PATH);
+    echo_client.send_text("new process");
+    assert_eq!(echo_client.expect_text(), "new process");
+    drop((fresh, echo_client));
+
+    let second = upgrade(&daemon, first.successor.pid);
+    assert_eq!(
+        first.successor.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "log:\n{}",
+        daemon.log_text()
+    );
+    wait_published(&count, 1);
+    std::thread::sleep(STRETCH);
+
+    stop.store(true, Ordering::SeqCst);
+    let published = publisher.join().expect("publisher");
+    let (longest_echo, echoes) = echo.join().expect("echo client");
+    last.store(published.last, Ordering::SeqCst);
+    let mut faults = Vec::new();
+    for reader in readers {
+        let reader = reader.join().expect("reader");
+        faults.extend(
+            reader
+                .faults
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, f)| f.map(|f| (i, f))),
+        );
+    }
+    eprintln!(
+        "{SUBSCRIBERS} subscribers, {} messages in {:?} ({:.0}/s), retries {:?}; \
+         first handover: {} / {} ({:?} from the signal to the new process's line); \
+         second: {} / {} ({:?}); echo: {echoes} round trips, longest {longest_echo:?}",
+        published.last,
+        published.elapsed,
+        published.last as f64 / published.elapsed.as_secs_f64(),
+        published.retries,
+        first.handed,
+        first.taken,
+        first.elapsed,
+        second.handed,
+        second.taken,
+        second.elapsed,
+    );
+    assert!(
+        faults.is_empty(),
+        "{} subscribers failed; the first: {:?}",
+        faults.len(),
+        &faults[..faults.len().min(10)]
+    );
+    assert!(
+        published.fewest_recipients >= SUBSCRIBERS as u64,
+        "a publish reached only {} subscribers",
+        published.fewest_recipients
+    );
+    assert!(
+        first.connections_taken() > SUBSCRIBERS as u64,
+        "{}",
+        first.taken
+    );
+    assert!(
+        second.connections_taken() > SUBSCRIBERS as u64,
+        "{}",
+        second.taken
+    );
+    assert!(
+        longest_echo <= ECHO_PAUSE_BOUND,
+        "the echo client paused {longest_echo:?}"
+    );
+    let mut last_successor = second.successor;
+    last_successor.signal(Signal::TERM);
+    assert_eq!(last_successor.wait_exit(Duration::from_secs(30)), Some(0));
+}
