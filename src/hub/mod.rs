@@ -502,7 +502,6 @@ impl<T: Copy, M> Hub<T, M> {
 
     /// Every live channel (with subscribers or history) with its position
     /// and its history at `now`, each kept message turned into `X` by `f`.
-    #[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
     pub(crate) fn export<X>(&self, now: u64, mut f: impl FnMut(&M) -> X) -> Vec<ChannelState<X>> {
         self.channels
             .iter()
@@ -538,7 +537,6 @@ impl<T: Copy, M> Hub<T, M> {
     /// A message added `age` before the snapshot is restored as added at
     /// `now - age` (saturating at 0): the clock must read at least the
     /// largest age kept (`history_ttl`) for ages to stay exact.
-    #[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
     pub(crate) fn import<X>(
         &mut self,
         channels: Vec<ChannelState<X>>,
@@ -640,7 +638,6 @@ impl<T: Copy, M> Hub<T, M> {
     /// Frees the channels an import recreated that nothing keeps alive: no
     /// restored connection subscribed and no history is kept. Returns how
     /// many. One pass over the channels, once after a handover.
-    #[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
     pub(crate) fn finish_import(&mut self) -> usize {
         let unused: Vec<u32> = self
             .channels

@@ -378,7 +378,6 @@ impl Receiver {
 /// exactly as they are buffered), so import re-derives it by validating
 /// those bytes, which also rejects a state holding invalid text. A
 /// compressed message's UTF-8 is checked after inflating, as always.
-#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ReceiverState {
     allowed_rsv: u8,
@@ -388,7 +387,6 @@ pub(crate) struct ReceiverState {
 }
 
 /// Where the byte stream is within the current frame.
-#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum FrameState {
     /// Between frames: the first bytes of a header split across inputs
@@ -410,7 +408,6 @@ pub(crate) enum FrameState {
     },
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum ControlKind {
     Ping,
@@ -418,7 +415,6 @@ pub(crate) enum ControlKind {
     Close,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 impl ControlKind {
     fn of(opcode: OpCode) -> Option<ControlKind> {
         match opcode {
@@ -439,7 +435,6 @@ impl ControlKind {
 }
 
 /// A fragmented message being assembled.
-#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct AssemblyState {
     text: bool,
@@ -449,7 +444,6 @@ pub(crate) struct AssemblyState {
     received: Vec<u8>,
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
 impl Receiver {
     /// The receiver's state between two inputs; `None` when it failed (the
     /// connection is closing and is not handed over). At a frame boundary
@@ -523,7 +517,6 @@ impl Receiver {
 }
 
 /// The [`Partial`] an exported state describes, every part checked.
-#[cfg_attr(not(test), allow(dead_code))]
 fn restore_partial(
     allowed_rsv: u8,
     frame: FrameState,

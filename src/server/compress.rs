@@ -156,7 +156,6 @@ pub(crate) struct MessageState {
     payload: Vec<u8>,
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
 impl Broadcast {
     pub(super) fn export(&self) -> MessageState {
         MessageState {

@@ -39,8 +39,9 @@ use crate::timer::TimerWheel;
 /// Everything but the sockets.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct ServerState {
-    /// Listening sockets by address, in the order their descriptors come.
-    listeners: Vec<SocketAddr>,
+    /// Listening sockets: the `[[listener]]` address each was bound for and
+    /// whether it serves TLS, in the order their descriptors come.
+    listeners: Vec<(SocketAddr, bool)>,
     /// They belong to a socket unit of the service manager, which keeps
     /// them itself across restarts.
     socket_activated: bool,
@@ -57,9 +58,10 @@ struct ConnRecord {
 }
 
 impl ServerState {
-    /// How many of the descriptors that come with the state are listeners.
-    pub(super) fn listener_count(&self) -> usize {
-        self.listeners.len()
+    /// The listening sockets (`[[listener]]` address, TLS), in the order
+    /// their descriptors come first among those of the state.
+    pub(super) fn listener_addresses(&self) -> &[(SocketAddr, bool)] {
+        &self.listeners
     }
 
     pub(super) fn socket_activated(&self) -> bool {
@@ -101,7 +103,12 @@ impl Server {
             now,
             unix_ms: crate::auth::unix_ms(),
         };
-        let listeners = self.local_addrs();
+        let listeners = self
+            .listeners
+            .list
+            .iter()
+            .map(|l| (l.address(), l.is_tls()))
+            .collect();
         let channels = self.hub.export(now, |delivery: &Rc<Delivery>| KeptMessage {
             message: delivery.message.export(),
             epoch: delivery.position.map_or(0, |p| p.epoch.get()),

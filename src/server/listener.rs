@@ -88,17 +88,27 @@ impl Listener {
         })
     }
 
-    /// Wraps a socket passed by the service manager. It serves TLS when its
-    /// address equals that of a `tls = true` entry of `listeners`, with that
-    /// entry's files. Its socket options are the service manager's: a
-    /// `reuse_port` entry for its address cannot add `SO_REUSEPORT`, so a
+    /// Wraps a socket passed by the service manager, or by the process this
+    /// one took over from (`handed`: the `[[listener]]` address it was bound
+    /// for, and whether it served TLS). A passed socket serves TLS when its
+    /// own address equals that of a `tls = true` entry of `listeners`; a
+    /// handed one when it did before, with the files of the `tls = true`
+    /// entry for its address. Its socket options are the service manager's:
+    /// a `reuse_port` entry for its address cannot add `SO_REUSEPORT`, so a
     /// socket without it is reported.
     pub(super) fn passed(
         socket: std::net::TcpListener,
+        handed: Option<(SocketAddr, bool)>,
         listeners: &[ListenerConfig],
     ) -> Result<Listener, ServerError> {
         socket.set_nonblocking(true)?;
-        let address = socket.local_addr()?;
+        let (address, tls) = match handed {
+            Some((address, tls)) => (address, tls),
+            None => {
+                let address = socket.local_addr()?;
+                (address, tls_entry_for(address, listeners).is_some())
+            }
+        };
         if lacks_reuse_port(&socket, address, listeners) {
             warn!(
                 "listener {address}: reuse_port = true does not apply to a socket passed by the \
@@ -106,15 +116,25 @@ impl Listener {
                  socket unit of its own"
             );
         }
-        let tls = match tls_entry_for(address, listeners) {
-            Some(entry) => load_tls_state(entry)?,
-            None => None,
+        let tls = match (tls, tls_entry_for(address, listeners)) {
+            (false, _) => None,
+            (true, Some(entry)) => load_tls_state(entry)?,
+            (true, None) => {
+                return Err(ServerError::Io(io::Error::other(format!(
+                    "listener {address} served TLS, but the config has no tls = true listener at that address"
+                ))));
+            }
         };
         Ok(Listener {
             socket: TcpListener::from_std(socket),
             address,
             tls,
         })
+    }
+
+    /// The `[[listener]]` address this socket stands for.
+    pub(super) fn address(&self) -> SocketAddr {
+        self.address
     }
 
     pub(super) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {

@@ -154,9 +154,23 @@ impl Server {
         if listeners.is_empty() {
             return Err(ServerError::NoListeners);
         }
+        let listeners = listeners.into_iter().map(|socket| (socket, None)).collect();
+        Server::with_listeners_as(config, listeners)
+    }
+
+    /// [`Server::with_listeners`] for sockets handed over by another
+    /// process, each with the `[[listener]]` address it was bound for and
+    /// whether it served TLS, when known.
+    fn with_listeners_as(
+        config: Config,
+        listeners: Vec<(std::net::TcpListener, Option<(SocketAddr, bool)>)>,
+    ) -> Result<Server, ServerError> {
+        if listeners.is_empty() {
+            return Err(ServerError::NoListeners);
+        }
         let listeners = listeners
             .into_iter()
-            .map(|socket| Listener::passed(socket, &config.listeners))
+            .map(|(socket, handed)| Listener::passed(socket, handed, &config.listeners))
             .collect::<Result<Vec<_>, _>>()?;
         Server::new(config, listeners, true)
     }

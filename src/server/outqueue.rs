@@ -429,7 +429,6 @@ impl OutQueue {
     /// the list as if written), and how many of the first of them are exempt
     /// from the slow-consumer rule. Leaves the queue empty. For a handover:
     /// the bytes go to the next process as they are.
-    #[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
     pub(super) fn take_unsent(&mut self) -> (Vec<u8>, usize) {
         match std::mem::take(&mut self.state) {
             State::Empty => (Vec::new(), 0),
@@ -469,7 +468,6 @@ impl OutQueue {
     /// A queue holding `bytes` (whole frames, sent before anything queued
     /// later), the first `exempt` of them exempt from the slow-consumer rule:
     /// what [`OutQueue::take_unsent`] gave in the process before a handover.
-    #[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
     pub(super) fn with_unsent(bytes: Vec<u8>, exempt: usize) -> OutQueue {
         if bytes.is_empty() {
             return OutQueue::default();

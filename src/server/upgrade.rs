@@ -374,13 +374,13 @@ impl Server {
                     state::open(&message.payload).map_err(|e| fail(&channel, e.to_string()))?;
                 let body: ServerState =
                     state::decode_body(&envelope).map_err(|e| fail(&channel, e.to_string()))?;
-                let count = body.listener_count();
-                let listeners = fds
-                    .by_ref()
-                    .take(count)
-                    .map(std::net::TcpListener::from)
+                let listeners = body
+                    .listener_addresses()
+                    .iter()
+                    .zip(fds.by_ref())
+                    .map(|(&handed, fd)| (std::net::TcpListener::from(fd), Some(handed)))
                     .collect();
-                let mut server = Server::with_listeners(config, listeners)
+                let mut server = Server::with_listeners_as(config, listeners)
                     .map_err(|e| fail(&channel, e.to_string()))?;
                 server.life.socket_activated = body.socket_activated();
                 let imported = server
