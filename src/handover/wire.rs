@@ -267,7 +267,7 @@ impl Channel {
                 stray.len()
             )));
         }
-        let mut fds = Vec::with_capacity(count.min(READ_STEP));
+        let mut fds = Vec::with_capacity(count.min(FDS_PER_CHUNK * 64));
         while fds.len() < count {
             let before = fds.len();
             let mut marker = [0u8; 1];

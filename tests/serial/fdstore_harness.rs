@@ -207,3 +207,46 @@ socket.send_fds(s, [b"FDSTORE=1\nFDNAME=extra\n"], [0])
     manager.wait_messages(19_000usize.div_ceil(253) + 1, WAIT);
     assert_eq!((manager.rejected(), manager.stored_count("extra")), (1, 0));
 }
+
+/// Pushes a connected TCP socket and a UDP socket as connections, and a
+/// memfd as the state, as a handover would (the UDP one is a mistake the
+/// next start must survive).
+const HANDOVER_PUSHER: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(os.environ["NOTIFY_SOCKET"])
+tcp = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+state = os.memfd_create("wshub-state")
+os.write(state, b"state")
+socket.send_fds(s, [b"FDSTORE=1\nFDNAME=c\nFDPOLL=0\n"], [tcp.fileno(), udp.fileno()])
+socket.send_fds(s, [b"FDSTORE=1\nFDNAME=wshub-state\n"], [state])
+"#;
+
+#[test]
+fn named_descriptors_are_sorted_by_the_next_start() {
+    let _alone = crate::alone();
+    let dir = TempDir::new("harness-names");
+    let config = dir.write("wshub.toml", &config_with("shutdown_timeout = \"3s\""));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut manager = Manager::new(16);
+    manager.add_listener("wshub.socket", listener);
+    let port = addr.port().to_string();
+    let args: [&OsStr; 3] = ["-c".as_ref(), HANDOVER_PUSHER.as_ref(), port.as_ref()];
+    output(manager.start(Path::new("python3"), &args, &[]));
+    manager.wait_stored("wshub-state", 1, WAIT);
+    assert_eq!(manager.stored_names(), ["c", "wshub-state"]);
+
+    // Fds 3 (the listener), 4 and 5 (the connections), 6 (the state).
+    let args: [&OsStr; 2] = ["--config".as_ref(), config.as_os_str()];
+    let (command, handoff) = manager.launch(Path::new(BIN), &args, &[]);
+    let mut daemon = Daemon::spawn(command, &[]);
+    handoff.hand_over();
+    manager.wait_ready(1, WAIT);
+    daemon.wait_for_log("closing inherited connection 5: fd 5 is not a valid tcp socket");
+    daemon.wait_for_log("serving on 1 socket(s) passed by the service manager");
+    echo_once(addr, "sorted");
+    daemon.signal(Signal::TERM);
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.log_text());
+}

@@ -152,7 +152,9 @@ pub struct Manager {
 }
 
 /// The descriptors for a launcher command: spawn the command (directly or
-/// through `Daemon::spawn`), then call [`Handoff::hand_over`].
+/// through `Daemon::spawn`), drop it (it holds the launcher's end of the
+/// socketpair, so a launcher that died would not be noticed), then call
+/// [`Handoff::hand_over`].
 pub struct Handoff<'m> {
     manager: &'m Manager,
     ours: UnixStream,
