@@ -22,6 +22,9 @@
 //!   `POLLHUP`/`POLLERR` unless `FDPOLL=0` came with it. We always send
 //!   `FDPOLL=0`: the state lists every connection, and the next process
 //!   should find each one and see for itself that a client left.
+//! - `LISTEN_FDNAMES` is one environment string, capped by Linux at 128 KiB
+//!   (`MAX_ARG_STRLEN`): a store whose names do not fit makes the next
+//!   `execve` fail, so the names are short and [`conn_room`] counts.
 //! - The store survives a restart of the service (`systemctl restart`, a
 //!   crash with `Restart=`), and is flushed (every descriptor closed) when
 //!   the unit stops for good, unless `FileDescriptorStorePreserve=yes`.
@@ -39,8 +42,13 @@ use sd_notify::NotifyState;
 
 /// The name of the memfd holding the handover state.
 pub const STATE_NAME: &str = "wshub-state";
-/// The name of every handed connection.
-pub const CONN_NAME: &str = "wshub-conn";
+/// The name of every handed connection: one letter, because each stored
+/// descriptor adds its name and a colon to `LISTEN_FDNAMES`, one
+/// environment string that Linux caps ([`MAX_FDNAMES_LEN`]): at two bytes
+/// a connection the next start can be passed about 65,000 of them; a name
+/// like "wshub-conn" would stop at about 11,900 (`execve` fails with
+/// `E2BIG` and the service does not start at all).
+pub const CONN_NAME: &str = "c";
 /// The name of listeners the process bound itself (socket-activation ones
 /// are kept by the manager anyway and are not pushed).
 pub const LISTEN_NAME: &str = "wshub-listen";
@@ -50,6 +58,25 @@ pub const FDS_PER_NOTIFY: usize = 250;
 
 /// `FDNAME=`'s limit.
 const MAX_NAME_LEN: usize = 255;
+
+/// The longest `LISTEN_FDNAMES` value a process can be started with:
+/// Linux's `MAX_ARG_STRLEN` (32 pages of 4 KiB) for the whole
+/// `LISTEN_FDNAMES=...` string with its terminating zero.
+pub const MAX_FDNAMES_LEN: usize = 32 * 4096 - "LISTEN_FDNAMES=".len() - 1;
+
+/// How many connections ([`CONN_NAME`]) a handover may push so that the
+/// next start gets them all: what the store's `capacity` leaves beside
+/// `others`, the names of every other descriptor the next start is passed
+/// (socket-activation listeners, pushed listeners, the state), and what
+/// still fits in `LISTEN_FDNAMES` ([`MAX_FDNAMES_LEN`]). Connections beyond
+/// it get the ordinary shutdown.
+pub fn conn_room(capacity: usize, others: &[&str]) -> usize {
+    let by_count = capacity.saturating_sub(others.len());
+    // Every name but the first is preceded by a colon.
+    let used: usize = others.iter().map(|name| name.len() + 1).sum();
+    let by_names = (MAX_FDNAMES_LEN + 1).saturating_sub(used) / (CONN_NAME.len() + 1);
+    by_count.min(by_names)
+}
 
 /// The store's size when the manager offers one: `$FDSTORE` (systemd 254
 /// and later set it to `FileDescriptorStoreMax=`) while `NOTIFY_SOCKET` is
@@ -131,6 +158,22 @@ mod tests {
         assert_eq!(capacity_from(sock, None), None);
         assert_eq!(capacity_from(None, Some("20000")), None);
         assert_eq!(capacity_from(Some("".as_ref()), Some("20000")), None);
+    }
+
+    #[test]
+    fn conn_room_respects_the_store_and_the_environment() {
+        assert_eq!(conn_room(100, &[STATE_NAME, LISTEN_NAME]), 98);
+        assert_eq!(conn_room(1, &[STATE_NAME, LISTEN_NAME]), 0);
+        assert_eq!(conn_room(19_010, &[STATE_NAME]), 19_009);
+        let room = conn_room(usize::MAX, &["wshub.socket", STATE_NAME]);
+        let names: Vec<&str> = ["wshub.socket", STATE_NAME]
+            .into_iter()
+            .chain(std::iter::repeat_n(CONN_NAME, room))
+            .collect();
+        let joined = names.join(":");
+        assert!(joined.len() <= MAX_FDNAMES_LEN);
+        assert!(joined.len() + CONN_NAME.len() + 1 > MAX_FDNAMES_LEN);
+        assert!(room > 65_000, "{room}");
     }
 
     #[test]

@@ -240,8 +240,8 @@ mod tests {
     fn names_follow_listen_fdnames() {
         assert_eq!(names(None, 2).unwrap(), ["unknown", "unknown"]);
         assert_eq!(
-            names(Some("wshub.socket:wshub-conn:wshub-state"), 3).unwrap(),
-            ["wshub.socket", "wshub-conn", "wshub-state"]
+            names(Some("wshub.socket:c:wshub-state"), 3).unwrap(),
+            ["wshub.socket", "c", "wshub-state"]
         );
         let e = names(Some("a:b"), 3).unwrap_err();
         assert!(

@@ -267,7 +267,7 @@ impl Channel {
                 stray.len()
             )));
         }
-        let mut fds = Vec::with_capacity(count.min(READ_STEP));
+        let mut fds = Vec::with_capacity(count.min(FDS_PER_CHUNK * 64));
         while fds.len() < count {
             let before = fds.len();
             let mut marker = [0u8; 1];
@@ -642,6 +642,48 @@ mod tests {
         let theirs = Channel::from_fd(theirs);
         ours.send(Kind::Hello, b"x", &[]).unwrap();
         assert_eq!(theirs.recv().unwrap().payload, b"x");
+    }
+
+    /// A child started by `spawn` finds its end through `FD_ENV` and
+    /// speaks the framing: a Python stand-in for the new process.
+    #[test]
+    fn a_spawned_child_talks_over_its_inherited_end() {
+        let script = r#"
+import os, socket, struct, sys
+assert "LISTEN_FDS" not in os.environ
+fd = int(os.environ["WSHUB_HANDOVER_FD"])
+s = socket.socket(fileno=fd)
+payload = struct.pack("<I", 42)
+s.sendall(b"WSHO" + bytes([1, 0, 0, 0]) + struct.pack("<QI", len(payload), 0) + payload)
+data, fds = b"", []
+while len(data) < 24:
+    more, got, _, _ = socket.recv_fds(s, 24 - len(data), 1)
+    if not more:
+        sys.exit("the channel closed early")
+    data, fds = data + more, fds + got
+assert data[:4] == b"WSHO" and data[4] == 2, data
+assert data[20:23] == b"abc" and len(fds) == 1, (data, fds)
+os.write(fds[0], b"through the passed pipe")
+"#;
+        let (channel, child_end) = pair().unwrap();
+        channel.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        let args = ["-c".into(), script.into()];
+        let mut child = spawn(Path::new("python3"), &args, child_end).unwrap();
+        let hello = channel.recv().unwrap();
+        assert_eq!(hello.kind, Kind::Hello);
+        assert_eq!(hello.payload, 42u32.to_le_bytes());
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let writer = OwnedFd::from(writer);
+        channel
+            .send(Kind::State, b"abc", &[writer.as_fd()])
+            .unwrap();
+        drop(writer);
+        let mut got = String::new();
+        reader.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "through the passed pipe");
+        assert!(child.wait().unwrap().success());
+        let eof = channel.recv().unwrap_err();
+        assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

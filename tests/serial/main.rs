@@ -21,6 +21,8 @@ mod support {
     #[allow(dead_code)]
     pub mod data;
     #[allow(dead_code)]
+    pub mod fdstore;
+    #[allow(dead_code)]
     pub mod http;
     pub mod load;
     #[allow(dead_code)]
@@ -34,6 +36,7 @@ mod support {
 }
 
 mod cluster_scale;
+mod fdstore_harness;
 mod history_storm;
 mod hostile;
 mod hostile_burst;
