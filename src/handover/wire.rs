@@ -314,7 +314,7 @@ impl Channel {
             if got.bytes == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "the handover peer closed the channel in the middle of a message",
+                    "the handover peer closed the channel before a whole message arrived",
                 ));
             }
             filled += got.bytes;

@@ -10,16 +10,18 @@
 //! "stored"); beyond the store's size they are closed; descriptors sent
 //! without `FDSTORE=1` are closed; `FDSTOREREMOVE=1` + `FDNAME=` drops every
 //! descriptor of that name; `READY=1` and `STOPPING=1` are counted;
-//! `FDPOLL=0` is recorded. What it does not: poll the stored descriptors
-//! (systemd drops one that hangs up unless `FDPOLL=0` came with it), drop
-//! duplicates of one open file, check the sender's pid, or restart anything
-//! by itself.
+//! `FDPOLL=0` is recorded; a descriptor already in the store is not stored
+//! twice (systemd compares open files; this compares inodes, the same for
+//! the sockets and memfds a handover stores). What it does not: poll the
+//! stored descriptors (systemd drops one that hangs up unless `FDPOLL=0`
+//! came with it), check the sender's pid, or restart anything by itself.
 //!
 //! The launcher is a short Python script (the test's process cannot place
 //! thousands of descriptors at 3, 4, … in a child without holding a second
 //! copy of each, and the open-files limit is 20,000): it receives the
 //! descriptors over a socketpair in `SCM_RIGHTS` chunks, moves them to 3, 4,
-//! … and execs the program (searched in `PATH`) in its own process, so `LISTEN_PID` is right.
+//! … and execs the program (searched in `PATH`) in its own process, so
+//! `LISTEN_PID` is right.
 //! The test process therefore holds only the store's copies plus a few.
 //! The names travel as one argument, which Linux caps as it caps the
 //! `LISTEN_FDNAMES` variable (`MAX_ARG_STRLEN`): names too long for a real
@@ -29,6 +31,7 @@
 //! does (a sender blocks on a full datagram queue otherwise); every wait
 //! has a deadline and fails the test with what was received.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -112,6 +115,8 @@ struct Stored {
     fd: OwnedFd,
     /// `FDPOLL=0` did not come with it.
     poll: bool,
+    /// Its inode, to tell a duplicate.
+    id: (u64, u64),
 }
 
 /// What the manager received and keeps.
@@ -124,6 +129,10 @@ struct Book {
     rejected: usize,
     /// Descriptors closed because they came without `FDSTORE=1`.
     stray: usize,
+    /// Descriptors closed because the store held them already.
+    duplicates: usize,
+    /// The inodes in the store.
+    ids: HashSet<(u64, u64)>,
     /// Every notification's text, in order.
     messages: Vec<String>,
 }
@@ -363,6 +372,11 @@ impl Manager {
         self.shared.book().stray
     }
 
+    /// Descriptors closed because the store held them already.
+    pub fn duplicates(&self) -> usize {
+        self.shared.book().duplicates
+    }
+
     /// Every notification received so far.
     pub fn messages(&self) -> Vec<String> {
         self.shared.book().messages.clone()
@@ -371,7 +385,9 @@ impl Manager {
     /// Closes every stored descriptor, as systemd does when the unit stops
     /// for good.
     pub fn flush(&self) {
-        self.shared.book().store.clear();
+        let mut book = self.shared.book();
+        book.store.clear();
+        book.ids.clear();
     }
 }
 
@@ -480,6 +496,7 @@ fn apply(book: &mut Book, text: &str, fds: Vec<OwnedFd>, max: usize) {
     }
     if let (true, Some(name)) = (remove, &name) {
         book.store.retain(|s| &s.name != name);
+        book.ids = book.store.iter().map(|s| s.id).collect();
     }
     if !store {
         book.stray += fds.len();
@@ -491,10 +508,17 @@ fn apply(book: &mut Book, text: &str, fds: Vec<OwnedFd>, max: usize) {
             book.rejected += 1;
             continue; // dropped: closed
         }
+        let stat = rustix::fs::fstat(&fd).expect("fstat a stored descriptor");
+        let id = (stat.st_dev, stat.st_ino);
+        if !book.ids.insert(id) {
+            book.duplicates += 1;
+            continue; // dropped: closed
+        }
         book.store.push(Stored {
             name: name.clone(),
             fd,
             poll,
+            id,
         });
     }
 }
