@@ -212,6 +212,7 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
                 Server::with_listeners(config, inherited.listeners)
                     .map_err(|e| format!("cannot start: {e}"))?
             };
+            server.set_socket_activated(inherited.socket_activated);
             server
                 .take_over_stored(inherited.state, inherited.conns)
                 .map_err(|e| format!("cannot take over the stored connections: {e}"))?;

@@ -24,13 +24,16 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use listenfd::ListenFd;
 use rustix::net::{AddressFamily, SocketType};
 
-use crate::daemon::fdstore::{CONN_NAME, STATE_NAME};
+use crate::daemon::fdstore::{CONN_NAME, LISTEN_NAME, STATE_NAME};
 
 /// What the service manager passed; all empty when nothing was.
 #[derive(Debug, Default)]
 pub struct Inherited {
     /// Listening TCP sockets, non-blocking, in the order passed.
     pub listeners: Vec<TcpListener>,
+    /// Some of them come from socket activation (a socket unit keeps them
+    /// across restarts), not from the fd store ([`LISTEN_NAME`]).
+    pub socket_activated: bool,
     /// The handover state memfd (read it with
     /// [`crate::handover::wire::read_memfd`]).
     pub state: Option<OwnedFd>,
@@ -135,6 +138,7 @@ pub fn take() -> Result<Inherited, String> {
                     }
                 };
                 sort_listener(&mut inherited, fd, listener)?;
+                inherited.socket_activated |= name != LISTEN_NAME;
             }
         }
     }

@@ -48,6 +48,9 @@ use crate::timer::TimerKey;
 
 /// How long a new process may take to load its config and say hello.
 const HELLO_TIMEOUT_MS: u64 = 30_000;
+/// What systemd names a socket unit's descriptors by default (the unit's
+/// name); only its length matters, for the room left in LISTEN_FDNAMES.
+const SOCKET_UNIT_NAME: &str = "wshub.socket";
 /// How long reading the hello may block the loop, once it began to arrive.
 const HELLO_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long each step of the exchange may take once serving has stopped.
@@ -83,6 +86,13 @@ impl Server {
     /// Lets SIGUSR2 start `relaunch` and hand everything over to it.
     pub fn set_relaunch(&mut self, relaunch: Option<Relaunch>) {
         self.life.relaunch = relaunch;
+    }
+
+    /// Whether the listening sockets belong to a socket unit (which keeps
+    /// them across restarts) rather than to this process: only the latter
+    /// go to the file descriptor store on a restart.
+    pub fn set_socket_activated(&mut self, socket_activated: bool) {
+        self.life.socket_activated = socket_activated;
     }
 
     /// SIGUSR2: starts the new process, unless an upgrade or a shutdown is
@@ -311,8 +321,16 @@ impl Server {
         } else {
             0
         };
-        // The state's memfd and the listeners come first.
-        let room = capacity.saturating_sub(1 + listeners);
+        // The store holds the state's memfd and the listeners too, and the
+        // next start's LISTEN_FDNAMES must name them all.
+        let listener_name = if push_listeners {
+            fdstore::LISTEN_NAME
+        } else {
+            SOCKET_UNIT_NAME
+        };
+        let mut others = vec![listener_name; self.listeners.list.len()];
+        others.push(fdstore::STATE_NAME);
+        let room = fdstore::conn_room(capacity, &others);
         let export = match self.export_state(room, now) {
             Ok(export) => export,
             Err(e) => {
