@@ -213,9 +213,7 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
                     .map_err(|e| format!("cannot start: {e}"))?
             };
             server.set_socket_activated(inherited.socket_activated);
-            server
-                .take_over_stored(inherited.state, inherited.conns)
-                .map_err(|e| format!("cannot take over the stored connections: {e}"))?;
+            server.take_over_stored(inherited.state, inherited.conns);
             server
         }
     };

@@ -37,9 +37,9 @@ use log::{error, info, warn};
 use mio::Interest;
 use mio::unix::SourceFd;
 
+use super::Server;
 use super::handover::{Imported, ServerState, farewell_all};
 use super::slot::{HANDOVER_TIMER, HANDOVER_TOKEN};
-use super::{Server, ServerError};
 use crate::config::Config;
 use crate::daemon::fdstore;
 use crate::handover::state::{self, Envelope, StateError};
@@ -339,7 +339,9 @@ impl Server {
             }
         };
         let pushed = (|| {
-            fdstore::push(fdstore::CONN_NAME, &self.conn_fds(&export.keys))?;
+            if !export.keys.is_empty() {
+                fdstore::push(fdstore::CONN_NAME, &self.conn_fds(&export.keys))?;
+            }
             if push_listeners {
                 fdstore::push(fdstore::LISTEN_NAME, &self.listener_fds())?;
             }
@@ -425,12 +427,11 @@ impl Server {
     }
 
     /// In a new process started by the service manager: takes over the
-    /// state and connections it kept in its store, if any.
-    pub fn take_over_stored(
-        &mut self,
-        state_fd: Option<OwnedFd>,
-        conns: Vec<OwnedFd>,
-    ) -> Result<(), ServerError> {
+    /// state and connections it kept in its store, if any. A state that
+    /// cannot be used never stops the start: its connections are ended the
+    /// ordinary way (when their farewells can be read) or closed, and the
+    /// server serves its listeners.
+    pub fn take_over_stored(&mut self, state_fd: Option<OwnedFd>, conns: Vec<OwnedFd>) {
         let Some(state_fd) = state_fd else {
             if !conns.is_empty() {
                 warn!(
@@ -438,30 +439,34 @@ impl Server {
                     conns.len()
                 );
             }
-            return Ok(());
+            return;
         };
-        let bytes = wire::read_memfd(&state_fd)?;
-        match state::open(&bytes) {
+        match wire::read_memfd(&state_fd) {
             Err(e) => {
-                warn!("handover: the stored state is unusable ({e}); closing its connections");
+                warn!("handover: cannot read the stored state ({e}); closing its connections");
             }
-            Ok(envelope) => match state::decode_body::<ServerState>(&envelope) {
-                Ok(body) if state::spoken_version() == state::VERSION => {
-                    match self.import_state(body, envelope.farewells, conns, true) {
-                        Ok(imported) => {
-                            log_imported(&imported);
-                            let now = self.now();
-                            self.resume_imported(&imported.keys, now);
-                        }
-                        Err(e) => warn!("handover: the stored state is unusable: {e}"),
-                    }
+            Ok(bytes) => match state::open(&bytes) {
+                Err(e) => {
+                    warn!("handover: the stored state is unusable ({e}); closing its connections");
                 }
-                Ok(_) => refuse(
-                    envelope,
-                    conns,
-                    &StateError::Version(state::spoken_version()),
-                ),
-                Err(e) => refuse(envelope, conns, &e),
+                Ok(envelope) => match state::decode_body::<ServerState>(&envelope) {
+                    Ok(body) if state::spoken_version() == state::VERSION => {
+                        match self.import_state(body, envelope.farewells, conns, true) {
+                            Ok(imported) => {
+                                log_imported(&imported);
+                                let now = self.now();
+                                self.resume_imported(&imported.keys, now);
+                            }
+                            Err(e) => warn!("handover: the stored state is unusable: {e}"),
+                        }
+                    }
+                    Ok(_) => refuse(
+                        envelope,
+                        conns,
+                        &StateError::Version(state::spoken_version()),
+                    ),
+                    Err(e) => refuse(envelope, conns, &e),
+                },
             },
         }
         for name in [
@@ -473,7 +478,6 @@ impl Server {
                 warn!("handover: cannot empty the file descriptor store ({name}): {e}");
             }
         }
-        Ok(())
     }
 }
 
