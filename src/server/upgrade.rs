@@ -48,6 +48,10 @@ use crate::timer::TimerKey;
 
 /// How long a new process may take to load its config and say hello.
 const HELLO_TIMEOUT_MS: u64 = 30_000;
+/// How long a failed child is given to exit before it is killed: at most
+/// 100 ms of the loop's time, once, on a failure.
+const EXIT_POLLS: u32 = 10;
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// What systemd names a socket unit's descriptors by default (the unit's
 /// name); only its length matters, for the room left in LISTEN_FDNAMES.
 const SOCKET_UNIT_NAME: &str = "wshub.socket";
@@ -504,13 +508,17 @@ fn log_imported(imported: &Imported) {
 }
 
 /// Stops a child that will not take over and reaps it; says how it ended.
+/// A child that closed its end is usually exiting: it gets a moment to do
+/// so, for its status to be reported.
 fn end_child(mut child: Child) -> String {
-    match child.try_wait() {
-        Ok(Some(status)) => format!(" (it exited: {status})"),
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            String::new()
+    for _ in 0..EXIT_POLLS {
+        match child.try_wait() {
+            Ok(Some(status)) => return format!(" (it exited: {status})"),
+            Ok(None) => std::thread::sleep(EXIT_POLL_INTERVAL),
+            Err(_) => break,
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    " (it was stopped)".to_owned()
 }
