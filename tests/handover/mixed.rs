@@ -1,10 +1,12 @@
 //! What else a daemon serves through a handover: TLS connections are not
 //! handed over (they get 1012 and reconnect to the new process), an idle
-//! keep-alive HTTP connection goes on working, and with history on a
+//! keep-alive HTTP connection goes on working, an event stream (Server-Sent
+//! Events) goes on with the next event, and with history on a
 //! metadata client keeps its positions (the epoch does not change), so a
 //! client recovering from a position taken before the handover gets
 //! exactly what followed it.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use crate::common::{LIVE, Publisher, config, write_config};
-use crate::support::client::RawClient;
+use crate::support::client::{RawClient, connect_tcp};
 use crate::support::daemon::Daemon;
 use crate::support::handover::{HANDOVER_TIMEOUT, upgrade, wait_for_nth};
 use crate::support::positions::{At, json, message};
@@ -50,6 +52,41 @@ fn text(socket: &mut WebSocket<TlsStream<TcpStream>>) -> String {
     }
 }
 
+/// An event stream on `path`, its `200` head read.
+fn event_stream(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
+    let mut stream = connect_tcp(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request =
+        format!("GET {path}?sse=1 HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("a status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a header line");
+        if line == "\r\n" {
+            return reader;
+        }
+    }
+}
+
+/// The next `data:` line of an event stream (comments, ids and event
+/// names skipped).
+fn next_data(reader: &mut BufReader<TcpStream>) -> String {
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("an event line");
+        assert!(n > 0, "the event stream ended");
+        if let Some(data) = line.strip_prefix("data: ") {
+            return data.trim_end().to_owned();
+        }
+    }
+}
+
 #[test]
 fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
     let _alone = crate::alone();
@@ -69,6 +106,7 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
     let channel_path = format!("{LIVE}/{CHANNEL}");
 
     let mut secure = wss(tls_addr, &roots, &channel_path);
+    let mut events = event_stream(addr, &channel_path);
     let mut keep_alive = RawClient::connect(addr);
     assert_eq!(keep_alive.get("/healthz").status, 200);
     let mut meta = RawClient::open(addr, &format!("{channel_path}?meta=1"));
@@ -86,6 +124,7 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
             }
         );
         assert_eq!(text(&mut secure), format!("before {i}"));
+        assert_eq!(next_data(&mut events), format!("before {i}"));
     }
 
     let handover = upgrade(&daemon, daemon.pid());
@@ -110,6 +149,7 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
             "same epoch"
         );
         assert_eq!(text(&mut secure), format!("after {i}"));
+        assert_eq!(next_data(&mut events), format!("after {i}"), "event stream");
     }
     for i in 1..=6u64 {
         let (at, body) = message(&mut meta);
@@ -144,6 +184,6 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(0));
     let mut successor = handover.successor;
     successor.signal(Signal::TERM);
-    drop((secure, meta, back, keep_alive));
+    drop((secure, events, meta, back, keep_alive));
     assert_eq!(successor.wait_exit(Duration::from_secs(30)), Some(0));
 }
