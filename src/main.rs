@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
 
 use wshub::config::{Config, ConfigError};
 use wshub::daemon::{listenfd, logging, notify::Notifier, rlimit};
-use wshub::server::{Server, ServerError, load_listener_tls};
+use wshub::handover::wire;
+use wshub::server::{Relaunch, Server, ServerError, load_listener_tls};
 
 mod cli_publish;
 
@@ -38,9 +39,15 @@ shutdown_close_code) and exits once they are done or shutdown_timeout has
 passed; a second one exits at once. SIGHUP reloads the config file.
 SIGHUP also reads the certificate and key of every tls = true listener
 again: new connections get the new pair, open ones keep theirs.
+SIGUSR2 restarts without dropping clients (handover = true): the binary
+at this path is started again with the same arguments and takes over the
+listening sockets and every plain connection; if it fails, this process
+serves on.
 Under systemd, sockets passed by socket activation (LISTEN_FDS) are served
 instead of [[listener]], and readiness, status and watchdog pings go to
-NOTIFY_SOCKET.
+NOTIFY_SOCKET. With FileDescriptorStoreMax= set, SIGTERM (systemctl
+restart) keeps the clients: connections and state go to the service
+manager's store and the next process takes them over.
 
 Exit status: 0 success, 1 runtime failure (publish: refused or
 unreachable), 2 usage error or invalid config (--check-config).";
@@ -184,16 +191,34 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
         }
         Err(message) => log::warn!("{message}"),
     }
-    let inherited = listenfd::take()?;
-    let mut server = if inherited.is_empty() {
-        Server::bind(config).map_err(|e| format!("cannot start: {}", describe_start_error(&e)))?
-    } else {
-        log::info!(
-            "serving on {} socket(s) passed by the service manager; [[listener]] is not used",
-            inherited.len()
-        );
-        Server::with_listeners(config, inherited).map_err(|e| format!("cannot start: {e}"))?
+    // A new process started by SIGUSR2 takes over from the one that
+    // started it; otherwise sockets (and a stored state) may come from the
+    // service manager.
+    let mut server = match wire::from_env() {
+        Some(channel) => {
+            let channel = channel.map_err(|e| format!("cannot take over: {e}"))?;
+            Server::take_over(config, channel).map_err(|e| format!("cannot take over: {e}"))?
+        }
+        None => {
+            let inherited = listenfd::take()?;
+            let mut server = if inherited.listeners.is_empty() {
+                Server::bind(config)
+                    .map_err(|e| format!("cannot start: {}", describe_start_error(&e)))?
+            } else {
+                log::info!(
+                    "serving on {} socket(s) passed by the service manager; [[listener]] is not used",
+                    inherited.listeners.len()
+                );
+                Server::with_listeners(config, inherited.listeners)
+                    .map_err(|e| format!("cannot start: {e}"))?
+            };
+            server
+                .take_over_stored(inherited.state, inherited.conns)
+                .map_err(|e| format!("cannot take over the stored connections: {e}"))?;
+            server
+        }
     };
+    server.set_relaunch(Relaunch::current());
     server.set_config_path(path);
     server
         .handle_signals()

@@ -210,6 +210,16 @@ impl Routes {
         Target::NotFound
     }
 
+    /// The live route at `path` of kind `kind` (a connection handed over
+    /// from another process finds its route again this way).
+    pub fn find(&self, path: &str, kind: RouteKind) -> Option<RouteId> {
+        self.routes
+            .iter()
+            .position(|r| !r.retired && r.kind == kind && r.path == path)
+            .and_then(|index| u16::try_from(index).ok())
+            .map(RouteId)
+    }
+
     pub fn get(&self, id: RouteId) -> Option<&Route> {
         self.routes.get(usize::from(id.0))
     }

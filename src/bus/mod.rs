@@ -1131,6 +1131,15 @@ impl<W, R> Bus<W, R> {
         }
     }
 
+    /// A channel taken over from a process that had delivered up to `last`:
+    /// its feed continues from there, so what was published while neither
+    /// process listened is read from the stream like any other gap.
+    pub(crate) fn resume_after(&mut self, channel: &str, last: Position) {
+        self.sequencers
+            .entry(channel.to_owned())
+            .or_insert_with(|| Sequencer::after(last));
+    }
+
     /// `channel` got its first local subscriber or lost its last one; the
     /// change goes to Redis with the others of this turn.
     pub(crate) fn channel_changed(&mut self, channel: &str) {

@@ -92,6 +92,14 @@ impl<M: Weight> Sequencer<M> {
         }
     }
 
+    /// A sequencer whose last delivered message is at `last`.
+    pub(crate) fn after(last: Position) -> Sequencer<M> {
+        Sequencer {
+            last: Some(last),
+            ..Sequencer::new()
+        }
+    }
+
     fn hold(&mut self, position: Position, message: M) {
         self.held_bytes = self.held_bytes.saturating_add(message.weight());
         self.held.push_back((position, message));
@@ -306,6 +314,28 @@ mod tests {
         }
         assert_eq!(delivered(&out), [5, 6, 7]);
         assert_eq!(c.repeats, 2);
+    }
+
+    #[test]
+    fn a_feed_taken_over_reads_what_was_published_in_between() {
+        let mut s = Sequencer::after(at(1, 5));
+        let mut c = Counts::default();
+        assert!(live(&mut s, &mut c, 5).is_empty(), "delivered before");
+        assert_eq!(
+            live(&mut s, &mut c, 8),
+            [Step::Read {
+                from: 5,
+                to: Some(8)
+            }]
+        );
+        let mut out = Vec::new();
+        s.on_entries(
+            Some((6..=7).map(|o| (at(1, o), o))),
+            false,
+            &mut c,
+            &mut out,
+        );
+        assert_eq!(delivered(&out), [6, 7, 8]);
     }
 
     #[test]

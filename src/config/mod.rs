@@ -146,6 +146,11 @@ pub struct Config {
     /// The close code sent on shutdown: [`CLOSE_GOING_AWAY`] or
     /// [`CLOSE_SERVICE_RESTART`].
     pub shutdown_close_code: u16,
+    /// On a planned restart (SIGUSR2, or SIGTERM when the service manager
+    /// offers a file descriptor store), hand the listening sockets and every
+    /// connection that can be carried over to the new process instead of
+    /// closing them.
+    pub handover: bool,
     /// The most verbose level logged, applied at start and on reload; `None`
     /// leaves it to `RUST_LOG` (default `info`).
     #[serde(deserialize_with = "values::log_level")]
@@ -198,6 +203,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             shutdown_spread: Duration::ZERO,
             shutdown_close_code: CLOSE_GOING_AWAY,
+            handover: true,
             log_level: None,
             allowed_origins: Vec::new(),
             max_connections_per_ip: 0,

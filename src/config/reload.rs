@@ -83,7 +83,7 @@ impl Config {
             max_connections, max_message_size, max_frame_size, max_backlog_bytes,
             handshake_timeout, ping_interval, pong_timeout, close_timeout, idle_timeout,
             publish_prefix, max_channels_per_connection, on_backlog, shutdown_timeout,
-            shutdown_spread, shutdown_close_code, log_level, allowed_origins,
+            shutdown_spread, shutdown_close_code, handover, log_level, allowed_origins,
             max_connections_per_ip, history_max_bytes, publish_auth, page;
             skip: listeners, routes, publish_token, cluster, auth
         } self, new, "");

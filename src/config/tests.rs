@@ -55,6 +55,7 @@ fn documented_defaults() -> Config {
         shutdown_timeout: Duration::from_secs(10),
         shutdown_spread: Duration::ZERO,
         shutdown_close_code: 1001,
+        handover: true,
         log_level: None,
         allowed_origins: Vec::new(),
         max_connections_per_ip: 0,

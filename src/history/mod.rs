@@ -6,7 +6,8 @@
 //! older ones are gone), the global [`Store`] (a FIFO of every message kept,
 //! in the order they were added, with their total size), and the rules that
 //! trim them: `history_size` per channel, `history_max_bytes` overall,
-//! `history_ttl` per message.
+//! `history_ttl` per message; and a log's state as a handover carries it
+//! ([`LogState`]: ages, not times, as clocks differ between processes).
 //! Must never: read a clock (`now` is passed in), copy a message (it holds
 //! whatever shared handle `M` the caller gives it), scan all channels or all
 //! messages to evict one, or decide positions (the hub assigns them on a
@@ -36,7 +37,7 @@
 use std::collections::VecDeque;
 
 /// Why a client's position can no longer be served from a log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Loss {
     /// Trimmed to `history_size`, evicted for `history_max_bytes`, or never
     /// held (history started, or a gap reset it, after that position).
@@ -133,6 +134,93 @@ impl<M> Log<M> {
         let entry = self.entries.pop_front()?;
         self.lost = Some(why);
         Some(entry.size)
+    }
+}
+
+/// A log as a handover carries it to the next process: where it stands,
+/// why older offsets are gone, and every message kept, oldest first, with
+/// its age (milliseconds before the snapshot) instead of the old process's
+/// clock.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LogState<X> {
+    /// The offset the next message appended will have.
+    pub(crate) next: u64,
+    /// Why offsets before the oldest kept one are gone (`None`: never lost).
+    pub(crate) lost: Option<Loss>,
+    pub(crate) entries: Vec<EntryState<X>>,
+}
+
+/// One message of a [`LogState`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct EntryState<X> {
+    pub(crate) offset: u64,
+    /// Milliseconds between when it was added and the snapshot.
+    pub(crate) age: u64,
+    /// What it counts against `history_max_bytes`.
+    pub(crate) size: u64,
+    pub(crate) message: X,
+}
+
+impl<X> LogState<X> {
+    /// Checks what a log can be: consecutive offsets ending right before
+    /// `next` (none below 0), oldest first.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        let len = self.entries.len() as u64;
+        if len > self.next {
+            return Err("history holds more messages than offsets");
+        }
+        let first = self.next - len;
+        let mut previous_age = u64::MAX;
+        for (entry, offset) in self.entries.iter().zip(first..) {
+            if entry.offset != offset {
+                return Err("history offsets not consecutive up to the next one");
+            }
+            if entry.age > previous_age {
+                return Err("history messages not oldest first");
+            }
+            if usize::try_from(entry.size).is_err() {
+                return Err("history message size out of range");
+            }
+            previous_age = entry.age;
+        }
+        Ok(())
+    }
+
+    /// The offset of the oldest message (of the next one, when empty).
+    pub(crate) fn first(&self) -> u64 {
+        self.next.saturating_sub(self.entries.len() as u64)
+    }
+}
+
+impl<M> Log<M> {
+    /// The log's state at `now`, each message turned into `X` by `f`.
+    pub(crate) fn export<X>(&self, now: u64, mut f: impl FnMut(&M) -> X) -> LogState<X> {
+        LogState {
+            next: self.next,
+            lost: self.lost,
+            entries: self
+                .entries
+                .iter()
+                .zip(self.first()..)
+                .map(|(entry, offset)| EntryState {
+                    offset,
+                    age: now.saturating_sub(entry.at),
+                    size: entry.size as u64,
+                    message: f(&entry.message),
+                })
+                .collect(),
+        }
+    }
+
+    /// An empty log whose next message will have offset `first`, with the
+    /// given reason for what lies before (a log being restored: its
+    /// messages are appended next, through [`Store::append`]).
+    pub(crate) fn restored(first: u64, lost: Option<Loss>) -> Log<M> {
+        Log {
+            entries: VecDeque::new(),
+            next: first,
+            lost,
+        }
     }
 }
 

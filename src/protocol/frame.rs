@@ -14,7 +14,8 @@ pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 const FIN_BIT: u8 = 0x80;
 /// First header byte: RSV1..RSV3 sit just below FIN.
 const RSV_SHIFT: u32 = 4;
-const RSV_BITS: u8 = 0b111;
+/// The three RSV bits, as [`rsv_and_opcode`] returns them.
+pub(crate) const RSV_BITS: u8 = 0b111;
 /// First header byte: the opcode nibble.
 const OPCODE_BITS: u8 = 0x0F;
 /// Second header byte: the MASK flag.
@@ -156,6 +157,11 @@ impl HeaderDecoder {
     /// True when no partial header is held.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The bytes of a header split across reads received so far.
+    pub(crate) fn pending(&self) -> &[u8] {
+        self.buf.get(..usize::from(self.len)).unwrap_or_default()
     }
 }
 

@@ -126,6 +126,12 @@ impl HeadReader {
         }
     }
 
+    /// The bytes of an incomplete head held so far (feeding them to a fresh
+    /// reader rebuilds this one).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Bytes held for an incomplete head.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.capacity()

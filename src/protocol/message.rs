@@ -6,7 +6,9 @@
 //! buffer of a message still being received. Compressed messages
 //! (permessage-deflate, RSV1 on the first frame) are buffered whole and
 //! inflated by the loop's shared [`Inflater`] under `max_message_size`;
-//! their UTF-8 is checked on the inflated bytes.
+//! their UTF-8 is checked on the inflated bytes. The state between two
+//! inputs can be exported and imported ([`ReceiverState`]) so a handover
+//! carries a partly received frame or message to the next process.
 //! Must never: hold a buffer, or any state of a frame, while no frame or
 //! message is partially received (idle connections cost two words),
 //! allocate for a message that arrives whole in one input slice (it is
@@ -366,6 +368,262 @@ impl Receiver {
     pub fn is_closed(&self) -> bool {
         self.closed
     }
+}
+
+/// A [`Receiver`]'s state between two inputs, as a handover carries it to
+/// the next process ([`Receiver::export`], [`Receiver::import`]).
+///
+/// The UTF-8 validator's state is not carried: it is a function of the text
+/// assembled so far (the bytes of an uncompressed text message are checked
+/// exactly as they are buffered), so import re-derives it by validating
+/// those bytes, which also rejects a state holding invalid text. A
+/// compressed message's UTF-8 is checked after inflating, as always.
+#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ReceiverState {
+    allowed_rsv: u8,
+    closed: bool,
+    frame: FrameState,
+    message: Option<AssemblyState>,
+}
+
+/// Where the byte stream is within the current frame.
+#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum FrameState {
+    /// Between frames: the first bytes of a header split across inputs
+    /// (none at a frame boundary).
+    Header(Vec<u8>),
+    /// Inside the payload of a data frame of the message being assembled;
+    /// `mask` is rotated so its first byte applies to the next payload byte.
+    Data {
+        fin: bool,
+        remaining: u64,
+        mask: [u8; 4],
+    },
+    /// Inside the payload of a control frame, with what arrived of it.
+    Control {
+        kind: ControlKind,
+        remaining: u64,
+        mask: [u8; 4],
+        received: Vec<u8>,
+    },
+}
+
+#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum ControlKind {
+    Ping,
+    Pong,
+    Close,
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+impl ControlKind {
+    fn of(opcode: OpCode) -> Option<ControlKind> {
+        match opcode {
+            OpCode::Ping => Some(ControlKind::Ping),
+            OpCode::Pong => Some(ControlKind::Pong),
+            OpCode::Close => Some(ControlKind::Close),
+            _ => None,
+        }
+    }
+
+    fn opcode(self) -> OpCode {
+        match self {
+            ControlKind::Ping => OpCode::Ping,
+            ControlKind::Pong => OpCode::Pong,
+            ControlKind::Close => OpCode::Close,
+        }
+    }
+}
+
+/// A fragmented message being assembled.
+#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AssemblyState {
+    text: bool,
+    /// RSV1 was set on its first frame: `received` is DEFLATE data.
+    compressed: bool,
+    /// The payload received so far (unmasked).
+    received: Vec<u8>,
+}
+
+#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+impl Receiver {
+    /// The receiver's state between two inputs; `None` when it failed (the
+    /// connection is closing and is not handed over). At a frame boundary
+    /// with nothing assembled (an idle connection) it is a few bytes.
+    pub(crate) fn export(&self) -> Option<ReceiverState> {
+        let mut state = ReceiverState {
+            allowed_rsv: self.allowed_rsv,
+            closed: self.closed,
+            frame: FrameState::Header(Vec::new()),
+            message: None,
+        };
+        let Some(partial) = self.partial.as_deref() else {
+            return Some(state);
+        };
+        if partial.failed.is_some() {
+            return None;
+        }
+        state.frame = match partial.phase {
+            // A closed receiver keeps no partial state; `closed` says it all.
+            Phase::Header | Phase::Closed => FrameState::Header(partial.header.pending().to_vec()),
+            Phase::Data { fin } => FrameState::Data {
+                fin,
+                remaining: partial.remaining,
+                mask: partial.mask,
+            },
+            Phase::Control(opcode) => FrameState::Control {
+                kind: ControlKind::of(opcode)?,
+                remaining: partial.remaining,
+                mask: partial.mask,
+                received: partial
+                    .control
+                    .as_ref()
+                    .and_then(|c| c.data.get(..usize::from(c.len)))
+                    .unwrap_or_default()
+                    .to_vec(),
+            },
+        };
+        state.message = match partial.assembling {
+            Assembling::Nothing => None,
+            kind => Some(AssemblyState {
+                text: kind == Assembling::Text,
+                compressed: partial.compressed,
+                received: partial.message.clone(),
+            }),
+        };
+        Some(state)
+    }
+
+    /// Rebuilds a receiver from an exported state, checking it against
+    /// `limits` (the route's, in this process) and the frame rules: a state
+    /// this receiver could not have reached under them is refused, with what
+    /// is wrong. Allocates only what the state itself holds.
+    pub(crate) fn import(state: ReceiverState, limits: &Limits) -> Result<Receiver, String> {
+        let ReceiverState {
+            allowed_rsv,
+            closed,
+            frame,
+            message,
+        } = state;
+        let partial = restore_partial(allowed_rsv, frame, message, limits)
+            .map_err(|why| format!("receiver state: {why}"))?;
+        if closed && !partial.at_rest() {
+            return Err("receiver state: closed with a frame or message in progress".into());
+        }
+        Ok(Receiver {
+            partial: (!partial.at_rest()).then(|| Box::new(partial)),
+            allowed_rsv,
+            closed,
+        })
+    }
+}
+
+/// The [`Partial`] an exported state describes, every part checked.
+#[cfg_attr(not(test), allow(dead_code))]
+fn restore_partial(
+    allowed_rsv: u8,
+    frame: FrameState,
+    message: Option<AssemblyState>,
+    limits: &Limits,
+) -> Result<Partial, &'static str> {
+    if allowed_rsv & !frame::RSV_BITS != 0 {
+        return Err("allowed RSV bits outside the RSV field");
+    }
+    let mut partial = Partial::default();
+    if let Some(message) = message {
+        if message.compressed && allowed_rsv & RSV_COMPRESSED == 0 {
+            return Err("compressed message without permessage-deflate");
+        }
+        if message.received.len() as u64 > limits.max_message_size {
+            return Err("message longer than max_message_size");
+        }
+        if message.text && !message.compressed {
+            partial
+                .utf8
+                .feed(&message.received)
+                .map_err(|_| "assembled text is not valid UTF-8")?;
+        }
+        partial.assembling = if message.text {
+            Assembling::Text
+        } else {
+            Assembling::Binary
+        };
+        partial.compressed = message.compressed;
+        partial.message = message.received;
+    }
+    match frame {
+        FrameState::Header(bytes) => {
+            let Some(&first) = bytes.first() else {
+                return Ok(partial);
+            };
+            check_rsv(first, allowed_rsv).map_err(|err| err.reason)?;
+            let (used, header) = partial
+                .header
+                .feed(&bytes)
+                .map_err(|err| header_error(err).reason)?;
+            if header.is_some() || used != bytes.len() {
+                return Err("partial header holds a whole header");
+            }
+        }
+        FrameState::Data {
+            fin,
+            remaining,
+            mask,
+        } => {
+            if partial.assembling == Assembling::Nothing {
+                return Err("data frame without a message being assembled");
+            }
+            if remaining == 0 {
+                return Err("data frame with no payload left");
+            }
+            if remaining > limits.max_frame_size {
+                return Err("frame longer than max_frame_size");
+            }
+            let so_far = partial.message.len() as u64;
+            if so_far.saturating_add(remaining) > limits.max_message_size {
+                return Err("message longer than max_message_size");
+            }
+            partial.phase = Phase::Data { fin };
+            partial.remaining = remaining;
+            partial.mask = mask;
+        }
+        FrameState::Control {
+            kind,
+            remaining,
+            mask,
+            received,
+        } => {
+            if remaining == 0 {
+                return Err("control frame with no payload left");
+            }
+            let total = (received.len() as u64).saturating_add(remaining);
+            if total > MAX_CONTROL_PAYLOAD as u64 {
+                return Err("control frame payload over 125 bytes");
+            }
+            if !received.is_empty() {
+                let mut buf = Box::new(ControlBuf {
+                    data: [0; MAX_CONTROL_PAYLOAD],
+                    len: 0,
+                });
+                let slot = buf
+                    .data
+                    .get_mut(..received.len())
+                    .ok_or("control frame payload over 125 bytes")?;
+                slot.copy_from_slice(&received);
+                buf.len = u8::try_from(received.len())
+                    .map_err(|_| "control frame payload over 125 bytes")?;
+                partial.control = Some(buf);
+            }
+            partial.phase = Phase::Control(kind.opcode());
+            partial.remaining = remaining;
+            partial.mask = mask;
+        }
+    }
+    Ok(partial)
 }
 
 impl Partial {
@@ -852,6 +1110,54 @@ mod tests {
         }
     }
 
+    /// Feeds `stream` up to `cut` into one receiver, carries its state
+    /// through an encoded handover ([`Receiver::export`], postcard,
+    /// [`Receiver::import`]) to a new one, and feeds it the rest.
+    fn run_handed_over(stream: &[u8], cut: usize, limits: &Limits, rsv: u8) -> Outcome {
+        let mut rx = Receiver::new();
+        rx.set_allowed_rsv(rsv);
+        let mut inflater = Inflater::new();
+        let mut events = Vec::new();
+        let mut consumed = 0;
+        let cut = cut.min(stream.len());
+        for (start, end) in [(0, cut), (cut, stream.len())] {
+            if start > 0 {
+                let state = rx.export().expect("an open receiver exports");
+                let bytes = postcard::to_allocvec(&state).expect("encodes");
+                let back: ReceiverState = postcard::from_bytes(&bytes).expect("decodes");
+                assert_eq!(back, state);
+                rx = Receiver::import(back, limits).expect("imports what it exported");
+                assert_eq!(rx.export(), Some(state), "import keeps every part");
+                inflater = Inflater::new();
+            }
+            let mut piece = stream[start..end].to_vec();
+            let inflater = (rsv & RSV_COMPRESSED != 0).then_some(&mut inflater);
+            let fed = rx.feed_inflating(&mut piece, limits, inflater, |e| {
+                events.push(Ev::from(e));
+                Flow::Continue
+            });
+            match fed {
+                Ok(n) => {
+                    consumed += n;
+                    if rx.is_closed() {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    assert_eq!(rx.export(), None, "a failed receiver is not handed over");
+                    return Outcome {
+                        events,
+                        end: Err(err),
+                    };
+                }
+            }
+        }
+        Outcome {
+            events,
+            end: Ok(consumed),
+        }
+    }
+
     /// Runs `stream` whole, split at every byte boundary and one byte at a
     /// time (sampled boundaries for long streams); all must agree.
     fn run_all_splits(stream: &[u8], limits: &Limits, rsv: u8) -> Outcome {
@@ -866,6 +1172,19 @@ mod tests {
                 run_pieces(stream, &[cut], limits, rsv),
                 whole,
                 "split at {cut}"
+            );
+        }
+        // A handover encodes the message so far: fewer samples for big ones.
+        let handover_step = if stream.len() <= 4096 {
+            1
+        } else {
+            stream.len() / 17
+        };
+        for cut in (0..=stream.len()).step_by(handover_step) {
+            assert_eq!(
+                run_handed_over(stream, cut, limits, rsv),
+                whole,
+                "handed over at {cut}"
             );
         }
         let chop = if stream.len() <= 4096 { 1 } else { 997 };
@@ -2126,6 +2445,226 @@ mod tests {
             let got = run_pieces(&stream, &reads, &BIG, 0);
             prop_assert_eq!(got.events, expected);
             prop_assert_eq!(got.end, Ok(stream.len()));
+        }
+    }
+
+    #[test]
+    fn a_handover_at_every_byte_gives_the_events_of_an_unsplit_feed() {
+        // Every kind of frame, in one stream under tight limits; run_all_splits
+        // hands the receiver over at every byte (and checks it matches).
+        let limits = Limits {
+            max_frame_size: 300,
+            max_message_size: 400,
+        };
+        let greeting = "héllo €𝄞 wörld";
+        let split_text = "a€b𝄞c".as_bytes();
+        let packed = deflated("compressed ünïcode, ".repeat(8).as_bytes());
+        let half = packed.len() / 2;
+        let frames = [
+            masked(FIN | TEXT, greeting.as_bytes()),
+            // Fragments that end inside a code point, pings between.
+            masked(TEXT, &split_text[..2]),
+            masked(FIN | PING, b"p1"),
+            masked(CONT, &split_text[2..6]),
+            masked(FIN | PONG, b""),
+            masked(FIN | CONT, &split_text[6..]),
+            // Fragmented binary at exactly the frame and message limits,
+            // with a control frame of the largest size between.
+            masked(BIN, &[1; 300]),
+            masked(FIN | PING, &[9; 125]),
+            masked(FIN | CONT, &[2; 100]),
+            // Compressed, whole and in fragments.
+            masked(FIN | RSV1 | TEXT, &deflated(greeting.as_bytes())),
+            masked(RSV1 | BIN, &packed[..half]),
+            masked(FIN | PING, b"p2"),
+            masked(FIN | CONT, &packed[half..]),
+            masked(FIN | CLOSE, &close_payload(1000, "bye ✓".as_bytes())),
+        ];
+        let mut stream = cat(&frames);
+        let closed_at = stream.len();
+        stream.extend_from_slice(&masked(FIN | TEXT, b"never read"));
+        let events = vec![
+            text(greeting),
+            Ev::Ping(b"p1".to_vec()),
+            Ev::Pong(vec![]),
+            Ev::Text(split_text.to_vec()),
+            Ev::Ping(vec![9; 125]),
+            Ev::Binary([vec![1; 300], vec![2; 100]].concat()),
+            text(greeting),
+            Ev::Ping(b"p2".to_vec()),
+            Ev::Binary("compressed ünïcode, ".repeat(8).into_bytes()),
+            Ev::Close(Some((1000, "bye ✓".to_string()))),
+        ];
+        check_cases(
+            vec![Case {
+                name: "every kind of frame",
+                stream,
+                events,
+                end: End::Upto(closed_at),
+            }],
+            &limits,
+            RSV_COMPRESSED,
+        );
+    }
+
+    #[test]
+    fn an_idle_receiver_exports_a_few_bytes() {
+        let mut rx = Receiver::new();
+        rx.set_allowed_rsv(RSV_COMPRESSED);
+        let mut input = masked(FIN | TEXT, b"whole");
+        rx.feed(&mut input, &BIG, |_| Flow::Continue).unwrap();
+        let state = rx.export().unwrap();
+        let bytes = postcard::to_allocvec(&state).unwrap();
+        assert!(bytes.len() <= 8, "{bytes:?}");
+        let back = Receiver::import(postcard::from_bytes(&bytes).unwrap(), &BIG).unwrap();
+        assert!(back.partial.is_none(), "nothing boxed for an idle receiver");
+        assert_eq!(back.allowed_rsv, RSV_COMPRESSED);
+    }
+
+    #[test]
+    fn a_closed_receiver_is_carried_closed() {
+        let mut rx = Receiver::new();
+        let mut input = masked(FIN | CLOSE, b"");
+        rx.feed(&mut input, &BIG, |_| Flow::Continue).unwrap();
+        let back = Receiver::import(rx.export().unwrap(), &BIG).unwrap();
+        assert!(back.is_closed());
+    }
+
+    fn state(frame: FrameState, message: Option<(bool, bool, &[u8])>) -> ReceiverState {
+        ReceiverState {
+            allowed_rsv: 0,
+            closed: false,
+            frame,
+            message: message.map(|(text, compressed, received)| AssemblyState {
+                text,
+                compressed,
+                received: received.to_vec(),
+            }),
+        }
+    }
+
+    fn data(remaining: u64) -> FrameState {
+        FrameState::Data {
+            fin: true,
+            remaining,
+            mask: KEY,
+        }
+    }
+
+    fn control(kind: ControlKind, remaining: u64, received: &[u8]) -> FrameState {
+        FrameState::Control {
+            kind,
+            remaining,
+            mask: KEY,
+            received: received.to_vec(),
+        }
+    }
+
+    #[test]
+    fn import_refuses_states_the_receiver_cannot_reach() {
+        let limits = Limits {
+            max_frame_size: 100,
+            max_message_size: 150,
+        };
+        let header = |bytes: &[u8]| FrameState::Header(bytes.to_vec());
+        let closed = ReceiverState {
+            closed: true,
+            ..state(header(&[0x81]), None)
+        };
+        let rsv_out_of_field = ReceiverState {
+            allowed_rsv: 0x08,
+            ..state(header(&[]), None)
+        };
+        let cases: Vec<(&str, ReceiverState)> = vec![
+            (
+                "frame over the limit",
+                state(data(101), Some((false, false, b""))),
+            ),
+            (
+                "message over the limit",
+                state(data(51), Some((false, false, &[0; 100]))),
+            ),
+            (
+                "buffer over the limit",
+                state(header(&[]), Some((false, false, &[0; 151]))),
+            ),
+            ("data without a message", state(data(5), None)),
+            (
+                "data frame with nothing left",
+                state(data(0), Some((false, false, b"x"))),
+            ),
+            (
+                "control over 125",
+                state(control(ControlKind::Ping, 100, &[0; 26]), None),
+            ),
+            (
+                "control with nothing left",
+                state(control(ControlKind::Close, 0, b"ab"), None),
+            ),
+            (
+                "invalid assembled text",
+                state(header(&[]), Some((true, false, b"ok \xff"))),
+            ),
+            (
+                "compressed, not negotiated",
+                state(header(&[]), Some((false, true, b"x"))),
+            ),
+            (
+                "whole header as partial",
+                state(header(&[0x81, 0x80, 1, 2, 3, 4]), None),
+            ),
+            (
+                "header longer than a header",
+                state(header(&[0x81; 20]), None),
+            ),
+            ("partial header with RSV", state(header(&[0xC1]), None)),
+            ("closed mid frame", closed),
+            ("RSV outside its field", rsv_out_of_field),
+        ];
+        for (name, bad) in cases {
+            assert!(Receiver::import(bad, &limits).is_err(), "{name}");
+        }
+        // The edges themselves are fine.
+        for good in [
+            state(data(100), Some((false, false, &[0; 50]))),
+            state(
+                header(&[]),
+                Some((true, false, "€".as_bytes().get(..2).unwrap())),
+            ),
+            state(
+                control(ControlKind::Pong, 1, &[0; 124]),
+                Some((false, false, b"")),
+            ),
+            state(header(&[0x81, 0xFE, 0]), None),
+        ] {
+            assert!(Receiver::import(good.clone(), &limits).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_state_bytes_never_panic() {
+        let mut rng = crate::testing::XorShift(0x5eed_1234);
+        let mut rx = Receiver::new();
+        rx.set_allowed_rsv(RSV_COMPRESSED);
+        let mut input = masked(TEXT, "κόσμε".as_bytes());
+        input.extend_from_slice(&masked(FIN | PING, b"ping")[..5]);
+        rx.feed(&mut input, &BIG, |_| Flow::Continue).unwrap();
+        let valid = postcard::to_allocvec(&rx.export().unwrap()).unwrap();
+        for _ in 0..20_000 {
+            let mut bytes = valid.clone();
+            for _ in 0..=rng.below(3) {
+                let at = rng.index(bytes.len());
+                bytes[at] = rng.next() as u8;
+            }
+            bytes.truncate(bytes.len() - rng.index(2));
+            let Ok(state) = postcard::from_bytes::<ReceiverState>(&bytes) else {
+                continue;
+            };
+            if let Ok(mut rx) = Receiver::import(state, &BIG) {
+                let mut inflater = Inflater::new();
+                let mut rest = masked(FIN | CONT, b"tail");
+                let _ = rx.feed_inflating(&mut rest, &BIG, Some(&mut inflater), |_| Flow::Continue);
+            }
         }
     }
 }

@@ -7,7 +7,8 @@
 //! the per-message cache that encodes a broadcast once per format (plain,
 //! with metadata, or as a Server-Sent Event with or without its id) and
 //! compresses it once per format and server window size among its
-//! recipients (event streams are never compressed).
+//! recipients (event streams are never compressed); and a broadcast's
+//! state as a handover carries a message kept in history.
 //! Must never: keep anything per connection (a connection stores only its
 //! negotiated [`Params`] and its format), or send a compressed
 //! frame that is not smaller than the plain one.
@@ -140,6 +141,51 @@ impl Broadcast {
         self.frame
             .get(usize::from(self.header_len)..)
             .unwrap_or_default()
+    }
+}
+
+/// A [`Broadcast`] as a handover carries it (a message kept in history):
+/// enough to rebuild it exactly; its frames are made again on demand.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MessageState {
+    /// A text message (else binary).
+    text: bool,
+    /// Text published as JSON that parsed: metadata clients get the value
+    /// itself.
+    json: bool,
+    payload: Vec<u8>,
+}
+
+#[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+impl Broadcast {
+    pub(super) fn export(&self) -> MessageState {
+        MessageState {
+            text: self.opcode == OpCode::Text,
+            json: self.kind == Kind::Json,
+            payload: self.payload().to_vec(),
+        }
+    }
+
+    /// The message `state` describes, checked as when it was published:
+    /// text is UTF-8, and only text that parses as JSON is marked JSON.
+    pub(super) fn import(state: MessageState) -> Result<Broadcast, String> {
+        let MessageState {
+            text,
+            json,
+            payload,
+        } = state;
+        if text && std::str::from_utf8(&payload).is_err() {
+            return Err("message state: text that is not UTF-8".into());
+        }
+        if json && !(text && meta::is_json(&payload)) {
+            return Err("message state: marked JSON but is not JSON text".into());
+        }
+        let opcode = if text { OpCode::Text } else { OpCode::Binary };
+        let mut message = Broadcast::new(opcode, &payload);
+        if json {
+            message.kind = Kind::Json;
+        }
+        Ok(message)
     }
 }
 
@@ -390,6 +436,45 @@ mod tests {
         let cache = FrameCache::default();
         let event = cache.frame_for(&binary, Format::Sse { id: None }, None, None, &mut codec);
         assert_eq!(&*event, b"event: binary\ndata: /wA=\n\n");
+    }
+
+    /// Every field that makes a broadcast what it is.
+    fn parts(m: &Broadcast) -> (Vec<u8>, OpCode, Kind, u8) {
+        (m.frame.to_vec(), m.opcode, m.kind, m.header_len)
+    }
+
+    #[test]
+    fn a_broadcast_is_rebuilt_exactly_from_its_state() {
+        let long = vec![0xAB; 70_000];
+        for message in [
+            Broadcast::new(OpCode::Text, "héllo".as_bytes()),
+            Broadcast::new(OpCode::Binary, &[0xff, 0, 1]),
+            Broadcast::new(OpCode::Binary, &long),
+            Broadcast::new(OpCode::Text, b""),
+            Broadcast::json(b"{\"a\": [1, 2]}"),
+            Broadcast::json(b"not json"),
+        ] {
+            let bytes = postcard::to_allocvec(&message.export()).unwrap();
+            let state: MessageState = postcard::from_bytes(&bytes).unwrap();
+            let back = Broadcast::import(state).unwrap();
+            assert_eq!(parts(&back), parts(&message));
+        }
+    }
+
+    #[test]
+    fn a_message_state_that_could_not_be_published_is_refused() {
+        let state = |text, json, payload: &[u8]| MessageState {
+            text,
+            json,
+            payload: payload.to_vec(),
+        };
+        for bad in [
+            state(true, false, b"\xff"),
+            state(true, true, b"{broken"),
+            state(false, true, b"[1]"),
+        ] {
+            assert!(Broadcast::import(bad).is_err());
+        }
     }
 
     #[test]

@@ -54,6 +54,12 @@ use crate::protocol::message::{Event, Flow, Inflater, Limits, Receiver};
 use crate::protocol::sse;
 use crate::route::{RouteId, Routes, Target};
 
+mod handover;
+pub(super) use handover::{Clocks, ConnState};
+
+/// The reason in the close frame of a restart (close code 1012).
+pub(super) const SERVICE_RESTART_REASON: &str = "service restart";
+
 /// The reason in the close frame of an evicted slow consumer.
 pub(super) const SLOW_CONSUMER_REASON: &str = "slow consumer";
 
@@ -541,6 +547,11 @@ impl Connection {
     /// connection.
     pub(super) fn counted_route(&self) -> Option<Counted> {
         self.upgraded.then_some(Counted(self.gauge()))
+    }
+
+    /// The gauge an imported connection is counted in, if it is open.
+    pub(super) fn counted_gauge(&self) -> Option<Gauge> {
+        self.upgraded.then(|| self.gauge())
     }
 
     fn gauge(&self) -> Gauge {

@@ -37,6 +37,7 @@ use super::Server;
 use super::bus::{Holds, Waiter};
 use super::compress::{Broadcast, Codec, Delivery, FrameCache};
 use super::conn::{Action, Notice};
+use super::lifecycle::millis;
 use super::outqueue::Flush;
 use super::slot::{HISTORY_TIMER, Slot};
 use crate::bus::Ask;
@@ -560,21 +561,18 @@ impl Server {
         delivery: Rc<Delivery>,
         now: u64,
     ) {
+        let keeps = self.config.history().is_some();
+        let limits = self.history_limits();
         let cluster = &mut self.cluster;
         let freed = |name: &str| {
             if let Some(cluster) = cluster.as_deref_mut() {
                 cluster.bus.channel_changed(name);
             }
         };
-        let Some(policy) = self.config.history() else {
+        if !keeps {
             self.hub.clear_history(freed);
             return;
-        };
-        let limits = Limits {
-            per_channel: policy.size,
-            max_bytes: self.config.history_max_bytes,
-            ttl: millis(policy.ttl),
-        };
+        }
         let size = delivery.message.frame.len();
         self.hub
             .remember(channel, position, delivery, size, now, limits, freed);
@@ -590,7 +588,24 @@ impl Server {
     /// How long history keeps a message, in milliseconds on the loop's
     /// clock (0 while no route keeps history: nothing is kept then).
     pub(super) fn history_ttl(&self) -> u64 {
-        self.config.history().map_or(0, |p| millis(p.ttl))
+        self.history_limits().ttl
+    }
+
+    /// History limits as the config sets them (all zero while no route keeps
+    /// history).
+    pub(super) fn history_limits(&self) -> Limits {
+        match self.config.history() {
+            Some(policy) => Limits {
+                per_channel: policy.size,
+                max_bytes: self.config.history_max_bytes,
+                ttl: millis(policy.ttl),
+            },
+            None => Limits {
+                per_channel: 0,
+                max_bytes: 0,
+                ttl: 0,
+            },
+        }
     }
 
     /// The history's timer fired: drop what expired, free the channels kept
@@ -615,6 +630,7 @@ impl Server {
     /// frees the channels kept only by what went, and arms the timer at the
     /// next expiry. The timer must not be armed.
     fn sweep_history(&mut self, reload: bool, now: u64) {
+        let limits = self.history_limits();
         let cluster = &mut self.cluster;
         let freed = |name: &str| {
             if let Some(cluster) = cluster.as_deref_mut() {
@@ -626,15 +642,8 @@ impl Server {
                 self.hub.clear_history(freed);
                 None
             }
-            Some(policy) if reload => {
-                let limits = Limits {
-                    per_channel: policy.size,
-                    max_bytes: self.config.history_max_bytes,
-                    ttl: millis(policy.ttl),
-                };
-                self.hub.apply_limits(limits, now, freed)
-            }
-            Some(policy) => self.hub.expire(now, millis(policy.ttl), freed),
+            Some(_) if reload => self.hub.apply_limits(limits, now, freed),
+            Some(_) => self.hub.expire(now, limits.ttl, freed),
         };
         if let Some(at) = next {
             self.fanout.history_timer = Some(self.timers.insert(at, HISTORY_TIMER));
@@ -822,11 +831,6 @@ impl Server {
         self.metrics.history_messages = messages as u64;
         self.metrics.history_bytes = bytes as u64;
     }
-}
-
-/// A duration in milliseconds on the loop's clock.
-fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

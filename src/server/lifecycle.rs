@@ -19,7 +19,11 @@ use mio::{Interest, Token};
 use rustix::process::Signal;
 use signal_hook_mio::v1_0::Signals;
 
-use super::slot::{BUS_TIMER, SHUTDOWN_TIMER, SIGNAL_TOKEN, STATUS_TIMER, WATCHDOG_TIMER};
+use super::conn::SERVICE_RESTART_REASON;
+use super::slot::{
+    BUS_TIMER, HANDOVER_TIMER, SHUTDOWN_TIMER, SIGNAL_TOKEN, STATUS_TIMER, WATCHDOG_TIMER,
+};
+use super::upgrade::{Relaunch, Upgrade};
 use super::{Server, ServerError};
 use crate::config::{CLOSE_SERVICE_RESTART, Config, ConfigError};
 use crate::daemon::notify::Notifier;
@@ -42,6 +46,13 @@ pub(super) struct Lifecycle {
     notifier: Notifier,
     /// The drain after the first SIGTERM/SIGINT.
     pub shutdown: Option<Shutdown>,
+    /// How SIGUSR2 starts the new process of an upgrade.
+    pub relaunch: Option<Relaunch>,
+    /// The upgrade waiting for the new process to say hello.
+    pub upgrade: Option<Upgrade>,
+    /// The listening sockets belong to a socket unit of the service manager
+    /// (which keeps them across restarts), not to its file descriptor store.
+    pub socket_activated: bool,
 }
 
 impl Lifecycle {
@@ -52,6 +63,9 @@ impl Lifecycle {
             signals: None,
             notifier: Notifier::disabled(),
             shutdown: None,
+            relaunch: None,
+            upgrade: None,
+            socket_activated: inherited,
         }
     }
 }
@@ -157,14 +171,15 @@ impl Server {
     }
 
     /// Takes over SIGTERM, SIGINT (graceful shutdown; a second one exits at
-    /// once) and SIGHUP (reload the config file) for this process, handled
-    /// inside the loop. For the daemon's one server only: signal handlers
-    /// are process-wide.
+    /// once), SIGHUP (reload the config file) and SIGUSR2 (hand everything
+    /// over to a new process) for this process, handled inside the loop.
+    /// For the daemon's one server only: signal handlers are process-wide.
     pub fn handle_signals(&mut self) -> Result<(), ServerError> {
         let mut signals = Signals::new([
             Signal::TERM.as_raw(),
             Signal::INT.as_raw(),
             Signal::HUP.as_raw(),
+            Signal::USR2.as_raw(),
         ])?;
         self.poll
             .registry()
@@ -227,6 +242,7 @@ impl Server {
                     .insert(now.saturating_add(STATUS_INTERVAL_MS), STATUS_TIMER);
             }
             BUS_TIMER => self.on_bus_timer(now),
+            HANDOVER_TIMER => self.on_upgrade_timer(),
             SHUTDOWN_TIMER => {
                 if let Some(shutdown) = &mut self.life.shutdown {
                     shutdown.timer = None;
@@ -248,6 +264,8 @@ impl Server {
             let name = signal_name(signal);
             if signal == Signal::HUP.as_raw() {
                 self.reload();
+            } else if signal == Signal::USR2.as_raw() {
+                self.begin_upgrade(now);
             } else if self.life.shutdown.is_some() {
                 warn!(
                     "{name} again: exiting now with {} connections still open",
@@ -255,17 +273,27 @@ impl Server {
                 );
                 return AfterSignals::ExitNow;
             } else {
-                self.begin_shutdown(name, now);
+                if self.life.upgrade.is_some() {
+                    self.upgrade_failed_for_shutdown();
+                }
+                // SIGTERM under a service manager with a file descriptor
+                // store: what can be carried over goes there for the next
+                // process. SIGINT always shuts down the ordinary way.
+                let stored = signal == Signal::TERM.as_raw() && self.store_for_restart(now);
+                self.begin_shutdown(name, stored, now);
             }
         }
         AfterSignals::Continue
     }
 
     /// Stops accepting, turns away HTTP clients and starts closing every
-    /// open WebSocket with the configured code.
-    fn begin_shutdown(&mut self, why: &str, now: u64) {
-        let (code, reason) = if self.config.shutdown_close_code == CLOSE_SERVICE_RESTART {
-            (CloseCode::SERVICE_RESTART, "service restart")
+    /// open WebSocket with the configured code (on a `restart` — what a
+    /// handover left behind — with 1012, "service restart", whatever is
+    /// configured).
+    pub(super) fn begin_shutdown(&mut self, why: &str, restart: bool, now: u64) {
+        let (code, reason) = if restart || self.config.shutdown_close_code == CLOSE_SERVICE_RESTART
+        {
+            (CloseCode::SERVICE_RESTART, SERVICE_RESTART_REASON)
         } else {
             (CloseCode::GOING_AWAY, "going away")
         };

@@ -130,6 +130,11 @@ impl Listener {
         self.socket.local_addr().ok()
     }
 
+    /// The socket's descriptor (handed to a new process on a handover).
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.socket)
+    }
+
     pub(super) fn is_tls(&self) -> bool {
         self.tls.is_some()
     }

@@ -17,6 +17,7 @@ mod compress;
 mod conn;
 mod drive;
 mod fanout;
+mod handover;
 #[cfg(test)]
 mod harness;
 mod lifecycle;
@@ -26,6 +27,7 @@ mod per_ip;
 mod slot;
 pub(crate) mod tls;
 mod transport;
+mod upgrade;
 
 use std::collections::VecDeque;
 use std::io;
@@ -54,6 +56,7 @@ use per_ip::PerIp;
 use slot::{SIGNAL_TOKEN, Slot, WAKER_TOKEN, split_token};
 pub use tls::TlsConfigError;
 use transport::Transport;
+pub use upgrade::Relaunch;
 
 /// Size of the one receive buffer shared by every connection of the loop.
 const RECV_BUF_LEN: usize = 64 * 1024;
@@ -263,6 +266,10 @@ impl Server {
                 }
                 if token == SIGNAL_TOKEN {
                     signalled = true;
+                    continue;
+                }
+                if token == slot::HANDOVER_TOKEN {
+                    self.on_upgrade_event(now);
                     continue;
                 }
                 if let Some(index) = self.listeners.index_of(token) {

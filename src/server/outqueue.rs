@@ -5,7 +5,8 @@
 //! frames broadcast to many connections are shared by reference count, never
 //! copied per recipient.
 //! The whole queue goes out in vectored writes to a [`Sink`]: the socket's
-//! transport in the loop, a `Vec` in tests.
+//! transport in the loop, a `Vec` in tests. For a handover, every unsent
+//! byte can be taken out in order and a queue rebuilt from them.
 //! Must never: hold memory of its own while empty (an idle connection owns
 //! no buffer), keep any after the socket took everything (so a subscriber
 //! that has received messages costs what a fresh one does), reorder bytes,
@@ -423,6 +424,65 @@ impl OutQueue {
         inner.exempt = inner.exempt.min(inner.len);
     }
 
+    /// Every byte not yet written, in order (the connection's own and shared
+    /// chunks, and the broadcast frames listed for this turn, which leave
+    /// the list as if written), and how many of the first of them are exempt
+    /// from the slow-consumer rule. Leaves the queue empty. For a handover:
+    /// the bytes go to the next process as they are.
+    #[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+    pub(super) fn take_unsent(&mut self) -> (Vec<u8>, usize) {
+        match std::mem::take(&mut self.state) {
+            State::Empty => (Vec::new(), 0),
+            State::Listed { head, bytes, .. } => {
+                let mut out = Vec::with_capacity(bytes as usize);
+                TURN.with(|t| {
+                    let mut t = t.borrow_mut();
+                    for frame in t.run(head) {
+                        out.extend_from_slice(frame);
+                    }
+                    t.release();
+                });
+                (out, 0)
+            }
+            State::Queued(inner) => {
+                let mut out = Vec::with_capacity(inner.len);
+                let pieces = inner
+                    .chunks
+                    .iter()
+                    .map(Chunk::bytes)
+                    .chain(std::iter::once(inner.tail.as_slice()));
+                // `sent` counts into the front of the queue: the first chunk,
+                // else the packing buffer.
+                let mut skip = inner.sent;
+                for bytes in pieces {
+                    let start = skip.min(bytes.len());
+                    out.extend_from_slice(&bytes[start..]);
+                    skip = 0;
+                }
+                let exempt = inner.exempt.min(out.len());
+                give_back(inner);
+                (out, exempt)
+            }
+        }
+    }
+
+    /// A queue holding `bytes` (whole frames, sent before anything queued
+    /// later), the first `exempt` of them exempt from the slow-consumer rule:
+    /// what [`OutQueue::take_unsent`] gave in the process before a handover.
+    #[cfg_attr(not(test), allow(dead_code))] // until the server's handover uses it
+    pub(super) fn with_unsent(bytes: Vec<u8>, exempt: usize) -> OutQueue {
+        if bytes.is_empty() {
+            return OutQueue::default();
+        }
+        let mut inner = take_spare();
+        inner.len = bytes.len();
+        inner.exempt = exempt.min(bytes.len());
+        inner.chunks.push_back(Chunk::Owned(bytes));
+        OutQueue {
+            state: State::Queued(inner),
+        }
+    }
+
     /// Writes as much as the sink takes, in vectored writes.
     pub(super) fn flush(&mut self, sink: &mut impl Sink) -> io::Result<Flush> {
         if let State::Listed { head, .. } = self.state {
@@ -811,6 +871,119 @@ mod tests {
         fn write_vectored(&mut self, _: &[IoSlice<'_>]) -> io::Result<usize> {
             Err(io::ErrorKind::BrokenPipe.into())
         }
+    }
+
+    /// Flushes `queue` whole into a fresh wire; the bytes written.
+    fn drain(queue: &mut OutQueue) -> Vec<u8> {
+        let mut wire = Wire::default();
+        assert_eq!(queue.flush(&mut wire).unwrap(), Flush::Done);
+        assert!(queue.is_empty());
+        wire.bytes
+    }
+
+    /// Builds the same queue twice (same shared frames), writes `room`
+    /// bytes of each, then drains one and carries the other over through
+    /// `take_unsent` / `with_unsent`: both must give the same bytes.
+    fn check_carried(name: &str, build: impl Fn(&mut OutQueue, &[Rc<[u8]>]), room: usize) {
+        let shared: Vec<Rc<[u8]>> = (0..5u8)
+            .map(|i| Rc::from(vec![0x10 + i; 7 + usize::from(i)]))
+            .collect();
+        let mut original = OutQueue::default();
+        let mut carried = OutQueue::default();
+        build(&mut original, &shared);
+        build(&mut carried, &shared);
+        let mut first = Wire {
+            room,
+            ..Wire::default()
+        };
+        let mut second = Wire {
+            room,
+            ..Wire::default()
+        };
+        let _ = original.flush(&mut first).unwrap();
+        let _ = carried.flush(&mut second).unwrap();
+        assert_eq!(first.bytes, second.bytes);
+        let (len, counted) = (carried.len(), carried.counted_len());
+        let (bytes, exempt) = carried.take_unsent();
+        assert!(carried.is_empty(), "taking leaves the queue empty");
+        assert_eq!((bytes.len(), bytes.len() - exempt), (len, counted));
+        let mut rebuilt = OutQueue::with_unsent(bytes, exempt);
+        assert_eq!((rebuilt.len(), rebuilt.counted_len()), (len, counted));
+        // Frames queued after the handover go after what was carried.
+        original.push_frame(OpCode::Pong, b"late");
+        rebuilt.push_frame(OpCode::Pong, b"late");
+        first.bytes.extend(drain(&mut original));
+        second.bytes.extend(drain(&mut rebuilt));
+        assert_eq!(first.bytes, second.bytes, "{name}, room {room}");
+        assert_eq!(listed_links(), (0, 0), "the turn list is left consistent");
+        assert!(
+            shared.iter().all(|f| Rc::strong_count(f) == 1),
+            "no reference kept"
+        );
+    }
+
+    /// Fills a queue from a few shared frames.
+    type Build = fn(&mut OutQueue, &[Rc<[u8]>]);
+
+    #[test]
+    fn unsent_bytes_carried_over_flush_as_the_original_would() {
+        let builds: [(&str, Build); 4] = [
+            ("listed run", |q, s| {
+                for f in s {
+                    q.push_shared(Rc::clone(f));
+                }
+            }),
+            ("mixed own and shared", |q, s| {
+                q.push_frame(OpCode::Text, b"own one");
+                q.push_shared(Rc::clone(&s[0]));
+                q.push_shared(Rc::clone(&s[1]));
+                q.push_frame(OpCode::Ping, b"p");
+                q.push_shared(Rc::clone(&s[2]));
+                q.push_with(|out| out.extend_from_slice(b"raw tail"));
+            }),
+            ("exempt replay behind live frames", |q, s| {
+                q.push_shared(Rc::clone(&s[0]));
+                q.push_shared(Rc::clone(&s[1]));
+                q.push_shared(Rc::clone(&s[2]));
+                q.exempt(20);
+                q.push_shared(Rc::clone(&s[3]));
+            }),
+            ("own bytes only", |q, _| {
+                q.push_frame(OpCode::Binary, &[3; 40]);
+                q.push_frame(OpCode::Pong, b"");
+            }),
+        ];
+        for (name, build) in builds {
+            // Nothing written, a chunk half sent, a chunk boundary, all sent.
+            for room in [0, 1, 5, 7, 9, 12, 16, 30, 1000] {
+                check_carried(name, build, room);
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_queue_carries_nothing() {
+        let mut queue = OutQueue::default();
+        assert_eq!(queue.take_unsent(), (Vec::new(), 0));
+        let rebuilt = OutQueue::with_unsent(Vec::new(), 10);
+        assert!(rebuilt.is_empty(), "no buffer for nothing");
+        let rebuilt = OutQueue::with_unsent(vec![1, 2, 3], 10);
+        assert_eq!((rebuilt.len(), rebuilt.counted_len()), (3, 0));
+    }
+
+    #[test]
+    fn taking_one_listed_run_leaves_the_others_listed() {
+        let frame: Rc<[u8]> = Rc::from(vec![4u8; 6]);
+        let mut a = OutQueue::default();
+        let mut b = OutQueue::default();
+        a.push_shared(Rc::clone(&frame));
+        b.push_shared(Rc::clone(&frame));
+        b.push_shared(Rc::clone(&frame));
+        assert_eq!(listed_links(), (3, 2));
+        assert_eq!(b.take_unsent(), (vec![4u8; 12], 0));
+        assert_eq!(listed_links(), (3, 1), "a is still listed");
+        assert_eq!(drain(&mut a), vec![4u8; 6]);
+        assert_eq!(listed_links(), (0, 0));
     }
 
     #[test]

@@ -92,9 +92,13 @@ pub(super) const BUS_SUBSCRIPTION_TOKEN: Token = Token(usize::MAX - 6);
 pub(super) const BUS_TIMER: Token = Token(usize::MAX - 7);
 /// The history's one timer-wheel entry (the next message to expire).
 pub(super) const HISTORY_TIMER: Token = Token(usize::MAX - 8);
+/// An upgrade in progress: the channel to the new process, and how long it
+/// may take to say hello.
+pub(super) const HANDOVER_TOKEN: Token = Token(usize::MAX - 9);
+pub(super) const HANDOVER_TIMER: Token = Token(usize::MAX - 10);
 /// Slab keys from here up are never given to connections, so no connection
 /// token can equal a reserved one, whatever its generation.
-pub(super) const FIRST_RESERVED_KEY: usize = KEY_MASK - 8;
+pub(super) const FIRST_RESERVED_KEY: usize = KEY_MASK - 10;
 
 /// The token for slab key `key` holding generation `generation`.
 pub(super) fn token_of(key: usize, generation: u32) -> Token {
@@ -133,6 +137,8 @@ mod tests {
             BUS_SUBSCRIPTION_TOKEN,
             BUS_TIMER,
             HISTORY_TIMER,
+            HANDOVER_TOKEN,
+            HANDOVER_TIMER,
         ];
         for token in reserved {
             assert!(split_token(token).0 >= FIRST_RESERVED_KEY, "{token:?}");

@@ -60,8 +60,27 @@ const ESCAPE: u8 = b'\\';
 ///
 /// For the server's direction it is also the key for sharing compressed
 /// broadcasts: connections with equal values accept identical frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "u8", into = "u8")]
 pub(crate) struct WindowBits(u8);
+
+/// A window size read back from a handover's state is checked like one
+/// that was negotiated.
+impl TryFrom<u8> for WindowBits {
+    type Error = &'static str;
+
+    fn try_from(bits: u8) -> Result<WindowBits, &'static str> {
+        WindowBits::new(bits).ok_or("window bits outside 9..=15")
+    }
+}
+
+impl From<WindowBits> for u8 {
+    fn from(bits: WindowBits) -> u8 {
+        bits.0
+    }
+}
 
 impl WindowBits {
     /// The full 32 KiB window.
@@ -85,7 +104,7 @@ impl WindowBits {
 
 /// What was agreed for one connection. Both directions always use no
 /// context takeover. Copy it into the connection: it is four bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Params {
     server_window: WindowBits,
     /// The client sent `server_max_window_bits`, so the response must too.

@@ -1,0 +1,494 @@
+//! Restarts that keep every client: this process handing its sockets and
+//! state to a new one, and a new process taking them over.
+//!
+//! Two ways, one state ([`super::handover`]):
+//! - **SIGUSR2** (no service manager needed): the loop starts the binary it
+//!   was started from, with the same arguments and one end of a socket pair
+//!   ([`crate::handover::wire`]). While the new process loads its config the
+//!   old one serves on. The new one says hello with the state version it
+//!   speaks; the old one stops serving, sends the state and every socket,
+//!   and waits. The new one rebuilds everything and says it has taken
+//!   over; the old one forgets what it handed over, confirms, and drains the
+//!   rest the ordinary way (1012). Any failure before the confirmation —
+//!   the new binary does not start, crashes, refuses the state, is too
+//!   slow — leaves the old one serving as if nothing happened, and the new
+//!   one exits without having touched a socket.
+//!   A new binary that speaks another state version gets the listening
+//!   sockets only: the old one then closes its connections the ordinary
+//!   way, and clients reconnect to the new one.
+//! - **The service manager's file descriptor store** (systemd,
+//!   `FileDescriptorStoreMax=`): on SIGTERM the state (in a memfd), the
+//!   listening sockets and the connections go to the store, and the next
+//!   process finds them among `LISTEN_FDS`.
+//!
+//! Owns: the upgrade in progress (child, channel, deadline), the order of
+//! the exchange, and the fallback at each step.
+//! Must never: leave a moment where both processes serve the same sockets,
+//! or one where neither will; block the loop while it still serves (the
+//! exchange blocks only once serving has stopped, each step bounded).
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::Interest;
+use mio::unix::SourceFd;
+
+use super::handover::{Imported, ServerState, farewell_all};
+use super::slot::{HANDOVER_TIMER, HANDOVER_TOKEN};
+use super::{Server, ServerError};
+use crate::config::Config;
+use crate::daemon::fdstore;
+use crate::handover::state::{self, Envelope, StateError};
+use crate::handover::wire::{self, Channel, Kind};
+use crate::timer::TimerKey;
+
+/// How long a new process may take to load its config and say hello.
+const HELLO_TIMEOUT_MS: u64 = 30_000;
+/// How long reading the hello may block the loop, once it began to arrive.
+const HELLO_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long each step of the exchange may take once serving has stopped.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The command that starts this binary again.
+#[derive(Clone, Debug)]
+pub struct Relaunch {
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl Relaunch {
+    /// This process's binary and arguments, read at start: after the file is
+    /// replaced (an upgrade), the path names the new binary.
+    pub fn current() -> Option<Relaunch> {
+        let exe = std::env::current_exe().ok()?;
+        Some(Relaunch {
+            exe,
+            args: std::env::args_os().skip(1).collect(),
+        })
+    }
+}
+
+/// An upgrade waiting for the new process's hello.
+pub(super) struct Upgrade {
+    channel: Channel,
+    child: Child,
+    timer: Option<TimerKey>,
+}
+
+impl Server {
+    /// Lets SIGUSR2 start `relaunch` and hand everything over to it.
+    pub fn set_relaunch(&mut self, relaunch: Option<Relaunch>) {
+        self.life.relaunch = relaunch;
+    }
+
+    /// SIGUSR2: starts the new process, unless an upgrade or a shutdown is
+    /// already under way or handover is off.
+    pub(super) fn begin_upgrade(&mut self, now: u64) {
+        if !self.config.handover {
+            warn!("SIGUSR2 ignored: handover = false");
+            return;
+        }
+        if self.life.shutdown.is_some() || self.life.upgrade.is_some() {
+            warn!("SIGUSR2 ignored: a restart is already under way");
+            return;
+        }
+        let Some(relaunch) = self.life.relaunch.clone() else {
+            warn!("SIGUSR2 ignored: this server cannot start a new process");
+            return;
+        };
+        let started = wire::pair().and_then(|(channel, child_end)| {
+            let child = wire::spawn(&relaunch.exe, &relaunch.args, child_end)?;
+            Ok((channel, child))
+        });
+        let (channel, child) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                error!(
+                    "handover: failed: cannot start {}: {e}; still serving",
+                    relaunch.exe.display()
+                );
+                return;
+            }
+        };
+        // The hello is one small message: reading it cannot hold the loop
+        // for long (the exchange later allows longer steps).
+        if let Err(e) = channel.set_timeout(Some(HELLO_READ_TIMEOUT)) {
+            error!("handover: failed: {e}; still serving");
+            end_child(child);
+            return;
+        }
+        let fd = channel.as_raw_fd();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), HANDOVER_TOKEN, Interest::READABLE)
+        {
+            error!("handover: failed: {e}; still serving");
+            end_child(child);
+            return;
+        }
+        info!(
+            "handover: started new process {} ({})",
+            child.id(),
+            relaunch.exe.display()
+        );
+        let timer = Some(
+            self.timers
+                .insert(now.saturating_add(HELLO_TIMEOUT_MS), HANDOVER_TIMER),
+        );
+        self.life.upgrade = Some(Upgrade {
+            channel,
+            child,
+            timer,
+        });
+    }
+
+    /// The new process said something, or its channel closed.
+    pub(super) fn on_upgrade_event(&mut self, now: u64) {
+        let Some(upgrade) = self.life.upgrade.as_ref() else {
+            return;
+        };
+        match upgrade.channel.try_recv() {
+            Ok(None) => {}
+            Ok(Some(message)) if message.kind == Kind::Hello => {
+                let version = message
+                    .payload
+                    .get(..4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(u32::from_le_bytes);
+                match version {
+                    Some(version) => self.hand_over(version, now),
+                    None => self.upgrade_failed("the new process sent a malformed hello"),
+                }
+            }
+            Ok(Some(message)) => self.upgrade_failed(&format!(
+                "the new process sent {:?} before its hello",
+                message.kind
+            )),
+            Err(e) => {
+                self.upgrade_failed(&format!("the new process ended before taking over ({e})"))
+            }
+        }
+    }
+
+    /// A shutdown begins while an upgrade waits: the upgrade is given up.
+    pub(super) fn upgrade_failed_for_shutdown(&mut self) {
+        self.upgrade_failed("a shutdown began");
+    }
+
+    /// The new process did not say hello in time.
+    pub(super) fn on_upgrade_timer(&mut self) {
+        if let Some(upgrade) = self.life.upgrade.as_mut() {
+            upgrade.timer = None;
+        }
+        self.upgrade_failed(&format!(
+            "the new process did not start within {} s",
+            HELLO_TIMEOUT_MS / 1000
+        ));
+    }
+
+    /// Gives up on the upgrade in progress: the new process is stopped and
+    /// this one serves on.
+    fn upgrade_failed(&mut self, why: &str) {
+        let Some(mut upgrade) = self.life.upgrade.take() else {
+            return;
+        };
+        if let Some(timer) = upgrade.timer.take() {
+            self.timers.remove(timer);
+        }
+        let fd = upgrade.channel.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let status = end_child(upgrade.child);
+        error!("handover: failed: {why}{status}; still serving");
+    }
+
+    /// The new process speaks state `version`: everything goes over, or only
+    /// the listeners when it cannot read our state.
+    fn hand_over(&mut self, version: u32, now: u64) {
+        let began = Instant::now();
+        let full = version == state::VERSION;
+        let export = if full {
+            match self.export_state(usize::MAX, now) {
+                Ok(export) => Some(export),
+                Err(e) => {
+                    self.upgrade_failed(&format!("cannot export the state: {e}"));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let Some(upgrade) = self.life.upgrade.as_ref() else {
+            return;
+        };
+        let sent = upgrade
+            .channel
+            .set_timeout(Some(STEP_TIMEOUT))
+            .and_then(|()| {
+                let mut fds = self.listener_fds();
+                match &export {
+                    Some(export) => {
+                        fds.extend(self.conn_fds(&export.keys));
+                        upgrade.channel.send(Kind::State, &export.bytes, &fds)
+                    }
+                    None => {
+                        let activated = [u8::from(self.life.socket_activated)];
+                        upgrade.channel.send(Kind::Listeners, &activated, &fds)
+                    }
+                }
+            })
+            .and_then(|()| upgrade.channel.recv());
+        match sent {
+            Ok(reply) if reply.kind == Kind::Taken => {}
+            Ok(reply) if reply.kind == Kind::Refused => {
+                let why = String::from_utf8_lossy(&reply.payload).into_owned();
+                self.upgrade_failed(&format!("the new process refused the state: {why}"));
+                return;
+            }
+            Ok(reply) => {
+                self.upgrade_failed(&format!("the new process answered {:?}", reply.kind));
+                return;
+            }
+            Err(e) => {
+                self.upgrade_failed(&format!("the exchange failed: {e}"));
+                return;
+            }
+        }
+        // From here on the new process serves: forget, confirm, drain.
+        let Some(mut upgrade) = self.life.upgrade.take() else {
+            return;
+        };
+        if let Some(timer) = upgrade.timer.take() {
+            self.timers.remove(timer);
+        }
+        let fd = upgrade.channel.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let keys = export.map(|e| e.keys).unwrap_or_default();
+        let listeners = self.listeners.list.len();
+        self.forget(&keys);
+        self.listeners.close_all(self.poll.registry());
+        if let Err(e) = upgrade.channel.send(Kind::Taken, &[], &[]) {
+            // The new process is gone after taking over: nobody serves the
+            // sockets any more. Nothing left to do but say so.
+            error!("handover: the new process did not get the confirmation: {e}");
+        }
+        info!(
+            "handover: handed over {} connection(s) and {listeners} listener(s) in {} ms to process {}",
+            keys.len(),
+            began.elapsed().as_millis(),
+            upgrade.child.id()
+        );
+        if !full {
+            warn!(
+                "handover: the new process speaks state version {version}, this one {}: \
+                 closing every connection the ordinary way",
+                state::VERSION
+            );
+        }
+        // Dropping the child handle neither waits for nor stops it.
+        drop(upgrade.child);
+        self.begin_shutdown("handover", true, now);
+    }
+
+    /// SIGTERM under a service manager with a file descriptor store: the
+    /// state and the sockets go to the store for the next process. True
+    /// when that happened (the caller then drains the rest).
+    pub(super) fn store_for_restart(&mut self, now: u64) -> bool {
+        if !self.config.handover {
+            return false;
+        }
+        let Some(capacity) = fdstore::capacity() else {
+            return false;
+        };
+        let began = Instant::now();
+        let push_listeners = !self.life.socket_activated;
+        let listeners = if push_listeners {
+            self.listeners.list.len()
+        } else {
+            0
+        };
+        // The state's memfd and the listeners come first.
+        let room = capacity.saturating_sub(1 + listeners);
+        let export = match self.export_state(room, now) {
+            Ok(export) => export,
+            Err(e) => {
+                error!("handover: cannot export the state: {e}; shutting down the ordinary way");
+                return false;
+            }
+        };
+        let pushed = (|| {
+            fdstore::push(fdstore::CONN_NAME, &self.conn_fds(&export.keys))?;
+            if push_listeners {
+                fdstore::push(fdstore::LISTEN_NAME, &self.listener_fds())?;
+            }
+            let memfd = wire::memfd(fdstore::STATE_NAME, &export.bytes)?;
+            fdstore::push(fdstore::STATE_NAME, &[std::os::fd::AsFd::as_fd(&memfd)])
+        })();
+        if let Err(e) = pushed {
+            error!(
+                "handover: cannot use the file descriptor store: {e}; shutting down the ordinary way"
+            );
+            return false;
+        }
+        self.forget(&export.keys);
+        info!(
+            "handover: stored {} connection(s) and {listeners} listener(s) for the next process in {} ms",
+            export.keys.len(),
+            began.elapsed().as_millis()
+        );
+        true
+    }
+
+    /// In a new process: takes over from the process at the other end of
+    /// `channel` (the upgrade's socket pair). `Err` means nothing was taken
+    /// over and the old process serves on; the caller exits.
+    pub fn take_over(config: Config, channel: Channel) -> Result<Server, String> {
+        let fail = |channel: &Channel, why: String| {
+            let _ = channel.send(Kind::Refused, why.as_bytes(), &[]);
+            why
+        };
+        channel
+            .set_timeout(Some(STEP_TIMEOUT))
+            .map_err(|e| format!("handover channel: {e}"))?;
+        channel
+            .send(Kind::Hello, &state::spoken_version().to_le_bytes(), &[])
+            .map_err(|e| format!("cannot say hello to the old process: {e}"))?;
+        let message = channel
+            .recv()
+            .map_err(|e| format!("no state from the old process: {e}"))?;
+        let mut fds = message.fds.into_iter();
+        let (mut server, keys) = match message.kind {
+            Kind::Listeners => {
+                let listeners = fds.by_ref().map(std::net::TcpListener::from).collect();
+                let mut server = Server::with_listeners(config, listeners)
+                    .map_err(|e| fail(&channel, e.to_string()))?;
+                server.life.socket_activated = message.payload.first() == Some(&1);
+                (server, Vec::new())
+            }
+            Kind::State => {
+                let envelope =
+                    state::open(&message.payload).map_err(|e| fail(&channel, e.to_string()))?;
+                let body: ServerState =
+                    state::decode_body(&envelope).map_err(|e| fail(&channel, e.to_string()))?;
+                let count = body.listener_count();
+                let listeners = fds
+                    .by_ref()
+                    .take(count)
+                    .map(std::net::TcpListener::from)
+                    .collect();
+                let mut server = Server::with_listeners(config, listeners)
+                    .map_err(|e| fail(&channel, e.to_string()))?;
+                server.life.socket_activated = body.socket_activated();
+                let imported = server
+                    .import_state(body, envelope.farewells, fds.collect(), false)
+                    .map_err(|e| fail(&channel, e))?;
+                log_imported(&imported);
+                (server, imported.keys)
+            }
+            other => return Err(fail(&channel, format!("unexpected {other:?}"))),
+        };
+        channel
+            .send(Kind::Taken, &[], &[])
+            .map_err(|e| format!("cannot tell the old process: {e}"))?;
+        // Nothing is read or written before the old process confirms: until
+        // then it may still decide to serve on.
+        match channel.recv() {
+            Ok(reply) if reply.kind == Kind::Taken => {}
+            Ok(reply) => return Err(format!("the old process answered {:?}", reply.kind)),
+            Err(e) => return Err(format!("the old process did not confirm: {e}")),
+        }
+        let now = server.now();
+        server.resume_imported(&keys, now);
+        Ok(server)
+    }
+
+    /// In a new process started by the service manager: takes over the
+    /// state and connections it kept in its store, if any.
+    pub fn take_over_stored(
+        &mut self,
+        state_fd: Option<OwnedFd>,
+        conns: Vec<OwnedFd>,
+    ) -> Result<(), ServerError> {
+        let Some(state_fd) = state_fd else {
+            if !conns.is_empty() {
+                warn!(
+                    "handover: {} stored connection(s) without a state; closing them",
+                    conns.len()
+                );
+            }
+            return Ok(());
+        };
+        let bytes = wire::read_memfd(&state_fd)?;
+        match state::open(&bytes) {
+            Err(e) => {
+                warn!("handover: the stored state is unusable ({e}); closing its connections");
+            }
+            Ok(envelope) => match state::decode_body::<ServerState>(&envelope) {
+                Ok(body) if state::spoken_version() == state::VERSION => {
+                    match self.import_state(body, envelope.farewells, conns, true) {
+                        Ok(imported) => {
+                            log_imported(&imported);
+                            let now = self.now();
+                            self.resume_imported(&imported.keys, now);
+                        }
+                        Err(e) => warn!("handover: the stored state is unusable: {e}"),
+                    }
+                }
+                Ok(_) => refuse(
+                    envelope,
+                    conns,
+                    &StateError::Version(state::spoken_version()),
+                ),
+                Err(e) => refuse(envelope, conns, &e),
+            },
+        }
+        for name in [
+            fdstore::STATE_NAME,
+            fdstore::CONN_NAME,
+            fdstore::LISTEN_NAME,
+        ] {
+            if let Err(e) = fdstore::remove(name) {
+                warn!("handover: cannot empty the file descriptor store ({name}): {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored state this binary does not read: every connection gets its
+/// farewell.
+fn refuse(envelope: Envelope<'_>, conns: Vec<OwnedFd>, why: &StateError) {
+    warn!("handover: refusing the stored state ({why}); ending its connections the ordinary way");
+    farewell_all(envelope.farewells, conns, true);
+}
+
+fn log_imported(imported: &Imported) {
+    info!(
+        "handover: taken over {} connection(s){}",
+        imported.keys.len(),
+        if imported.ended > 0 {
+            format!(
+                "; {} could not be and were closed the ordinary way",
+                imported.ended
+            )
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Stops a child that will not take over and reaps it; says how it ended.
+fn end_child(mut child: Child) -> String {
+    match child.try_wait() {
+        Ok(Some(status)) => format!(" (it exited: {status})"),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            String::new()
+        }
+    }
+}
