@@ -295,7 +295,7 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
     run.post(1)?;
     run.wait_all(1, DRAIN_LIMIT, &deadline)?;
     let warm_ms = warm.elapsed().as_secs_f64() * 1e3;
-    let rtt_before = run.probe.hist.max();
+    let rtt_before_ms = run.probe.hist.max() as f64 / 1e6;
 
     let signal = Instant::now();
     run.signal = Some(signal);
@@ -334,7 +334,8 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
                     .map_or(Duration::ZERO, |r| r.duration_since(signal));
                 (longest.max(s.pause), resume.max(resumed))
             });
-    let echo_max_us = run.probe.hist.max();
+    // The probe's histogram holds nanoseconds.
+    let echo_max_ms = run.probe.hist.max() as f64 / 1e6;
     let echo_count = run.probe.hist.count();
     let pause_ms = longest.as_secs_f64() * 1e3;
     let resume_ms = slowest_resume.as_secs_f64() * 1e3;
@@ -355,9 +356,8 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
         "  SIGUSR2 to the first message after that pause (last subscriber): {resume_ms:.1} ms"
     );
     println!(
-        "  echo probe: {echo_count} round trips, longest {:.1} ms (before the signal: {:.1} ms)",
-        echo_max_us as f64 / 1e3,
-        rtt_before as f64 / 1e3
+        "  echo probe: {echo_count} round trips, longest {echo_max_ms:.2} ms \
+         (before the signal: {rtt_before_ms:.2} ms)"
     );
     let json = Json::new()
         .str("scenario", "handover")
@@ -367,7 +367,7 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
         .num("every_ms", opts.every.as_secs_f64() * 1e3, 1)
         .num("pause_ms", pause_ms, 2)
         .num("signal_to_resume_ms", resume_ms, 2)
-        .num("echo_max_ms", echo_max_us as f64 / 1e3, 2)
+        .num("echo_max_ms", echo_max_ms, 2)
         .int("echo_round_trips", echo_count)
         .opt_num("fewest_recipients", run.fewest.map(|f| f as f64), 0)
         .str("status", "ok");
