@@ -189,13 +189,14 @@ done
     echo
     echo "\`bench/handover.sh\` ($RUNS runs per row; a message published every ${EVERY} s from the signal on, for ${AFTER} s)"
     echo
-    echo "| subscribers | handover, old process's log (ms) | SIGUSR2 to the first message after the pause (ms) | longest pause a subscriber saw (ms) | echo probe's longest round trip (ms) |"
-    echo "| --- | --- | --- | --- | --- |"
+    echo "| subscribers | handover, old process's log (ms) | SIGUSR2 to the held-up message's last receipt (ms) | held-up message, publish to last receipt (ms) | longest pause a subscriber saw (ms) | echo probe's longest round trip (ms) |"
+    echo "| --- | --- | --- | --- | --- | --- |"
     for size in $SIZES; do
         f=$WORK/rows.$size.jsonl
-        printf '| %s | %s | %s | %s | %s |\n' "$size" \
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$size" \
             "$(json_field handover_ms < "$f" | summarize 1)" \
-            "$(json_field signal_to_resume_ms < "$f" | summarize 1)" \
+            "$(json_field signal_to_held_ms < "$f" | summarize 1)" \
+            "$(json_field held_ms < "$f" | summarize 1)" \
             "$(json_field pause_ms < "$f" | summarize 1)" \
             "$(json_field echo_max_ms < "$f" | summarize 1)"
     done

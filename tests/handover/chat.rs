@@ -37,15 +37,24 @@ fn deflate(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Inflates a permessage-deflate payload.
+/// Inflates a permessage-deflate payload, growing the output until every
+/// input byte is consumed with room to spare.
 fn inflate(data: &[u8]) -> Vec<u8> {
     let mut d = Decompress::new(false);
     let mut input = data.to_vec();
     input.extend_from_slice(&TAIL);
-    let mut out = Vec::with_capacity(data.len() * 8 + 64);
-    d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
-        .expect("inflate");
-    out
+    let mut out = Vec::with_capacity(data.len() * 4 + 64);
+    loop {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity());
+        }
+        let consumed = d.total_in() as usize;
+        d.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync)
+            .expect("inflate");
+        if d.total_in() as usize == input.len() && out.capacity() > out.len() {
+            return out;
+        }
+    }
 }
 
 /// A member of the room that offers permessage-deflate (and must get it).

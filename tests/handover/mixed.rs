@@ -1,10 +1,12 @@
 //! What else a daemon serves through a handover: TLS connections are not
 //! handed over (they get 1012 and reconnect to the new process), an idle
-//! keep-alive HTTP connection goes on working, and with history on a
+//! keep-alive HTTP connection goes on working, an event stream (Server-Sent
+//! Events) goes on with the next event, and with history on a
 //! metadata client keeps its positions (the epoch does not change), so a
 //! client recovering from a position taken before the handover gets
 //! exactly what followed it.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use crate::common::{LIVE, Publisher, config, write_config};
-use crate::support::client::RawClient;
+use crate::support::client::{RawClient, connect_tcp};
 use crate::support::daemon::Daemon;
 use crate::support::handover::{HANDOVER_TIMEOUT, upgrade, wait_for_nth};
 use crate::support::positions::{At, json, message};
@@ -50,6 +52,50 @@ fn text(socket: &mut WebSocket<TlsStream<TcpStream>>) -> String {
     }
 }
 
+/// An event stream on `path`, its `200` head read.
+fn event_stream(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
+    let mut stream = connect_tcp(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let request =
+        format!("GET {path}?sse=1 HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("a status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("a header line");
+        if line == "\r\n" {
+            return reader;
+        }
+    }
+}
+
+/// The data of the next text message on an event stream: an event with a
+/// `data:` line and no `event:` line (comments, ids and the server's own
+/// events, such as its position, skipped).
+fn next_data(reader: &mut BufReader<TcpStream>) -> String {
+    let (mut kind, mut data) = (None, None);
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("an event line");
+        assert!(n > 0, "the event stream ended");
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            if let (None, Some(data)) = (kind.take(), data.take()) {
+                return data;
+            }
+        } else if let Some(value) = line.strip_prefix("event: ") {
+            kind = Some(value.to_owned());
+        } else if let Some(value) = line.strip_prefix("data: ") {
+            data = Some(value.to_owned());
+        }
+    }
+}
+
 #[test]
 fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
     let _alone = crate::alone();
@@ -69,6 +115,7 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
     let channel_path = format!("{LIVE}/{CHANNEL}");
 
     let mut secure = wss(tls_addr, &roots, &channel_path);
+    let mut events = event_stream(addr, &channel_path);
     let mut keep_alive = RawClient::connect(addr);
     assert_eq!(keep_alive.get("/healthz").status, 200);
     let mut meta = RawClient::open(addr, &format!("{channel_path}?meta=1"));
@@ -86,18 +133,19 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
             }
         );
         assert_eq!(text(&mut secure), format!("before {i}"));
+        assert_eq!(next_data(&mut events), format!("before {i}"));
     }
 
     let handover = upgrade(&daemon, daemon.pid());
     eprintln!("{} / {}", handover.handed, handover.taken);
 
-    // TLS: the ordinary restart close, then back on the new process.
+    // TLS: the ordinary restart close (the client comes back below).
     match secure.read().expect("a close over TLS") {
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Restart, "{frame:?}"),
         other => panic!("expected a close frame, got {other:?}"),
     }
     let _ = secure.flush();
-    let mut secure = wss(tls_addr, &roots, &channel_path);
+    drop(secure);
 
     for i in 4..=6u64 {
         let answer = publisher.publish(CHANNEL, &format!("after {i}"));
@@ -109,7 +157,7 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
             },
             "same epoch"
         );
-        assert_eq!(text(&mut secure), format!("after {i}"));
+        assert_eq!(next_data(&mut events), format!("after {i}"), "event stream");
     }
     for i in 1..=6u64 {
         let (at, body) = message(&mut meta);
@@ -140,10 +188,16 @@ fn tls_reconnects_with_1012_keep_alive_and_positions_carry_on() {
         assert_eq!(at.offset, i);
     }
 
+    // The TLS client comes back, to the new process's TLS listener.
+    wait_for_nth(&daemon, "listening on wss://", 2, Duration::from_secs(5));
+    let mut secure = wss(tls_addr, &roots, &channel_path);
+    publisher.publish(CHANNEL, "tls is back");
+    assert_eq!(text(&mut secure), "tls is back");
+
     let mut daemon = daemon;
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)).code(), Some(0));
     let mut successor = handover.successor;
     successor.signal(Signal::TERM);
-    drop((secure, meta, back, keep_alive));
+    drop((secure, events, meta, back, keep_alive));
     assert_eq!(successor.wait_exit(Duration::from_secs(30)), Some(0));
 }

@@ -9,10 +9,12 @@
 //! for `--after` seconds. Every subscriber checks that the messages come
 //! in order, none missing and none twice, and that its connection is never
 //! closed; it notes its longest pause between two messages. Reported:
+//! - the message the handover held up: the one whose publish-to-last-
+//!   receipt time was longest; that time, and the time from the signal to
+//!   its last receipt (the new process's start is part of it: the old one
+//!   serves on until the new one is ready to take over),
 //! - the longest pause any subscriber saw (messages were due every
 //!   `--every` all along, so this is how long nobody served it),
-//! - from the signal to the end of that pause (the first message after it)
-//!   for the last subscriber to get one,
 //! - the echo probe's longest round trip (and count).
 //!
 //! How long the handover took on the server's side is in its log
@@ -52,10 +54,8 @@ struct Sub {
     last: u64,
     /// When the last message came.
     at: Option<Instant>,
-    /// Its longest pause between two messages since the signal, and when
-    /// that pause ended.
+    /// Its longest pause between two messages since the signal.
     pause: Duration,
-    resumed: Option<Instant>,
 }
 
 /// Checks one message: the one after `last`, and well-formed.
@@ -91,6 +91,15 @@ struct Run {
     rng: Rng,
     /// Fewest recipients a publish answer reported.
     fewest: Option<u64>,
+    /// Each message's post and last receipt, by sequence number.
+    messages: Vec<Timing>,
+}
+
+/// When a message was posted and when its last subscriber got it.
+#[derive(Clone, Copy, Default)]
+struct Timing {
+    posted: Option<Instant>,
+    last: Option<Instant>,
 }
 
 impl Run {
@@ -117,6 +126,7 @@ impl Run {
             clock,
             rng,
             fewest,
+            messages,
             ..
         } = self;
         for event in events.iter() {
@@ -147,12 +157,12 @@ impl Run {
                 let now = Instant::now();
                 if let (Some(since), Some(signal)) = (sub.at, *signal) {
                     let pause = now.duration_since(since.max(signal));
-                    if pause > sub.pause {
-                        sub.pause = pause;
-                        sub.resumed = Some(now);
-                    }
+                    sub.pause = sub.pause.max(pause);
                 }
                 sub.at = Some(now);
+                if let Some(m) = messages.get_mut(sub.last as usize) {
+                    m.last = Some(m.last.map_or(now, |t| t.max(now)));
+                }
                 Ok(())
             })
             .map_err(|e| Fail::run(format!("subscriber {i}: {}", e.message)))?;
@@ -161,8 +171,12 @@ impl Run {
         Ok(())
     }
 
-    /// Posts message `seq`.
+    /// Posts message `seq` (the next one: 1, 2, …).
     fn post(&mut self, seq: u64) -> Result<()> {
+        if self.messages.len() <= seq as usize {
+            self.messages.resize(seq as usize + 1, Timing::default());
+        }
+        self.messages[seq as usize].posted = Some(Instant::now());
         let fill = [FILL; SIZE - 8];
         self.publisher.post(&[&seq.to_le_bytes(), &fill]);
         self.publisher.flush()
@@ -272,7 +286,6 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
                 last: 0,
                 at: None,
                 pause: Duration::ZERO,
-                resumed: None,
             };
             n
         ],
@@ -285,6 +298,9 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
         clock: Instant::now(),
         rng,
         fewest: None,
+        messages: Vec::with_capacity(
+            (opts.after.as_secs_f64() / opts.every.as_secs_f64()) as usize + 2,
+        ),
     };
     // Nothing was sent to the subscribers yet, so no event that dialing
     // dropped hid a message: the warm-up's own events bring them in.
@@ -295,7 +311,7 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
     run.post(1)?;
     run.wait_all(1, DRAIN_LIMIT, &deadline)?;
     let warm_ms = warm.elapsed().as_secs_f64() * 1e3;
-    let rtt_before = run.probe.hist.max();
+    let rtt_before_ms = run.probe.hist.max() as f64 / 1e6;
 
     let signal = Instant::now();
     run.signal = Some(signal);
@@ -325,19 +341,25 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
     run.probe.stop();
     let posted = seq - 1;
 
-    let (longest, slowest_resume) =
-        run.subs
-            .iter()
-            .fold((Duration::ZERO, Duration::ZERO), |(longest, resume), s| {
-                let resumed = s
-                    .resumed
-                    .map_or(Duration::ZERO, |r| r.duration_since(signal));
-                (longest.max(s.pause), resume.max(resumed))
-            });
-    let echo_max_us = run.probe.hist.max();
+    let longest = run.subs.iter().map(|s| s.pause).max().unwrap_or_default();
+    // The message the handover held up: the slowest to reach everyone of
+    // those posted after the signal.
+    let held = run
+        .messages
+        .iter()
+        .skip(2)
+        .filter_map(|m| Some((m.posted?, m.last?)))
+        .max_by_key(|(posted, last)| last.duration_since(*posted));
+    let (held_ms, signal_to_held_ms) = held.map_or((0.0, 0.0), |(posted, last)| {
+        (
+            last.duration_since(posted).as_secs_f64() * 1e3,
+            last.duration_since(signal).as_secs_f64() * 1e3,
+        )
+    });
+    // The probe's histogram holds nanoseconds.
+    let echo_max_ms = run.probe.hist.max() as f64 / 1e6;
     let echo_count = run.probe.hist.count();
     let pause_ms = longest.as_secs_f64() * 1e3;
-    let resume_ms = slowest_resume.as_secs_f64() * 1e3;
     println!(
         "handover: {n} subscribers on {} (connect: {:.2} s; warm-up fan-out {warm_ms:.1} ms)",
         dial.url.path,
@@ -350,14 +372,14 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
         opts.after.as_secs_f64(),
         run.fewest.map_or("none".to_owned(), |f| f.to_string())
     );
+    println!(
+        "  the message the handover held up: {held_ms:.1} ms from its publish to its last \
+         receipt, which came {signal_to_held_ms:.1} ms after SIGUSR2"
+    );
     println!("  longest pause a subscriber saw: {pause_ms:.1} ms");
     println!(
-        "  SIGUSR2 to the first message after that pause (last subscriber): {resume_ms:.1} ms"
-    );
-    println!(
-        "  echo probe: {echo_count} round trips, longest {:.1} ms (before the signal: {:.1} ms)",
-        echo_max_us as f64 / 1e3,
-        rtt_before as f64 / 1e3
+        "  echo probe: {echo_count} round trips, longest {echo_max_ms:.2} ms \
+         (before the signal: {rtt_before_ms:.2} ms)"
     );
     let json = Json::new()
         .str("scenario", "handover")
@@ -366,8 +388,9 @@ pub fn run(opts: &HandoverOpts) -> Result<()> {
         .int("messages", posted)
         .num("every_ms", opts.every.as_secs_f64() * 1e3, 1)
         .num("pause_ms", pause_ms, 2)
-        .num("signal_to_resume_ms", resume_ms, 2)
-        .num("echo_max_ms", echo_max_us as f64 / 1e3, 2)
+        .num("held_ms", held_ms, 2)
+        .num("signal_to_held_ms", signal_to_held_ms, 2)
+        .num("echo_max_ms", echo_max_ms, 2)
         .int("echo_round_trips", echo_count)
         .opt_num("fewest_recipients", run.fewest.map(|f| f as f64), 0)
         .str("status", "ok");
