@@ -31,6 +31,8 @@ mod support {
     #[allow(dead_code)]
     pub mod positions;
     #[allow(dead_code)]
+    pub mod redis;
+    #[allow(dead_code)]
     pub mod server;
     #[allow(dead_code)]
     pub mod tempdir;
@@ -39,6 +41,7 @@ mod support {
 }
 
 mod chat;
+mod cluster;
 mod common;
 mod echo_pause;
 mod failures;

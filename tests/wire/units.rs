@@ -110,7 +110,11 @@ fn service_is_a_hardened_notify_service() {
         ("PrivateDevices", "yes"),
         ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
         ("CapabilityBoundingSet", ""),
-        ("SystemCallFilter", "@system-service"),
+        // The handover's state memfd and taking descriptors over.
+        (
+            "SystemCallFilter",
+            "@system-service memfd_create pidfd_open pidfd_getfd",
+        ),
     ] {
         assert_eq!(value(&service, key), want, "{key}=");
     }
@@ -122,6 +126,9 @@ fn service_is_a_hardened_notify_service() {
     assert!(values(&service, "AmbientCapabilities").is_empty());
     let nofile: u64 = value(&service, "LimitNOFILE").parse().unwrap();
     assert!(nofile > 1_000_000, "LimitNOFILE={nofile}");
+    // `systemctl restart` hands every connection over through the store.
+    let store: u64 = value(&service, "FileDescriptorStoreMax").parse().unwrap();
+    assert!(store >= nofile, "FileDescriptorStoreMax={store}");
     // systemd must wait longer than the daemon's own shutdown drain.
     let stop = humantime::parse_duration(value(&service, "TimeoutStopSec")).unwrap();
     let example =
