@@ -1,8 +1,12 @@
-//! Ten thousand idle subscribers and a publisher through two handovers:
-//! every subscriber gets every message exactly once and in order, none sees
-//! a close or the end of its stream, the old process exits 0, and the new
-//! one serves new connections (and hands over again in its turn). An echo
-//! client measures its longest pause meanwhile.
+//! Ten thousand idle subscribers and publishers at 1,000 messages a second
+//! through two handovers: every subscriber gets every message of its
+//! channel exactly once and in order, none sees a close or the end of its
+//! stream, the old process exits 0, and the new one serves new connections
+//! (and hands over again in its turn). An echo client measures its longest
+//! pause meanwhile. The subscribers are spread over [`CHANNELS`] channels
+//! of ten, which the publishers take in turn (each its own share): a
+//! thousand messages a second to all ten thousand at once would be ten
+//! million deliveries a second, more than any server does on two cores.
 
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
@@ -24,11 +28,17 @@ const SUBSCRIBERS: usize = 10_000;
 const SOURCE_ADDRESSES: usize = 8;
 /// Threads that open the subscribers, then read them.
 const THREADS: usize = 4;
-const CHANNEL: &str = "through";
-/// The publisher's pace: 1,000 messages a second at most (a debug build
-/// fanning out to ten thousand sockets is slower; the rate reached is
-/// printed).
+/// Channels `through-0` .. ; subscriber `n` follows channel `n % CHANNELS`.
+const CHANNELS: usize = 1_000;
+/// Publishers, each on a keep-alive connection of its own; publisher `p`
+/// publishes to the channels `c` with `c % PUBLISHERS == p`, in rounds:
+/// message `m<r>` of round `r` to each of them.
+const PUBLISHERS: usize = 2;
+/// The pace of all publishers together: 1,000 messages a second.
 const PUBLISH_EVERY: Duration = Duration::from_millis(1);
+/// The rate they must reach overall, the moments the handovers hold every
+/// publish up included.
+const MIN_RATE: f64 = 900.0;
 /// Bounds the run whatever the pace.
 const MAX_MESSAGES: u64 = 20_000;
 /// Publishing goes on this long before, between and after the handovers.
@@ -38,6 +48,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// The longest pause the echo client may see: generous, the handover of
 /// ten thousand connections in a debug build on a shared machine.
 const ECHO_PAUSE_BOUND: Duration = Duration::from_secs(20);
+
+fn channel(n: usize) -> String {
+    format!("through-{}", n % CHANNELS)
+}
 
 /// The sequence number in a message `m<seq>`.
 fn seq_of(payload: &[u8]) -> Option<u64> {
@@ -56,12 +70,15 @@ struct Readers {
     pending: Vec<Vec<u8>>,
     /// The number each subscriber expects next.
     next: Vec<u64>,
+    /// The publisher of each subscriber's channel.
+    publisher: Vec<usize>,
     /// What went wrong on each subscriber, first fault only.
     faults: Vec<Option<String>>,
 }
 
 impl Readers {
-    fn new(streams: Vec<TcpStream>) -> Readers {
+    /// `streams` are subscribers `first`, `first + 1`, …
+    fn new(streams: Vec<TcpStream>, first: usize) -> Readers {
         let poll = Poll::new().expect("a poller");
         let streams: Vec<mio::net::TcpStream> = streams
             .into_iter()
@@ -81,6 +98,9 @@ impl Readers {
             streams,
             pending: vec![Vec::new(); n],
             next: vec![1; n],
+            publisher: (first..first + n)
+                .map(|s| (s % CHANNELS) % PUBLISHERS)
+                .collect(),
             faults: vec![None; n],
         }
     }
@@ -126,17 +146,19 @@ impl Readers {
         }
     }
 
-    /// True once every subscriber has message `last` or has failed.
-    fn done(&self, last: u64) -> bool {
-        (0..self.streams.len()).all(|i| self.faults[i].is_some() || self.next[i] > last)
+    /// True once every subscriber has the last round of its channel's
+    /// publisher, or has failed.
+    fn done(&self, last: &[u64]) -> bool {
+        (0..self.streams.len())
+            .all(|i| self.faults[i].is_some() || self.next[i] > last[self.publisher[i]])
     }
 
     /// Reads until every subscriber has message `last` (once `last`, 0
     /// until known, is set), or `DRAIN_LIMIT` after that.
-    fn run(mut self, last: &AtomicU64) -> Readers {
+    fn run(mut self, last: &[AtomicU64; PUBLISHERS]) -> Readers {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut events = Events::with_capacity(1024);
-        let mut known: Option<(u64, Instant)> = None;
+        let mut known: Option<(Vec<u64>, Instant)> = None;
         loop {
             self.poll
                 .poll(&mut events, Some(Duration::from_millis(50)))
@@ -152,15 +174,15 @@ impl Readers {
                 self.drain(event.token().0, &mut chunk);
             }
             if known.is_none() {
-                let value = last.load(Ordering::SeqCst);
-                if value != 0 {
-                    known = Some((value, Instant::now()));
+                let values: Vec<u64> = last.iter().map(|l| l.load(Ordering::SeqCst)).collect();
+                if values.iter().all(|&v| v != 0) {
+                    known = Some((values, Instant::now()));
                 }
             }
-            let Some((value, since)) = known else {
+            let Some((values, since)) = &known else {
                 continue;
             };
-            if self.done(value) {
+            if self.done(values) {
                 // A last look: anything more is a duplicate or worse.
                 std::thread::sleep(Duration::from_millis(200));
                 for i in 0..self.streams.len() {
@@ -170,6 +192,7 @@ impl Readers {
             }
             if since.elapsed() > DRAIN_LIMIT {
                 for i in 0..self.streams.len() {
+                    let value = values[self.publisher[i]];
                     if self.faults[i].is_none() && self.next[i] <= value {
                         self.faults[i] =
                             Some(format!("stuck before m{} (last is m{value})", self.next[i]));
@@ -200,26 +223,44 @@ fn echo_probe(addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> (Duration, u
 }
 
 struct Published {
+    /// The last round: every channel of this publisher got `m1` ..= `m<last>`.
     last: u64,
+    /// Messages published.
+    messages: u64,
     elapsed: Duration,
     fewest_recipients: u64,
     retries: Vec<String>,
 }
 
-fn publish_until(addr: std::net::SocketAddr, stop: &AtomicBool, count: &AtomicU64) -> Published {
+/// Publisher `p`: whole rounds over its channels, paced to its share of
+/// the rate, until `stop` (or [`MAX_MESSAGES`] in all); `count` counts the
+/// messages of all publishers.
+fn publish_until(
+    addr: std::net::SocketAddr,
+    p: usize,
+    stop: &AtomicBool,
+    count: &AtomicU64,
+) -> Published {
     let mut publisher = Publisher::new(addr);
+    let channels: Vec<String> = (p..CHANNELS).step_by(PUBLISHERS).map(channel).collect();
+    let every = PUBLISH_EVERY * PUBLISHERS as u32;
     let begin = Instant::now();
     let mut fewest = u64::MAX;
-    let mut seq = 0;
-    while !stop.load(Ordering::SeqCst) && seq < MAX_MESSAGES {
-        seq += 1;
-        let due = begin + PUBLISH_EVERY * seq as u32;
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        fewest = fewest.min(publisher.publish_count(CHANNEL, &format!("m{seq}")));
-        count.store(seq, Ordering::SeqCst);
+    let mut round = 0;
+    let mut messages = 0u32;
+    while !stop.load(Ordering::SeqCst) && count.load(Ordering::SeqCst) < MAX_MESSAGES {
+        round += 1;
+        for name in &channels {
+            messages += 1;
+            let due = begin + every * messages;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            fewest = fewest.min(publisher.publish_count(name, &format!("m{round}")));
+            count.fetch_add(1, Ordering::SeqCst);
+        }
     }
     Published {
-        last: seq,
+        last: round,
+        messages: u64::from(messages),
         elapsed: begin.elapsed(),
         fewest_recipients: fewest,
         retries: publisher.retries,
@@ -242,13 +283,10 @@ fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
     ensure_nofile(SUBSCRIBERS as u64 + 512);
     let dir = TempDir::new("ho-subscribers");
     let (mut daemon, addr) = start(&dir, "");
-    let path = format!("{LIVE}/{CHANNEL}");
-
     let per_thread = SUBSCRIBERS / THREADS;
     let groups: Vec<Vec<TcpStream>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
-                let path = &path;
                 s.spawn(move || {
                     (0..per_thread)
                         .map(|i| {
@@ -256,7 +294,7 @@ fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
                             let stream = connect_from(source_address(n, SOURCE_ADDRESSES), addr)
                                 .unwrap_or_else(|e| panic!("subscriber {n}: connect: {e}"));
                             let mut client = RawClient::from_stream(stream);
-                            client.handshake(path);
+                            client.handshake(&format!("{LIVE}/{}", channel(n)));
                             client.stream
                         })
                         .collect()
@@ -266,20 +304,23 @@ fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
 
-    let last = Arc::new(AtomicU64::new(0));
+    let last: Arc<[AtomicU64; PUBLISHERS]> = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
     let readers: Vec<_> = groups
         .into_iter()
-        .map(|streams| {
+        .enumerate()
+        .map(|(t, streams)| {
             let last = Arc::clone(&last);
-            std::thread::spawn(move || Readers::new(streams).run(&last))
+            std::thread::spawn(move || Readers::new(streams, t * per_thread).run(&last))
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
-    let publisher = {
-        let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
-        std::thread::spawn(move || publish_until(addr, &stop, &count))
-    };
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+            std::thread::spawn(move || publish_until(addr, p, &stop, &count))
+        })
+        .collect();
     let echo = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || echo_probe(addr, stop))
@@ -294,7 +335,7 @@ fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
     std::thread::sleep(STRETCH);
 
     // The new process serves new connections.
-    let mut fresh = RawClient::open(addr, &path);
+    let mut fresh = RawClient::open(addr, &format!("{LIVE}/{}", channel(0)));
     let frame = fresh.read_server_frame();
     assert!(seq_of(&frame.payload).is_some(), "{frame:?}");
     let mut echo_client = RawClient::open(addr, ECHO_PATH);
@@ -313,9 +354,27 @@ fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
     std::thread::sleep(STRETCH);
 
     stop.store(true, Ordering::SeqCst);
-    let published = publisher.join().expect("publisher");
+    let published: Vec<Published> = publishers
+        .into_iter()
+        .map(|p| p.join().expect("publisher"))
+        .collect();
     let (longest_echo, echoes) = echo.join().expect("echo client");
-    last.store(published.last, Ordering::SeqCst);
+    for (slot, p) in last.iter().zip(&published) {
+        slot.store(p.last, Ordering::SeqCst);
+    }
+    let messages: u64 = published.iter().map(|p| p.messages).sum();
+    let elapsed = published
+        .iter()
+        .map(|p| p.elapsed)
+        .max()
+        .unwrap_or_default();
+    let rate = messages as f64 / elapsed.as_secs_f64();
+    let retries: Vec<&String> = published.iter().flat_map(|p| &p.retries).collect();
+    let fewest = published
+        .iter()
+        .map(|p| p.fewest_recipients)
+        .min()
+        .unwrap_or(0);
     let mut faults = Vec::new();
     for reader in readers {
         let reader = reader.join().expect("reader");
@@ -331,10 +390,10 @@ fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
         "{SUBSCRIBERS} subscribers, {} messages in {:?} ({:.0}/s), retries {:?}; \
          first handover: {} / {} ({:?} from the signal to the new process's line); \
          second: {} / {} ({:?}); echo: {echoes} round trips, longest {longest_echo:?}",
-        published.last,
-        published.elapsed,
-        published.last as f64 / published.elapsed.as_secs_f64(),
-        published.retries,
+        messages,
+        elapsed,
+        rate,
+        retries,
         first.handed,
         first.taken,
         first.elapsed,
@@ -349,9 +408,12 @@ fn ten_thousand_subscribers_get_every_message_once_through_two_handovers() {
         &faults[..faults.len().min(10)]
     );
     assert!(
-        published.fewest_recipients >= SUBSCRIBERS as u64,
-        "a publish reached only {} subscribers",
-        published.fewest_recipients
+        fewest >= (SUBSCRIBERS / CHANNELS) as u64,
+        "a publish reached only {fewest} subscribers"
+    );
+    assert!(
+        rate >= MIN_RATE,
+        "the publishers reached {rate:.0} messages/s only"
     );
     assert!(
         first.connections_taken() > SUBSCRIBERS as u64,
