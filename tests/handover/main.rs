@@ -21,6 +21,8 @@ mod support {
     #[allow(dead_code)]
     pub mod data;
     #[allow(dead_code)]
+    pub mod fdstore;
+    #[allow(dead_code)]
     pub mod handover;
     #[allow(dead_code)]
     pub mod http;
@@ -45,6 +47,7 @@ mod echo_pause;
 mod failures;
 mod mixed;
 mod subscribers;
+mod systemd;
 
 /// Held for the whole of each test in this binary: one test at a time. It
 /// also makes sure this process adopts what the daemons' handovers start.

@@ -50,11 +50,14 @@ fn subscribe(addr: SocketAddr, n: usize) -> Vec<RawClient> {
         .collect()
 }
 
-/// SIGTERM, and the process's exit (0).
-fn stop(daemon: &mut Daemon) {
+/// SIGTERM, and the process's exit (0); then waits until the manager has
+/// read its `STOPPING=1` (the `stopping`-th in all), sent after everything
+/// it stored: the notifications are read by the manager's own thread.
+fn stop(daemon: &mut Daemon, manager: &Manager, stopping: usize) {
     daemon.signal(Signal::TERM);
     let status = daemon.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
+    manager.wait_stopping(stopping, WAIT);
 }
 
 #[test]
@@ -73,7 +76,7 @@ fn a_restart_through_the_fd_store_keeps_every_subscriber() {
         assert_eq!(s.expect_text(), "before");
     }
 
-    stop(&mut first);
+    stop(&mut first, &manager, 1);
     assert_eq!(manager.stored_count(LISTEN_NAME), 1, "{:?}", manager.messages());
     assert_eq!(manager.stored_count(STATE_NAME), 1, "{:?}", manager.messages());
     // The subscribers, the echo client and the publisher's keep-alive
@@ -101,7 +104,7 @@ fn a_restart_through_the_fd_store_keeps_every_subscriber() {
     assert_eq!(newcomer.expect_text(), "new");
     drop(newcomer);
 
-    stop(&mut second);
+    stop(&mut second, &manager, 2);
     manager.flush();
 }
 
@@ -119,7 +122,7 @@ fn connections_that_do_not_fit_the_store_get_1012() {
 
     // The old process closes what does not fit the ordinary way (its
     // shutdown_timeout bounds the wait for the close replies), then exits.
-    stop(&mut first);
+    stop(&mut first, &manager, 1);
     let mut kept = Vec::new();
     let mut closed = 0;
     for mut s in subscribers.drain(..) {
@@ -148,7 +151,7 @@ fn connections_that_do_not_fit_the_store_get_1012() {
         s.set_read_timeout(Duration::from_secs(5));
         assert_eq!(s.expect_text(), "kept");
     }
-    stop(&mut second);
+    stop(&mut second, &manager, 2);
     manager.flush();
 }
 
@@ -161,7 +164,7 @@ fn a_state_version_mismatch_through_the_store_closes_with_1012_and_serves_on() {
     let mut first = start(&manager, &config, &[], 1);
     let addr = first.listening_address();
     let mut subscribers = subscribe(addr, 20);
-    stop(&mut first);
+    stop(&mut first, &manager, 1);
     assert_eq!(manager.stored_count(CONN_NAME), 20, "{:?}", manager.messages());
 
     let mut second = start(&manager, &config, &[(STATE_VERSION_ENV, "4294967295")], 2);
@@ -176,6 +179,6 @@ fn a_state_version_mismatch_through_the_store_closes_with_1012_and_serves_on() {
     for s in &mut back {
         assert_eq!(s.expect_text(), "back");
     }
-    stop(&mut second);
+    stop(&mut second, &manager, 2);
     manager.flush();
 }
