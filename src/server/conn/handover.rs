@@ -141,7 +141,7 @@ impl Connection {
             }
             Phase::Closing { .. } => return None,
         };
-        let (unsent, exempt) = self.unsent_copy();
+        let (unsent, exempt) = self.out.unsent();
         Some(ConnState {
             last_recv_age: clocks.now.saturating_sub(self.last_recv),
             since_age: clocks.now.saturating_sub(self.since),
@@ -259,7 +259,7 @@ impl Connection {
     /// 1012 (a WebSocket) or a `shutdown` event (an event stream). Nothing
     /// for an idle HTTP connection.
     pub(in crate::server) fn farewell(&mut self) -> Vec<u8> {
-        let (mut bytes, _) = self.unsent_copy();
+        let (mut bytes, _) = self.out.unsent();
         if matches!(self.phase, Phase::Open) {
             if self.mode == Mode::Sse {
                 let data = sse::Data::Text(sse::SHUTDOWN_DATA.as_bytes());
@@ -275,16 +275,6 @@ impl Connection {
             }
         }
         bytes
-    }
-
-    /// The unsent bytes and their exempt count, leaving the queue as it was.
-    fn unsent_copy(&mut self) -> (Vec<u8>, usize) {
-        if self.out.is_empty() {
-            return (Vec::new(), 0);
-        }
-        let (bytes, exempt) = self.out.take_unsent();
-        self.out = OutQueue::with_unsent(bytes.clone(), exempt);
-        (bytes, exempt)
     }
 }
 
@@ -340,6 +330,28 @@ mod tests {
         assert_eq!(back.since, 0);
         let mut back = back;
         assert!(back.farewell().is_empty());
+    }
+
+    /// An export may be refused by the new process, and this one then
+    /// serves on: its queue must be as it was, broadcast frames still
+    /// shared (not a copy per connection) and still dropped whole for a
+    /// slow consumer.
+    #[test]
+    fn exporting_leaves_the_queue_as_it_was() {
+        let frame: std::rc::Rc<[u8]> = std::rc::Rc::from(vec![0x81, 2, b'h', b'i']);
+        let mut conn = Connection::new(PEER.parse().unwrap(), 0);
+        conn.out.push_frame(OpCode::Pong, b"");
+        conn.out.push_shared(std::rc::Rc::clone(&frame));
+        let clocks = Clocks {
+            now: 10,
+            unix_ms: 1,
+        };
+        let state = conn.export(Vec::new(), &routes(), clocks).unwrap();
+        assert_eq!(state.unsent, [0x8a, 0, 0x81, 2, b'h', b'i']);
+        assert_eq!(conn.farewell(), [0x8a, 0, 0x81, 2, b'h', b'i']);
+        assert_eq!(std::rc::Rc::strong_count(&frame), 2, "still shared");
+        conn.out.drop_unsent_broadcasts();
+        assert_eq!(conn.out.len(), 2, "the broadcast is still droppable");
     }
 
     #[test]
