@@ -356,6 +356,9 @@ impl Server {
             error!(
                 "handover: cannot use the file descriptor store: {e}; shutting down the ordinary way"
             );
+            // What did reach the store would keep those sockets open after
+            // their ordinary close here.
+            empty_store();
             return false;
         }
         self.forget(&export.keys);
@@ -442,6 +445,10 @@ impl Server {
                     "handover: {} stored connection(s) without a state; closing them",
                     conns.len()
                 );
+                // The store keeps a copy of each: the sockets close only
+                // once it lets go of them too.
+                drop(conns);
+                empty_store();
             }
             return;
         };
@@ -473,14 +480,20 @@ impl Server {
                 },
             },
         }
-        for name in [
-            fdstore::STATE_NAME,
-            fdstore::CONN_NAME,
-            fdstore::LISTEN_NAME,
-        ] {
-            if let Err(e) = fdstore::remove(name) {
-                warn!("handover: cannot empty the file descriptor store ({name}): {e}");
-            }
+        empty_store();
+    }
+}
+
+/// Drops what a handover left in the service manager's store, now taken
+/// over or closed here.
+fn empty_store() {
+    for name in [
+        fdstore::STATE_NAME,
+        fdstore::CONN_NAME,
+        fdstore::LISTEN_NAME,
+    ] {
+        if let Err(e) = fdstore::remove(name) {
+            warn!("handover: cannot empty the file descriptor store ({name}): {e}");
         }
     }
 }

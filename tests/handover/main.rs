@@ -46,6 +46,7 @@ mod common;
 mod echo_pause;
 mod failures;
 mod mixed;
+mod store_leftovers;
 mod subscribers;
 mod systemd;
 

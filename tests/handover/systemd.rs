@@ -21,7 +21,7 @@ use crate::support::fdstore::Manager;
 use crate::support::handover::STATE_VERSION_ENV;
 use crate::support::tempdir::TempDir;
 
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 const SUBSCRIBERS: usize = 200;
 const SERVICE_RESTART: u16 = 1012;
 const CHANNEL: &str = "unit";
@@ -29,7 +29,12 @@ const CHANNEL: &str = "unit";
 /// Starts wshub as the manager starts the service: with what the store
 /// holds as `LISTEN_FDS`, `env` added; waits for its `READY=1` (the
 /// `ready`-th in all).
-fn start(manager: &Manager, config: &Path, env: &[(&str, &str)], ready: usize) -> Daemon {
+pub(crate) fn start(
+    manager: &Manager,
+    config: &Path,
+    env: &[(&str, &str)],
+    ready: usize,
+) -> Daemon {
     let args = [OsStr::new("--config"), config.as_os_str()];
     let (command, handoff) = manager.launch(Path::new(BIN), &args, env);
     let daemon = Daemon::spawn(command, &[]);
@@ -40,7 +45,7 @@ fn start(manager: &Manager, config: &Path, env: &[(&str, &str)], ready: usize) -
 
 /// A config for the unit: the handover on (the default), closes after a
 /// SIGTERM that hands nothing over answered quickly.
-fn unit_config(dir: &TempDir) -> std::path::PathBuf {
+pub(crate) fn unit_config(dir: &TempDir) -> std::path::PathBuf {
     write_config(dir, &config("", "", ""))
 }
 
@@ -53,7 +58,7 @@ fn subscribe(addr: SocketAddr, n: usize) -> Vec<RawClient> {
 /// SIGTERM, and the process's exit (0); then waits until the manager has
 /// read its `STOPPING=1` (the `stopping`-th in all), sent after everything
 /// it stored: the notifications are read by the manager's own thread.
-fn stop(daemon: &mut Daemon, manager: &Manager, stopping: usize) {
+pub(crate) fn stop(daemon: &mut Daemon, manager: &Manager, stopping: usize) {
     daemon.signal(Signal::TERM);
     let status = daemon.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
@@ -71,14 +76,27 @@ fn a_restart_through_the_fd_store_keeps_every_subscriber() {
     let mut subscribers = subscribe(addr, SUBSCRIBERS);
     let mut echo = RawClient::open(addr, ECHO_PATH);
     let mut publisher = Publisher::new(addr);
-    assert_eq!(publisher.publish_count(CHANNEL, "before"), SUBSCRIBERS as u64);
+    assert_eq!(
+        publisher.publish_count(CHANNEL, "before"),
+        SUBSCRIBERS as u64
+    );
     for s in &mut subscribers {
         assert_eq!(s.expect_text(), "before");
     }
 
     stop(&mut first, &manager, 1);
-    assert_eq!(manager.stored_count(LISTEN_NAME), 1, "{:?}", manager.messages());
-    assert_eq!(manager.stored_count(STATE_NAME), 1, "{:?}", manager.messages());
+    assert_eq!(
+        manager.stored_count(LISTEN_NAME),
+        1,
+        "{:?}",
+        manager.messages()
+    );
+    assert_eq!(
+        manager.stored_count(STATE_NAME),
+        1,
+        "{:?}",
+        manager.messages()
+    );
     // The subscribers, the echo client and the publisher's keep-alive
     // connection.
     assert_eq!(
@@ -89,7 +107,10 @@ fn a_restart_through_the_fd_store_keeps_every_subscriber() {
     );
 
     let mut second = start(&manager, &config, &[], 2);
-    assert_eq!(publisher.publish_count(CHANNEL, "after"), SUBSCRIBERS as u64);
+    assert_eq!(
+        publisher.publish_count(CHANNEL, "after"),
+        SUBSCRIBERS as u64
+    );
     for (i, s) in subscribers.iter_mut().enumerate() {
         assert_eq!(s.expect_text(), "after", "subscriber {i}");
     }
@@ -139,7 +160,10 @@ fn connections_that_do_not_fit_the_store_get_1012() {
         }
     }
     let stored = manager.stored_count(CONN_NAME);
-    eprintln!("store of {}: {stored} connections kept, {closed} closed with 1012", 2 + room);
+    eprintln!(
+        "store of {}: {stored} connections kept, {closed} closed with 1012",
+        2 + room
+    );
     assert_eq!(stored, kept.len());
     assert_eq!(stored + closed, 50);
     assert!(stored > 0 && stored <= room, "{stored}");
@@ -165,12 +189,21 @@ fn a_state_version_mismatch_through_the_store_closes_with_1012_and_serves_on() {
     let addr = first.listening_address();
     let mut subscribers = subscribe(addr, 20);
     stop(&mut first, &manager, 1);
-    assert_eq!(manager.stored_count(CONN_NAME), 20, "{:?}", manager.messages());
+    assert_eq!(
+        manager.stored_count(CONN_NAME),
+        20,
+        "{:?}",
+        manager.messages()
+    );
 
     let mut second = start(&manager, &config, &[(STATE_VERSION_ENV, "4294967295")], 2);
     for (i, s) in subscribers.iter_mut().enumerate() {
         let frame = s.read_server_frame();
-        assert_eq!(frame.close_code(), Some(SERVICE_RESTART), "subscriber {i}: {frame:?}");
+        assert_eq!(
+            frame.close_code(),
+            Some(SERVICE_RESTART),
+            "subscriber {i}: {frame:?}"
+        );
         s.send_close(SERVICE_RESTART, b"");
     }
     let mut back = subscribe(addr, 20);
