@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{Connection, HttpState, Mode, Phase, SERVICE_RESTART_REASON};
 use crate::config::Config;
 use crate::config::RouteKind;
+use crate::hub::names;
 use crate::protocol::close::{self, CloseCode};
 use crate::protocol::deflate::{self, Params};
 use crate::protocol::frame::{self, MAX_CONTROL_PAYLOAD, OpCode};
@@ -224,6 +225,15 @@ impl Connection {
                 if !broadcast && !channels.is_empty() {
                     return Err("an echo connection with channels".into());
                 }
+                let mut seen = std::collections::HashSet::with_capacity(channels.len());
+                for name in &channels {
+                    if !names::is_valid_channel_name(name) {
+                        return Err("an invalid channel name".into());
+                    }
+                    if !seen.insert(name.as_str()) {
+                        return Err(format!("channel {name} listed twice"));
+                    }
+                }
                 let limits = Limits {
                     max_frame_size: config.max_frame_size,
                     max_message_size: config.max_message_size,
@@ -330,6 +340,43 @@ mod tests {
         assert_eq!(back.since, 0);
         let mut back = back;
         assert!(back.farewell().is_empty());
+    }
+
+    /// A subscriber's channels as a state lists them: each a valid name,
+    /// each once (twice would deliver every message twice).
+    #[test]
+    fn channels_that_no_subscription_could_have_are_refused() {
+        let open = |channels: &[&str]| ConnState {
+            last_recv_age: 0,
+            since_age: 0,
+            unsent: Vec::new(),
+            exempt: 0,
+            pending_in: Vec::new(),
+            phase: PhaseState::Open(Box::new(OpenState {
+                route: "/live".into(),
+                broadcast: true,
+                mode: ModeState::Plain,
+                channels: channels.iter().map(|&c| c.to_owned()).collect(),
+                deflate: None,
+                ping_outstanding: false,
+                token_expires_unix_ms: None,
+                relay_mask: u32::MAX,
+                receiver: Receiver::new().export().unwrap(),
+            })),
+        };
+        let import = |state| {
+            Connection::import(
+                state,
+                PEER.parse().unwrap(),
+                (&Config::default(), &routes()),
+                Clocks { now: 0, unix_ms: 0 },
+            )
+        };
+        let (_, channels) = import(open(&["a", "b"])).unwrap();
+        assert_eq!(channels, ["a", "b"]);
+        for bad in [&["a", "a"][..], &["a", "b", "a"], &[""], &["a b"]] {
+            assert!(import(open(bad)).is_err(), "{bad:?}");
+        }
     }
 
     /// An export may be refused by the new process, and this one then
