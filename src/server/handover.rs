@@ -92,6 +92,19 @@ pub(super) struct Imported {
     pub keys: Vec<usize>,
     /// Connections ended the ordinary way (their state could not be used).
     pub ended: usize,
+    /// Those connections with their farewells, not yet written: on the
+    /// upgrade channel the old process may still serve them until it
+    /// confirms ([`Imported::say_farewells`]).
+    farewells: Vec<(std::net::TcpStream, Option<Vec<u8>>)>,
+}
+
+impl Imported {
+    /// Ends the connections that could not be taken over the ordinary way.
+    pub(super) fn say_farewells(&mut self) {
+        for (socket, bytes) in self.farewells.drain(..) {
+            say_farewell(socket, bytes.as_deref());
+        }
+    }
 }
 
 impl Server {
@@ -181,7 +194,8 @@ impl Server {
     /// Rebuilds what `state` describes: channels first, then each
     /// connection on its descriptor from `fds` (in the state's order when
     /// `by_address` is false; matched by the sockets' addresses otherwise).
-    /// A connection whose state cannot be used gets its farewell.
+    /// A connection whose state cannot be used gets its farewell, from
+    /// [`Imported::say_farewells`].
     pub(super) fn import_state(
         &mut self,
         state: ServerState,
@@ -245,7 +259,7 @@ impl Server {
                 Ok(key) => done.keys.push(key),
                 Err((socket, why)) => {
                     debug!("cannot take over {}: {why}", record_peer(&socket));
-                    say_farewell(socket, farewell.as_deref());
+                    done.farewells.push((socket, farewell));
                     done.ended += 1;
                 }
             }

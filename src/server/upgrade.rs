@@ -388,13 +388,13 @@ impl Server {
             .recv()
             .map_err(|e| format!("no state from the old process: {e}"))?;
         let mut fds = message.fds.into_iter();
-        let (mut server, keys) = match message.kind {
+        let (mut server, mut imported) = match message.kind {
             Kind::Listeners => {
                 let listeners = fds.by_ref().map(std::net::TcpListener::from).collect();
                 let mut server = Server::with_listeners(config, listeners)
                     .map_err(|e| fail(&channel, e.to_string()))?;
                 server.life.socket_activated = message.payload.first() == Some(&1);
-                (server, Vec::new())
+                (server, Imported::default())
             }
             Kind::State => {
                 let envelope =
@@ -414,7 +414,7 @@ impl Server {
                     .import_state(body, envelope.farewells, fds.collect(), false)
                     .map_err(|e| fail(&channel, e))?;
                 log_imported(&imported);
-                (server, imported.keys)
+                (server, imported)
             }
             other => return Err(fail(&channel, format!("unexpected {other:?}"))),
         };
@@ -428,8 +428,9 @@ impl Server {
             Ok(reply) => return Err(format!("the old process answered {:?}", reply.kind)),
             Err(e) => return Err(format!("the old process did not confirm: {e}")),
         }
+        imported.say_farewells();
         let now = server.now();
-        server.resume_imported(&keys, now);
+        server.resume_imported(&imported.keys, now);
         Ok(server)
     }
 
@@ -463,8 +464,9 @@ impl Server {
                 Ok(envelope) => match state::decode_body::<ServerState>(&envelope) {
                     Ok(body) if state::spoken_version() == state::VERSION => {
                         match self.import_state(body, envelope.farewells, conns, true) {
-                            Ok(imported) => {
+                            Ok(mut imported) => {
                                 log_imported(&imported);
+                                imported.say_farewells();
                                 let now = self.now();
                                 self.resume_imported(&imported.keys, now);
                             }
