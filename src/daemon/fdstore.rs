@@ -66,12 +66,17 @@ pub const MAX_FDNAMES_LEN: usize = 32 * 4096 - "LISTEN_FDNAMES=".len() - 1;
 
 /// How many connections ([`CONN_NAME`]) a handover may push so that the
 /// next start gets them all: what the store's `capacity` leaves beside
+/// those of `others` it holds too ([`LISTEN_NAME`], [`STATE_NAME`]), and
+/// what still fits in `LISTEN_FDNAMES` ([`MAX_FDNAMES_LEN`]) beside all of
 /// `others`, the names of every other descriptor the next start is passed
-/// (socket-activation listeners, pushed listeners, the state), and what
-/// still fits in `LISTEN_FDNAMES` ([`MAX_FDNAMES_LEN`]). Connections beyond
-/// it get the ordinary shutdown.
+/// (socket-activation listeners, kept by their socket unit, included).
+/// Connections beyond it get the ordinary shutdown.
 pub fn conn_room(capacity: usize, others: &[&str]) -> usize {
-    let by_count = capacity.saturating_sub(others.len());
+    let stored = others
+        .iter()
+        .filter(|&&name| name == LISTEN_NAME || name == STATE_NAME)
+        .count();
+    let by_count = capacity.saturating_sub(stored);
     // Every name but the first is preceded by a colon.
     let used: usize = others.iter().map(|name| name.len() + 1).sum();
     let by_names = (MAX_FDNAMES_LEN + 1).saturating_sub(used) / (CONN_NAME.len() + 1);
@@ -174,6 +179,18 @@ mod tests {
         assert!(joined.len() <= MAX_FDNAMES_LEN);
         assert!(joined.len() + CONN_NAME.len() + 1 > MAX_FDNAMES_LEN);
         assert!(room > 65_000, "{room}");
+    }
+
+    /// Socket-activation listeners are named in `LISTEN_FDNAMES` but kept
+    /// by their socket unit, not in the store: they take none of its room.
+    #[test]
+    fn socket_unit_listeners_take_no_room_in_the_store() {
+        assert_eq!(conn_room(100, &["wshub.socket", STATE_NAME]), 99);
+        assert_eq!(
+            conn_room(100, &["wshub.socket", "wshub.socket", STATE_NAME]),
+            99
+        );
+        assert_eq!(conn_room(100, &[LISTEN_NAME, LISTEN_NAME, STATE_NAME]), 97);
     }
 
     #[test]

@@ -92,6 +92,19 @@ pub(super) struct Imported {
     pub keys: Vec<usize>,
     /// Connections ended the ordinary way (their state could not be used).
     pub ended: usize,
+    /// Those connections with their farewells, not yet written: on the
+    /// upgrade channel the old process may still serve them until it
+    /// confirms ([`Imported::say_farewells`]).
+    farewells: Vec<(std::net::TcpStream, Option<Vec<u8>>)>,
+}
+
+impl Imported {
+    /// Ends the connections that could not be taken over the ordinary way.
+    pub(super) fn say_farewells(&mut self) {
+        for (socket, bytes) in self.farewells.drain(..) {
+            say_farewell(socket, bytes.as_deref());
+        }
+    }
 }
 
 impl Server {
@@ -181,7 +194,9 @@ impl Server {
     /// Rebuilds what `state` describes: channels first, then each
     /// connection on its descriptor from `fds` (in the state's order when
     /// `by_address` is false; matched by the sockets' addresses otherwise).
-    /// A connection whose state cannot be used gets its farewell.
+    /// A connection whose state cannot be used gets its farewell, from
+    /// [`Imported::say_farewells`]; when no channel can be rebuilt, every
+    /// connection from the store gets its farewell here.
     pub(super) fn import_state(
         &mut self,
         state: ServerState,
@@ -208,7 +223,8 @@ impl Server {
             unix_ms: crate::auth::unix_ms(),
         };
         let limits = self.history_limits();
-        self.hub
+        let channels = self
+            .hub
             .import(state.channels, now, limits, |kept: KeptMessage| {
                 let message = Broadcast::import(kept.message)?;
                 let position = (kept.offset != 0).then(|| Position {
@@ -216,7 +232,16 @@ impl Server {
                     offset: kept.offset,
                 });
                 Ok(Rc::new(Delivery::new(message, position)))
-            })?;
+            });
+        if let Err(e) = channels {
+            // From the store nobody serves these connections any more: they
+            // are ended the ordinary way. Over the upgrade channel the old
+            // process serves them on.
+            if by_address {
+                farewell_all(farewells, fds, true);
+            }
+            return Err(e);
+        }
         // A cluster node's feed of each channel continues where the old
         // process left it: what was published in between is read from
         // Redis like any gap.
@@ -245,7 +270,7 @@ impl Server {
                 Ok(key) => done.keys.push(key),
                 Err((socket, why)) => {
                     debug!("cannot take over {}: {why}", record_peer(&socket));
-                    say_farewell(socket, farewell.as_deref());
+                    done.farewells.push((socket, farewell));
                     done.ended += 1;
                 }
             }
@@ -415,4 +440,54 @@ pub(super) fn farewell_all(farewells: Vec<Farewell>, fds: Vec<OwnedFd>, by_addre
         info!("handover: ended {count} connection(s) the ordinary way");
     }
     count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    use crate::config::Config;
+    use crate::daemon::fdstore;
+    use crate::handover::wire;
+
+    /// A stored state whose channels cannot be rebuilt (one is named
+    /// twice): nobody else serves its connections any more, so each still
+    /// gets its farewell, as with a state of another version, instead of
+    /// being cut.
+    #[test]
+    fn a_stored_state_that_fails_to_import_still_ends_its_connections_properly() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let served = listener.try_clone().unwrap();
+        let mut server = Server::with_listeners(Config::default(), vec![served]).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let channel = || ChannelState {
+            name: "a".to_owned(),
+            epoch: 1,
+            last: 0,
+            history: None,
+        };
+        let body = ServerState {
+            listeners: Vec::new(),
+            socket_activated: false,
+            channels: vec![channel(), channel()],
+            conns: Vec::new(),
+        };
+        let farewell = Farewell {
+            local: conn.local_addr().unwrap(),
+            peer: conn.peer_addr().unwrap(),
+            bytes: b"bye".to_vec(),
+        };
+        let bytes = state::encode(&[farewell], &body).unwrap();
+        let memfd = wire::memfd(fdstore::STATE_NAME, &bytes).unwrap();
+        server.take_over_stored(Some(memfd), vec![OwnedFd::from(conn)]);
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+    }
 }

@@ -425,21 +425,20 @@ impl OutQueue {
     }
 
     /// Every byte not yet written, in order (the connection's own and shared
-    /// chunks, and the broadcast frames listed for this turn, which leave
-    /// the list as if written), and how many of the first of them are exempt
-    /// from the slow-consumer rule. Leaves the queue empty. For a handover:
-    /// the bytes go to the next process as they are.
-    pub(super) fn take_unsent(&mut self) -> (Vec<u8>, usize) {
-        match std::mem::take(&mut self.state) {
+    /// chunks, and the broadcast frames listed for this turn), and how many
+    /// of the first of them are exempt from the slow-consumer rule. Leaves
+    /// the queue as it was: for a handover, the bytes go to the next
+    /// process as they are, and if it does not take over this one serves on
+    /// with its shared frames still shared (and still droppable).
+    pub(super) fn unsent(&self) -> (Vec<u8>, usize) {
+        match &self.state {
             State::Empty => (Vec::new(), 0),
             State::Listed { head, bytes, .. } => {
-                let mut out = Vec::with_capacity(bytes as usize);
+                let mut out = Vec::with_capacity(*bytes as usize);
                 TURN.with(|t| {
-                    let mut t = t.borrow_mut();
-                    for frame in t.run(head) {
+                    for frame in t.borrow().run(*head) {
                         out.extend_from_slice(frame);
                     }
-                    t.release();
                 });
                 (out, 0)
             }
@@ -459,7 +458,6 @@ impl OutQueue {
                     skip = 0;
                 }
                 let exempt = inner.exempt.min(out.len());
-                give_back(inner);
                 (out, exempt)
             }
         }
@@ -467,7 +465,7 @@ impl OutQueue {
 
     /// A queue holding `bytes` (whole frames, sent before anything queued
     /// later), the first `exempt` of them exempt from the slow-consumer rule:
-    /// what [`OutQueue::take_unsent`] gave in the process before a handover.
+    /// what [`OutQueue::unsent`] gave in the process before a handover.
     pub(super) fn with_unsent(bytes: Vec<u8>, exempt: usize) -> OutQueue {
         if bytes.is_empty() {
             return OutQueue::default();
@@ -881,7 +879,7 @@ mod tests {
 
     /// Builds the same queue twice (same shared frames), writes `room`
     /// bytes of each, then drains one and carries the other over through
-    /// `take_unsent` / `with_unsent`: both must give the same bytes.
+    /// `unsent` / `with_unsent`: both must give the same bytes.
     fn check_carried(name: &str, build: impl Fn(&mut OutQueue, &[Rc<[u8]>]), room: usize) {
         let shared: Vec<Rc<[u8]>> = (0..5u8)
             .map(|i| Rc::from(vec![0x10 + i; 7 + usize::from(i)]))
@@ -902,8 +900,13 @@ mod tests {
         let _ = carried.flush(&mut second).unwrap();
         assert_eq!(first.bytes, second.bytes);
         let (len, counted) = (carried.len(), carried.counted_len());
-        let (bytes, exempt) = carried.take_unsent();
-        assert!(carried.is_empty(), "taking leaves the queue empty");
+        let (bytes, exempt) = carried.unsent();
+        assert_eq!(
+            (carried.len(), carried.counted_len()),
+            (len, counted),
+            "copying leaves the queue as it was"
+        );
+        drop(carried);
         assert_eq!((bytes.len(), bytes.len() - exempt), (len, counted));
         let mut rebuilt = OutQueue::with_unsent(bytes, exempt);
         assert_eq!((rebuilt.len(), rebuilt.counted_len()), (len, counted));
@@ -961,8 +964,8 @@ mod tests {
 
     #[test]
     fn an_empty_queue_carries_nothing() {
-        let mut queue = OutQueue::default();
-        assert_eq!(queue.take_unsent(), (Vec::new(), 0));
+        let queue = OutQueue::default();
+        assert_eq!(queue.unsent(), (Vec::new(), 0));
         let rebuilt = OutQueue::with_unsent(Vec::new(), 10);
         assert!(rebuilt.is_empty(), "no buffer for nothing");
         let rebuilt = OutQueue::with_unsent(vec![1, 2, 3], 10);
@@ -970,7 +973,7 @@ mod tests {
     }
 
     #[test]
-    fn taking_one_listed_run_leaves_the_others_listed() {
+    fn copying_a_listed_run_leaves_every_run_listed() {
         let frame: Rc<[u8]> = Rc::from(vec![4u8; 6]);
         let mut a = OutQueue::default();
         let mut b = OutQueue::default();
@@ -978,7 +981,9 @@ mod tests {
         b.push_shared(Rc::clone(&frame));
         b.push_shared(Rc::clone(&frame));
         assert_eq!(listed_links(), (3, 2));
-        assert_eq!(b.take_unsent(), (vec![4u8; 12], 0));
+        assert_eq!(b.unsent(), (vec![4u8; 12], 0));
+        assert_eq!(listed_links(), (3, 2), "both are still listed");
+        assert_eq!(drain(&mut b), vec![4u8; 12]);
         assert_eq!(listed_links(), (3, 1), "a is still listed");
         assert_eq!(drain(&mut a), vec![4u8; 6]);
         assert_eq!(listed_links(), (0, 0));

@@ -356,6 +356,9 @@ impl Server {
             error!(
                 "handover: cannot use the file descriptor store: {e}; shutting down the ordinary way"
             );
+            // What did reach the store would keep those sockets open after
+            // their ordinary close here.
+            empty_store();
             return false;
         }
         self.forget(&export.keys);
@@ -385,13 +388,13 @@ impl Server {
             .recv()
             .map_err(|e| format!("no state from the old process: {e}"))?;
         let mut fds = message.fds.into_iter();
-        let (mut server, keys) = match message.kind {
+        let (mut server, mut imported) = match message.kind {
             Kind::Listeners => {
                 let listeners = fds.by_ref().map(std::net::TcpListener::from).collect();
                 let mut server = Server::with_listeners(config, listeners)
                     .map_err(|e| fail(&channel, e.to_string()))?;
                 server.life.socket_activated = message.payload.first() == Some(&1);
-                (server, Vec::new())
+                (server, Imported::default())
             }
             Kind::State => {
                 let envelope =
@@ -411,7 +414,7 @@ impl Server {
                     .import_state(body, envelope.farewells, fds.collect(), false)
                     .map_err(|e| fail(&channel, e))?;
                 log_imported(&imported);
-                (server, imported.keys)
+                (server, imported)
             }
             other => return Err(fail(&channel, format!("unexpected {other:?}"))),
         };
@@ -425,8 +428,9 @@ impl Server {
             Ok(reply) => return Err(format!("the old process answered {:?}", reply.kind)),
             Err(e) => return Err(format!("the old process did not confirm: {e}")),
         }
+        imported.say_farewells();
         let now = server.now();
-        server.resume_imported(&keys, now);
+        server.resume_imported(&imported.keys, now);
         Ok(server)
     }
 
@@ -442,6 +446,10 @@ impl Server {
                     "handover: {} stored connection(s) without a state; closing them",
                     conns.len()
                 );
+                // The store keeps a copy of each: the sockets close only
+                // once it lets go of them too.
+                drop(conns);
+                empty_store();
             }
             return;
         };
@@ -456,8 +464,9 @@ impl Server {
                 Ok(envelope) => match state::decode_body::<ServerState>(&envelope) {
                     Ok(body) if state::spoken_version() == state::VERSION => {
                         match self.import_state(body, envelope.farewells, conns, true) {
-                            Ok(imported) => {
+                            Ok(mut imported) => {
                                 log_imported(&imported);
+                                imported.say_farewells();
                                 let now = self.now();
                                 self.resume_imported(&imported.keys, now);
                             }
@@ -473,14 +482,20 @@ impl Server {
                 },
             },
         }
-        for name in [
-            fdstore::STATE_NAME,
-            fdstore::CONN_NAME,
-            fdstore::LISTEN_NAME,
-        ] {
-            if let Err(e) = fdstore::remove(name) {
-                warn!("handover: cannot empty the file descriptor store ({name}): {e}");
-            }
+        empty_store();
+    }
+}
+
+/// Drops what a handover left in the service manager's store, now taken
+/// over or closed here.
+fn empty_store() {
+    for name in [
+        fdstore::STATE_NAME,
+        fdstore::CONN_NAME,
+        fdstore::LISTEN_NAME,
+    ] {
+        if let Err(e) = fdstore::remove(name) {
+            warn!("handover: cannot empty the file descriptor store ({name}): {e}");
         }
     }
 }

@@ -46,8 +46,10 @@ mod common;
 mod echo_pause;
 mod failures;
 mod mixed;
+mod store_leftovers;
 mod subscribers;
 mod systemd;
+mod unconfirmed;
 
 /// Held for the whole of each test in this binary: one test at a time. It
 /// also makes sure this process adopts what the daemons' handovers start.

@@ -21,7 +21,7 @@ use crate::support::fdstore::Manager;
 use crate::support::handover::STATE_VERSION_ENV;
 use crate::support::tempdir::TempDir;
 
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 const SUBSCRIBERS: usize = 200;
 const SERVICE_RESTART: u16 = 1012;
 const CHANNEL: &str = "unit";
@@ -29,7 +29,12 @@ const CHANNEL: &str = "unit";
 /// Starts wshub as the manager starts the service: with what the store
 /// holds as `LISTEN_FDS`, `env` added; waits for its `READY=1` (the
 /// `ready`-th in all).
-fn start(manager: &Manager, config: &Path, env: &[(&str, &str)], ready: usize) -> Daemon {
+pub(crate) fn start(
+    manager: &Manager,
+    config: &Path,
+    env: &[(&str, &str)],
+    ready: usize,
+) -> Daemon {
     let args = [OsStr::new("--config"), config.as_os_str()];
     let (command, handoff) = manager.launch(Path::new(BIN), &args, env);
     let daemon = Daemon::spawn(command, &[]);
@@ -40,7 +45,7 @@ fn start(manager: &Manager, config: &Path, env: &[(&str, &str)], ready: usize) -
 
 /// A config for the unit: the handover on (the default), closes after a
 /// SIGTERM that hands nothing over answered quickly.
-fn unit_config(dir: &TempDir) -> std::path::PathBuf {
+pub(crate) fn unit_config(dir: &TempDir) -> std::path::PathBuf {
     write_config(dir, &config("", "", ""))
 }
 
@@ -50,11 +55,14 @@ fn subscribe(addr: SocketAddr, n: usize) -> Vec<RawClient> {
         .collect()
 }
 
-/// SIGTERM, and the process's exit (0).
-fn stop(daemon: &mut Daemon) {
+/// SIGTERM, and the process's exit (0); then waits until the manager has
+/// read its `STOPPING=1` (the `stopping`-th in all), sent after everything
+/// it stored: the notifications are read by the manager's own thread.
+pub(crate) fn stop(daemon: &mut Daemon, manager: &Manager, stopping: usize) {
     daemon.signal(Signal::TERM);
     let status = daemon.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
+    manager.wait_stopping(stopping, WAIT);
 }
 
 #[test]
@@ -76,11 +84,19 @@ fn a_restart_through_the_fd_store_keeps_every_subscriber() {
         assert_eq!(s.expect_text(), "before");
     }
 
-    stop(&mut first);
-    // The manager may still be reading the notifications the process sent
-    // before it exited.
-    manager.wait_stored(LISTEN_NAME, 1, WAIT);
-    manager.wait_stored(STATE_NAME, 1, WAIT);
+    stop(&mut first, &manager, 1);
+    assert_eq!(
+        manager.stored_count(LISTEN_NAME),
+        1,
+        "{:?}",
+        manager.messages()
+    );
+    assert_eq!(
+        manager.stored_count(STATE_NAME),
+        1,
+        "{:?}",
+        manager.messages()
+    );
     // The subscribers, the echo client and the publisher's keep-alive
     // connection.
     manager.wait_stored(CONN_NAME, SUBSCRIBERS + 2, WAIT);
@@ -104,7 +120,7 @@ fn a_restart_through_the_fd_store_keeps_every_subscriber() {
     assert_eq!(newcomer.expect_text(), "new");
     drop(newcomer);
 
-    stop(&mut second);
+    stop(&mut second, &manager, 2);
     manager.flush();
 }
 
@@ -122,7 +138,7 @@ fn connections_that_do_not_fit_the_store_get_1012() {
 
     // The old process closes what does not fit the ordinary way (its
     // shutdown_timeout bounds the wait for the close replies), then exits.
-    stop(&mut first);
+    stop(&mut first, &manager, 1);
     let mut kept = Vec::new();
     let mut closed = 0;
     for mut s in subscribers.drain(..) {
@@ -155,7 +171,7 @@ fn connections_that_do_not_fit_the_store_get_1012() {
         s.set_read_timeout(Duration::from_secs(5));
         assert_eq!(s.expect_text(), "kept");
     }
-    stop(&mut second);
+    stop(&mut second, &manager, 2);
     manager.flush();
 }
 
@@ -168,8 +184,13 @@ fn a_state_version_mismatch_through_the_store_closes_with_1012_and_serves_on() {
     let mut first = start(&manager, &config, &[], 1);
     let addr = first.listening_address();
     let mut subscribers = subscribe(addr, 20);
-    stop(&mut first);
-    manager.wait_stored(CONN_NAME, 20, WAIT);
+    stop(&mut first, &manager, 1);
+    assert_eq!(
+        manager.stored_count(CONN_NAME),
+        20,
+        "{:?}",
+        manager.messages()
+    );
 
     let mut second = start(&manager, &config, &[(STATE_VERSION_ENV, "4294967295")], 2);
     for (i, s) in subscribers.iter_mut().enumerate() {
@@ -187,6 +208,6 @@ fn a_state_version_mismatch_through_the_store_closes_with_1012_and_serves_on() {
     for s in &mut back {
         assert_eq!(s.expect_text(), "back");
     }
-    stop(&mut second);
+    stop(&mut second, &manager, 2);
     manager.flush();
 }

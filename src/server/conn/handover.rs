@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{Connection, HttpState, Mode, Phase, SERVICE_RESTART_REASON};
 use crate::config::Config;
 use crate::config::RouteKind;
+use crate::hub::names;
 use crate::protocol::close::{self, CloseCode};
 use crate::protocol::deflate::{self, Params};
 use crate::protocol::frame::{self, MAX_CONTROL_PAYLOAD, OpCode};
@@ -141,7 +142,7 @@ impl Connection {
             }
             Phase::Closing { .. } => return None,
         };
-        let (unsent, exempt) = self.unsent_copy();
+        let (unsent, exempt) = self.out.unsent();
         Some(ConnState {
             last_recv_age: clocks.now.saturating_sub(self.last_recv),
             since_age: clocks.now.saturating_sub(self.since),
@@ -224,6 +225,15 @@ impl Connection {
                 if !broadcast && !channels.is_empty() {
                     return Err("an echo connection with channels".into());
                 }
+                let mut seen = std::collections::HashSet::with_capacity(channels.len());
+                for name in &channels {
+                    if !names::is_valid_channel_name(name) {
+                        return Err("an invalid channel name".into());
+                    }
+                    if !seen.insert(name.as_str()) {
+                        return Err(format!("channel {name} listed twice"));
+                    }
+                }
                 let limits = Limits {
                     max_frame_size: config.max_frame_size,
                     max_message_size: config.max_message_size,
@@ -259,7 +269,7 @@ impl Connection {
     /// 1012 (a WebSocket) or a `shutdown` event (an event stream). Nothing
     /// for an idle HTTP connection.
     pub(in crate::server) fn farewell(&mut self) -> Vec<u8> {
-        let (mut bytes, _) = self.unsent_copy();
+        let (mut bytes, _) = self.out.unsent();
         if matches!(self.phase, Phase::Open) {
             if self.mode == Mode::Sse {
                 let data = sse::Data::Text(sse::SHUTDOWN_DATA.as_bytes());
@@ -275,16 +285,6 @@ impl Connection {
             }
         }
         bytes
-    }
-
-    /// The unsent bytes and their exempt count, leaving the queue as it was.
-    fn unsent_copy(&mut self) -> (Vec<u8>, usize) {
-        if self.out.is_empty() {
-            return (Vec::new(), 0);
-        }
-        let (bytes, exempt) = self.out.take_unsent();
-        self.out = OutQueue::with_unsent(bytes.clone(), exempt);
-        (bytes, exempt)
     }
 }
 
@@ -340,6 +340,65 @@ mod tests {
         assert_eq!(back.since, 0);
         let mut back = back;
         assert!(back.farewell().is_empty());
+    }
+
+    /// A subscriber's channels as a state lists them: each a valid name,
+    /// each once (twice would deliver every message twice).
+    #[test]
+    fn channels_that_no_subscription_could_have_are_refused() {
+        let open = |channels: &[&str]| ConnState {
+            last_recv_age: 0,
+            since_age: 0,
+            unsent: Vec::new(),
+            exempt: 0,
+            pending_in: Vec::new(),
+            phase: PhaseState::Open(Box::new(OpenState {
+                route: "/live".into(),
+                broadcast: true,
+                mode: ModeState::Plain,
+                channels: channels.iter().map(|&c| c.to_owned()).collect(),
+                deflate: None,
+                ping_outstanding: false,
+                token_expires_unix_ms: None,
+                relay_mask: u32::MAX,
+                receiver: Receiver::new().export().unwrap(),
+            })),
+        };
+        let import = |state| {
+            Connection::import(
+                state,
+                PEER.parse().unwrap(),
+                (&Config::default(), &routes()),
+                Clocks { now: 0, unix_ms: 0 },
+            )
+        };
+        let (_, channels) = import(open(&["a", "b"])).unwrap();
+        assert_eq!(channels, ["a", "b"]);
+        for bad in [&["a", "a"][..], &["a", "b", "a"], &[""], &["a b"]] {
+            assert!(import(open(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    /// An export may be refused by the new process, and this one then
+    /// serves on: its queue must be as it was, broadcast frames still
+    /// shared (not a copy per connection) and still dropped whole for a
+    /// slow consumer.
+    #[test]
+    fn exporting_leaves_the_queue_as_it_was() {
+        let frame: std::rc::Rc<[u8]> = std::rc::Rc::from(vec![0x81, 2, b'h', b'i']);
+        let mut conn = Connection::new(PEER.parse().unwrap(), 0);
+        conn.out.push_frame(OpCode::Pong, b"");
+        conn.out.push_shared(std::rc::Rc::clone(&frame));
+        let clocks = Clocks {
+            now: 10,
+            unix_ms: 1,
+        };
+        let state = conn.export(Vec::new(), &routes(), clocks).unwrap();
+        assert_eq!(state.unsent, [0x8a, 0, 0x81, 2, b'h', b'i']);
+        assert_eq!(conn.farewell(), [0x8a, 0, 0x81, 2, b'h', b'i']);
+        assert_eq!(std::rc::Rc::strong_count(&frame), 2, "still shared");
+        conn.out.drop_unsent_broadcasts();
+        assert_eq!(conn.out.len(), 2, "the broadcast is still droppable");
     }
 
     #[test]
