@@ -65,9 +65,10 @@ pub fn adopt(raw: RawFd) -> std::io::Result<OwnedFd> {
 /// What was passed, sorted by name; all empty when the process was not
 /// started with `LISTEN_FDS`. Fails when an unnamed (or otherwise named)
 /// descriptor is not a listening TCP socket — serving on some of the
-/// configured sockets but not all would hide a broken unit — or when more
-/// than one state is passed. A connection that is not a connected TCP
-/// socket is closed with a warning.
+/// configured sockets but not all would hide a broken unit. A state that
+/// cannot be used (not a memfd, or two of them) is dropped with a warning,
+/// and so is a connection that is not a connected TCP socket (it is
+/// closed).
 pub fn take() -> Result<Inherited, String> {
     let Some(count) = std::env::var_os("LISTEN_FDS") else {
         return Ok(Inherited::default());
@@ -96,17 +97,24 @@ pub fn take() -> Result<Inherited, String> {
     let names = names(std::env::var("LISTEN_FDNAMES").ok().as_deref(), count)?;
     let mut fds = ListenFd::from_env();
     let mut inherited = Inherited::default();
+    let mut unusable_state = false;
     for (index, name) in names.iter().enumerate() {
         let fd = index + 3;
         match name.as_str() {
             STATE_NAME => {
+                // A state that cannot be used never stops the start: its
+                // connections are then closed, the listeners served.
                 let state = match fds.take_raw_fd(index) {
-                    Ok(Some(raw)) => adopt(raw)
-                        .map_err(|e| format!("inherited state {fd} cannot be taken: {e}"))?,
-                    Ok(None) => return Err(format!("inherited state {fd} is missing")),
-                    Err(e) => return Err(format!("inherited state {fd}: {e}")),
+                    Ok(Some(raw)) => {
+                        adopt(raw).map_err(|e| format!("inherited state {fd} cannot be taken: {e}"))
+                    }
+                    Ok(None) => Err(format!("inherited state {fd} is missing")),
+                    Err(e) => Err(format!("inherited state {fd}: {e}")),
                 };
-                sort_state(&mut inherited, fd, state)?;
+                if let Err(why) = state.and_then(|state| sort_state(&mut inherited, fd, state)) {
+                    log::warn!("{why}; no stored state is used");
+                    unusable_state = true;
+                }
             }
             CONN_NAME => {
                 let conn = fds.take_custom::<OwnedFd>(
@@ -141,6 +149,10 @@ pub fn take() -> Result<Inherited, String> {
                 inherited.socket_activated |= name != LISTEN_NAME;
             }
         }
+    }
+    if unusable_state {
+        // Which of two states goes with the connections cannot be told.
+        inherited.state = None;
     }
     Ok(inherited)
 }

@@ -31,6 +31,23 @@ use crate::metrics::Transport;
 use crate::protocol::close::CloseCode;
 use crate::timer::TimerKey;
 
+/// What a shutdown leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// Everything: every connection is closed the configured way.
+    Ordinary,
+    /// What a new process did not take over; it serves the rest already,
+    /// so the drain takes its configured time.
+    HandedOver,
+    /// What did not go into the service manager's store: the next process
+    /// starts only once this one exits, so the drain is short.
+    Stored,
+}
+
+/// The longest drain after the connections went into the store: close
+/// frames go out at once, and the replies get this long.
+const STORED_DRAIN_MS: u64 = 1_000;
+
 /// How often the status line sent to the service manager is refreshed.
 const STATUS_INTERVAL_MS: u64 = 5_000;
 
@@ -279,26 +296,35 @@ impl Server {
                 // SIGTERM under a service manager with a file descriptor
                 // store: what can be carried over goes there for the next
                 // process. SIGINT always shuts down the ordinary way.
-                let stored = signal == Signal::TERM.as_raw() && self.store_for_restart(now);
-                self.begin_shutdown(name, stored, now);
+                let drain = if signal == Signal::TERM.as_raw() && self.store_for_restart(now) {
+                    Drain::Stored
+                } else {
+                    Drain::Ordinary
+                };
+                self.begin_shutdown(name, drain, now);
             }
         }
         AfterSignals::Continue
     }
 
     /// Stops accepting, turns away HTTP clients and starts closing every
-    /// open WebSocket with the configured code (on a `restart` — what a
-    /// handover left behind — with 1012, "service restart", whatever is
-    /// configured).
-    pub(super) fn begin_shutdown(&mut self, why: &str, restart: bool, now: u64) {
+    /// open WebSocket: with the configured code, or after a handover with
+    /// 1012 ("service restart") whatever is configured (see [`Drain`]).
+    pub(super) fn begin_shutdown(&mut self, why: &str, drain: Drain, now: u64) {
+        let restart = drain != Drain::Ordinary;
         let (code, reason) = if restart || self.config.shutdown_close_code == CLOSE_SERVICE_RESTART
         {
             (CloseCode::SERVICE_RESTART, SERVICE_RESTART_REASON)
         } else {
             (CloseCode::GOING_AWAY, "going away")
         };
-        let timeout = millis(self.config.shutdown_timeout);
-        let spread = millis(self.config.shutdown_spread);
+        let (timeout, spread) = match drain {
+            Drain::Ordinary | Drain::HandedOver => (
+                millis(self.config.shutdown_timeout),
+                millis(self.config.shutdown_spread),
+            ),
+            Drain::Stored => (millis(self.config.shutdown_timeout).min(STORED_DRAIN_MS), 0),
+        };
         // Closing the listeners refuses new connections at once (with socket
         // activation the service manager keeps its copy and queues them for
         // the next start).

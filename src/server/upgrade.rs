@@ -39,6 +39,7 @@ use mio::unix::SourceFd;
 
 use super::Server;
 use super::handover::{Imported, ServerState, farewell_all};
+use super::lifecycle::Drain;
 use super::slot::{HANDOVER_TIMER, HANDOVER_TOKEN};
 use crate::config::Config;
 use crate::daemon::fdstore;
@@ -305,7 +306,7 @@ impl Server {
         }
         // Dropping the child handle neither waits for nor stops it.
         drop(upgrade.child);
-        self.begin_shutdown("handover", true, now);
+        self.begin_shutdown("handover", Drain::HandedOver, now);
     }
 
     /// SIGTERM under a service manager with a file descriptor store: the
