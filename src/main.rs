@@ -201,20 +201,19 @@ fn run(path: Option<PathBuf>) -> Result<(), String> {
         }
         None => {
             let inherited = listenfd::take()?;
-            let mut server = if inherited.listeners.is_empty() {
-                Server::bind(config)
-                    .map_err(|e| format!("cannot start: {}", describe_start_error(&e)))?
-            } else {
+            if !inherited.listeners.is_empty() {
                 log::info!(
-                    "serving on {} socket(s) passed by the service manager; [[listener]] is not used",
-                    inherited.listeners.len()
+                    "serving on {} socket(s) passed by the service manager; {}",
+                    inherited.listeners.len(),
+                    if inherited.socket_activated {
+                        "[[listener]] is not used"
+                    } else {
+                        "kept for [[listener]] as before the restart"
+                    }
                 );
-                Server::with_listeners(config, inherited.listeners)
-                    .map_err(|e| format!("cannot start: {e}"))?
-            };
-            server.set_socket_activated(inherited.socket_activated);
-            server.take_over_stored(inherited.state, inherited.conns);
-            server
+            }
+            Server::start_inherited(config, inherited)
+                .map_err(|e| format!("cannot start: {}", describe_start_error(&e)))?
         }
     };
     server.set_relaunch(Relaunch::current());

@@ -39,9 +39,8 @@ use crate::timer::TimerWheel;
 /// Everything but the sockets.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct ServerState {
-    /// Listening sockets: the `[[listener]]` address each was bound for and
-    /// whether it serves TLS, in the order their descriptors come.
-    listeners: Vec<(SocketAddr, bool)>,
+    /// Listening sockets, in the order their descriptors come.
+    listeners: Vec<ListenerRecord>,
     /// They belong to a socket unit of the service manager, which keeps
     /// them itself across restarts.
     socket_activated: bool,
@@ -58,15 +57,26 @@ struct ConnRecord {
 }
 
 impl ServerState {
-    /// The listening sockets (`[[listener]]` address, TLS), in the order
-    /// their descriptors come first among those of the state.
-    pub(super) fn listener_addresses(&self) -> &[(SocketAddr, bool)] {
+    /// The listening sockets, in the order their descriptors come first
+    /// among those of the state.
+    pub(super) fn listeners(&self) -> &[ListenerRecord] {
         &self.listeners
     }
 
     pub(super) fn socket_activated(&self) -> bool {
         self.socket_activated
     }
+}
+
+/// One listening socket handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ListenerRecord {
+    /// Its own address (how a descriptor from the service manager's store,
+    /// which keeps no order, is recognised).
+    pub bound: SocketAddr,
+    /// The `[[listener]]` address it was bound for (may have port 0).
+    pub configured: SocketAddr,
+    pub tls: bool,
 }
 
 /// A message kept in history, with its position.
@@ -120,7 +130,13 @@ impl Server {
             .listeners
             .list
             .iter()
-            .map(|l| (l.address(), l.is_tls()))
+            .filter_map(|l| {
+                Some(ListenerRecord {
+                    bound: l.local_addr()?,
+                    configured: l.address(),
+                    tls: l.is_tls(),
+                })
+            })
             .collect();
         let channels = self.hub.export(now, |delivery: &Rc<Delivery>| KeptMessage {
             message: delivery.message.export(),
@@ -450,6 +466,7 @@ mod tests {
 
     use crate::config::Config;
     use crate::daemon::fdstore;
+    use crate::daemon::listenfd::Inherited;
     use crate::handover::wire;
 
     /// A stored state whose channels cannot be rebuilt (one is named
@@ -460,7 +477,6 @@ mod tests {
     fn a_stored_state_that_fails_to_import_still_ends_its_connections_properly() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let served = listener.try_clone().unwrap();
-        let mut server = Server::with_listeners(Config::default(), vec![served]).unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (conn, _) = listener.accept().unwrap();
         let channel = || ChannelState {
@@ -482,7 +498,13 @@ mod tests {
         };
         let bytes = state::encode(&[farewell], &body).unwrap();
         let memfd = wire::memfd(fdstore::STATE_NAME, &bytes).unwrap();
-        server.take_over_stored(Some(memfd), vec![OwnedFd::from(conn)]);
+        let inherited = Inherited {
+            listeners: vec![served],
+            socket_activated: true,
+            state: Some(memfd),
+            conns: vec![OwnedFd::from(conn)],
+        };
+        let _server = Server::start_inherited(Config::default(), inherited).unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

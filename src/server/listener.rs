@@ -72,6 +72,13 @@ impl Listener {
             .collect()
     }
 
+    /// Binds the one listener `config` describes, reading its certificate
+    /// and key first if it is a TLS one.
+    pub(super) fn bind_one(config: &ListenerConfig) -> Result<Listener, ServerError> {
+        let tls = load_tls_state(config)?;
+        Listener::bind(config, tls)
+    }
+
     fn bind(
         config: &ListenerConfig,
         tls: Option<ListenerTlsState>,
@@ -130,6 +137,71 @@ impl Listener {
             address,
             tls,
         })
+    }
+
+    /// The listening sockets `listeners` (a `[[listener]]` list) asks for,
+    /// from sockets handed over by the process this one takes over from:
+    /// each entry takes the handed socket that was bound for its address
+    /// (preferring one that served TLS alike), so that the clients waiting
+    /// in its queue carry over, or binds anew; a handed socket the list no
+    /// longer names is closed. `handed` gives each socket's `[[listener]]`
+    /// address and TLS flag when known (else its own address counts).
+    pub(super) fn for_config(
+        listeners: &[ListenerConfig],
+        handed: Vec<(std::net::TcpListener, Option<(SocketAddr, bool)>)>,
+    ) -> Result<Vec<Listener>, ServerError> {
+        // Each handed socket: the address it stands for, and its TLS flag
+        // when the old process said (`None`: only its own address is known).
+        type Handed = Option<(std::net::TcpListener, SocketAddr, Option<bool>)>;
+        let mut pool: Vec<Handed> = handed
+            .into_iter()
+            .filter_map(|(socket, known)| {
+                let (address, tls) = match known {
+                    Some((address, tls)) => (address, Some(tls)),
+                    None => (socket.local_addr().ok()?, None),
+                };
+                Some(Some((socket, address, tls)))
+            })
+            .collect();
+        let mut chosen = Vec::with_capacity(listeners.len());
+        for entry in listeners {
+            let wants_tls = entry.tls.is_some();
+            // Exact: the address it was bound for, and TLS alike. Then the
+            // address alone. Then, for an entry with port 0 ("any port"), a
+            // socket whose own address has its IP (all that is known of a
+            // socket handed by a binary of another state version).
+            let rank = |h: &Handed| -> Option<u8> {
+                let (_, address, tls) = h.as_ref()?;
+                if *address == entry.address {
+                    Some(if *tls == Some(wants_tls) { 0 } else { 1 })
+                } else if tls.is_none()
+                    && entry.address.port() == 0
+                    && address.ip() == entry.address.ip()
+                {
+                    Some(2)
+                } else {
+                    None
+                }
+            };
+            let found = (0..pool.len())
+                .filter_map(|i| Some((rank(&pool[i])?, i)))
+                .min()
+                .map(|(_, i)| i);
+            let listener = match found.and_then(|i| pool.get_mut(i)?.take()) {
+                Some((socket, _, _)) => {
+                    Listener::passed(socket, Some((entry.address, wants_tls)), listeners)?
+                }
+                None => {
+                    info!("{} is new in [[listener]]: bound", entry.address);
+                    Listener::bind_one(entry)?
+                }
+            };
+            chosen.push(listener);
+        }
+        for (_, address, _) in pool.into_iter().flatten() {
+            info!("{address} is no longer in [[listener]]: closed");
+        }
+        Ok(chosen)
     }
 
     /// The `[[listener]]` address this socket stands for.

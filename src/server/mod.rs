@@ -158,6 +158,32 @@ impl Server {
         Server::with_listeners_as(config, listeners)
     }
 
+    /// Serves on listening sockets handed over by the process this one
+    /// takes over from, as the (possibly changed) config's `[[listener]]`
+    /// says: each entry takes the handed socket that was bound for its
+    /// address (preferring one that served TLS alike), so that the clients
+    /// waiting in its queue carry over, or binds anew; a handed socket the
+    /// config no longer names is closed. `handed` gives each socket's
+    /// `[[listener]]` address and TLS flag when known (else its own
+    /// address counts). Sockets of a socket unit are all kept as they are
+    /// (`[[listener]]` does not apply to them).
+    fn with_handed_listeners(
+        config: Config,
+        handed: Vec<(std::net::TcpListener, Option<(SocketAddr, bool)>)>,
+        socket_activated: bool,
+    ) -> Result<Server, ServerError> {
+        if socket_activated {
+            let mut server = Server::with_listeners_as(config, handed)?;
+            server.life.socket_activated = true;
+            return Ok(server);
+        }
+        let listeners = Listener::for_config(&config.listeners, handed)?;
+        if listeners.is_empty() {
+            return Err(ServerError::NoListeners);
+        }
+        Server::new(config, listeners, false)
+    }
+
     /// [`Server::with_listeners`] for sockets handed over by another
     /// process, each with the `[[listener]]` address it was bound for and
     /// whether it served TLS, when known.

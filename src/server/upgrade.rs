@@ -37,12 +37,13 @@ use log::{error, info, warn};
 use mio::Interest;
 use mio::unix::SourceFd;
 
-use super::Server;
-use super::handover::{Imported, ServerState, farewell_all};
+use super::handover::{Imported, ListenerRecord, ServerState, farewell_all};
 use super::lifecycle::Drain;
 use super::slot::{HANDOVER_TIMER, HANDOVER_TOKEN};
+use super::{Server, ServerError};
 use crate::config::Config;
 use crate::daemon::fdstore;
+use crate::daemon::listenfd::Inherited;
 use crate::handover::state::{self, Envelope, StateError};
 use crate::handover::wire::{self, Channel, Kind};
 use crate::timer::TimerKey;
@@ -251,8 +252,8 @@ impl Server {
                         upgrade.channel.send(Kind::State, &export.bytes, &fds)
                     }
                     None => {
-                        let activated = [u8::from(self.life.socket_activated)];
-                        upgrade.channel.send(Kind::Listeners, &activated, &fds)
+                        let described = describe_listeners(self);
+                        upgrade.channel.send(Kind::Listeners, &described, &fds)
                     }
                 }
             })
@@ -391,10 +392,14 @@ impl Server {
         let mut fds = message.fds.into_iter();
         let (mut server, mut imported) = match message.kind {
             Kind::Listeners => {
-                let listeners = fds.by_ref().map(std::net::TcpListener::from).collect();
-                let mut server = Server::with_listeners(config, listeners)
+                let (socket_activated, known) = read_listeners(&message.payload);
+                let mut known = known.into_iter();
+                let listeners = fds
+                    .by_ref()
+                    .map(|fd| (std::net::TcpListener::from(fd), known.next().flatten()))
+                    .collect();
+                let server = Server::with_handed_listeners(config, listeners, socket_activated)
                     .map_err(|e| fail(&channel, e.to_string()))?;
-                server.life.socket_activated = message.payload.first() == Some(&1);
                 (server, Imported::default())
             }
             Kind::State => {
@@ -403,14 +408,14 @@ impl Server {
                 let body: ServerState =
                     state::decode_body(&envelope).map_err(|e| fail(&channel, e.to_string()))?;
                 let listeners = body
-                    .listener_addresses()
+                    .listeners()
                     .iter()
                     .zip(fds.by_ref())
-                    .map(|(&handed, fd)| (std::net::TcpListener::from(fd), Some(handed)))
+                    .map(|(l, fd)| (std::net::TcpListener::from(fd), Some((l.configured, l.tls))))
                     .collect();
-                let mut server = Server::with_listeners_as(config, listeners)
-                    .map_err(|e| fail(&channel, e.to_string()))?;
-                server.life.socket_activated = body.socket_activated();
+                let mut server =
+                    Server::with_handed_listeners(config, listeners, body.socket_activated())
+                        .map_err(|e| fail(&channel, e.to_string()))?;
                 let imported = server
                     .import_state(body, envelope.farewells, fds.collect(), false)
                     .map_err(|e| fail(&channel, e))?;
@@ -435,60 +440,98 @@ impl Server {
         Ok(server)
     }
 
-    /// In a new process started by the service manager: takes over the
-    /// state and connections it kept in its store, if any. A state that
-    /// cannot be used never stops the start: its connections are ended the
-    /// ordinary way (when their farewells can be read) or closed, and the
-    /// server serves its listeners.
-    pub fn take_over_stored(&mut self, state_fd: Option<OwnedFd>, conns: Vec<OwnedFd>) {
-        let Some(state_fd) = state_fd else {
-            if !conns.is_empty() {
-                warn!(
-                    "handover: {} stored connection(s) without a state; closing them",
-                    conns.len()
-                );
-                // The store keeps a copy of each: the sockets close only
-                // once it lets go of them too.
-                drop(conns);
-                empty_store();
-            }
-            return;
-        };
-        match wire::read_memfd(&state_fd) {
+    /// Starts on what the service manager passed: its sockets (from a
+    /// socket unit, or from the store a previous process filled on
+    /// SIGTERM), and that process's state and connections, if any. A state
+    /// that cannot be used never stops the start: its connections are ended
+    /// the ordinary way (when their farewells can be read) or closed, and
+    /// the listeners are served. Binds `[[listener]]` when nothing was
+    /// passed.
+    pub fn start_inherited(config: Config, inherited: Inherited) -> Result<Server, ServerError> {
+        let Inherited {
+            listeners,
+            socket_activated,
+            state,
+            conns,
+        } = inherited;
+        let from_store =
+            state.is_some() || !conns.is_empty() || (!listeners.is_empty() && !socket_activated);
+        let stored = state.and_then(|fd| match wire::read_memfd(&fd) {
+            Ok(bytes) => Some(bytes),
             Err(e) => {
                 warn!("handover: cannot read the stored state ({e}); closing its connections");
+                None
             }
-            Ok(bytes) => match state::open(&bytes) {
+        });
+        let envelope = stored
+            .as_deref()
+            .and_then(|bytes| match state::open(bytes) {
+                Ok(envelope) => Some(envelope),
                 Err(e) => {
                     warn!("handover: the stored state is unusable ({e}); closing its connections");
+                    None
                 }
-                Ok(envelope) => match state::decode_body::<ServerState>(&envelope) {
-                    Ok(body) if state::spoken_version() == state::VERSION => {
-                        match self.import_state(body, envelope.farewells, conns, true) {
-                            Ok(mut imported) => {
-                                log_imported(&imported);
-                                imported.say_farewells();
-                                let now = self.now();
-                                self.resume_imported(&imported.keys, now);
-                            }
-                            Err(e) => warn!("handover: the stored state is unusable: {e}"),
-                        }
+            });
+        let body = envelope.as_ref().map(|envelope| {
+            if state::spoken_version() == state::VERSION {
+                state::decode_body::<ServerState>(envelope)
+            } else {
+                Err(StateError::Version(state::spoken_version()))
+            }
+        });
+        // Stored listeners are recognised by their own address.
+        let records: Vec<ListenerRecord> = match &body {
+            Some(Ok(body)) => body.listeners().to_vec(),
+            _ => Vec::new(),
+        };
+        let mut server = if listeners.is_empty() {
+            Server::bind(config)?
+        } else {
+            let listeners = listeners
+                .into_iter()
+                .map(|socket| {
+                    let own = socket.local_addr().ok();
+                    let known = records
+                        .iter()
+                        .find(|r| Some(r.bound) == own)
+                        .map(|r| (r.configured, r.tls));
+                    (socket, known)
+                })
+                .collect();
+            Server::with_handed_listeners(config, listeners, socket_activated)?
+        };
+        match (envelope, body) {
+            (Some(envelope), Some(Ok(body))) => {
+                match server.import_state(body, envelope.farewells, conns, true) {
+                    Ok(mut imported) => {
+                        log_imported(&imported);
+                        imported.say_farewells();
+                        let now = server.now();
+                        server.resume_imported(&imported.keys, now);
                     }
-                    Ok(_) => refuse(
-                        envelope,
-                        conns,
-                        &StateError::Version(state::spoken_version()),
-                    ),
-                    Err(e) => refuse(envelope, conns, &e),
-                },
-            },
+                    Err(e) => warn!("handover: the stored state is unusable: {e}"),
+                }
+            }
+            (Some(envelope), Some(Err(e))) => refuse(envelope, conns, &e),
+            (None, _) if !conns.is_empty() => {
+                warn!(
+                    "handover: {} stored connection(s) without a usable state; closing them",
+                    conns.len()
+                );
+            }
+            _ => {}
         }
-        empty_store();
+        if from_store {
+            // The store keeps a copy of each descriptor: the sockets close
+            // only once it lets go of them too.
+            empty_store();
+        }
+        Ok(server)
     }
 }
 
-/// Drops what a handover left in the service manager's store, now taken
-/// over or closed here.
+/// Tells the service manager to let go of everything a previous process
+/// stored (the next SIGTERM stores afresh).
 fn empty_store() {
     for name in [
         fdstore::STATE_NAME,
@@ -499,6 +542,42 @@ fn empty_store() {
             warn!("handover: cannot empty the file descriptor store ({name}): {e}");
         }
     }
+}
+
+/// Describes the listening sockets sent without a state (to a binary that
+/// speaks another state version), in a form that never changes: a line
+/// `socket-activated 0|1`, then per socket, in the descriptors' order,
+/// `<[[listener]] address> tls|plain`.
+fn describe_listeners(server: &Server) -> Vec<u8> {
+    let mut text = format!(
+        "socket-activated {}\n",
+        u8::from(server.life.socket_activated)
+    );
+    for listener in &server.listeners.list {
+        let kind = if listener.is_tls() { "tls" } else { "plain" };
+        text.push_str(&format!("{} {kind}\n", listener.address()));
+    }
+    text.into_bytes()
+}
+
+/// Reads [`describe_listeners`]'s text; what does not parse is unknown
+/// (the socket's own address then counts).
+fn read_listeners(payload: &[u8]) -> (bool, Vec<Option<(std::net::SocketAddr, bool)>>) {
+    let text = String::from_utf8_lossy(payload);
+    let mut lines = text.lines();
+    let socket_activated = lines.next() == Some("socket-activated 1");
+    let known = lines
+        .map(|line| {
+            let (address, kind) = line.split_once(' ')?;
+            let tls = match kind {
+                "tls" => true,
+                "plain" => false,
+                _ => return None,
+            };
+            Some((address.parse().ok()?, tls))
+        })
+        .collect();
+    (socket_activated, known)
 }
 
 /// A stored state this binary does not read: every connection gets its

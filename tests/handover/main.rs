@@ -45,6 +45,7 @@ mod cluster;
 mod common;
 mod echo_pause;
 mod failures;
+mod listeners;
 mod mixed;
 mod store_leftovers;
 mod subscribers;
