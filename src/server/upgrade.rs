@@ -274,7 +274,11 @@ impl Server {
                 return;
             }
         }
-        // From here on the new process serves: forget, confirm, drain.
+        // From here on the new process serves: confirm, forget, drain. The
+        // confirmation goes first, so that the new process starts serving
+        // while this one lets go; nothing here reads, writes or accepts on
+        // a handed socket before it is forgotten (this runs to the end
+        // before the loop goes on).
         let Some(mut upgrade) = self.life.upgrade.take() else {
             return;
         };
@@ -283,15 +287,15 @@ impl Server {
         }
         let fd = upgrade.channel.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        let keys = export.map(|e| e.keys).unwrap_or_default();
-        let listeners = self.listeners.list.len();
-        self.forget(&keys);
-        self.listeners.close_all(self.poll.registry());
         if let Err(e) = upgrade.channel.send(Kind::Taken, &[], &[]) {
             // The new process is gone after taking over: nobody serves the
             // sockets any more. Nothing left to do but say so.
             error!("handover: the new process did not get the confirmation: {e}");
         }
+        let keys = export.map(|e| e.keys).unwrap_or_default();
+        let listeners = self.listeners.list.len();
+        self.forget(&keys);
+        self.listeners.close_all(self.poll.registry());
         info!(
             "handover: handed over {} connection(s) and {listeners} listener(s) in {} ms to process {}",
             keys.len(),
