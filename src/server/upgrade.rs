@@ -207,17 +207,24 @@ impl Server {
         ));
     }
 
-    /// Gives up on the upgrade in progress: the new process is stopped and
-    /// this one serves on.
-    fn upgrade_failed(&mut self, why: &str) {
-        let Some(mut upgrade) = self.life.upgrade.take() else {
-            return;
-        };
+    /// Takes the upgrade in progress out of the loop: its deadline and its
+    /// channel's registration go.
+    fn end_upgrade(&mut self) -> Option<Upgrade> {
+        let mut upgrade = self.life.upgrade.take()?;
         if let Some(timer) = upgrade.timer.take() {
             self.timers.remove(timer);
         }
         let fd = upgrade.channel.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        Some(upgrade)
+    }
+
+    /// Gives up on the upgrade in progress: the new process is stopped and
+    /// this one serves on.
+    fn upgrade_failed(&mut self, why: &str) {
+        let Some(upgrade) = self.end_upgrade() else {
+            return;
+        };
         let status = end_child(upgrade.child);
         error!("handover: failed: {why}{status}; still serving");
     }
@@ -279,14 +286,9 @@ impl Server {
         // while this one lets go; nothing here reads, writes or accepts on
         // a handed socket before it is forgotten (this runs to the end
         // before the loop goes on).
-        let Some(mut upgrade) = self.life.upgrade.take() else {
+        let Some(upgrade) = self.end_upgrade() else {
             return;
         };
-        if let Some(timer) = upgrade.timer.take() {
-            self.timers.remove(timer);
-        }
-        let fd = upgrade.channel.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         if let Err(e) = upgrade.channel.send(Kind::Taken, &[], &[]) {
             // The new process is gone after taking over: nobody serves the
             // sockets any more. Nothing left to do but say so.

@@ -33,6 +33,38 @@ fn start_from(binary: &BinaryCopy, dir: &TempDir) -> (Daemon, SocketAddr) {
     (daemon, addr)
 }
 
+/// A daemon started from a copy of the binary, serving subscribers of
+/// `stay`, an echo client and a publisher, all checked once.
+struct Served {
+    binary: BinaryCopy,
+    daemon: Daemon,
+    addr: SocketAddr,
+    subscribers: Vec<RawClient>,
+    echo: RawClient,
+    publisher: Publisher,
+}
+
+impl Served {
+    fn start(dir: &TempDir) -> Served {
+        let binary = BinaryCopy::new();
+        let (daemon, addr) = start_from(&binary, dir);
+        let mut subscribers: Vec<RawClient> = (0..SUBSCRIBERS)
+            .map(|_| RawClient::open(addr, &format!("{LIVE}/stay")))
+            .collect();
+        let mut echo = RawClient::open(addr, ECHO_PATH);
+        let mut publisher = Publisher::new(addr);
+        assert_served(&mut publisher, &mut subscribers, &mut echo, "before");
+        Served {
+            binary,
+            daemon,
+            addr,
+            subscribers,
+            echo,
+            publisher,
+        }
+    }
+}
+
 /// Every subscriber gets a message published now, and the echo client an
 /// answer: whoever serves, serves everyone.
 fn assert_served(
@@ -56,14 +88,14 @@ fn assert_served(
 fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
     let _alone = crate::alone();
     let dir = TempDir::new("ho-crash");
-    let binary = BinaryCopy::new();
-    let (mut daemon, addr) = start_from(&binary, &dir);
-    let mut subscribers: Vec<RawClient> = (0..SUBSCRIBERS)
-        .map(|_| RawClient::open(addr, &format!("{LIVE}/stay")))
-        .collect();
-    let mut echo = RawClient::open(addr, ECHO_PATH);
-    let mut publisher = Publisher::new(addr);
-    assert_served(&mut publisher, &mut subscribers, &mut echo, "before");
+    let Served {
+        binary,
+        mut daemon,
+        addr,
+        mut subscribers,
+        mut echo,
+        mut publisher,
+    } = Served::start(&dir);
 
     let crashes = [
         ("exits 1", "echo 'this binary does not start' >&2; exit 1"),
@@ -105,14 +137,14 @@ fn a_new_binary_that_fails_to_start_leaves_the_old_one_serving() {
 fn a_state_version_mismatch_falls_back_to_the_ordinary_1012_shutdown() {
     let _alone = crate::alone();
     let dir = TempDir::new("ho-version");
-    let binary = BinaryCopy::new();
-    let (mut daemon, addr) = start_from(&binary, &dir);
-    let mut subscribers: Vec<RawClient> = (0..SUBSCRIBERS)
-        .map(|_| RawClient::open(addr, &format!("{LIVE}/stay")))
-        .collect();
-    let mut echo = RawClient::open(addr, ECHO_PATH);
-    let mut publisher = Publisher::new(addr);
-    assert_served(&mut publisher, &mut subscribers, &mut echo, "before");
+    let Served {
+        binary,
+        mut daemon,
+        addr,
+        mut subscribers,
+        mut echo,
+        mut publisher,
+    } = Served::start(&dir);
 
     // The next binary claims a state version no build has.
     binary.replace_with_script(&format!(
