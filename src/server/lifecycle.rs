@@ -3,10 +3,12 @@
 //! certificates, and the service manager's notifications.
 //!
 //! Owns: the signal pipe (SIGTERM/SIGINT drain and exit, a second one exits
-//! at once; SIGHUP reloads), the drain in progress ([`Shutdown`], whose close
-//! frames are paced over `shutdown_spread`), applying a reloaded config, and
-//! the READY/STATUS/WATCHDOG/RELOADING/STOPPING notifications with their
-//! timer-wheel entries.
+//! at once; SIGHUP reloads; SIGUSR2 and, under a file descriptor store,
+//! SIGTERM hand over to a new process through [`super::upgrade`]), the drain
+//! in progress ([`Shutdown`], whose close frames are paced over
+//! `shutdown_spread`, and what a handover left behind: [`Drain`]), applying
+//! a reloaded config, and the READY/STATUS/WATCHDOG/RELOADING/STOPPING
+//! notifications with their timer-wheel entries.
 //! Must never: block, drop an open connection on reload, apply a config
 //! that failed to load or validate, or change a listening socket while
 //! running.

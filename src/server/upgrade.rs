@@ -94,13 +94,6 @@ impl Server {
         self.life.relaunch = relaunch;
     }
 
-    /// Whether the listening sockets belong to a socket unit (which keeps
-    /// them across restarts) rather than to this process: only the latter
-    /// go to the file descriptor store on a restart.
-    pub fn set_socket_activated(&mut self, socket_activated: bool) {
-        self.life.socket_activated = socket_activated;
-    }
-
     /// SIGUSR2: starts the new process, unless an upgrade or a shutdown is
     /// already under way or handover is off.
     pub(super) fn begin_upgrade(&mut self, now: u64) {
