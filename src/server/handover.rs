@@ -126,16 +126,15 @@ impl Server {
             now,
             unix_ms: crate::auth::unix_ms(),
         };
+        // One record per listener, in the order of their descriptors.
         let listeners = self
             .listeners
             .list
             .iter()
-            .filter_map(|l| {
-                Some(ListenerRecord {
-                    bound: l.local_addr()?,
-                    configured: l.address(),
-                    tls: l.is_tls(),
-                })
+            .map(|l| ListenerRecord {
+                bound: l.local_addr().unwrap_or(l.address()),
+                configured: l.address(),
+                tls: l.is_tls(),
             })
             .collect();
         let channels = self.hub.export(now, |delivery: &Rc<Delivery>| KeptMessage {
