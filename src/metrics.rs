@@ -161,6 +161,22 @@ pub(crate) struct Metrics {
     pub auth_expired_closes: u64,
     /// The Redis bus, on a cluster node.
     pub cluster: Option<ClusterGauges>,
+    /// How long the event loop's turns take.
+    turns: LoopTurns,
+}
+
+/// Upper bounds of the loop-turn histogram's buckets, in microseconds: a
+/// turn is how long every other client may wait behind the loop's work.
+const TURN_BOUNDS_US: [u64; 9] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000];
+
+/// The event loop's turns: a histogram (one count per turn, in the first
+/// bucket whose bound it does not exceed; the last is unbounded), their
+/// sum, and the longest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct LoopTurns {
+    counts: [u64; TURN_BOUNDS_US.len() + 1],
+    sum_us: u64,
+    longest_us: u64,
 }
 
 /// A cluster node's link states and bus counters (copied from the bus at
@@ -205,6 +221,20 @@ impl Metrics {
             .skip(transport as usize)
             .step_by(TRANSPORTS)
             .sum()
+    }
+
+    /// Counts one turn of the event loop that took `took`.
+    pub(crate) fn loop_turn(&mut self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = TURN_BOUNDS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(TURN_BOUNDS_US.len());
+        if let Some(count) = self.turns.counts.get_mut(bucket) {
+            *count += 1;
+        }
+        self.turns.sum_us = self.turns.sum_us.saturating_add(us);
+        self.turns.longest_us = self.turns.longest_us.max(us);
     }
 
     /// Counts a recovery refused for `why`.
@@ -393,6 +423,7 @@ impl Metrics {
                 self.auth_expired_closes,
             )],
         )?;
+        self.turns.render(out)?;
         if let Some(cluster) = &self.cluster {
             cluster.render(out)?;
         }
@@ -600,6 +631,45 @@ fn write_counters(out: &mut Vec<u8>, counters: &[(&str, &str, u64)]) -> std::io:
     Ok(())
 }
 
+impl LoopTurns {
+    fn render(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let name = "wshub_loop_turn_seconds";
+        header(
+            out,
+            name,
+            "histogram",
+            "How long each turn of the event loop took: how long any client may wait behind the loop's other work",
+        )?;
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count;
+            match TURN_BOUNDS_US.get(i) {
+                Some(&bound) => writeln!(
+                    out,
+                    "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                    seconds(bound)
+                )?,
+                None => writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}")?,
+            }
+        }
+        writeln!(out, "{name}_sum {}", seconds(self.sum_us))?;
+        writeln!(out, "{name}_count {cumulative}")?;
+        let longest = "wshub_loop_turn_longest_seconds";
+        header(
+            out,
+            longest,
+            "gauge",
+            "The longest turn of the event loop since the process started",
+        )?;
+        writeln!(out, "{longest} {}", seconds(self.longest_us))
+    }
+}
+
+/// Microseconds as seconds, exactly (no float rounding in the text).
+fn seconds(us: u64) -> String {
+    format!("{}.{:06}", us / 1_000_000, us % 1_000_000)
+}
+
 fn header(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) -> std::io::Result<()> {
     writeln!(out, "# HELP {name} {help}")?;
     writeln!(out, "# TYPE {name} {kind}")
@@ -637,9 +707,41 @@ mod tests {
         assert_eq!(m.refused(Refused::NotFound), 2);
         // Every sample line belongs to a family announced with HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
+            let sample = line.split(['{', ' ']).next().unwrap();
+            // A histogram's samples carry a suffix after its family's name.
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let family = sample.strip_suffix(suffix)?;
+                    text.contains(&format!("# TYPE {family} histogram"))
+                        .then_some(family)
+                })
+                .unwrap_or(sample);
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+    }
+
+    #[test]
+    fn loop_turns_are_a_histogram_with_the_longest_beside_it() {
+        let mut m = Metrics::new(1);
+        for us in [40, 100, 101, 3_000, 250_000] {
+            m.loop_turn(std::time::Duration::from_micros(us));
+        }
+        let mut out = Vec::new();
+        m.render(["/echo"].into_iter(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        for line in [
+            "wshub_loop_turn_seconds_bucket{le=\"0.000100\"} 2\n",
+            "wshub_loop_turn_seconds_bucket{le=\"0.000250\"} 3\n",
+            "wshub_loop_turn_seconds_bucket{le=\"0.005000\"} 4\n",
+            "wshub_loop_turn_seconds_bucket{le=\"0.100000\"} 4\n",
+            "wshub_loop_turn_seconds_bucket{le=\"+Inf\"} 5\n",
+            "wshub_loop_turn_seconds_sum 0.253241\n",
+            "wshub_loop_turn_seconds_count 5\n",
+            "wshub_loop_turn_longest_seconds 0.250000\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
         }
     }
 
@@ -705,7 +807,7 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("wshub_"), "{line:?}");
             assert!(
-                line.rsplit(' ').next().unwrap().parse::<u64>().is_ok(),
+                line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
                 "{line:?}"
             );
         }

@@ -282,6 +282,7 @@ impl Server {
                 }
                 return Err(e.into());
             }
+            let turn = Instant::now();
             let now = self.now();
             self.wall_ms = crate::auth::unix_ms();
             let mut signalled = false;
@@ -333,6 +334,7 @@ impl Server {
             self.bus_turn(now);
             self.flush_dirty(now);
             self.resume_accepting(now);
+            self.metrics.loop_turn(turn.elapsed());
             if self.shutdown_finished(now) {
                 return Ok(());
             }

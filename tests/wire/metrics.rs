@@ -72,12 +72,26 @@ fn metrics_follow_connections_subscriptions_and_traffic() {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let text = response.body_text();
-    // Every sample belongs to a family announced with HELP and TYPE.
+    // Every sample belongs to a family announced with HELP and TYPE (a
+    // histogram's samples carry a suffix after its family's name).
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let name = line.split(['{', ' ']).next().unwrap();
+        let sample = line.split(['{', ' ']).next().unwrap();
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let family = sample.strip_suffix(suffix)?;
+                text.contains(&format!("# TYPE {family} histogram"))
+                    .then_some(family)
+            })
+            .unwrap_or(sample);
         assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
         assert!(text.contains(&format!("# HELP {name} ")), "{name}");
     }
+    // The loop has turned to serve this very request.
+    assert!(
+        !text.contains("wshub_loop_turn_seconds_count 0\n"),
+        "{text}"
+    );
     let metrics = MetricsText(text.to_owned());
     assert_eq!(
         Gauges::of(&metrics),
