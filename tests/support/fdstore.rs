@@ -30,6 +30,10 @@
 //! A thread drains the notification socket all the time, as the manager
 //! does (a sender blocks on a full datagram queue otherwise); every wait
 //! has a deadline and fails the test with what was received.
+//!
+//! Must never: wait without a deadline, or keep a descriptor the store
+//! would not (beyond its size, or sent without `FDSTORE=1`); the processes
+//! it starts belong to the caller (a `Daemon`, killed on drop).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
