@@ -59,19 +59,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-    local port
-    for _ in $(seq 1 200); do
-        port=$(( 20000 + RANDOM % 12000 ))
-        if ! port_in_use "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=bench/ports.sh
+. "$ROOT/bench/ports.sh"
 
 # stop_pid PID: SIGTERM, then SIGKILL after 5 s. Only ever called with the
 # server this script started or the process its log names as its successor.

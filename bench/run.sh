@@ -185,21 +185,8 @@ fi
 
 # --- Servers -----------------------------------------------------------------
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-    local port
-    for _ in $(seq 1 200); do
-        # Below the usual ephemeral range (32768+), so no client socket
-        # can be holding it.
-        port=$(( 20000 + RANDOM % 12000 ))
-        if ! port_in_use "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=bench/ports.sh
+. "$ROOT/bench/ports.sh"
 
 # pick_tls_port: sets TLS_PORT to a free port other than PORT (for a second,
 # wss:// listener), or leaves it empty when there is no certificate.
