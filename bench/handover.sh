@@ -59,8 +59,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# shellcheck source=bench/ports.sh
-. "$ROOT/bench/ports.sh"
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
+
+# cell KEY < jsonl: the summary of KEY over the runs, or "–" if none did.
+cell() {
+    local s
+    s=$(json_field "$1" | summarize 1)
+    echo "${s:-–}"
+}
 
 # stop_pid PID: SIGTERM, then SIGKILL after 5 s. Only ever called with the
 # server this script started or the process its log names as its successor.
@@ -123,21 +130,6 @@ TOML
     return 1
 }
 
-json_field() { # key < jsonl: one value per line
-    sed -n "s/.*\"$1\":\\([^,}]*\\).*/\\1/p" | grep -v null || true
-}
-
-# "median [min–max]" of numbers on stdin, or "–" if there are none.
-summarize() { # decimals
-    sort -g | awk -v d="$1" '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { printf "–"; exit }
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            if (NR == 1) printf "%.*f", d, m
-            else printf "%.*f [%.*f–%.*f]", d, m, d, v[1], d, v[NR]
-        }'
-}
 
 SLOT=0
 FAILURES=()
@@ -183,11 +175,11 @@ done
     for size in $SIZES; do
         f=$WORK/rows.$size.jsonl
         printf '| %s | %s | %s | %s | %s | %s |\n' "$size" \
-            "$(json_field handover_ms < "$f" | summarize 1)" \
-            "$(json_field signal_to_held_ms < "$f" | summarize 1)" \
-            "$(json_field held_ms < "$f" | summarize 1)" \
-            "$(json_field pause_ms < "$f" | summarize 1)" \
-            "$(json_field echo_max_ms < "$f" | summarize 1)"
+            "$(cell handover_ms < "$f")" \
+            "$(cell signal_to_held_ms < "$f")" \
+            "$(cell held_ms < "$f")" \
+            "$(cell pause_ms < "$f")" \
+            "$(cell echo_max_ms < "$f")"
     done
     echo
     echo "- Cells: median [min–max] over the runs that succeeded; – = none did"

@@ -185,8 +185,8 @@ fi
 
 # --- Servers -----------------------------------------------------------------
 
-# shellcheck source=bench/ports.sh
-. "$ROOT/bench/ports.sh"
+# shellcheck source=bench/common.sh
+. "$ROOT/bench/common.sh"
 
 # pick_tls_port: sets TLS_PORT to a free port other than PORT (for a second,
 # wss:// listener), or leaves it empty when there is no certificate.
@@ -706,22 +706,6 @@ run_cluster_scenario() { # index
 }
 
 # --- Tables ------------------------------------------------------------------
-
-json_field() { # key < jsonl: one value per line
-    sed -n "s/.*\"$1\":\\([^,}]*\\).*/\\1/p" | grep -v null || true
-}
-
-# "median [min–max]" of numbers on stdin, or nothing if there are none.
-summarize() { # decimals
-    sort -g | awk -v d="$1" '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) exit
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            if (NR == 1) printf "%.*f", d, m
-            else printf "%.*f [%.*f–%.*f]", d, m, d, v[1], d, v[NR]
-        }'
-}
 
 median_of() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
