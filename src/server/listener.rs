@@ -250,7 +250,7 @@ impl Listener {
             return;
         };
         let files = &state.files;
-        match tls::load_server_config(&files.cert, &files.key, files.alpn, files.ktls) {
+        match tls::load_server_config(&files.cert, &files.key, files.alpn) {
             Ok(config) => {
                 info!(
                     "reload: wss://{addr}: certificate {} and key {} loaded; new connections use them",
@@ -302,12 +302,13 @@ fn load_tls_state(listener: &ListenerConfig) -> Result<Option<ListenerTlsState>,
     let Some(files) = &listener.tls else {
         return Ok(None);
     };
-    let config = tls::load_server_config(&files.cert, &files.key, files.alpn, files.ktls).map_err(
-        |source| ServerError::Tls {
-            addr: listener.address,
-            source: Box::new(source),
-        },
-    )?;
+    let config =
+        tls::load_server_config(&files.cert, &files.key, files.alpn).map_err(|source| {
+            ServerError::Tls {
+                addr: listener.address,
+                source: Box::new(source),
+            }
+        })?;
     Ok(Some(ListenerTlsState {
         files: files.clone(),
         config,
@@ -322,7 +323,7 @@ pub fn load_listener_tls(
 ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsConfigError> {
     match &listener.tls {
         None => Ok(None),
-        Some(tls) => tls::load_server_config(&tls.cert, &tls.key, tls.alpn, tls.ktls).map(Some),
+        Some(tls) => tls::load_server_config(&tls.cert, &tls.key, tls.alpn).map(Some),
     }
 }
 
@@ -474,7 +475,7 @@ impl Server {
             .list
             .get(listener)
             .and_then(|l| l.tls.as_ref())
-            .map(|t| Arc::clone(&t.config));
+            .map(|t| (Arc::clone(&t.config), t.files.ktls));
         if self.conns.len() >= self.config.max_connections {
             // Best effort: a refused client gets a reason if its socket has
             // room. A TLS client would take plaintext for a broken record,
@@ -520,7 +521,7 @@ impl Server {
         }
         let transport = match tls {
             None => Transport::Plain(stream),
-            Some(config) => match TlsStream::new(config, stream) {
+            Some((config, ktls)) => match TlsStream::new(config, ktls, stream) {
                 Ok(tls) => Transport::Tls(Box::new(tls)),
                 Err(e) => {
                     // The socket was closed with the failed stream, which

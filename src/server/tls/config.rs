@@ -68,9 +68,9 @@ pub enum TlsConfigError {
 /// leaf's private key as PKCS#8, PKCS#1 (RSA) or SEC1 (EC). Both may be the
 /// same file. TLS 1.3 and 1.2, no client certificates; with `alpn_http11`
 /// the server agrees to ALPN `http/1.1` (a client that offers ALPN without
-/// it is then refused, as RFC 7301 asks). With `ktls`, connections hand
-/// their record layer to the kernel after the handshake where it can take
-/// it (see [`TlsStream`]).
+/// it is then refused, as RFC 7301 asks). Whether connections offer their
+/// record layer to the kernel is the listener's choice (`ktls`), made per
+/// connection in [`TlsStream::new`].
 ///
 /// Pure apart from reading the two files, so it serves start-up,
 /// `--check-config` and SIGHUP reload alike.
@@ -78,7 +78,6 @@ pub(crate) fn load_server_config(
     cert_path: &Path,
     key_path: &Path,
     alpn_http11: bool,
-    ktls: bool,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
     let certs = load_certs(cert_path)?;
     let key = load_key(key_path)?;
@@ -99,9 +98,12 @@ pub(crate) fn load_server_config(
     if alpn_http11 {
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     }
-    // Lets a connection hand its keys to the kernel; only then does
-    // `TlsStream` try to (the flag is how it knows).
-    config.enable_secret_extraction = ktls;
+    // After the handshake a connection's records are protected by our own
+    // record layer (or the kernel's): rustls hands over the keys, and
+    // reports the TLS 1.3 traffic secrets that key updates derive from to
+    // this hook, which keeps them in memory only.
+    config.enable_secret_extraction = true;
+    config.key_log = Arc::new(super::record::CaptureSecrets);
     Ok(Arc::new(config))
 }
 

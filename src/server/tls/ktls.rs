@@ -20,7 +20,7 @@ use nix::libc;
 use nix::sys::socket::setsockopt;
 use nix::sys::socket::sockopt::{TcpTlsRx, TcpTlsTx, TcpUlp, TlsCryptoInfo};
 use rustls::server::UnbufferedServerConnection;
-use rustls::{CipherSuite, ConnectionTrafficSecrets, ProtocolVersion};
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
 /// Connections that asked for kTLS and stayed in user-space TLS.
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
@@ -60,20 +60,10 @@ pub(super) fn unsuitable(conn: &UnbufferedServerConnection) -> Option<&'static s
     if kernel_version(conn.protocol_version()).is_none() {
         return Some("protocol version not known to kTLS");
     }
-    match conn.negotiated_cipher_suite().map(|s| s.suite()) {
-        Some(
-            CipherSuite::TLS13_AES_128_GCM_SHA256
-            | CipherSuite::TLS13_AES_256_GCM_SHA384
-            | CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
-            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-            | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
-            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
-            | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        ) => None,
-        _ => Some("cipher suite not supported by kTLS"),
+    if !super::record::known_suite(conn) {
+        return Some("cipher suite not supported by kTLS");
     }
+    None
 }
 
 /// Attaches the kernel's `tls` upper-layer protocol. Fails (ENOENT) where

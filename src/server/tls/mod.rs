@@ -1,13 +1,13 @@
 //! TLS (wss://) for one connection over a non-blocking socket, driven by the
 //! edge-triggered loop.
 //!
-//! Owns: one rustls [`UnbufferedServerConnection`] and the TCP socket under
-//! it; the bytes between them: a connection's own buffers, which exist only
-//! while they hold bytes, and the loop-wide scratch buffers that records are
-//! decrypted and encrypted in (the handshake is driven from
-//! [`TlsStream::read`]); with kTLS, handing the record layer to the kernel
-//! after the handshake (through [`ktls`]); loading certificate and key files
-//! into a shareable [`ServerConfig`].
+//! Owns: one connection's TLS: rustls's [`UnbufferedServerConnection`] for
+//! the handshake, then our own record layer ([`record`]) or, with kTLS,
+//! the kernel's ([`ktls`]); the TCP socket under it; the bytes between
+//! them: a connection's own buffers, which exist only while they hold
+//! bytes, and the loop-wide scratch buffers that records are decrypted and
+//! encrypted in (the handshake is driven from [`TlsStream::read`]); loading
+//! certificate and key files into a shareable [`ServerConfig`].
 //! Must never: block, interpret the plaintext it carries, buffer without
 //! bound, keep an empty buffer allocated, or report a short read while input
 //! it could still deliver sits in the socket or in the stream (the loop only
@@ -21,7 +21,7 @@
 //!   new connections get the new certificate while established ones keep the
 //!   config they were accepted with until they close. A failed reload leaves
 //!   the old `Arc` in place.
-//! - On accept: `TlsStream::new(config.clone(), stream)`, wrapped as
+//! - On accept: `TlsStream::new(config.clone(), ktls, stream)`, wrapped as
 //!   `Transport::Tls(Box::new(..))`, registered through
 //!   [`TlsStream::source`] like a plain socket.
 //! - Reads: [`TlsStream::read`] keeps the plain-socket contract the loop
@@ -66,44 +66,34 @@
 //! arrived, records the socket did not take, decrypted input that did not
 //! fit the caller's buffer, plaintext written during the handshake. Each is
 //! freed (capacity 0) as soon as it is empty, so an idle connection holds
-//! none. Our code allocates nothing per message in the steady state;
-//! rustls 0.23 itself still copies each decrypted record into a `Vec` and
-//! builds each encrypted record in one before copying it out, one
-//! short-lived allocation per record each way.
+//! none, and nothing is allocated per record.
 //!
-//! What an idle established connection holds (measured by
-//! `tests::idle_connection_heap` with a counting allocator, after the shared
-//! session cache is full; ring provider, SNI and ALPN `http/1.1` sent):
+//! rustls's own state is about 3.2 KB per connection in traffic (its
+//! 1,088-byte connection, a 640-byte deframer table kept for life, both
+//! directions' expanded AES keys at 560 bytes each, the key schedule), and
+//! none of it can be released while rustls protects the records. So it
+//! protects them only during the handshake: once that is done and no
+//! record is held either way (checked after each read that drained the
+//! socket), [`record::Records`] takes over the keys, IVs, sequence numbers
+//! and TLS 1.3 traffic secrets, and rustls's state is dropped. What an idle
+//! established connection then holds (measured by
+//! `tests::idle_connection_heap` with a counting allocator, after the
+//! shared session cache is full; the same for TLS 1.3 and 1.2, AES-128-GCM,
+//! AES-256-GCM and ChaCha20-Poly1305):
 //!
 //! | what | bytes | blocks |
 //! |---|---:|---:|
-//! | `TlsStream` in `Transport`'s box: socket, 4 empty `Vec`s, flags, the pointer below (136 in debug builds) | 128 | 1 |
-//! | rustls's `UnbufferedServerConnection` (common state, record layer, handshake joiner), boxed so kTLS can drop it | 1,088 | 1 |
-//! | rustls handshake deframer span table (16 spans, allocated at creation, kept for life) | 640 | 1 |
-//! | record layer, send direction: ring's AES-GCM key (expanded AES key, GHASH table) and IV | 560 | 1 |
-//! | record layer, receive direction: the same | 560 | 1 |
-//! | state box: TLS 1.3 `ExpectTraffic` with the key schedule kept for key updates (traffic and exporter secrets); TLS 1.2: 120 | 224 | 1 |
-//! | queue of records to send, 4 slots kept from the handshake | 96 | 1 |
-//! | SNI name (here "localhost") and agreed ALPN ("http/1.1") | 17 | 2 |
-//! | queue of received plaintext, 4 slots kept after the first message | 96 | 1 |
+//! | `TlsStream` in `Transport`'s box: socket, 4 empty `Vec`s, flags, the record layer's pointer (144 in debug builds) | 128 | 1 |
+//! | [`record::Records`]: per direction a 32-byte key, 12-byte IV, sequence number and 48-byte secret with its length (2 × 104); version, cipher, limit, counters | 224 | 1 |
 //!
-//! Fresh after the handshake, beside the `TlsStream`: 3,185 heap bytes in 8
-//! blocks (TLS 1.2: 3,081); after 100 messages each way, 3,281 in 9 (TLS
-//! 1.2: 3,177), and no more after 200. With malloc's per-block overhead that
-//! is about 3.6 KiB per idle wss:// connection on top of the ~170 B of a
-//! ws:// one (measured: 3.9 KB of RSS per connection at 5,000 idle wss://
-//! subscribers). Before this design (rustls's buffered `ServerConnection`)
-//! an idle connection held about 8 KiB: the same state plus a 4 KiB record
-//! reader buffer and send and receive queues.
-//!
-//! The target of 1 KiB per idle subscriber cannot be met with TLS
-//! in user space: rustls's own state is 3.2 KB (the 1,088-byte connection
-//! and 2.1 KB it allocates), of which the keys are 1,120 bytes and the span
-//! table 640. A cipher suite with a smaller key state would not help: with
-//! ring, AES-256-GCM and ChaCha20-Poly1305 keys take the same 560 bytes per
-//! direction as AES-128-GCM (the key type is sized for the largest
-//! algorithm), so preferring one changes nothing. Only handing the record
-//! layer to the kernel does (below).
+//! That is all, fresh and after any amount of traffic (a key update
+//! replaces keys in place). With malloc's per-block overhead it is about
+//! 370 B per idle wss:// connection on top of the ~170 B of a ws:// one.
+//! Before, rustls's record layer kept 3,185 heap bytes in 8 blocks beside
+//! the stream (3,281 in 9 after traffic), and its buffered
+//! `ServerConnection` about 8 KiB. During the handshake a connection holds
+//! rustls's state as before; the expanded AES key (544 bytes) exists only
+//! within one read or write call.
 //!
 //! Beside the connections: the TLS 1.3 session cache lives in the shared
 //! `ServerConfig` (256 entries of about 170 bytes), and the scratch buffers
@@ -112,27 +102,27 @@
 //!
 //! # Kernel TLS
 //!
-//! With `ktls = true` on the listener (the config then allows secret
-//! extraction, which is how [`TlsStream::new`] knows), a connection whose
-//! handshake is done and which holds no record either way (checked after
-//! each read that drained the socket) attaches the kernel's `tls`
-//! upper-layer protocol and hands it the traffic keys, IVs and sequence
-//! numbers; rustls's connection is then dropped, and the stream reads and
-//! writes the socket as plain TCP. An idle connection then holds only the
-//! `TlsStream` box; the keys live in kernel memory, not in RSS. What the
-//! kernel cannot do for us: a close_notify or a TLS 1.3 key update from the
-//! peer makes its read fail (EIO), taken as the end of the peer's stream
-//! (WebSocket has its own close frame); our own close sends no close_notify,
-//! only the FIN. Where the module is absent (`setsockopt(TCP_ULP, "tls")`
-//! fails with ENOENT) or the cipher suite is not one the kernel knows, the
-//! connection stays in user space as above, logged once at info and counted
-//! (`ktls::counts`). A kernel that takes the ULP but refuses the keys ends
-//! that connection, as rustls has given its state up by then. Only the
-//! fallback is exercised by the tests; the machines they run on lack the
-//! module.
+//! With `ktls = true` on the listener ([`TlsStream::new`]'s `ktls`), the
+//! record layer is offered to the kernel first, at the same moment: the
+//! connection attaches the kernel's `tls` upper-layer protocol and hands it
+//! the traffic keys, IVs and sequence numbers; rustls's connection is then
+//! dropped, and the stream reads and writes the socket as plain TCP. An
+//! idle connection then holds only the `TlsStream` box; the keys live in
+//! kernel memory, not in RSS, and the kernel encrypts. What the kernel
+//! cannot do for us: a close_notify or a TLS 1.3 key update from the peer
+//! makes its read fail (EIO), taken as the end of the peer's stream
+//! (WebSocket has its own close frame); our own close sends no
+//! close_notify, only the FIN. Where the module is absent
+//! (`setsockopt(TCP_ULP, "tls")` fails with ENOENT) or the cipher suite is
+//! not one the kernel knows, the connection goes to [`record`] as without
+//! kTLS, logged once at info and counted (`ktls::counts`). A kernel that
+//! takes the ULP but refuses the keys ends that connection, as rustls has
+//! given its state up by then. Only the fallback is exercised by the
+//! tests; the machines they run on lack the module.
 
 mod config;
 mod ktls;
+mod record;
 #[cfg(test)]
 pub(super) mod tests;
 
@@ -147,6 +137,7 @@ use std::sync::Arc;
 
 use log::debug;
 use mio::net::TcpStream;
+use record::{MAX_FRAGMENT_LEN, MAX_RECORD_LEN};
 use rustls::ServerConfig;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
@@ -164,19 +155,10 @@ pub(crate) const SEND_BUFFER_LIMIT: usize = 64 * 1024;
 /// The ALPN name a WebSocket client offers (RFC 6455 runs over HTTP/1.1).
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 
-/// Plaintext per record we send: the TLS maximum (2^14), so a large write
-/// costs one AEAD call and 22-29 bytes of overhead per 16 KiB.
-const MAX_FRAGMENT_LEN: usize = 16 * 1024;
-
 /// Room reserved per record when encrypting, above its plaintext: header
 /// (5), TLS 1.2 explicit nonce (8), tag (16), TLS 1.3 content type (1), with
 /// margin. rustls says so if it needs more, and the buffer grows.
 const RECORD_OVERHEAD: usize = 64;
-
-/// The largest record a peer may send: 5-byte header, 2^14 bytes of
-/// plaintext and up to 2,048 bytes of expansion (RFC 5246 6.2.3; TLS 1.3
-/// allows only 256). An incomplete record is never longer than this.
-const MAX_RECORD_LEN: usize = 5 + 16 * 1024 + 2048;
 
 /// Size of the loop-wide receive scratch: a carried-over partial record plus
 /// room for reads (at least `RECV_SCRATCH_LEN - MAX_RECORD_LEN`).
@@ -226,24 +208,44 @@ struct SendScratch {
 }
 
 /// One TLS connection: rustls's unbuffered state machine over a
-/// non-blocking socket, with buffers that exist only while they hold bytes.
+/// non-blocking socket for the handshake, then our own record layer (or
+/// the kernel's), with buffers that exist only while they hold bytes.
 pub(crate) struct TlsStream {
-    /// rustls's state, boxed so that it can go on its own: `None` once the
-    /// kernel took the record layer (kTLS).
-    conn: Option<Box<UnbufferedServerConnection>>,
+    engine: Engine,
     io: Io,
 }
 
-/// Where the record layer is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ktls {
-    /// In rustls, for good.
-    Off,
-    /// In rustls; to be handed to the kernel once the handshake is done and
-    /// no record is held in either direction.
-    Wanted,
-    /// In the kernel: the socket reads and writes plaintext.
+/// Who protects the records.
+enum Engine {
+    /// rustls: the handshake, and the records until they can be taken over
+    /// (or for good, where they cannot).
+    Rustls(Box<Handshake>),
+    /// Our record layer ([`record`]): the keys and nothing else.
+    Own(Box<record::Records>),
+    /// The kernel (kTLS): the socket reads and writes plaintext.
     Kernel,
+    /// rustls's state was given up and taking over failed; every call
+    /// fails (the error was reported once).
+    Gone,
+}
+
+/// rustls's connection, and the TLS 1.3 traffic secrets it reported during
+/// the handshake, kept until the record layer is taken over.
+struct Handshake {
+    conn: UnbufferedServerConnection,
+    secrets: Option<Box<record::Captured>>,
+}
+
+/// What happens to the record layer once the handshake is done and no
+/// record is held in either direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handoff {
+    /// Taken over by [`record`].
+    Own,
+    /// Offered to the kernel first (`ktls = true`), else taken over.
+    Kernel,
+    /// Done, or not possible: nothing more to try.
+    Done,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -285,7 +287,7 @@ struct Io {
     close_notify_queued: bool,
     /// FIN was sent.
     write_shut: bool,
-    ktls: Ktls,
+    handoff: Handoff,
 }
 
 /// Where processing the buffered ciphertext stopped.
@@ -300,20 +302,20 @@ impl TlsStream {
     /// Wraps an accepted socket. `config` is the `Arc` current at accept
     /// time; the connection keeps it for its whole life, so swapping the
     /// loop's `Arc` (certificate reload) affects only later connections.
-    /// Fails only for a config rustls cannot serve with (e.g. no protocol
-    /// versions), never because of the peer.
+    /// With `ktls`, the record layer is offered to the kernel after the
+    /// handshake. Fails only for a config rustls cannot serve with (e.g. no
+    /// protocol versions), never because of the peer.
     pub(crate) fn new(
         config: Arc<ServerConfig>,
+        ktls: bool,
         tcp: TcpStream,
     ) -> Result<TlsStream, rustls::Error> {
-        // Secret extraction is enabled only for listeners with `ktls = true`.
-        let ktls = if config.enable_secret_extraction {
-            Ktls::Wanted
-        } else {
-            Ktls::Off
-        };
+        let handoff = if ktls { Handoff::Kernel } else { Handoff::Own };
         Ok(TlsStream {
-            conn: Some(Box::new(UnbufferedServerConnection::new(config)?)),
+            engine: Engine::Rustls(Box::new(Handshake {
+                conn: UnbufferedServerConnection::new(config)?,
+                secrets: None,
+            })),
             io: Io {
                 tcp,
                 incoming: Vec::new(),
@@ -325,7 +327,7 @@ impl TlsStream {
                 closing: false,
                 close_notify_queued: false,
                 write_shut: false,
-                ktls,
+                handoff,
             },
         })
     }
@@ -342,8 +344,10 @@ impl TlsStream {
         if let Some(e) = self.io.deferred_error.take() {
             return Err(e);
         }
-        if self.conn.is_none() {
-            return self.io.read_kernel(buf);
+        match self.engine {
+            Engine::Kernel => return self.io.read_kernel(buf),
+            Engine::Gone => return Err(gone()),
+            Engine::Rustls(_) | Engine::Own(_) => {}
         }
         if buf.is_empty() {
             return Ok(0);
@@ -374,8 +378,8 @@ impl TlsStream {
             Ok(()) => true,
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         };
-        if drained && self.io.ktls == Ktls::Wanted {
-            self.try_kernel();
+        if drained && self.io.handoff != Handoff::Done {
+            self.hand_off();
         }
         match result {
             Ok(()) => Ok(filled),
@@ -391,11 +395,12 @@ impl TlsStream {
         }
     }
 
-    /// Hands the record layer to the kernel once the handshake is done and
-    /// nothing is held in either direction; tried once. Where the kernel
-    /// cannot take it, the connection stays in user space (counted).
-    fn try_kernel(&mut self) {
-        let Some(conn) = self.conn.as_deref() else {
+    /// Takes the record layer from rustls once the handshake is done and
+    /// nothing is held in either direction: to the kernel first where
+    /// asked and possible, else to [`record`]. Tried once; where neither
+    /// can take it, rustls keeps it.
+    fn hand_off(&mut self) {
+        let Engine::Rustls(handshake) = &self.engine else {
             return;
         };
         let io = &self.io;
@@ -403,30 +408,63 @@ impl TlsStream {
             && io.outgoing.is_empty()
             && io.plaintext.is_empty()
             && io.early.is_empty();
-        if conn.is_handshaking() || !idle || io.closing || io.read_closed {
+        if handshake.conn.is_handshaking() || !idle || io.closing || io.read_closed {
             // Tried again after a later read (not at all once closing).
             return;
         }
-        self.io.ktls = Ktls::Off;
-        if let Some(why) = ktls::unsuitable(conn) {
-            ktls::fall_back(why);
+        let kernel = self.io.handoff == Handoff::Kernel;
+        self.io.handoff = Handoff::Done;
+        if kernel && self.try_kernel() {
             return;
+        }
+        let Engine::Rustls(handshake) = &mut self.engine else {
+            return;
+        };
+        if let Some(why) = record::unsuitable(&handshake.conn, handshake.secrets.as_deref()) {
+            debug!("TLS records stay with rustls: {why}");
+            handshake.secrets = None;
+            return;
+        }
+        let Engine::Rustls(handshake) = mem::replace(&mut self.engine, Engine::Gone) else {
+            return;
+        };
+        let Handshake { conn, secrets } = *handshake;
+        match record::Records::take_over(conn, secrets) {
+            Ok(records) => self.engine = Engine::Own(Box::new(records)),
+            Err(e) => {
+                // rustls's state is gone: the connection ends here.
+                debug!("{e}");
+                self.io.deferred_error = Some(e);
+            }
+        }
+    }
+
+    /// Hands the record layer to the kernel; false where it cannot take it
+    /// (counted), with rustls's state untouched.
+    fn try_kernel(&mut self) -> bool {
+        let Engine::Rustls(handshake) = &self.engine else {
+            return false;
+        };
+        if let Some(why) = ktls::unsuitable(&handshake.conn) {
+            ktls::fall_back(why);
+            return false;
         }
         if let Err(e) = ktls::attach(&self.io.tcp) {
             ktls::fall_back(format_args!("cannot attach the kernel's tls protocol: {e}"));
-            return;
+            return false;
         }
-        let Some(conn) = self.conn.take() else {
-            return;
+        let Engine::Rustls(handshake) = mem::replace(&mut self.engine, Engine::Gone) else {
+            return false;
         };
-        match ktls::install(&self.io.tcp, *conn) {
-            Ok(()) => self.io.ktls = Ktls::Kernel,
+        match ktls::install(&self.io.tcp, handshake.conn) {
+            Ok(()) => self.engine = Engine::Kernel,
             Err(e) => {
                 // rustls's state is gone: the connection ends here.
                 debug!("handing TLS to the kernel failed: {e}");
                 self.io.deferred_error = Some(e);
             }
         }
+        true
     }
 
     /// The body of [`TlsStream::read`]: `rx[..*held]` is unprocessed
@@ -486,10 +524,10 @@ impl TlsStream {
         }
     }
 
-    /// Runs every complete record in `rx[..*held]` through rustls: answers
-    /// the handshake, delivers plaintext into `buf[*filled..]` (the rest into
-    /// `io.plaintext`), sends what becomes sendable. Leaves the incomplete
-    /// tail at the front of `rx`.
+    /// Runs every complete record in `rx[..*held]` through the record
+    /// layer: delivers plaintext into `buf[*filled..]` (the rest into
+    /// `io.plaintext`) and sends what becomes sendable (handshake, alerts,
+    /// key updates). Leaves the incomplete tail at the front of `rx`.
     fn process(
         &mut self,
         rx: &mut [u8],
@@ -497,70 +535,16 @@ impl TlsStream {
         buf: &mut [u8],
         filled: &mut usize,
     ) -> io::Result<Progress> {
-        let TlsStream { conn, io } = self;
-        let Some(conn) = conn.as_deref_mut() else {
-            return Err(gone());
-        };
-        // Processed bytes are skipped, not moved: the tail is moved to the
-        // front once, when processing stops (a read can hold hundreds of
-        // small records).
-        let mut start = 0;
-        let result = loop {
-            let Some(input) = rx.get_mut(start..*held) else {
-                break Err(io::Error::other("TLS input buffer overrun"));
-            };
-            let UnbufferedStatus { mut discard, state } = conn.process_tls_records(input);
-            let state = match state {
-                Ok(state) => state,
-                Err(e) => {
-                    start += discard;
-                    discard_front(rx, held, start);
-                    io.send_alert(conn, rx, held);
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                }
-            };
-            let stop = match state {
-                ConnectionState::ReadTraffic(traffic) => {
-                    let rest = buf.get_mut(*filled..).unwrap_or_default();
-                    match io.deliver(traffic, rest) {
-                        Ok((n, extra)) => {
-                            *filled += n;
-                            discard += extra;
-                            None
-                        }
-                        Err(e) => Some(Err(e)),
-                    }
-                }
-                ConnectionState::EncodeTlsData(data) => io.encode(data).err().map(Err),
-                ConnectionState::TransmitTlsData(transmit) => {
-                    // Ours to send from here on, whether or not the socket
-                    // takes it all now.
-                    transmit.done();
-                    io.flush_outgoing().err().map(Err)
-                }
-                ConnectionState::WriteTraffic(mut traffic) => Some(
-                    io.on_write_traffic(&mut traffic)
-                        .and_then(|()| io.flush_outgoing())
-                        .map(|_| Progress::NeedInput),
-                ),
-                ConnectionState::BlockedHandshake => Some(Ok(Progress::NeedInput)),
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    Some(Ok(Progress::PeerClosed))
-                }
-                // The config never accepts 0-RTT data.
-                ConnectionState::ReadEarlyData(_) => Some(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "unexpected TLS early data",
-                ))),
-                _ => Some(Ok(Progress::NeedInput)),
-            };
-            start += discard;
-            if let Some(stop) = stop {
-                break stop;
+        let TlsStream { engine, io } = self;
+        match engine {
+            Engine::Rustls(handshake) => {
+                let result = process_rustls(&mut handshake.conn, io, rx, held, buf, filled);
+                record::keep_captured(&mut handshake.secrets);
+                result
             }
-        };
-        discard_front(rx, held, start);
-        result
+            Engine::Own(records) => process_own(records, io, rx, held, buf, filled),
+            Engine::Kernel | Engine::Gone => Err(gone()),
+        }
     }
 
     /// Takes plaintext, encrypts it and sends what the socket takes.
@@ -574,8 +558,10 @@ impl TlsStream {
         if bufs.iter().all(|b| b.is_empty()) {
             return Ok(0);
         }
-        if self.conn.is_none() {
-            return self.io.write_kernel(bufs);
+        match self.engine {
+            Engine::Kernel => return self.io.write_kernel(bufs),
+            Engine::Gone => return Err(gone()),
+            Engine::Rustls(_) | Engine::Own(_) => {}
         }
         if !self.io.flush_outgoing()? {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -590,7 +576,13 @@ impl TlsStream {
             return self.io.hold_early(bufs);
         }
         let mut scratch = SEND_SCRATCH.take();
-        let result = self.encrypt_and_send(bufs, &mut scratch);
+        let result = match &mut self.engine {
+            Engine::Own(records) => {
+                let mut keys = records.keys();
+                send_own(&mut self.io, &mut keys, bufs, &mut scratch)
+            }
+            _ => self.encrypt_and_send(bufs, &mut scratch),
+        };
         scratch.plain.clear();
         scratch.records.clear();
         SEND_SCRATCH.set(scratch);
@@ -615,7 +607,12 @@ impl TlsStream {
                     // Early data or close_notify queued ahead: send in order.
                     return Ok(0);
                 }
-                encrypt_batch(traffic, bufs, &mut cursor, scratch)
+                encrypt_batch(
+                    &mut |plain, out| encrypt_append(traffic, plain, out),
+                    bufs,
+                    &mut cursor,
+                    scratch,
+                )
             })?;
             let Some(batch) = batch else {
                 // The handshake is not complete after all.
@@ -648,11 +645,12 @@ impl TlsStream {
         &mut self,
         f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Io) -> io::Result<R>,
     ) -> io::Result<Option<R>> {
-        let TlsStream { conn, io } = self;
-        let Some(conn) = conn.as_deref_mut() else {
-            // The kernel has the record layer: no close_notify from us.
+        let TlsStream { engine, io } = self;
+        let Engine::Rustls(handshake) = engine else {
+            // Not rustls's records (any more).
             return Ok(None);
         };
+        let Handshake { conn, secrets } = &mut **handshake;
         // `incoming` holds less than a record, so nothing is decrypted here;
         // passing it keeps rustls's view of the input consistent.
         let mut incoming = mem::take(&mut io.incoming);
@@ -696,6 +694,7 @@ impl TlsStream {
         } else {
             incoming
         };
+        record::keep_captured(secrets);
         result
     }
 
@@ -712,6 +711,10 @@ impl TlsStream {
         if !self.io.flush_outgoing()? {
             return Ok(false);
         }
+        if self.io.handoff != Handoff::Done {
+            // The handshake's last records were what held the hand-off up.
+            self.hand_off();
+        }
         if self.io.closing && !self.io.write_shut {
             self.io.write_shut = true;
             self.io.tcp.shutdown(Shutdown::Write)?;
@@ -726,8 +729,16 @@ impl TlsStream {
     pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         if !self.io.closing {
             self.io.closing = true;
-            // After any plaintext held from the handshake.
-            self.with_write_traffic(|traffic, io| io.on_write_traffic(traffic))?;
+            if let Engine::Own(records) = &mut self.engine {
+                self.io.close_notify_queued = true;
+                records
+                    .keys()
+                    .seal_alert(record::CLOSE_NOTIFY, &mut self.io.outgoing)?;
+            } else {
+                // After any plaintext held from the handshake; none under
+                // kTLS (the kernel sends no close_notify for us).
+                self.with_write_traffic(|traffic, io| io.on_write_traffic(traffic))?;
+            }
         }
         self.flush().map(drop)
     }
@@ -740,13 +751,154 @@ impl TlsStream {
     /// True until the handshake is complete (never once the kernel has the
     /// record layer).
     pub(crate) fn is_handshaking(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.is_handshaking())
+        match &self.engine {
+            Engine::Rustls(handshake) => handshake.conn.is_handshaking(),
+            Engine::Own(_) | Engine::Kernel | Engine::Gone => false,
+        }
     }
 
-    /// The protocol agreed through ALPN, once the handshake got that far.
+    /// Who protects the records now, for the tests.
     #[cfg(test)]
-    pub(crate) fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.as_ref().and_then(|c| c.alpn_protocol())
+    pub(crate) fn record_layer(&self) -> &'static str {
+        match &self.engine {
+            Engine::Rustls(_) => "rustls",
+            Engine::Own(_) => "own",
+            Engine::Kernel => "kernel",
+            Engine::Gone => "gone",
+        }
+    }
+}
+
+/// [`TlsStream::process`] while rustls has the records: answers the
+/// handshake, delivers plaintext, sends what rustls queues.
+fn process_rustls(
+    conn: &mut UnbufferedServerConnection,
+    io: &mut Io,
+    rx: &mut [u8],
+    held: &mut usize,
+    buf: &mut [u8],
+    filled: &mut usize,
+) -> io::Result<Progress> {
+    // Processed bytes are skipped, not moved: the tail is moved to the
+    // front once, when processing stops (a read can hold hundreds of
+    // small records).
+    let mut start = 0;
+    let result = loop {
+        let Some(input) = rx.get_mut(start..*held) else {
+            break Err(io::Error::other("TLS input buffer overrun"));
+        };
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(input);
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                start += discard;
+                discard_front(rx, held, start);
+                io.send_alert(conn, rx, held);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        };
+        let stop = match state {
+            ConnectionState::ReadTraffic(traffic) => {
+                let rest = buf.get_mut(*filled..).unwrap_or_default();
+                match io.deliver(traffic, rest) {
+                    Ok((n, extra)) => {
+                        *filled += n;
+                        discard += extra;
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            ConnectionState::EncodeTlsData(data) => io.encode(data).err().map(Err),
+            ConnectionState::TransmitTlsData(transmit) => {
+                // Ours to send from here on, whether or not the socket
+                // takes it all now.
+                transmit.done();
+                io.flush_outgoing().err().map(Err)
+            }
+            ConnectionState::WriteTraffic(mut traffic) => Some(
+                io.on_write_traffic(&mut traffic)
+                    .and_then(|()| io.flush_outgoing())
+                    .map(|_| Progress::NeedInput),
+            ),
+            ConnectionState::BlockedHandshake => Some(Ok(Progress::NeedInput)),
+            ConnectionState::PeerClosed | ConnectionState::Closed => Some(Ok(Progress::PeerClosed)),
+            // The config never accepts 0-RTT data.
+            ConnectionState::ReadEarlyData(_) => Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected TLS early data",
+            ))),
+            _ => Some(Ok(Progress::NeedInput)),
+        };
+        start += discard;
+        if let Some(stop) = stop {
+            break stop;
+        }
+    };
+    discard_front(rx, held, start);
+    result
+}
+
+/// [`TlsStream::process`] once [`record`] has the records.
+fn process_own(
+    records: &mut record::Records,
+    io: &mut Io,
+    rx: &mut [u8],
+    held: &mut usize,
+    buf: &mut [u8],
+    filled: &mut usize,
+) -> io::Result<Progress> {
+    let mut keys = records.keys();
+    // As above: processed records are skipped and the tail moved once.
+    let mut start = 0;
+    let result = loop {
+        let Some(input) = rx.get_mut(start..*held) else {
+            break Err(record::Fatal {
+                alert: None,
+                error: io::Error::other("TLS input buffer overrun"),
+            });
+        };
+        let len = match record::record_len(input) {
+            Ok(Some(len)) => len,
+            Ok(None) => break Ok(Progress::NeedInput),
+            Err(fatal) => break Err(fatal),
+        };
+        let Some(one) = input.get_mut(..len) else {
+            break Ok(Progress::NeedInput);
+        };
+        let opened = keys.open(one, &mut io.outgoing);
+        start += len;
+        match opened {
+            Ok(record::Input::Data(plain)) => {
+                let rest = buf.get_mut(*filled..).unwrap_or_default();
+                let n = rest.len().min(plain.len());
+                let (now, later) = plain.split_at(n);
+                if let Some(dst) = rest.get_mut(..n) {
+                    dst.copy_from_slice(now);
+                }
+                *filled += n;
+                io.plaintext.extend_from_slice(later);
+            }
+            Ok(record::Input::Nothing) => {}
+            Ok(record::Input::Closed) => break Ok(Progress::PeerClosed),
+            Err(fatal) => break Err(fatal),
+        }
+    };
+    discard_front(rx, held, start);
+    match result {
+        Ok(progress) => {
+            // Answers to key updates or a renegotiation.
+            io.flush_outgoing()?;
+            Ok(progress)
+        }
+        Err(record::Fatal { alert, error }) => {
+            if let Some(alert) = alert
+                && keys.seal_alert(alert, &mut io.outgoing).is_ok()
+            {
+                let _ = io.flush_outgoing();
+            }
+            Err(error)
+        }
     }
 }
 
@@ -761,9 +913,6 @@ impl Io {
     /// close_notify, or a TLS 1.3 key update it cannot follow) fails the
     /// read with EIO, taken here as the end of the peer's stream.
     fn read_kernel(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.ktls != Ktls::Kernel {
-            return Err(gone());
-        }
         if self.read_closed || buf.is_empty() {
             return Ok(0);
         }
@@ -781,9 +930,6 @@ impl Io {
 
     /// Writes once the kernel encrypts (kTLS): one `writev`.
     fn write_kernel(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.ktls != Ktls::Kernel {
-            return Err(gone());
-        }
         if self.closing {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -967,6 +1113,35 @@ impl Io {
     }
 }
 
+/// [`TlsStream::write_vectored`] once [`record`] has the records:
+/// seals `bufs` batch by batch into the scratch and writes each batch
+/// straight to the socket, keeping what it does not take and stopping
+/// there. Call with `io.outgoing` empty, so order is kept.
+fn send_own(
+    io: &mut Io,
+    keys: &mut record::Keys<'_>,
+    bufs: &[IoSlice<'_>],
+    scratch: &mut SendScratch,
+) -> io::Result<usize> {
+    let mut cursor = Cursor::default();
+    let mut taken = 0;
+    loop {
+        scratch.records.clear();
+        taken += encrypt_batch(
+            &mut |plain, out| keys.seal_data(plain, out),
+            bufs,
+            &mut cursor,
+            scratch,
+        )?;
+        if !io.send_records(&scratch.records)? || cursor.current(bufs).is_none() {
+            return Ok(taken);
+        }
+    }
+}
+
+/// Seals plaintext into records appended to the `Vec`.
+type Seal<'a> = dyn FnMut(&[u8], &mut Vec<u8>) -> io::Result<()> + 'a;
+
 /// How far `write_vectored` got through its slices.
 #[derive(Default)]
 struct Cursor {
@@ -995,7 +1170,7 @@ impl Cursor {
 /// Small slices (frame headers, short messages) are gathered into one
 /// record through `scratch.plain`; long ones are encrypted in place.
 fn encrypt_batch(
-    traffic: &mut WriteTraffic<'_, ServerConnectionData>,
+    seal: &mut Seal<'_>,
     bufs: &[IoSlice<'_>],
     cursor: &mut Cursor,
     scratch: &mut SendScratch,
@@ -1008,11 +1183,7 @@ fn encrypt_batch(
         if rest.len() >= MAX_FRAGMENT_LEN {
             let budget = SEND_BUFFER_LIMIT - scratch.records.len();
             let n = rest.len().min(budget.max(MAX_FRAGMENT_LEN));
-            encrypt_append(
-                traffic,
-                rest.get(..n).unwrap_or_default(),
-                &mut scratch.records,
-            )?;
+            seal(rest.get(..n).unwrap_or_default(), &mut scratch.records)?;
             cursor.offset += n;
             taken += n;
             continue;
@@ -1029,7 +1200,7 @@ fn encrypt_batch(
             cursor.offset += n;
         }
         taken += scratch.plain.len();
-        encrypt_append(traffic, &scratch.plain, &mut scratch.records)?;
+        seal(&scratch.plain, &mut scratch.records)?;
     }
     Ok(taken)
 }
