@@ -12,16 +12,17 @@ use super::python::run_python;
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// What every script starts with: `launch()` opens a headless Chromium
-/// whose host resolver maps no name but `localhost` to anything, and
+/// whose host resolver maps no name but `localhost` to anything (with
+/// further command-line switches, if given), and
 /// `wait_for` polls a JavaScript condition and returns its first truthy value.
 const PRELUDE: &str = r#"
 import json, sys, time
 from playwright.sync_api import sync_playwright
 
-def launch(p):
+def launch(p, *extra):
     return p.chromium.launch(
         executable_path=sys.argv[1],
-        args=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost", "--no-sandbox"],
+        args=["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost", "--no-sandbox", *extra],
     )
 
 def wait_for(page, condition, what, timeout=15.0):

@@ -50,5 +50,6 @@ mod reuse_port;
 mod signals;
 mod sse;
 mod tls;
+mod tls_clients;
 mod tls_reload;
 mod units;
