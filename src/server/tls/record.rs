@@ -610,6 +610,14 @@ fn fatal(alert: u8, why: &str) -> Fatal {
     }
 }
 
+/// A handshake message the peer may not send once the handshake is done.
+fn unexpected_handshake() -> Fatal {
+    fatal(
+        UNEXPECTED_MESSAGE,
+        "unexpected TLS handshake message after the handshake",
+    )
+}
+
 /// The length of the whole record at the front of `buf`: `None` while its
 /// header or body is incomplete, an error for a length no peer may send.
 pub(super) fn record_len(buf: &[u8]) -> Result<Option<usize>, Fatal> {
@@ -781,12 +789,7 @@ impl Keys<'_> {
                     "malformed or split TLS key update, or data after it in its record",
                 ));
             }
-            _ => {
-                return Err(fatal(
-                    UNEXPECTED_MESSAGE,
-                    "unexpected TLS handshake message after the handshake",
-                ));
-            }
+            _ => return Err(unexpected_handshake()),
         };
         if request > 1 {
             return Err(fatal(
@@ -818,10 +821,7 @@ impl Keys<'_> {
         replies: &mut Vec<u8>,
     ) -> Result<Input<'a>, Fatal> {
         if content.first() != Some(&CLIENT_HELLO) || self.records.renegotiation_refused {
-            return Err(fatal(
-                UNEXPECTED_MESSAGE,
-                "unexpected TLS handshake message after the handshake",
-            ));
+            return Err(unexpected_handshake());
         }
         self.records.renegotiation_refused = true;
         self.seal_one(ALERT, &[WARNING, NO_RENEGOTIATION], replies)
