@@ -13,7 +13,8 @@
 //! expanded key per connection (only the loop's bounded cache holds them,
 //! so an idle connection holds raw key bytes only); hand out plaintext of a
 //! record that failed authentication; accept a record after a fatal one;
-//! keep secrets in freed memory (they are zeroed on drop); log a secret.
+//! leave raw keys, IVs or traffic secrets in freed memory (they are zeroed
+//! on drop; ring's expanded keys are not, as with rustls); log a secret.
 //!
 //! # How it takes over from rustls
 //!
