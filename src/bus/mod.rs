@@ -10,8 +10,10 @@
 //! recovery reads, the node's health and counters.
 //! Must never: touch a socket, a poller, a timer wheel or a clock (the
 //! server's `bus` module does; bytes, events and `now` come in), block,
-//! answer a publish "refused" while Redis could still accept it, or hand
-//! out a channel's positioned messages out of order or twice.
+//! answer a publish "refused" while Redis could still accept it, hand out
+//! a channel's positioned messages out of order or twice, or give a gap up
+//! while the command link that would read it is still coming up (short of
+//! the wait's bound).
 //!
 //! # Why a 503 is never a lie
 //!
@@ -44,6 +46,16 @@
 //! lost) reads what was published meanwhile. Gap reads and recovery reads
 //! share [`history::READ_SCRIPT`] and the command link; recovery reads are
 //! coalesced per channel (see [`history::Coalescer`]) and bounded in number.
+//!
+//! A gap read asked for while the command link is still connecting or
+//! logging in waits for it: a process that just started (after a handover
+//! above all, whose feeds continue from the old process's positions) often
+//! gets its subscription link's first messages before its command link is
+//! up. The sequencer holds the live messages meanwhile (within its usual
+//! bounds); the read goes out as soon as the link is up, and the gap is
+//! given up (counted lost, order kept) only when the link goes down or
+//! `command_timeout` plus [`REPLY_MARGIN_MS`] passes first. While the link
+//! is down (failed, waiting out its backoff) a gap is given up at once.
 //!
 //! # The seam between a recovery and the live feed
 //!
@@ -229,6 +241,16 @@ struct Read<R> {
     timed_out: bool,
 }
 
+/// A gap read asked for while the command link was still connecting or
+/// logging in: it goes out once the link is up, or the gap is given up
+/// when the link goes down or `deadline` passes first.
+#[derive(Debug)]
+struct UnsentGap {
+    from: u64,
+    count: u64,
+    deadline: u64,
+}
+
 /// A reply the command link waits for, in order.
 #[derive(Debug)]
 enum Expect<W, R> {
@@ -324,6 +346,12 @@ pub(crate) struct Bus<W, R = u64> {
     /// Reads failed with their link, to hand back at the next
     /// [`Bus::issue_reads`].
     failed_reads: Vec<Read<R>>,
+    /// Gap reads waiting for the command link to come up, per channel (a
+    /// sequencer asks for one read at a time: a newer one replaces it).
+    unsent_gaps: HashMap<String, UnsentGap>,
+    /// Their deadlines with their channels, oldest first; an entry whose
+    /// channel's read was sent, given up or replaced since is skipped.
+    unsent_deadlines: VecDeque<(u64, String)>,
     /// Epoch candidates (splitmix64 state).
     rng: u64,
     /// What a sequencer asked for (kept for its capacity).
@@ -369,6 +397,8 @@ impl<W, R> Bus<W, R> {
             recoveries: Coalescer::default(),
             reads_waiting: VecDeque::new(),
             failed_reads: Vec::new(),
+            unsent_gaps: HashMap::new(),
+            unsent_deadlines: VecDeque::new(),
             rng: seed,
             steps: Vec::new(),
             dirty: Vec::new(),
@@ -682,12 +712,14 @@ impl<W, R> Bus<W, R> {
     }
 
     /// Sends the recovery reads that may go out now (once per turn, so the
-    /// requests of a turn coalesce) and answers the reads lost with the
-    /// command link.
+    /// requests of a turn coalesce), answers the reads lost with the
+    /// command link, and sends or gives up the gap reads that waited for
+    /// it.
     pub(crate) fn issue_reads(&mut self, now: u64, events: &mut Vec<Event<W, R>>) {
         for read in std::mem::take(&mut self.failed_reads) {
             self.fail_read(read, now, events);
         }
+        self.issue_unsent_gaps(now, events);
         while self.cmd.is_up() && self.offset.is_some() {
             let Some(group) = self.recoveries.next_group() else {
                 break;
@@ -701,6 +733,59 @@ impl<W, R> Bus<W, R> {
                 now,
             );
         }
+    }
+
+    /// The gap reads that waited for the command link: sent once it is up,
+    /// given up once it is down (each sequencer then counts its gap lost
+    /// and delivers what it held, in order); while it is still connecting
+    /// or logging in they wait on (up to their deadlines, see
+    /// [`Bus::on_timer`]).
+    fn issue_unsent_gaps(&mut self, now: u64, events: &mut Vec<Event<W, R>>) {
+        if self.unsent_gaps.is_empty() {
+            self.unsent_deadlines.clear();
+            return;
+        }
+        let up = self.cmd.is_up() && self.offset.is_some();
+        if !up && self.cmd.is_connected() {
+            return;
+        }
+        for (deadline, channel) in std::mem::take(&mut self.unsent_deadlines) {
+            let Some(gap) = self.take_unsent_gap(&channel, deadline) else {
+                continue;
+            };
+            if !up {
+                self.give_up_gap(&channel, now, events);
+            } else if self
+                .sequencers
+                .get(&channel)
+                .is_some_and(Sequencer::is_reading)
+            {
+                self.send_gap_read(channel, gap.from, gap.count, now);
+            }
+        }
+    }
+
+    /// Takes `channel`'s unsent gap read out, if it is the one that was
+    /// due at `deadline` (and not replaced since).
+    fn take_unsent_gap(&mut self, channel: &str, deadline: u64) -> Option<UnsentGap> {
+        if self.unsent_gaps.get(channel)?.deadline != deadline {
+            return None;
+        }
+        self.unsent_gaps.remove(channel)
+    }
+
+    /// Gives `channel`'s outstanding gap up: the sequencer counts what is
+    /// missing as lost and delivers what it held, in order.
+    fn give_up_gap(&mut self, channel: &str, now: u64, events: &mut Vec<Event<W, R>>) {
+        self.sequence(channel, now, events, |s, c, out| {
+            s.on_entries(None::<Vec<(Position, Vec<u8>)>>, false, c, out);
+        });
+    }
+
+    /// Sends one read to fill a gap of `channel`'s live feed.
+    fn send_gap_read(&mut self, channel: String, from: u64, count: u64, now: u64) {
+        self.stats.gap_reads += 1;
+        self.send_read(channel, from, count, ReadFor::Gap, now);
     }
 
     /// Sends one read of `channel`'s stream: up to `count` entries after
@@ -743,9 +828,7 @@ impl<W, R> Bus<W, R> {
         match read.reader {
             ReadFor::Gap => {
                 if !read.timed_out {
-                    self.sequence(&read.channel, now, events, |s, c, out| {
-                        s.on_entries(None::<Vec<(Position, Vec<u8>)>>, false, c, out);
-                    });
+                    self.give_up_gap(&read.channel, now, events);
                 }
             }
             ReadFor::Recovery(wants) => {
@@ -839,8 +922,11 @@ impl<W, R> Bus<W, R> {
     }
 
     /// Runs `f` on `channel`'s sequencer and carries out what it asks:
-    /// messages to deliver, a gap to read (given up at once while the
-    /// command link is down).
+    /// messages to deliver, a gap to read. A read goes out at once while
+    /// the command link is up; while it is connecting or logging in the
+    /// read waits for it (the sequencer holds the live messages meanwhile)
+    /// until `command_timeout` plus the reply margin has passed; while it
+    /// is down the gap is given up at once.
     fn sequence(
         &mut self,
         channel: &str,
@@ -862,14 +948,26 @@ impl<W, R> Bus<W, R> {
                         channel: channel.to_owned(),
                         envelope,
                     }),
-                    Step::Read { from, to } if self.cmd.is_up() && self.offset.is_some() => {
+                    Step::Read { from, to } => {
                         let count = to
                             .map_or(MAX_GAP_READ, |to| to.saturating_sub(from + 1))
                             .min(MAX_GAP_READ);
-                        self.stats.gap_reads += 1;
-                        self.send_read(channel.to_owned(), from, count, ReadFor::Gap, now);
+                        if self.cmd.is_up() && self.offset.is_some() {
+                            self.send_gap_read(channel.to_owned(), from, count, now);
+                        } else if self.cmd.is_connected() {
+                            let deadline = self.read_deadline(now);
+                            let gap = UnsentGap {
+                                from,
+                                count,
+                                deadline,
+                            };
+                            self.unsent_gaps.insert(channel.to_owned(), gap);
+                            self.unsent_deadlines
+                                .push_back((deadline, channel.to_owned()));
+                        } else {
+                            unread = true;
+                        }
                     }
-                    Step::Read { .. } => unread = true,
                 }
             }
             if unread && let Some(sequencer) = self.sequencers.get_mut(channel) {
@@ -1234,15 +1332,19 @@ impl<W, R> Bus<W, R> {
         if let Some(&answer_by) = self.reads_waiting.front() {
             at(answer_by);
         }
+        if let Some(&(deadline, _)) = self.unsent_deadlines.front() {
+            at(deadline);
+        }
         if let Some(deadline) = self.recoveries.next_deadline() {
             at(deadline);
         }
         next
     }
 
-    /// Acts on whatever is due at `now`: publishes to answer 503, links
-    /// whose check or login went unanswered (dropped: the server closes
-    /// their sockets), checks to send.
+    /// Acts on whatever is due at `now`: publishes to answer 503, reads
+    /// and gap reads that waited too long (given up), links whose check or
+    /// login went unanswered (dropped: the server closes their sockets),
+    /// checks to send.
     pub(crate) fn on_timer(&mut self, now: u64, events: &mut Vec<Event<W, R>>) {
         while self.limbo.front().is_some_and(|p| now >= p.answer_by) {
             if let Some(waiter) = self.limbo.pop_front().and_then(|p| p.waiter) {
@@ -1300,9 +1402,16 @@ impl<W, R> Bus<W, R> {
         self.recoveries.expire(now, &mut expired);
         self.answer_unavailable(expired, events);
         for channel in gaps {
-            self.sequence(&channel, now, events, |s, c, out| {
-                s.on_entries(None::<Vec<(Position, Vec<u8>)>>, false, c, out);
-            });
+            self.give_up_gap(&channel, now, events);
+        }
+        // Gap reads that waited too long for the command link to come up.
+        while let Some((deadline, channel)) = self
+            .unsent_deadlines
+            .pop_front_if(|(deadline, _)| now >= *deadline)
+        {
+            if self.take_unsent_gap(&channel, deadline).is_some() {
+                self.give_up_gap(&channel, now, events);
+            }
         }
         for role in [Role::Commands, Role::Subscriptions] {
             let s = &self.settings;
@@ -1407,15 +1516,22 @@ mod tests {
         bus.on_connected(Role::Commands, 0, std::iter::empty());
         let sent = take_output(bus, Role::Commands);
         assert!(sent.contains("SETNAME") && sent.contains("SCRIPT") && sent.contains("TIME"));
+        let mut events = Vec::new();
+        bus.on_input(Role::Commands, &login_reply(bus), 10, &mut events);
+        assert!(events.is_empty());
+        assert!(bus.cmd.is_up());
+    }
+
+    /// Redis's answers to the command link's login (without AUTH or
+    /// SELECT): CLIENT SETNAME, the scripts, then `TIME` at
+    /// `REDIS_EPOCH_MS`.
+    fn login_reply(bus: &Bus<u32>) -> Vec<u8> {
         let mut reply = b"+OK\r\n".to_vec();
         for sha in &bus.shas {
             reply.extend(format!("$40\r\n{sha}\r\n").as_bytes());
         }
         reply.extend(time_reply(REDIS_EPOCH_MS));
-        let mut events = Vec::new();
-        bus.on_input(Role::Commands, &reply, 10, &mut events);
-        assert!(events.is_empty());
-        assert!(bus.cmd.is_up());
+        reply
     }
 
     fn subscription_link_up(bus: &mut Bus<u32>, wanted: &[&str], now: u64) -> String {
@@ -1748,41 +1864,83 @@ mod tests {
         assert_eq!(bus.subscribed.get("news"), Some(&true));
     }
 
+    /// Redis confirming the subscription link's SUBSCRIBE to `news`.
+    const CONFIRM_NEWS: &[u8] = b"*3\r\n$9\r\nsubscribe\r\n$10\r\nwshub:news\r\n:1\r\n";
+
+    /// The envelope of a message of `news` at `offset` in epoch 9.
+    fn positioned(offset: u64) -> Vec<u8> {
+        let mut envelope = Vec::new();
+        Envelope {
+            binary: true,
+            origin: 1,
+            position: Some(crate::testing::at(9, offset)),
+            exclude: None,
+            payload: b"x",
+        }
+        .write(&mut envelope);
+        envelope
+    }
+
+    fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend(format!("${}\r\n", bytes.len()).as_bytes());
+        out.extend(bytes);
+        out.extend(b"\r\n");
+    }
+
+    /// Redis pushing the message of `news` at `offset` on the
+    /// subscription link.
+    fn message_push(offset: u64) -> Vec<u8> {
+        let mut push = b"*3\r\n".to_vec();
+        bulk(&mut push, b"message");
+        bulk(&mut push, b"wshub:news");
+        bulk(&mut push, &positioned(offset));
+        push
+    }
+
+    /// The read script's reply for `news`: epoch 9 up to `top`, with the
+    /// entries at `offsets`.
+    fn read_reply(top: u64, offsets: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+        let mut reply = b"*4\r\n".to_vec();
+        bulk(&mut reply, b"0000000000000009");
+        reply.extend(format!(":{top}\r\n:{REDIS_EPOCH_MS}\r\n").as_bytes());
+        reply.extend(format!("*{}\r\n", offsets.clone().count()).as_bytes());
+        for offset in offsets {
+            reply.extend(b"*2\r\n");
+            bulk(&mut reply, format!("{offset}-0").as_bytes());
+            reply.extend(b"*4\r\n");
+            bulk(&mut reply, b"t");
+            bulk(&mut reply, REDIS_EPOCH_MS.to_string().as_bytes());
+            bulk(&mut reply, b"d");
+            bulk(&mut reply, &positioned(offset));
+        }
+        reply
+    }
+
+    /// The offsets of the messages among `events`, in order.
+    fn delivered(events: &[Event<u32>]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { envelope, .. } => {
+                    Envelope::peek_position(envelope).map(|p| p.offset)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_gap_is_given_up_when_its_read_cannot_be_sent() {
         let mut bus = history_bus();
         subscription_link_up(&mut bus, &["news"], 0);
         let mut events = Vec::new();
-        let confirm = b"*3\r\n$9\r\nsubscribe\r\n$10\r\nwshub:news\r\n:1\r\n";
-        bus.on_input(Role::Subscriptions, confirm, 1, &mut events);
+        bus.on_input(Role::Subscriptions, CONFIRM_NEWS, 1, &mut events);
         events.clear();
-        let message = |offset: u64| {
-            let mut envelope = Vec::new();
-            Envelope {
-                binary: true,
-                origin: 1,
-                position: Some(Position {
-                    epoch: Epoch::new(9),
-                    offset,
-                }),
-                exclude: None,
-                payload: b"x",
-            }
-            .write(&mut envelope);
-            let mut push = format!(
-                "*3\r\n$7\r\nmessage\r\n$10\r\nwshub:news\r\n${}\r\n",
-                envelope.len()
-            )
-            .into_bytes();
-            push.extend(envelope);
-            push.extend(b"\r\n");
-            push
-        };
         for offset in [1, 2, 2, 5] {
-            bus.on_input(Role::Subscriptions, &message(offset), 5, &mut events);
+            bus.on_input(Role::Subscriptions, &message_push(offset), 5, &mut events);
         }
         // The command link is down: 5 goes out at once, 3 and 4 are lost.
-        assert_eq!(events.len(), 3);
+        assert_eq!(delivered(&events), [1, 2, 5]);
         assert_eq!(
             bus.stats.sequence,
             Counts {
@@ -1791,6 +1949,103 @@ mod tests {
                 lost: 2
             }
         );
+    }
+
+    /// A process that took `news` over at offset 5 starts both links at 0;
+    /// the subscription link is up first and delivers 9 and 10 live at 3
+    /// while the command link is still logging in (6..=8 were published
+    /// while neither process listened). Nothing is delivered yet.
+    fn resumed_with_the_command_link_logging_in() -> (Bus<u32>, Vec<Event<u32>>) {
+        let mut bus = history_bus();
+        bus.resume_after("news", crate::testing::at(9, 5));
+        bus.on_connecting(Role::Commands, 0);
+        bus.on_connected(Role::Commands, 0, std::iter::empty());
+        take_output(&mut bus, Role::Commands);
+        subscription_link_up(&mut bus, &["news"], 0);
+        let mut events = Vec::new();
+        bus.on_input(Role::Subscriptions, CONFIRM_NEWS, 2, &mut events);
+        for offset in [9, 10] {
+            bus.on_input(Role::Subscriptions, &message_push(offset), 3, &mut events);
+        }
+        bus.issue_reads(3, &mut events);
+        assert!(delivered(&events).is_empty(), "held: {events:?}");
+        assert_eq!(bus.stats.sequence, Counts::default());
+        assert!(!take_output(&mut bus, Role::Commands).contains("EVALSHA"));
+        assert_eq!(bus.stats.gap_reads, 0);
+        events.clear();
+        (bus, events)
+    }
+
+    #[test]
+    fn a_gap_read_waits_for_a_command_link_still_logging_in() {
+        let (mut bus, mut events) = resumed_with_the_command_link_logging_in();
+        // The login completes: the read goes out in the same turn.
+        let login = login_reply(&bus);
+        bus.on_input(Role::Commands, &login, 20, &mut events);
+        assert!(bus.cmd.is_up());
+        bus.issue_reads(20, &mut events);
+        let sent = take_output(&mut bus, Role::Commands);
+        assert_eq!(sent.matches("EVALSHA").count(), 1, "{sent}");
+        assert!(sent.contains("wshub:history:news"), "{sent}");
+        assert_eq!(bus.stats.gap_reads, 1);
+        assert!(events.is_empty());
+        // Its entries fill the gap before the held messages go out.
+        bus.on_input(Role::Commands, &read_reply(10, 6..=10), 25, &mut events);
+        assert_eq!(delivered(&events), [6, 7, 8, 9, 10]);
+        assert_eq!(
+            bus.stats.sequence,
+            Counts {
+                repeats: 0,
+                filled: 3,
+                lost: 0
+            }
+        );
+        // The feed goes on live.
+        events.clear();
+        bus.on_input(Role::Subscriptions, &message_push(11), 30, &mut events);
+        assert_eq!(delivered(&events), [11]);
+    }
+
+    #[test]
+    fn a_gap_waiting_for_the_command_link_is_given_up_when_the_link_fails() {
+        let (mut bus, mut events) = resumed_with_the_command_link_logging_in();
+        bus.on_closed(Role::Commands, 30, "connection reset".to_owned());
+        bus.issue_reads(30, &mut events);
+        assert_eq!(delivered(&events), [9, 10], "held messages, in order");
+        assert_eq!(bus.stats.sequence.lost, 3);
+        assert_eq!(bus.stats.gap_reads, 0);
+        // Nothing is left waiting: the link coming back sends no read.
+        events.clear();
+        bus.on_connecting(Role::Commands, 200);
+        bus.on_connected(Role::Commands, 200, std::iter::empty());
+        take_output(&mut bus, Role::Commands);
+        let login = login_reply(&bus);
+        bus.on_input(Role::Commands, &login, 210, &mut events);
+        bus.issue_reads(210, &mut events);
+        assert!(!take_output(&mut bus, Role::Commands).contains("EVALSHA"));
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn a_gap_waiting_for_the_command_link_is_given_up_after_the_command_timeout() {
+        let (mut bus, mut events) = resumed_with_the_command_link_logging_in();
+        // Asked for at 2 (the confirmation's catch-up read): it waits
+        // command_timeout (1 s) plus the reply margin, no longer.
+        assert!(bus.next_deadline().is_some_and(|t| t <= 1252));
+        bus.on_timer(1251, &mut events);
+        assert!(delivered(&events).is_empty());
+        bus.on_timer(1252, &mut events);
+        assert_eq!(delivered(&events), [9, 10], "held messages, in order");
+        assert_eq!(bus.stats.sequence.lost, 3);
+        // The link is still given its connect_timeout (2 s); coming up
+        // later, it sends no stale read.
+        assert!(bus.cmd.is_connected());
+        events.clear();
+        let login = login_reply(&bus);
+        bus.on_input(Role::Commands, &login, 1500, &mut events);
+        bus.issue_reads(1500, &mut events);
+        assert!(!take_output(&mut bus, Role::Commands).contains("EVALSHA"));
+        assert_eq!(bus.stats.gap_reads, 0);
     }
 
     #[test]

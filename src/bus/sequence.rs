@@ -20,9 +20,12 @@
 //!   order). When the entries come, those that fill the gap are delivered,
 //!   the missing ones (trimmed or expired) counted as lost, then the held
 //!   messages go through these rules again (a further gap asks for a
-//!   further read). A read that fails, or more than [`MAX_HELD`] held
-//!   messages (or [`MAX_HELD_BYTES`] bytes), gives the gap up: the loss is counted and the held messages
-//!   are delivered as they are, in order.
+//!   further read). A read that fails (or that the bus cannot send: its
+//!   command link is down, or did not come up in time), or more than
+//!   [`MAX_HELD`] held messages (or [`MAX_HELD_BYTES`] bytes), gives the
+//!   gap up: the loss is counted and the held messages are delivered as
+//!   they are, in order. A read the bus sends later (waiting for its link
+//!   to come up) is still "out": messages are held meanwhile.
 
 use std::collections::VecDeque;
 
@@ -117,8 +120,7 @@ impl<M: Weight> Sequencer<M> {
         self.last
     }
 
-    /// A read is out for this channel.
-    #[cfg(test)]
+    /// A read is out (or waits to go out) for this channel.
     pub(crate) fn is_reading(&self) -> bool {
         self.reading
     }
