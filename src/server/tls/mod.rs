@@ -902,9 +902,10 @@ fn process_own(
     }
 }
 
-/// A handover to the kernel failed after rustls gave up its keys.
+/// Taking the records from rustls (to our record layer or the kernel)
+/// failed after rustls gave up its keys.
 fn gone() -> io::Error {
-    io::Error::other("TLS state lost handing the connection to the kernel")
+    io::Error::other("TLS state lost taking the records from rustls")
 }
 
 impl Io {
